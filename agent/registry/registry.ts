@@ -1,0 +1,53 @@
+// The registry seam: a revisioned key-value store, the shape etcd has. Two implementations:
+// embedded (one host, state on disk) and etcd (many hosts). Callers never branch on which.
+
+export interface KeyValue {
+  key: string;
+  value: string;
+  modRevision: number;
+}
+
+export type KvEvent =
+  | { type: 'put'; key: string; value: string }
+  | { type: 'delete'; key: string };
+
+/** Every change made by one transaction, at one revision. */
+export interface KvBatch {
+  revision: number;
+  events: KvEvent[];
+}
+
+export type TxnOp = { put: string; value: string } | { delete: string };
+
+/** A guard on a transaction: key must have this modRevision (0 = must not exist). */
+export interface Compare {
+  key: string;
+  modRevision: number;
+}
+
+export interface RangeResult {
+  revision: number;
+  kvs: KeyValue[];
+}
+
+export interface Registry {
+  /** "embedded" | "etcd", for status output. */
+  readonly kind: string;
+  open(): Promise<void>;
+  close(): Promise<void>;
+  /** Every key under prefix, with the revision the read was made at. */
+  range(prefix: string): Promise<RangeResult>;
+  /**
+   * Applies ops atomically as one revision and returns it; null when a compare failed.
+   * Ops that change nothing (delete of a missing key, put of the same value) are dropped;
+   * when nothing is left the current revision is returned and no revision is made.
+   */
+  txn(ops: TxnOp[], compares?: Compare[]): Promise<number | null>;
+  /**
+   * Calls onBatch for every change under prefix after fromRevision, in order. If history
+   * before fromRevision is gone, onReset is called and the caller must range() again.
+   */
+  watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void;
+}
+
+export class RegistryError extends Error {}

@@ -1,0 +1,110 @@
+// TypeScript view of api/corral.proto (proto-loader with camelCase field names, longs as
+// numbers, defaults filled in). Keep in step with the .proto: it is the source of truth.
+
+export interface HealthCheck {
+  path: string;
+  tcp: boolean;
+  intervalMs: number;
+  timeoutMs: number;
+  rise: number;
+  fall: number;
+}
+
+export type EndpointOrigin = 'docker' | 'manual' | 'cni';
+
+export interface Endpoint {
+  id: string;
+  service: string;
+  namespace: string;
+  address: string;
+  port: number;
+  portName: string;
+  color: string;
+  weight: number;
+  healthy: boolean;
+  healthReason: string;
+  origin: EndpointOrigin | string;
+  node: string;
+  httpHosts: string[];
+  httpPath: string;
+  healthCheck: HealthCheck | null;
+  deploy: string;
+  drainMs: number;
+  containerId: string;
+  containerName: string;
+  draining: boolean;
+}
+
+export interface Service {
+  namespace: string;
+  name: string;
+  active: Record<string, number>;
+  previous: Record<string, number>;
+}
+
+export interface Host {
+  name: string;
+  block: string;
+  underlay: string;
+  publicKey: string;
+  appliedRevision: number;
+  version: string;
+  heartbeatMs: number;
+}
+
+export interface WatchRequest { component: string }
+
+export interface WatchEvent {
+  revision: number;
+  snapshot: boolean;
+  endpoints: Endpoint[];
+  services: Service[];
+  hosts: Host[];
+  deletedEndpoints: string[];
+  deletedServices: string[];
+  deletedHosts: string[];
+}
+
+export interface AckRequest { component: string; revision: number }
+export interface ListRequest { namespace: string; service: string }
+export interface ListReply { revision: number; endpoints: Endpoint[]; services: Service[]; hosts: Host[] }
+
+export interface RegisterRequest {
+  service: string;
+  namespace: string;
+  address: string;
+  port: number;
+  color: string;
+  httpHosts: string[];
+  httpPath: string;
+  weight: number;
+  healthCheck: HealthCheck | null;
+  portName: string;
+}
+export interface DeregisterRequest { service: string; namespace: string; address: string; port: number }
+export interface EndpointReply { revision: number; endpoint: Endpoint | null }
+
+export interface SwitchRequest { service: string; namespace: string; color: string }
+export interface WeightRequest { service: string; namespace: string; weights: Record<string, number> }
+export interface RollbackRequest { service: string; namespace: string }
+export interface ServiceReply { revision: number; service: Service | null }
+
+export interface ComponentStatus { component: string; appliedRevision: number; connected: boolean }
+export interface StatusReply {
+  node: string;
+  version: string;
+  registry: string;
+  revision: number;
+  appliedRevision: number;
+  components: ComponentStatus[];
+  dockerConnected: boolean;
+  dockerError: string;
+  services: number;
+  endpoints: number;
+  healthyEndpoints: number;
+}
+
+/** "<ns>/<name>": how a service is named in deltas and indexes. */
+export function serviceKey(namespace: string, name: string): string {
+  return `${namespace}/${name}`;
+}

@@ -1,0 +1,83 @@
+// The client side of the agent's watch stream, as DNS, LB and the CLI use it: a snapshot, then
+// deltas, each tagged with the registry revision. Reconnects with backoff; after a reconnect
+// the agent sends a fresh snapshot, so consumers must replace (not merge) on snapshot=true.
+import type { Logger } from 'pino';
+import { agentClient, grpc, unary } from './grpc.js';
+import type { WatchEvent } from './types.js';
+
+export interface WatchHandlers {
+  /** Apply one event to the data plane. Called in order; snapshot=true replaces everything. */
+  onEvent(ev: WatchEvent): void;
+  /** Connection state changes, for readiness. */
+  onConnected?(connected: boolean): void;
+}
+
+export class AgentWatch {
+  private client: ReturnType<typeof agentClient>;
+  private call: grpc.ClientReadableStream<WatchEvent> | undefined;
+  private closed = false;
+  private backoffMs = 100;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private warned = false;
+  revision = 0;
+  connected = false;
+
+  constructor(
+    private readonly socketPath: string,
+    private readonly component: string,
+    private readonly handlers: WatchHandlers,
+    private readonly log?: Logger,
+  ) {
+    this.client = agentClient(socketPath);
+  }
+
+  start(): void {
+    this.closed = false;
+    this.open();
+  }
+
+  private open(): void {
+    if (this.closed) return;
+    const call = this.client.Watch({ component: this.component }) as grpc.ClientReadableStream<WatchEvent>;
+    this.call = call;
+    call.on('data', (ev: WatchEvent) => {
+      if (!this.connected) {
+        this.connected = true;
+        this.backoffMs = 100;
+        if (this.warned) this.log?.info({ socket: this.socketPath }, 'connected to the agent again');
+        this.warned = false;
+        this.handlers.onConnected?.(true);
+      }
+      this.handlers.onEvent(ev);
+      this.revision = ev.revision;
+      // Tell the agent what this component has applied, for `corral status`.
+      unary(this.client, 'Ack', { component: this.component, revision: ev.revision }, 5_000).catch(() => {});
+    });
+    const retry = (err?: Error) => {
+      if (this.call !== call) return;
+      this.call = undefined;
+      if (this.connected) this.handlers.onConnected?.(false);
+      this.connected = false;
+      if (this.closed) return;
+      if (!this.warned) {
+        this.warned = true;
+        this.log?.warn(
+          { socket: this.socketPath, err: err?.message },
+          'cannot watch the agent; serving the last state and retrying with backoff (is `corral agent` running?)',
+        );
+      }
+      this.retryTimer = setTimeout(() => this.open(), this.backoffMs);
+      this.backoffMs = Math.min(this.backoffMs * 2, 5_000);
+    };
+    call.on('error', (err) => retry(err));
+    call.on('end', () => retry());
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.call?.cancel();
+    this.call = undefined;
+    this.client.close();
+  }
+}
