@@ -1,0 +1,53 @@
+// Daemon options shared by `corral up | agent | dns | lb`. Every default is overridable by a
+// flag and by a CORRAL_* environment variable (cli/flags.ts does the parsing).
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+
+export interface DaemonOptions {
+  registry: string;           // "embedded" | "etcd://h1:2379,h2:2379"
+  stateDir: string;
+  runDir: string;
+  agentSocket: string;        // default <runDir>/agent.sock
+  nodeName: string;
+  clusterCidr: string;
+  dnsListen: string[];        // "ADDR:PORT"
+  dnsDomain: string;
+  dnsTtl: number;             // seconds
+  dnsUpstream: string[];      // "ADDR[:PORT]"; empty = read /etc/resolv.conf
+  httpListen: string;         // "ADDR:PORT" (ADDR may be empty for all addresses)
+  dockerSocket: string;       // "" disables Docker
+  adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192
+  logLevel: string;
+}
+
+export const ADMIN_DEFAULTS = { agent: '127.0.0.1:9190', dns: '127.0.0.1:9191', lb: '127.0.0.1:9192' } as const;
+
+export function defaultOptions(): DaemonOptions {
+  const runDir = '/run/corral';
+  return {
+    registry: 'embedded',
+    stateDir: '/var/lib/corral',
+    runDir,
+    agentSocket: join(runDir, 'agent.sock'),
+    nodeName: hostname(),
+    clusterCidr: '10.42.0.0/16',
+    dnsListen: ['127.0.0.1:53'],
+    dnsDomain: 'corral.internal',
+    dnsTtl: 5,
+    dnsUpstream: [],
+    httpListen: ':80',
+    dockerSocket: '/var/run/docker.sock',
+    adminListen: '',
+    logLevel: 'info',
+  };
+}
+
+/** "ADDR:PORT", "[v6]:PORT" or ":PORT" -> host and port. Throws with what is accepted. */
+export function parseHostPort(text: string, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) {
+    throw new Error(`${what} "${text}" is not ADDR:PORT (for example 127.0.0.1:53, [::1]:53 or :80)`);
+  }
+  return { host: m[1] ?? m[2] ?? '', port };
+}
