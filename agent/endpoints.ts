@@ -1,0 +1,123 @@
+// Building and validating Endpoint records, whatever their origin (Docker labels, `corral
+// register`, CNI). Every rejection names the field, the bad value and what is accepted.
+import { isIP } from 'node:net';
+import type { Endpoint, HealthCheck } from '../api/types.js';
+
+export class InvalidEndpoint extends Error {
+  constructor(readonly field: string, readonly value: string, readonly accepted: string) {
+    super(`${field}="${value}" is not valid: ${accepted}`);
+  }
+}
+
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const HOSTNAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+export function dnsLabel(field: string, value: string): string {
+  const v = value.trim().toLowerCase();
+  if (!LABEL.test(v)) throw new InvalidEndpoint(field, value, 'a DNS label: a-z, 0-9 and "-", 1-63 characters, not starting or ending with "-"');
+  return v;
+}
+
+export function port(field: string, value: string | number): number {
+  const n = typeof value === 'number' ? value : /^\d+$/.test(value.trim()) ? Number(value) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidEndpoint(field, String(value), 'a port number from 1 to 65535');
+  return n;
+}
+
+export function positiveInt(field: string, value: string | number, max: number): number {
+  const n = typeof value === 'number' ? value : /^\d+$/.test(value.trim()) ? Number(value) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > max) throw new InvalidEndpoint(field, String(value), `a whole number from 1 to ${max}`);
+  return n;
+}
+
+/** "10s", "500ms", "1m", "2" (seconds) -> milliseconds. */
+export function duration(field: string, value: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value.trim());
+  if (!m) throw new InvalidEndpoint(field, value, 'a duration such as 500ms, 2s or 1m');
+  const n = Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
+  if (n > 3_600_000) throw new InvalidEndpoint(field, value, 'a duration of at most 1h');
+  return Math.round(n);
+}
+
+export function httpHosts(field: string, value: string): string[] {
+  const out: string[] = [];
+  for (const raw of value.split(',')) {
+    const h = raw.trim().toLowerCase();
+    if (!h) continue;
+    if (h.length > 253 || !HOSTNAME.test(h)) throw new InvalidEndpoint(field, value, 'comma-separated host names such as web.example.com or *.example.com');
+    out.push(h);
+  }
+  return out;
+}
+
+export function httpPath(field: string, value: string): string {
+  const v = value.trim() || '/';
+  if (!v.startsWith('/') || /[\s?#]/.test(v)) throw new InvalidEndpoint(field, value, 'a path prefix starting with "/" without spaces, "?" or "#"');
+  return v;
+}
+
+export function address(field: string, value: string): string {
+  const v = value.trim();
+  if (!isIP(v)) throw new InvalidEndpoint(field, value, 'an IPv4 or IPv6 address');
+  return v;
+}
+
+export const HEALTH_DEFAULTS = { intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 2 } as const;
+export const DRAIN_DEFAULT_MS = 10_000;
+
+/** What an origin knows about an endpoint; newEndpoint fills the rest with the SPEC defaults. */
+export interface EndpointSpec {
+  id: string;
+  service: string;
+  namespace?: string;
+  address: string;
+  port: number;
+  portName?: string;
+  color?: string;
+  weight?: number;
+  origin: string;
+  node: string;
+  httpHosts?: string[];
+  httpPath?: string;
+  healthCheck?: HealthCheck | null;
+  deploy?: string;
+  drainMs?: number;
+  containerId?: string;
+  containerName?: string;
+  /** Initial health: true unless an active check must pass first. */
+  healthy?: boolean;
+  healthReason?: string;
+}
+
+export function newEndpoint(s: EndpointSpec): Endpoint {
+  const hasCheck = !!s.healthCheck && (s.healthCheck.tcp || s.healthCheck.path !== '');
+  return {
+    id: s.id,
+    service: dnsLabel('service', s.service),
+    namespace: dnsLabel('namespace', s.namespace || 'default'),
+    address: address('address', s.address),
+    port: port('port', s.port),
+    portName: dnsLabel('port name', s.portName || 'http'),
+    color: dnsLabel('color', s.color || 'default'),
+    weight: s.weight === undefined ? 1 : positiveInt('weight', s.weight, 1000),
+    healthy: s.healthy ?? !hasCheck,
+    healthReason: s.healthReason ?? (hasCheck ? 'waiting for the first health check' : 'no health check'),
+    origin: s.origin,
+    node: s.node,
+    httpHosts: s.httpHosts ?? [],
+    httpPath: s.httpPath ?? '/',
+    healthCheck: hasCheck ? s.healthCheck! : null,
+    deploy: s.deploy ?? 'manual',
+    drainMs: s.drainMs ?? DRAIN_DEFAULT_MS,
+    containerId: s.containerId ?? '',
+    containerName: s.containerName ?? '',
+    draining: false,
+  };
+}
+
+export function manualEndpointId(namespace: string, service: string, addr: string, p: number): string {
+  return `manual:${namespace}:${service}:${addr}:${p}`;
+}
+export function dockerEndpointId(node: string, containerId: string): string {
+  return `docker:${node}:${containerId}`;
+}
