@@ -1,0 +1,352 @@
+// The per-host agent: the only process that talks to the registry. It turns Docker containers
+// and `corral register` calls into endpoints (as the EndpointSink), health-checks its own
+// endpoints, and serves the registry to DNS, LB and the CLI as a revisioned watch stream.
+import { existsSync } from 'node:fs';
+import type { Server as HttpServer } from 'node:http';
+import * as prom from 'prom-client';
+import { startAdmin } from '../api/admin.js';
+import type { grpc } from '../api/grpc.js';
+import type { Logger } from '../api/log.js';
+import { ADMIN_DEFAULTS, type DaemonOptions } from '../api/options.js';
+import type {
+  DeregisterRequest, Endpoint, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
+  RollbackRequest, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
+} from '../api/types.js';
+import { serviceKey } from '../api/types.js';
+import { VERSION } from '../api/version.js';
+import { NotFound, serveApi, type AgentOps } from './api.js';
+import { Catalog, keys, PREFIX } from './catalog.js';
+import { ColorError, initialService, rollback, setWeights, switchColor } from './colors.js';
+import { DockerSource } from './docker/source.js';
+import * as v from './endpoints.js';
+import { HealthChecker } from './health.js';
+import { registryFor } from './registry/index.js';
+import type { Registry, TxnOp } from './registry/registry.js';
+import type { EndpointSink } from './sink.js';
+
+export class Agent implements EndpointSink, AgentOps {
+  readonly catalog = new Catalog();
+  private readonly registry: Registry;
+  private readonly subscribers = new Set<(ev: WatchEvent) => void>();
+  private readonly components = new Map<string, { applied: number; watchers: number }>();
+  private readonly drainTimers = new Map<string, NodeJS.Timeout>();
+  private readonly health: HealthChecker;
+  private docker: DockerSource | undefined;
+  private grpcServer: grpc.Server | undefined;
+  private admin: HttpServer | undefined;
+  private unwatch: (() => void) | undefined;
+  private readonly metrics = new prom.Registry();
+  private readonly revisionGauge: prom.Gauge;
+
+  constructor(private readonly opts: DaemonOptions, private readonly log: Logger) {
+    this.registry = registryFor(opts.registry, opts.stateDir);
+    this.health = new HealthChecker(this, log);
+    prom.collectDefaultMetrics({ register: this.metrics });
+    this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
+    const catalog = this.catalog;
+    new prom.Gauge({
+      name: 'corral_agent_endpoints', help: 'Endpoints in the registry, by whether they serve', labelNames: ['serving'], registers: [this.metrics],
+      collect() {
+        let serving = 0;
+        for (const ep of catalog.endpoints.values()) if (ep.healthy && !ep.draining) serving++;
+        this.set({ serving: 'true' }, serving);
+        this.set({ serving: 'false' }, catalog.endpoints.size - serving);
+      },
+    });
+  }
+
+  get node(): string {
+    return this.opts.nodeName;
+  }
+
+  async start(): Promise<void> {
+    await this.registry.open();
+    this.loadFrom(await this.registry.range(PREFIX));
+    this.watchRegistry();
+    await this.cleanupAfterRestart();
+    await this.registry.txn([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block: '', underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }) }]);
+    this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
+    this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
+      metrics: this.metrics,
+      ready: () => this.grpcServer !== undefined,
+      status: () => this.status(),
+    });
+    if (this.opts.dockerSocket && existsSync(this.opts.dockerSocket)) {
+      this.docker = new DockerSource({ socketPath: this.opts.dockerSocket, node: this.node, sink: this, log: this.log });
+      this.docker.start();
+    } else if (this.opts.dockerSocket) {
+      this.log.warn({ socket: this.opts.dockerSocket }, 'no Docker socket here: containers are not watched (start dockerd, or pass --docker-socket "" to silence this)');
+    }
+    this.log.info({ socket: this.opts.agentSocket, registry: this.registry.kind, revision: this.catalog.revision, node: this.node }, 'agent ready');
+  }
+
+  async stop(): Promise<void> {
+    this.docker?.stop();
+    this.health.stop();
+    for (const t of this.drainTimers.values()) clearTimeout(t);
+    this.drainTimers.clear();
+    this.unwatch?.();
+    await new Promise<void>((resolve) => (this.grpcServer ? this.grpcServer.tryShutdown(() => resolve()) : resolve()));
+    this.grpcServer?.forceShutdown();
+    await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
+    this.admin?.closeAllConnections();
+    await this.registry.close();
+  }
+
+  // ---- registry view ----
+
+  private loadFrom(r: Awaited<ReturnType<Registry['range']>>): WatchEvent {
+    const ev = this.catalog.load(r);
+    this.revisionGauge.set(ev.revision);
+    this.health.stop();
+    for (const ep of ev.endpoints) this.trackHealth(ep);
+    return ev;
+  }
+
+  private watchRegistry(): void {
+    this.unwatch = this.registry.watch(
+      PREFIX,
+      this.catalog.revision,
+      (batch) => {
+        const ev = this.catalog.apply(batch);
+        this.revisionGauge.set(ev.revision);
+        for (const ep of ev.endpoints) this.trackHealth(ep);
+        for (const id of ev.deletedEndpoints) this.health.untrack(id);
+        this.broadcast(ev);
+      },
+      () => {
+        this.unwatch?.();
+        void this.registry.range(PREFIX).then((r) => {
+          this.broadcast(this.loadFrom(r));
+          this.watchRegistry();
+        });
+      },
+    );
+  }
+
+  private trackHealth(ep: Endpoint): void {
+    if (ep.node === this.node && ep.healthCheck && !ep.draining) this.health.track(ep);
+    else this.health.untrack(ep.id);
+  }
+
+  private broadcast(ev: WatchEvent): void {
+    for (const fn of this.subscribers) fn(ev);
+  }
+
+  /** Endpoints this node left draining, or Docker endpoints it can no longer see, go now. */
+  private async cleanupAfterRestart(): Promise<void> {
+    const ops: TxnOp[] = [];
+    const dockerOff = !this.opts.dockerSocket;
+    for (const ep of this.catalog.endpoints.values()) {
+      if (ep.node !== this.node) continue;
+      if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.id) });
+    }
+    if (ops.length) await this.registry.txn(ops);
+  }
+
+  // ---- EndpointSink ----
+
+  async sync(origin: string, endpoints: Endpoint[]): Promise<void> {
+    const want = new Map(endpoints.map((e) => [e.id, e]));
+    const ops: TxnOp[] = [];
+    for (const ep of this.catalog.endpoints.values()) {
+      if (ep.node === this.node && ep.origin === origin && !want.has(ep.id)) ops.push({ delete: keys.endpoint(ep.id) });
+    }
+    for (const ep of endpoints) {
+      this.cancelDrain(ep.id);
+      ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(this.keepHealth(ep)) });
+    }
+    await this.writeWithServices(ops, endpoints);
+  }
+
+  async upsert(endpoint: Endpoint): Promise<void> {
+    this.cancelDrain(endpoint.id);
+    await this.writeWithServices([{ put: keys.endpoint(endpoint.id), value: JSON.stringify(this.keepHealth(endpoint)) }], [endpoint]);
+  }
+
+  async remove(id: string, opts: { immediate?: boolean } = {}): Promise<void> {
+    const ep = this.catalog.endpoints.get(id);
+    if (!ep) return;
+    if (opts.immediate || ep.drainMs <= 0) {
+      this.cancelDrain(id);
+      await this.registry.txn([{ delete: keys.endpoint(id) }]);
+      return;
+    }
+    if (this.drainTimers.has(id)) return;
+    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, draining: true, healthReason: 'draining' }) }]);
+    const timer = setTimeout(() => {
+      this.drainTimers.delete(id);
+      if (this.catalog.endpoints.get(id)?.draining) {
+        this.registry.txn([{ delete: keys.endpoint(id) }]).catch((err: Error) => this.log.error({ err, id }, 'cannot remove a drained endpoint'));
+      }
+    }, ep.drainMs);
+    timer.unref();
+    this.drainTimers.set(id, timer);
+  }
+
+  async setHealth(id: string, healthy: boolean, reason: string): Promise<void> {
+    const ep = this.catalog.endpoints.get(id);
+    if (!ep || ep.node !== this.node || ep.draining) return;
+    if (ep.healthy === healthy && ep.healthReason === reason) return;
+    this.log.info({ endpoint: id, service: ep.service, namespace: ep.namespace, healthy, reason }, 'endpoint health changed');
+    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, healthy, healthReason: reason }) }]);
+  }
+
+  private cancelDrain(id: string): void {
+    const t = this.drainTimers.get(id);
+    if (t) clearTimeout(t);
+    this.drainTimers.delete(id);
+  }
+
+  /** A re-registered endpoint with an active check keeps the health it had, not "waiting". */
+  private keepHealth(ep: Endpoint): Endpoint {
+    const old = this.catalog.endpoints.get(ep.id);
+    if (!old || !ep.healthCheck || !old.healthCheck) return ep;
+    return { ...ep, healthy: old.healthy, healthReason: old.healthReason };
+  }
+
+  /** Writes ops in one revision, creating the service record of any service seen for the first time. */
+  private async writeWithServices(ops: TxnOp[], endpoints: Endpoint[]): Promise<void> {
+    const fresh = new Map<string, Service>();
+    for (const ep of endpoints) {
+      const k = serviceKey(ep.namespace, ep.service);
+      if (!this.catalog.services.has(k) && !fresh.has(k)) fresh.set(k, initialService(ep.namespace, ep.service, ep.color));
+    }
+    if (fresh.size === 0) {
+      await this.registry.txn(ops);
+      return;
+    }
+    const svcOps: TxnOp[] = [...fresh.values()].map((s) => ({ put: keys.service(s.namespace, s.name), value: JSON.stringify(s) }));
+    const compares = [...fresh.values()].map((s) => ({ key: keys.service(s.namespace, s.name), modRevision: 0 }));
+    if ((await this.registry.txn([...ops, ...svcOps], compares)) === null) await this.registry.txn(ops);
+  }
+
+  // ---- AgentOps (the gRPC API) ----
+
+  snapshot(): WatchEvent {
+    return this.catalog.snapshot();
+  }
+
+  subscribe(fn: (ev: WatchEvent) => void): () => void {
+    this.subscribers.add(fn);
+    return () => this.subscribers.delete(fn);
+  }
+
+  ack(component: string, revision: number): void {
+    const c = this.components.get(component) ?? { applied: 0, watchers: 0 };
+    c.applied = Math.max(c.applied, revision);
+    this.components.set(component, c);
+  }
+
+  watching(component: string, delta: 1 | -1): void {
+    const c = this.components.get(component) ?? { applied: 0, watchers: 0 };
+    c.watchers = Math.max(0, c.watchers + delta);
+    this.components.set(component, c);
+  }
+
+  list(req: ListRequest): ListReply {
+    const match = (ns: string, name: string) => (!req.namespace || req.namespace === ns) && (!req.service || req.service === name);
+    return {
+      revision: this.catalog.revision,
+      endpoints: [...this.catalog.endpoints.values()].filter((e) => match(e.namespace, e.service)),
+      services: [...this.catalog.services.values()].filter((s) => match(s.namespace, s.name)),
+      hosts: [...this.catalog.hosts.values()],
+    };
+  }
+
+  status(): StatusReply {
+    let healthy = 0;
+    for (const ep of this.catalog.endpoints.values()) if (ep.healthy && !ep.draining) healthy++;
+    return {
+      node: this.node,
+      version: VERSION,
+      registry: this.registry.kind,
+      revision: this.catalog.revision,
+      appliedRevision: this.catalog.revision,
+      components: [...this.components].filter(([c]) => c !== 'cli').map(([component, c]) => ({ component, appliedRevision: c.applied, connected: c.watchers > 0 })),
+      dockerConnected: this.docker?.connected ?? false,
+      dockerError: this.docker ? (this.docker.lastError ?? '') : this.opts.dockerSocket ? `no Docker socket at ${this.opts.dockerSocket}` : 'Docker disabled',
+      services: this.catalog.services.size,
+      endpoints: this.catalog.endpoints.size,
+      healthyEndpoints: healthy,
+    };
+  }
+
+  async register(req: RegisterRequest): Promise<EndpointReply> {
+    const namespace = v.dnsLabel('namespace', req.namespace || 'default');
+    const service = v.dnsLabel('service', req.service);
+    const address = v.address('address', req.address);
+    const port = v.port('port', req.port);
+    const ep = v.newEndpoint({
+      id: v.manualEndpointId(namespace, service, address, port),
+      service, namespace, address, port,
+      portName: req.portName || undefined,
+      color: req.color || undefined,
+      weight: req.weight || undefined,
+      origin: 'manual',
+      node: this.node,
+      httpHosts: req.httpHosts.flatMap((h) => v.httpHosts('http host', h)),
+      httpPath: v.httpPath('http path', req.httpPath || '/'),
+      healthCheck: healthCheckFrom(req.healthCheck),
+    });
+    await this.upsert(ep);
+    return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(ep.id) ?? ep };
+  }
+
+  async deregister(req: DeregisterRequest): Promise<EndpointReply> {
+    const namespace = req.namespace || 'default';
+    const id = v.manualEndpointId(namespace, req.service, req.address, req.port);
+    const ep = this.catalog.endpoints.get(id);
+    if (!ep) {
+      throw new NotFound(`no registered endpoint ${req.address}:${req.port} of service ${req.service} in namespace ${namespace}; see \`corral endpoints ${req.service} -n ${namespace}\``);
+    }
+    await this.remove(id);
+    return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(id) ?? null };
+  }
+
+  switchColor(req: SwitchRequest): Promise<ServiceReply> {
+    return this.changeService(req.namespace, req.service, (svc, eps) => switchColor(svc, eps, req.color));
+  }
+
+  weight(req: WeightRequest): Promise<ServiceReply> {
+    return this.changeService(req.namespace, req.service, (svc, eps) => setWeights(svc, eps, req.weights));
+  }
+
+  rollback(req: RollbackRequest): Promise<ServiceReply> {
+    return this.changeService(req.namespace, req.service, (svc) => rollback(svc));
+  }
+
+  /** Read-modify-write of one service record, guarded by its revision, as one registry revision. */
+  private async changeService(nsIn: string, name: string, fn: (svc: Service, eps: Endpoint[]) => Service): Promise<ServiceReply> {
+    const ns = nsIn || 'default';
+    const key = keys.service(ns, name);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const r = await this.registry.range(key);
+      const kv = r.kvs.find((k) => k.key === key);
+      const eps = this.catalog.endpointsOf(ns, name);
+      if (!kv && eps.length === 0) throw new NotFound(`no service ${name} in namespace ${ns}; see \`corral services\``);
+      const current: Service = kv ? (JSON.parse(kv.value) as Service) : initialService(ns, name, eps[0]!.color);
+      const next = fn(current, eps);
+      if (next === current) return { revision: r.revision, service: current };
+      const rev = await this.registry.txn([{ put: key, value: JSON.stringify(next) }], [{ key, modRevision: kv?.modRevision ?? 0 }]);
+      if (rev !== null) {
+        this.log.info({ service: name, namespace: ns, active: next.active, revision: rev }, 'service colors changed');
+        return { revision: rev, service: next };
+      }
+    }
+    throw new ColorError(`service ${name} in namespace ${ns} kept changing under this command; try again`);
+  }
+}
+
+function healthCheckFrom(hc: HealthCheck | null): HealthCheck | null {
+  if (!hc || (!hc.tcp && !hc.path)) return null;
+  if (hc.path && !hc.path.startsWith('/')) throw new v.InvalidEndpoint('health path', hc.path, 'a path starting with "/"');
+  return {
+    path: hc.tcp ? '' : hc.path,
+    tcp: hc.tcp,
+    intervalMs: hc.intervalMs || v.HEALTH_DEFAULTS.intervalMs,
+    timeoutMs: hc.timeoutMs || v.HEALTH_DEFAULTS.timeoutMs,
+    rise: hc.rise || v.HEALTH_DEFAULTS.rise,
+    fall: hc.fall || v.HEALTH_DEFAULTS.fall,
+  };
+}

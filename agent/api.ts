@@ -1,0 +1,89 @@
+// The agent's gRPC API on its unix socket (mode 0600): watch, list, status, register,
+// deregister, switch, weight, rollback. Errors cross as gRPC status codes with one readable line.
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { agentServiceDefinition, grpc } from '../api/grpc.js';
+import type { Logger } from '../api/log.js';
+import type {
+  AckRequest, DeregisterRequest, ListReply, ListRequest, RegisterRequest, RollbackRequest,
+  StatusReply, SwitchRequest, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
+} from '../api/types.js';
+import { ColorError } from './colors.js';
+import { InvalidEndpoint } from './endpoints.js';
+
+export class NotFound extends Error {}
+
+/** What the API needs from the agent. */
+export interface AgentOps {
+  snapshot(): WatchEvent;
+  subscribe(fn: (ev: WatchEvent) => void): () => void;
+  list(req: ListRequest): ListReply;
+  status(): StatusReply;
+  ack(component: string, revision: number): void;
+  watching(component: string, delta: 1 | -1): void;
+  register(req: RegisterRequest): Promise<EndpointReply>;
+  deregister(req: DeregisterRequest): Promise<EndpointReply>;
+  switchColor(req: SwitchRequest): Promise<ServiceReply>;
+  weight(req: WeightRequest): Promise<ServiceReply>;
+  rollback(req: RollbackRequest): Promise<ServiceReply>;
+}
+
+function statusOf(err: unknown): grpc.StatusObject {
+  const msg = err instanceof Error ? err.message : String(err);
+  let code = grpc.status.INTERNAL;
+  if (err instanceof InvalidEndpoint) code = grpc.status.INVALID_ARGUMENT;
+  else if (err instanceof NotFound) code = grpc.status.NOT_FOUND;
+  else if (err instanceof ColorError) code = grpc.status.FAILED_PRECONDITION;
+  return { code, details: msg, metadata: new grpc.Metadata() };
+}
+
+function unaryHandler<Req, Rep>(log: Logger, name: string, fn: (req: Req) => Rep | Promise<Rep>): grpc.handleUnaryCall<Req, Rep> {
+  return (call, cb) => {
+    Promise.resolve()
+      .then(() => fn(call.request))
+      .then(
+        (rep) => cb(null, rep),
+        (err: unknown) => {
+          const st = statusOf(err);
+          if (st.code === grpc.status.INTERNAL) log.error({ err, method: name }, 'agent API call failed');
+          cb(st);
+        },
+      );
+  };
+}
+
+export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): Promise<grpc.Server> {
+  const server = new grpc.Server();
+  server.addService(agentServiceDefinition(), {
+    Watch: (call: grpc.ServerWritableStream<WatchRequest, WatchEvent>) => {
+      const component = call.request.component || 'unknown';
+      ops.watching(component, 1);
+      call.write(ops.snapshot());
+      const unsubscribe = ops.subscribe((ev) => call.write(ev));
+      const done = () => {
+        unsubscribe();
+        ops.watching(component, -1);
+      };
+      call.once('cancelled', done);
+      call.once('close', done);
+    },
+    Ack: unaryHandler<AckRequest, object>(log, 'Ack', (req) => {
+      ops.ack(req.component, req.revision);
+      return {};
+    }),
+    List: unaryHandler(log, 'List', (req: ListRequest) => ops.list(req)),
+    Status: unaryHandler(log, 'Status', () => ops.status()),
+    Register: unaryHandler(log, 'Register', (req: RegisterRequest) => ops.register(req)),
+    Deregister: unaryHandler(log, 'Deregister', (req: DeregisterRequest) => ops.deregister(req)),
+    Switch: unaryHandler(log, 'Switch', (req: SwitchRequest) => ops.switchColor(req)),
+    Weight: unaryHandler(log, 'Weight', (req: WeightRequest) => ops.weight(req)),
+    Rollback: unaryHandler(log, 'Rollback', (req: RollbackRequest) => ops.rollback(req)),
+  });
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+  rmSync(socketPath, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+  });
+  chmodSync(socketPath, 0o600);
+  return server;
+}

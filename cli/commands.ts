@@ -1,0 +1,210 @@
+// The client commands: they talk to the agent over its socket and print one readable result.
+import { agentClient, grpc, unary } from '../api/grpc.js';
+import { defaultOptions } from '../api/options.js';
+import { activeColors, isServing } from '../api/traffic.js';
+import type { Endpoint, EndpointReply, HealthCheck, ListReply, ServiceReply, StatusReply } from '../api/types.js';
+import { type FlagSpec, type Parsed, UsageError } from './flags.js';
+
+export const CLIENT_FLAGS: FlagSpec[] = [
+  { name: 'agent-socket', help: 'the agent API socket (default /run/corral/agent.sock)' },
+  { name: 'run-dir', help: 'run dir holding agent.sock (default /run/corral)' },
+  { name: 'namespace', short: 'n', help: 'namespace (default "default")' },
+  { name: 'json', boolean: true, help: 'machine-readable output' },
+  { name: 'color', help: 'register: deployment color (default "default")' },
+  { name: 'http-host', help: 'register: comma-separated Host names the LB routes here' },
+  { name: 'http-path', help: 'register: path prefix (default /)' },
+  { name: 'health-path', help: 'register: HTTP health check path' },
+  { name: 'health-tcp', boolean: true, help: 'register: TCP connect health check' },
+  { name: 'health-interval', help: 'register: check interval (default 2s)' },
+  { name: 'weight', help: 'register: endpoint weight (default 1)' },
+  { name: 'port-name', help: 'register: SRV port name (default http)' },
+];
+
+type Client = ReturnType<typeof agentClient>;
+
+function socketOf(p: Parsed): string {
+  if (p.flags.has('agent-socket')) return p.flags.get('agent-socket')!;
+  if (p.flags.has('run-dir')) return `${p.flags.get('run-dir')}/agent.sock`;
+  return defaultOptions().agentSocket;
+}
+
+/** One line that says what went wrong and what to do, for gRPC errors. */
+export function explain(err: unknown, socket: string): string {
+  const e = err as grpc.ServiceError;
+  if (e && typeof e.code === 'number') {
+    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+      return `cannot reach the agent at ${socket}: is \`corral up\` or \`corral agent\` running? (--agent-socket to use another)`;
+    }
+    return e.details || e.message;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+function out(p: Parsed, json: unknown, text: string): void {
+  process.stdout.write(p.bools.has('json') ? JSON.stringify(json, null, 2) + '\n' : text.endsWith('\n') || text === '' ? text : text + '\n');
+}
+
+function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+function addrPort(text: string | undefined, what: string): { address: string; port: number } {
+  const m = text ? /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(text) : null;
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port < 1 || port > 65535) throw new UsageError(`${what} needs ADDR:PORT (for example 10.0.0.5:8080 or [fd00::5]:8080), got "${text ?? ''}"`);
+  return { address: m[1] ?? m[2]!, port };
+}
+
+function need(p: Parsed, n: number, usage: string): string[] {
+  if (p.args.length !== n) throw new UsageError(`usage: corral ${usage}`);
+  return p.args;
+}
+
+function durationMs(text: string | undefined, what: string): number {
+  if (text === undefined) return 0;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text);
+  if (!m) throw new UsageError(`${what} "${text}" is not a duration such as 500ms, 2s or 1m`);
+  return Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000));
+}
+
+function colorsText(active: Record<string, number>): string {
+  const e = Object.entries(active);
+  if (e.length === 1) return e[0]![0];
+  return e.map(([c, w]) => `${c}=${w}`).join(' ');
+}
+
+export const commands: Record<string, { usage: string; run(p: Parsed, c: Client): Promise<void> }> = {
+  status: {
+    usage: 'status [--json]',
+    async run(p, c) {
+      const s = await unary<object, StatusReply>(c, 'Status', {});
+      const comps = s.components.map((x) => `${x.component}: ${x.connected ? (x.appliedRevision >= s.revision ? `applied ${x.appliedRevision} (in sync)` : `applied ${x.appliedRevision} (behind)`) : `disconnected, last applied ${x.appliedRevision}`}`);
+      out(p, s, [
+        `node       ${s.node} (corral ${s.version})`,
+        `registry   ${s.registry} at revision ${s.revision}; this host applied ${s.appliedRevision}`,
+        `docker     ${s.dockerConnected ? 'connected' : `not connected: ${s.dockerError}`}`,
+        `services   ${s.services}, endpoints ${s.endpoints} (${s.healthyEndpoints} serving)`,
+        ...(comps.length ? comps.map((x, i) => `${i === 0 ? 'components ' : '           '}${x}`) : ['components none watching']),
+      ].join('\n'));
+    },
+  },
+  hosts: {
+    usage: 'hosts [--json]',
+    async run(p, c) {
+      const l = await unary<object, ListReply>(c, 'List', { namespace: '', service: '' });
+      out(p, { revision: l.revision, hosts: l.hosts }, table([['HOST', 'BLOCK', 'VERSION', 'LAST SEEN'], ...l.hosts.map((h) => [h.name, h.block || '-', h.version, new Date(h.heartbeatMs).toISOString()])]));
+    },
+  },
+  services: {
+    usage: 'services [-n ns] [--json]',
+    async run(p, c) {
+      const ns = p.flags.get('namespace') ?? '';
+      const l = await unary<object, ListReply>(c, 'List', { namespace: ns, service: '' });
+      const rows = l.services
+        .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`))
+        .map((s) => {
+          const eps = l.endpoints.filter((e) => e.namespace === s.namespace && e.service === s.name);
+          const active = activeColors(s, eps);
+          const serving = eps.filter((e) => active.has(e.color) && isServing(e)).length;
+          const hosts = [...new Set(eps.flatMap((e) => e.httpHosts))].join(',') || '-';
+          return [s.name, s.namespace, colorsText(Object.fromEntries(active)) || '-', `${serving}/${eps.length}`, hosts];
+        });
+      out(p, { revision: l.revision, services: l.services }, table([['SERVICE', 'NAMESPACE', 'ACTIVE', 'SERVING', 'HTTP HOSTS'], ...rows]) + `revision ${l.revision}`);
+    },
+  },
+  endpoints: {
+    usage: 'endpoints <service> [-n ns] [--json]',
+    async run(p, c) {
+      const [service] = need(p, 1, this.usage);
+      const ns = p.flags.get('namespace') ?? 'default';
+      const l = await unary<object, ListReply>(c, 'List', { namespace: ns, service });
+      if (l.endpoints.length === 0 && l.services.length === 0) throw new OpFailed(`no service ${service} in namespace ${ns}; see \`corral services\``);
+      const state = (e: Endpoint) => (e.draining ? 'draining' : e.healthy ? 'healthy' : 'unhealthy');
+      out(p, { revision: l.revision, endpoints: l.endpoints, service: l.services[0] ?? null }, table([
+        ['ADDRESS', 'COLOR', 'WEIGHT', 'STATE', 'ORIGIN', 'NODE', 'REASON'],
+        ...l.endpoints.map((e) => [`${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`, e.color, String(e.weight), state(e), e.containerName ? `${e.origin} ${e.containerName}` : e.origin, e.node, e.healthReason]),
+      ]) + `revision ${l.revision}`);
+    },
+  },
+  register: {
+    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w]',
+    async run(p, c) {
+      const [service, target] = need(p, 2, this.usage);
+      const { address, port } = addrPort(target, 'register');
+      const f = p.flags;
+      const weight = f.has('weight') ? Number(f.get('weight')) : 0;
+      if (f.has('weight') && !(Number.isInteger(weight) && weight >= 1)) throw new UsageError(`--weight "${f.get('weight')}" is not a whole number of 1 or more`);
+      const healthCheck: HealthCheck | null = f.has('health-path') || p.bools.has('health-tcp')
+        ? { path: f.get('health-path') ?? '', tcp: p.bools.has('health-tcp'), intervalMs: durationMs(f.get('health-interval'), '--health-interval'), timeoutMs: 0, rise: 0, fall: 0 }
+        : null;
+      const r = await unary<object, EndpointReply>(c, 'Register', {
+        service, namespace: f.get('namespace') ?? 'default', address, port, color: f.get('color') ?? '',
+        httpHosts: f.has('http-host') ? [f.get('http-host')!] : [], httpPath: f.get('http-path') ?? '', weight, healthCheck, portName: f.get('port-name') ?? '',
+      });
+      out(p, r, `registered ${target} as ${r.endpoint?.service}.${r.endpoint?.namespace} (color ${r.endpoint?.color}) at revision ${r.revision}`);
+    },
+  },
+  deregister: {
+    usage: 'deregister <service> <addr>:<port> [-n ns]',
+    async run(p, c) {
+      const [service, target] = need(p, 2, this.usage);
+      const { address, port } = addrPort(target, 'deregister');
+      const r = await unary<object, EndpointReply>(c, 'Deregister', { service, namespace: p.flags.get('namespace') ?? 'default', address, port });
+      out(p, r, `deregistered ${target} from ${service} at revision ${r.revision}${r.endpoint?.draining ? ` (draining for ${r.endpoint.drainMs} ms)` : ''}`);
+    },
+  },
+  switch: {
+    usage: 'switch <service> <color> [-n ns]',
+    async run(p, c) {
+      const [service, color] = need(p, 2, this.usage);
+      const r = await unary<object, ServiceReply>(c, 'Switch', { service, namespace: p.flags.get('namespace') ?? 'default', color });
+      out(p, r, `${service}: active color is now ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
+    },
+  },
+  weight: {
+    usage: 'weight <service> <color>=<weight> [<color>=<weight> ...] [-n ns]',
+    async run(p, c) {
+      if (p.args.length < 2) throw new UsageError(`usage: corral ${this.usage}`);
+      const [service, ...pairs] = p.args;
+      const weights: Record<string, number> = {};
+      for (const pair of pairs) {
+        const m = /^([^=\s]+)=(\d+)$/.exec(pair);
+        if (!m) throw new UsageError(`"${pair}" is not COLOR=WEIGHT (for example blue=90 green=10)`);
+        weights[m[1]!] = Number(m[2]);
+      }
+      const r = await unary<object, ServiceReply>(c, 'Weight', { service, namespace: p.flags.get('namespace') ?? 'default', weights });
+      out(p, r, `${service}: weights are now ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
+    },
+  },
+  rollback: {
+    usage: 'rollback <service> [-n ns]',
+    async run(p, c) {
+      const [service] = need(p, 1, this.usage);
+      const r = await unary<object, ServiceReply>(c, 'Rollback', { service, namespace: p.flags.get('namespace') ?? 'default' });
+      out(p, r, `${service}: rolled back to ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
+    },
+  },
+};
+
+/** The operation was understood but failed (exit 1). */
+export class OpFailed extends Error {}
+
+export async function runCommand(name: string, p: Parsed): Promise<number> {
+  const cmd = commands[name]!;
+  const socket = socketOf(p);
+  const client = agentClient(socket);
+  try {
+    await cmd.run(p, client);
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    const e = err as grpc.ServiceError;
+    if (typeof e?.code === 'number' && e.code === grpc.status.INVALID_ARGUMENT) throw new UsageError(explain(err, socket));
+    process.stderr.write(`corral: ${explain(err, socket)}\n`);
+    return 1;
+  } finally {
+    client.close();
+  }
+}

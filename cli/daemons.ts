@@ -1,0 +1,103 @@
+// `corral up | agent | dns | lb`: the daemons, in the foreground until SIGINT/SIGTERM.
+import { join } from 'node:path';
+import { makeLogger } from '../api/log.js';
+import { defaultOptions, parseHostPort, type DaemonOptions } from '../api/options.js';
+import { type FlagSpec, type Parsed, UsageError } from './flags.js';
+
+export const DAEMON_FLAGS: FlagSpec[] = [
+  { name: 'registry', help: 'embedded (default) or etcd://h1:2379,h2:2379' },
+  { name: 'state-dir', help: 'registry, IPAM journal and keys (default /var/lib/corral)' },
+  { name: 'run-dir', help: 'agent socket and pid files (default /run/corral)' },
+  { name: 'agent-socket', help: 'the agent API socket (default <run dir>/agent.sock)' },
+  { name: 'node-name', help: 'this host in the registry (default: the hostname)' },
+  { name: 'cluster-cidr', help: 'cluster CIDR (default 10.42.0.0/16)' },
+  { name: 'dns-listen', help: 'ADDR:PORT[,...] for DNS (default 127.0.0.1:53)' },
+  { name: 'dns-domain', help: 'DNS domain (default corral.internal)' },
+  { name: 'dns-ttl', help: 'TTL of service answers in seconds (default 5)' },
+  { name: 'dns-upstream', help: 'ADDR[:PORT][,...] upstream resolvers (default: /etc/resolv.conf)' },
+  { name: 'http-listen', help: 'ADDR:PORT for the load balancer (default :80)' },
+  { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
+  { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
+  { name: 'log-level', help: 'trace, debug, info, warn, error (default info)' },
+];
+
+export function daemonOptions(p: Parsed): DaemonOptions {
+  const o = defaultOptions();
+  const f = p.flags;
+  const list = (s: string) => s.split(',').map((x) => x.trim()).filter(Boolean);
+  if (f.has('registry')) o.registry = f.get('registry')!;
+  if (f.has('state-dir')) o.stateDir = f.get('state-dir')!;
+  if (f.has('run-dir')) {
+    o.runDir = f.get('run-dir')!;
+    o.agentSocket = join(o.runDir, 'agent.sock');
+  }
+  if (f.has('agent-socket')) o.agentSocket = f.get('agent-socket')!;
+  if (f.has('node-name')) o.nodeName = f.get('node-name')!;
+  if (f.has('cluster-cidr')) o.clusterCidr = f.get('cluster-cidr')!;
+  if (f.has('dns-listen')) o.dnsListen = list(f.get('dns-listen')!);
+  if (f.has('dns-domain')) o.dnsDomain = f.get('dns-domain')!.toLowerCase().replace(/\.$/, '');
+  if (f.has('dns-ttl')) {
+    const t = Number(f.get('dns-ttl'));
+    if (!Number.isInteger(t) || t < 0 || t > 86400) throw new UsageError(`--dns-ttl "${f.get('dns-ttl')}" is not a whole number of seconds from 0 to 86400`);
+    o.dnsTtl = t;
+  }
+  if (f.has('dns-upstream')) o.dnsUpstream = list(f.get('dns-upstream')!);
+  if (f.has('http-listen')) o.httpListen = f.get('http-listen')!;
+  if (f.has('docker-socket')) o.dockerSocket = f.get('docker-socket')!;
+  if (f.has('admin-listen')) o.adminListen = f.get('admin-listen')!;
+  if (f.has('log-level')) o.logLevel = f.get('log-level')!;
+  try {
+    for (const a of o.dnsListen) parseHostPort(a, '--dns-listen');
+    parseHostPort(o.httpListen, '--http-listen');
+    if (o.adminListen) parseHostPort(o.adminListen, '--admin-listen');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(o.logLevel)) {
+    throw new UsageError(`--log-level "${o.logLevel}" is not one of trace, debug, info, warn, error`);
+  }
+  return o;
+}
+
+interface Closable { close(): Promise<void> }
+
+/** Runs the named parts in this process until SIGINT/SIGTERM, then stops them in reverse. */
+export async function runDaemons(parts: Array<'agent' | 'dns' | 'lb'>, o: DaemonOptions): Promise<number> {
+  const running: Closable[] = [];
+  const log = makeLogger(parts.length > 1 ? 'up' : parts[0]!, o.logLevel);
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    for (const r of running.reverse()) await r.close().catch((err: Error) => log.error({ err }, 'error while stopping'));
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  const admin = o.adminListen ? parseHostPort(o.adminListen, '--admin-listen') : undefined;
+  const adminFor = (offset: number) => (admin && parts.length > 1 ? `${admin.host.includes(':') ? `[${admin.host}]` : admin.host}:${admin.port === 0 ? 0 : admin.port + offset}` : o.adminListen);
+  try {
+    if (parts.includes('agent')) {
+      const { Agent } = await import('../agent/agent.js');
+      const agent = new Agent({ ...o, adminListen: adminFor(0) }, log.child({ component: 'agent' }));
+      await agent.start();
+      running.push({ close: () => agent.stop() });
+    }
+    if (parts.includes('dns')) {
+      const { runDns } = await import('../dns/main.js');
+      running.push(await runDns({ ...o, adminListen: adminFor(1) }, log.child({ component: 'dns' })));
+    }
+    if (parts.includes('lb')) {
+      const { runLb } = await import('../lb/main.js');
+      running.push(await runLb({ ...o, adminListen: adminFor(2) }, log.child({ component: 'lb' })));
+    }
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'cannot start');
+    process.stderr.write(`corral: ${(err as Error).message}\n`);
+    for (const r of running.reverse()) await r.close().catch(() => {});
+    return 1;
+  }
+  log.info({ parts }, 'running; stop with Ctrl-C');
+  return new Promise<number>(() => {});
+}

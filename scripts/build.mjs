@@ -1,0 +1,27 @@
+// Bundles the `corral` executable into dist/ (one ESM entry plus lazily loaded chunks, so a
+// client command does not load the daemons' dependencies), and copies the .proto beside it.
+import { build } from 'esbuild';
+import { chmodSync, copyFileSync, mkdirSync, rmSync } from 'node:fs';
+
+rmSync('dist', { recursive: true, force: true });
+mkdirSync('dist', { recursive: true });
+await build({
+  entryPoints: { corral: 'cli/main.ts' },
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  chunkNames: 'chunks/[name]-[hash]',
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  sourcemap: 'linked',
+  // Native addons and optional native speed-ups stay outside the bundle.
+  external: ['netlink', 'cpu-features', 'ssh2'],
+  banner: {
+    js: "#!/usr/bin/env node\nimport { createRequire as __corralRequire } from 'node:module'; const require = __corralRequire(import.meta.url);",
+  },
+  logLevel: 'warning',
+});
+copyFileSync('api/corral.proto', 'dist/corral.proto');
+chmodSync('dist/corral.mjs', 0o755);
