@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the small offline image the README tour uses, `corral-tour/httpd:1`: busybox httpd
+# serving a page that names its color. No registry is needed. Usage: scripts/tour-image.sh
+set -euo pipefail
+command -v busybox >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || {
+  echo "tour-image: needs Debian's busybox-static (apt-get install -y busybox-static)" >&2; exit 1; }
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/bin" "$root/www" "$root/tmp"
+cp "$(command -v busybox)" "$root/bin/busybox"
+for a in sh httpd wget nslookup sleep cat echo ls rm mkdir ip hostname; do ln -s busybox "$root/bin/$a"; done
+# The page says which color answered: `docker run -e COLOR=green ...`
+cat > "$root/bin/serve" <<'EOS'
+#!/bin/sh
+mkdir -p /www && echo "hello from ${COLOR:-default} on $(hostname)" > /www/index.html && echo ok > /www/healthz
+exec httpd -f -p "${PORT:-80}" -h /www
+EOS
+chmod +x "$root/bin/serve"
+tar -C "$root" -c . | docker import -c 'CMD ["/bin/serve"]' -c 'EXPOSE 80' - corral-tour/httpd:1 >/dev/null
+echo "built corral-tour/httpd:1"
