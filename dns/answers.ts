@@ -1,0 +1,44 @@
+// Pre-encoded authoritative answers per (name, type). Filled on the first query, dropped for
+// exactly the names a zone patch touched (everything on a snapshot).
+import { encodeAnswer, type Answer } from './wire.js';
+import type { Zone } from './zone.js';
+
+/** Bound on cached names, so queries for random nonexistent names cannot grow memory. */
+const MAX_NAMES = 50_000;
+
+export class AnswerCache {
+  private readonly byName = new Map<string, Map<number, Answer>>();
+  hits = 0;
+
+  constructor(private readonly zone: Zone) {
+    zone.onChange((c) => {
+      if (c.names === null) this.byName.clear();
+      else for (const n of c.names) this.byName.delete(n);
+    });
+  }
+
+  /** The encoded answer, or null when the name is not ours (forward it). May throw on a bad name. */
+  get(name: string, qtype: number): Answer | null {
+    let types = this.byName.get(name);
+    if (types !== undefined) {
+      const hit = types.get(qtype);
+      if (hit !== undefined) {
+        this.hits++;
+        return hit;
+      }
+    }
+    const sections = this.zone.answer(name, qtype);
+    if (sections === null) return null;
+    const answer = encodeAnswer(name, sections);
+    if (types === undefined) {
+      if (this.byName.size >= MAX_NAMES) this.byName.clear();
+      this.byName.set(name, (types = new Map()));
+    }
+    types.set(qtype, answer);
+    return answer;
+  }
+
+  get size(): number {
+    return this.byName.size;
+  }
+}

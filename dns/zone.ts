@@ -1,0 +1,366 @@
+// The authoritative index of the Corral domain: names -> record sets, fed by the agent's watch
+// stream. A snapshot replaces everything; a delta recomputes only the services it touches and
+// tells listeners which names changed, so cached answers for everything else stay valid.
+import { isIPv4, isIPv6 } from 'node:net';
+import { colorEndpoints, servingEndpoints } from '../api/traffic.js';
+import { serviceKey, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
+import { expandIPv6, RCODE, TYPE, HEADER_FLAGS, type ResourceRecord, type Sections } from './wire.js';
+
+export interface SrvTarget {
+  priority: number;
+  weight: number;
+  port: number;
+  target: string;
+}
+
+/** The records one owner (a service, or the apex) puts at one name. Empty = empty non-terminal. */
+export interface RRsets {
+  a: string[];
+  aaaa: string[];
+  srv: SrvTarget[];
+  ptr: string[];
+  ns: string[];
+  soa: boolean;
+}
+
+function rrsets(): RRsets {
+  return { a: [], aaaa: [], srv: [], ptr: [], ns: [], soa: false };
+}
+
+/** One name; several services may own records at it (a namespace, a shared address's PTR). */
+class NameNode {
+  readonly owners = new Map<string, RRsets>();
+  private merged: RRsets | undefined;
+
+  set(owner: string, rr: RRsets): void {
+    this.owners.set(owner, rr);
+    this.merged = undefined;
+  }
+
+  delete(owner: string): void {
+    this.owners.delete(owner);
+    this.merged = undefined;
+  }
+
+  records(): RRsets {
+    if (this.merged) return this.merged;
+    if (this.owners.size === 1) return (this.merged = this.owners.values().next().value!);
+    const m = rrsets();
+    for (const rr of this.owners.values()) {
+      for (const x of rr.a) if (!m.a.includes(x)) m.a.push(x);
+      for (const x of rr.aaaa) if (!m.aaaa.includes(x)) m.aaaa.push(x);
+      for (const x of rr.ptr) if (!m.ptr.includes(x)) m.ptr.push(x);
+      for (const x of rr.ns) if (!m.ns.includes(x)) m.ns.push(x);
+      m.srv.push(...rr.srv);
+      m.soa ||= rr.soa;
+    }
+    return (this.merged = m);
+  }
+}
+
+const APEX_OWNER = '@apex';
+
+/** The SRV port name when an endpoint has none. */
+export const DEFAULT_PORT_NAME = 'http';
+
+export interface ZoneChange {
+  /** Names whose records changed; null means everything (a snapshot). */
+  names: string[] | null;
+}
+
+export class Zone {
+  readonly domain: string;
+  readonly ttl: number;
+  revision = 0;
+  /** Has the first snapshot arrived? */
+  synced = false;
+  private readonly endpoints = new Map<string, Endpoint>();
+  private readonly services = new Map<string, Service>();
+  private readonly byService = new Map<string, Set<string>>();
+  private readonly views = new Map<string, Map<string, RRsets>>();
+  private readonly names = new Map<string, NameNode>();
+  private readonly listeners: Array<(c: ZoneChange) => void> = [];
+  private readonly domainSuffix: string;
+  private readonly nsName: string;
+
+  constructor(domain = 'corral.internal', ttl = 5) {
+    this.domain = domain.toLowerCase().replace(/\.$/, '');
+    this.ttl = ttl;
+    this.domainSuffix = `.${this.domain}`;
+    this.nsName = `ns.${this.domain}`;
+    this.addApex();
+  }
+
+  onChange(fn: (c: ZoneChange) => void): void {
+    this.listeners.push(fn);
+  }
+
+  /** Applies one watch event: snapshot=true replaces everything, otherwise a patch. */
+  apply(ev: WatchEvent): void {
+    if (ev.snapshot) {
+      this.endpoints.clear();
+      this.services.clear();
+      this.byService.clear();
+      this.views.clear();
+      this.names.clear();
+      this.addApex();
+      for (const s of ev.services) this.services.set(serviceKey(s.namespace || 'default', s.name), s);
+      for (const ep of ev.endpoints) this.putEndpoint(ep);
+      for (const key of this.allServiceKeys()) this.recompute(key, null);
+      this.revision = ev.revision;
+      this.synced = true;
+      this.emit({ names: null });
+      return;
+    }
+    const touched = new Set<string>();
+    for (const id of ev.deletedEndpoints) {
+      const old = this.endpoints.get(id);
+      if (!old) continue;
+      const key = endpointKey(old);
+      this.endpoints.delete(id);
+      this.byService.get(key)?.delete(id);
+      touched.add(key);
+    }
+    for (const ep of ev.endpoints) {
+      const old = this.endpoints.get(ep.id);
+      if (old) {
+        const oldKey = endpointKey(old);
+        this.byService.get(oldKey)?.delete(ep.id);
+        touched.add(oldKey);
+      }
+      touched.add(this.putEndpoint(ep));
+    }
+    for (const key of ev.deletedServices) {
+      this.services.delete(key);
+      touched.add(key);
+    }
+    for (const s of ev.services) {
+      const key = serviceKey(s.namespace || 'default', s.name);
+      this.services.set(key, s);
+      touched.add(key);
+    }
+    const changed = new Set<string>();
+    for (const key of touched) this.recompute(key, changed);
+    if (ev.revision) this.revision = ev.revision;
+    // The SOA serial is patched into cached answers on the way out, so a revision alone
+    // invalidates nothing.
+    if (changed.size > 0) this.emit({ names: [...changed] });
+  }
+
+  /** Is this name under our domain (or the apex itself)? */
+  inDomain(name: string): boolean {
+    return name === this.domain || name.endsWith(this.domainSuffix);
+  }
+
+  /** Records at a name, or undefined when the name does not exist. */
+  lookup(name: string): RRsets | undefined {
+    return this.names.get(name)?.records();
+  }
+
+  /**
+   * The authoritative reply for (name, qtype), or null when the name is not ours (forward it).
+   * PTR names of our endpoints are ours even though in-addr.arpa is not.
+   */
+  answer(name: string, qtype: number): Sections | null {
+    const node = this.names.get(name);
+    const inDomain = this.inDomain(name);
+    if (!node && !inDomain) return null;
+    const out: Sections = { flags: HEADER_FLAGS.AA, answer: [], authority: [], additional: [] };
+    if (!node) {
+      out.flags |= RCODE.NXDOMAIN;
+      out.authority.push(this.soaRecord());
+      return out;
+    }
+    const rr = node.records();
+    const ttl = this.ttl;
+    const any = qtype === TYPE.ANY;
+    if (qtype === TYPE.A || any) for (const a of rr.a) out.answer.push({ name, ttl, data: { type: TYPE.A, address: a } });
+    if (qtype === TYPE.AAAA || any) for (const a of rr.aaaa) out.answer.push({ name, ttl, data: { type: TYPE.AAAA, address: a } });
+    if ((qtype === TYPE.SOA || any) && rr.soa) out.answer.push(this.soaRecord());
+    if (qtype === TYPE.NS || any) {
+      for (const ns of rr.ns) {
+        out.answer.push({ name, ttl, data: { type: TYPE.NS, target: ns } });
+        this.addressRecords(ns, out.additional);
+      }
+    }
+    if (qtype === TYPE.PTR || any) for (const p of rr.ptr) out.answer.push({ name, ttl, data: { type: TYPE.PTR, target: p } });
+    if (qtype === TYPE.SRV || any) {
+      const seen = new Set<string>();
+      for (const s of rr.srv) {
+        out.answer.push({ name, ttl, data: { type: TYPE.SRV, priority: s.priority, weight: s.weight, port: s.port, target: s.target } });
+        if (!seen.has(s.target)) {
+          seen.add(s.target);
+          this.addressRecords(s.target, out.additional);
+        }
+      }
+    }
+    if (out.answer.length === 0 && inDomain) out.authority.push(this.soaRecord());
+    return out;
+  }
+
+  /** Counts for the status page. */
+  stats(): { revision: number; names: number; services: number; endpoints: number } {
+    return { revision: this.revision, names: this.names.size, services: this.views.size, endpoints: this.endpoints.size };
+  }
+
+  private addressRecords(target: string, into: ResourceRecord[]): void {
+    const rr = this.names.get(target)?.records();
+    if (!rr) return;
+    for (const a of rr.a) into.push({ name: target, ttl: this.ttl, data: { type: TYPE.A, address: a } });
+    for (const a of rr.aaaa) into.push({ name: target, ttl: this.ttl, data: { type: TYPE.AAAA, address: a } });
+  }
+
+  private soaRecord(): ResourceRecord {
+    return {
+      name: this.domain,
+      ttl: this.ttl,
+      data: {
+        type: TYPE.SOA, mname: this.nsName, rname: `hostmaster.${this.domain}`, serial: this.revision >>> 0,
+        refresh: 3600, retry: 600, expire: 86400, minimum: this.ttl,
+      },
+    };
+  }
+
+  private addApex(): void {
+    const apex = rrsets();
+    apex.soa = true;
+    apex.ns.push(this.nsName);
+    this.node(this.domain).set(APEX_OWNER, apex);
+    const ns = rrsets();
+    ns.a.push('127.0.0.1');
+    this.node(this.nsName).set(APEX_OWNER, ns);
+  }
+
+  private node(name: string): NameNode {
+    let n = this.names.get(name);
+    if (!n) this.names.set(name, (n = new NameNode()));
+    return n;
+  }
+
+  private putEndpoint(ep: Endpoint): string {
+    const key = endpointKey(ep);
+    this.endpoints.set(ep.id, ep);
+    let ids = this.byService.get(key);
+    if (!ids) this.byService.set(key, (ids = new Set()));
+    ids.add(ep.id);
+    return key;
+  }
+
+  private allServiceKeys(): Set<string> {
+    return new Set([...this.byService.keys(), ...this.services.keys()]);
+  }
+
+  /** Replaces one service's names in the index; adds every name it touched to `changed`. */
+  private recompute(key: string, changed: Set<string> | null): void {
+    const old = this.views.get(key);
+    if (old) {
+      for (const name of old.keys()) {
+        const n = this.names.get(name);
+        if (!n) continue;
+        n.delete(key);
+        if (n.owners.size === 0) this.names.delete(name);
+        changed?.add(name);
+      }
+    }
+    const ids = this.byService.get(key);
+    if (ids && ids.size === 0) this.byService.delete(key);
+    const view = this.buildView(key);
+    if (view.size === 0) {
+      this.views.delete(key);
+      return;
+    }
+    this.views.set(key, view);
+    for (const [name, rr] of view) {
+      this.node(name).set(key, rr);
+      changed?.add(name);
+    }
+  }
+
+  private buildView(key: string): Map<string, RRsets> {
+    const view = new Map<string, RRsets>();
+    const service = this.services.get(key);
+    const eps: Endpoint[] = [];
+    for (const id of this.byService.get(key) ?? []) eps.push(this.endpoints.get(id)!);
+    if (eps.length === 0 && !service) return view;
+    const slash = key.indexOf('/');
+    const ns = key.slice(0, slash).toLowerCase();
+    const svc = key.slice(slash + 1).toLowerCase();
+    const nsName = `${ns}.${this.domain}`;
+    const base = `${svc}.${nsName}`;
+    const at = (name: string) => {
+      let rr = view.get(name);
+      if (!rr) view.set(name, (rr = rrsets()));
+      return rr;
+    };
+    at(nsName); // the namespace is an empty non-terminal: it exists
+    const root = at(base);
+
+    // Every registered endpoint has its own name (SRV targets) and a PTR back to it.
+    for (const ep of eps) {
+      const v4 = isIPv4(ep.address);
+      if (!v4 && !isIPv6(ep.address)) continue;
+      const own = endpointName(ep.address, base);
+      addAddress(at(own), ep.address);
+      const ptr = at(reverseName(ep.address));
+      if (!ptr.ptr.includes(own)) ptr.ptr.push(own);
+    }
+
+    // Service name and SRV: serving endpoints of the active colors.
+    const serving = servingEndpoints(service, eps);
+    let maxWeight = 0;
+    for (const s of serving) maxWeight = Math.max(maxWeight, s.weight);
+    const factor = maxWeight > 0 ? Math.min(100, 65535 / maxWeight) : 1;
+    for (const { endpoint: ep, weight } of serving) {
+      if (!isIPv4(ep.address) && !isIPv6(ep.address)) continue;
+      addAddress(root, ep.address);
+      at(`_tcp.${base}`);
+      const srv = at(`_${(ep.portName || DEFAULT_PORT_NAME).toLowerCase()}._tcp.${base}`);
+      srv.srv.push({
+        priority: 0,
+        weight: Math.min(65535, Math.max(1, Math.round(weight * factor))),
+        port: ep.port,
+        target: endpointName(ep.address, base),
+      });
+    }
+
+    // <color>.<svc>: serving endpoints of that color, active or not (test green before switching).
+    const colors = new Set<string>();
+    for (const ep of eps) if (ep.color) colors.add(ep.color);
+    for (const color of colors) {
+      const rr = at(`${color.toLowerCase()}.${base}`);
+      for (const ep of colorEndpoints(eps, color)) addAddress(rr, ep.address);
+    }
+    return view;
+  }
+
+  private emit(c: ZoneChange): void {
+    for (const fn of this.listeners) fn(c);
+  }
+}
+
+function endpointKey(ep: Endpoint): string {
+  return serviceKey(ep.namespace || 'default', ep.service);
+}
+
+function addAddress(rr: RRsets, address: string): void {
+  if (isIPv4(address)) {
+    if (!rr.a.includes(address)) rr.a.push(address);
+  } else if (isIPv6(address)) {
+    const norm = expandIPv6(address).map((g) => g.toString(16)).join(':');
+    if (!rr.aaaa.some((x) => expandIPv6(x).map((g) => g.toString(16)).join(':') === norm)) rr.aaaa.push(address);
+  }
+}
+
+/** `10-42-0-5.<svc>.<ns>.<domain>`, `fd00-0-0-0-0-0-0-1.<...>`: the name of one endpoint. */
+export function endpointName(address: string, base: string): string {
+  const label = isIPv4(address) ? address.replace(/\./g, '-') : expandIPv6(address).map((g) => g.toString(16)).join('-');
+  return `${label}.${base}`;
+}
+
+/** The in-addr.arpa / ip6.arpa name of an address. */
+export function reverseName(address: string): string {
+  if (isIPv4(address)) return `${address.split('.').reverse().join('.')}.in-addr.arpa`;
+  const nibbles: string[] = [];
+  for (const g of expandIPv6(address)) nibbles.push(...g.toString(16).padStart(4, '0').split(''));
+  return `${nibbles.reverse().join('.')}.ip6.arpa`;
+}
