@@ -1,0 +1,133 @@
+// Test bed for the load balancer's tests: real HTTP backends on 127.0.0.1 and registry records.
+// Not used by the product.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Endpoint, Service, WatchEvent } from '../api/types.js';
+
+/** A backend that answers with its own name and color; see `handle` for the paths it knows. */
+export class Backend {
+  readonly server: Server;
+  port = 0;
+  /** TCP connections accepted so far (keep-alive reuse shows as few connections). */
+  connections = 0;
+  /** Requests received so far. */
+  requests = 0;
+  /** Requests that arrived and have not been answered yet. */
+  inFlight = 0;
+  last: IncomingMessage | undefined;
+  private arrivals: Array<() => void> = [];
+
+  constructor(
+    readonly name: string,
+    readonly color = 'default',
+  ) {
+    this.server = createServer((req, res) => this.handle(req, res));
+    this.server.on('connection', () => this.connections++);
+  }
+
+  async start(): Promise<this> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    this.port = (this.server.address() as AddressInfo).port;
+    return this;
+  }
+
+  /** Resolves when the next request has arrived (not answered). */
+  nextArrival(): Promise<void> {
+    return new Promise((resolve) => this.arrivals.push(resolve));
+  }
+
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    this.requests++;
+    this.inFlight++;
+    this.last = req;
+    res.on('close', () => this.inFlight--);
+    for (const a of this.arrivals.splice(0)) a();
+    const url = new URL(req.url ?? '/', 'http://backend');
+    res.setHeader('x-backend', this.name);
+    res.setHeader('x-color', this.color);
+    switch (url.pathname) {
+      case '/headers':
+        // Hop-by-hop headers the proxy must not pass back to the client.
+        res.setHeader('connection', 'keep-alive, x-hop-response');
+        res.setHeader('x-hop-response', 'must not reach the client');
+        res.setHeader('proxy-agent', 'backend');
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ name: this.name, url: req.url, headers: req.headers }));
+        return;
+      case '/echo':
+        // Streams the body back as it arrives.
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        res.flushHeaders();
+        req.pipe(res);
+        return;
+      case '/slow': {
+        const ms = Number(url.searchParams.get('ms') ?? '500');
+        setTimeout(() => res.end(`${this.name} ${this.color}\n`), ms);
+        return;
+      }
+      default:
+        res.end(`${this.name} ${this.color}\n`);
+    }
+  }
+}
+
+export async function startBackends(...specs: Array<[name: string, color?: string]>): Promise<Backend[]> {
+  return Promise.all(specs.map(([name, color]) => new Backend(name, color).start()));
+}
+
+/** A 127.0.0.1 port nothing listens on (bound, then released). */
+export async function deadPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}
+
+/** A registry endpoint record with the defaults the agent fills in. */
+export function endpoint(p: Partial<Endpoint> & { service: string; port: number }): Endpoint {
+  const namespace = p.namespace ?? 'default';
+  const address = p.address ?? '127.0.0.1';
+  return {
+    id: p.id ?? `manual:${namespace}:${p.service}:${address}:${p.port}`,
+    namespace,
+    address,
+    portName: 'http',
+    color: 'default',
+    weight: 1,
+    healthy: true,
+    healthReason: '',
+    origin: 'manual',
+    node: 'test',
+    httpHosts: [],
+    httpPath: '',
+    healthCheck: null,
+    deploy: 'manual',
+    drainMs: 10_000,
+    containerId: '',
+    containerName: '',
+    draining: false,
+    ...p,
+  };
+}
+
+export function backendEndpoint(b: Backend, service: string, p: Partial<Endpoint> = {}): Endpoint {
+  return endpoint({ service, port: b.port, color: b.color, id: `manual:default:${service}:${b.name}`, ...p });
+}
+
+export function service(name: string, active: Record<string, number>, namespace = 'default'): Service {
+  return { namespace, name, active, previous: {} };
+}
+
+export function snapshot(revision: number, endpoints: Endpoint[], services: Service[] = []): WatchEvent {
+  return { revision, snapshot: true, endpoints, services, hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [] };
+}
+
+export function delta(revision: number, p: Partial<Omit<WatchEvent, 'revision' | 'snapshot'>>): WatchEvent {
+  return { revision, snapshot: false, endpoints: [], services: [], hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [], ...p };
+}
