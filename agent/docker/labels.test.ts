@@ -137,7 +137,7 @@ describe('Docker labels', () => {
     ['unknown', { 'corral.helth.path': '/' }, 'corral.helth.path', 'unknown label (a typo?); Corral reads corral.service, corral.namespace'],
   ];
   it.each(bad)('names the container, the label, the value and what is accepted: bad %s', (_what, labels, label, accepted) => {
-    const all = { 'corral.service': 'web', ...labels };
+    const all: Record<string, string> = { 'corral.service': 'web', ...labels };
     const e = labelError(all);
     expect(e.container).toBe('"web-1" (abcdef012345)');
     expect(e.label).toBe(label);

@@ -73,7 +73,7 @@ export async function startDockerd(): Promise<Dockerd> {
     const proc = netns.spawn('dockerd', [
       '--storage-driver=vfs', '--iptables=false', '--ip-masq=false', '--ip6tables=false', '--bip', '10.77.0.1/24',
       '--host', `unix://${socket}`, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'),
-      '--pidfile', join(dir, 'docker.pid'), '--config-file', join(dir, 'daemon.json'),
+      '--pidfile', join(dir, 'docker.pid'), '--config-file', join(dir, 'daemon.json'), '--shutdown-timeout', '2',
     ], { env });
     child = proc;
     proc.stdout?.pipe(log, { end: false });
