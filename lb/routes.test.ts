@@ -1,11 +1,11 @@
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { SmoothWeightedRoundRobin } from './balancer.js';
 import { RouteTable, normalizeHost, normalizePath } from './routes.js';
 import { delta, endpoint, service, snapshot } from './testbed.js';
 
-function capturingLogger(): { log: ReturnType<typeof pino>; lines: Array<Record<string, unknown>> } {
+function capturingLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -13,7 +13,7 @@ function capturingLogger(): { log: ReturnType<typeof pino>; lines: Array<Record<
       cb();
     },
   });
-  return { log: pino({ level: 'debug' }, sink), lines };
+  return { log: pino({ level: 'debug' }, sink) as unknown as Logger, lines };
 }
 
 const owner = (t: RouteTable, host: string, path = '/') => t.lookup(normalizeHost(host), path)?.key;
