@@ -125,7 +125,7 @@ export async function startUnbound(localData: string[], opts: { localZones?: str
     '  module-config: "iterator"',
     '  local-zone: "." refuse', // never recurse to the outside world
     ...(opts.localZones ?? []).map((z) => `  local-zone: "${z}" static`),
-    ...localData.map((d) => `  local-data: "${d}"`),
+    ...localData.map((d) => (d.includes('"') ? `  local-data: '${d}'` : `  local-data: "${d}"`)),
     '',
   ].join('\n');
   writeFileSync(join(dir, 'unbound.conf'), conf);
