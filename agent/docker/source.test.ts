@@ -138,6 +138,13 @@ describe('DockerSource', () => {
     // The registered address really serves.
     expect(await httpGet(`http://${ip}:8080/`)).toBe('ok\n');
 
+    // A reload signal is not a stop.
+    await dockerd.exec(['kill', '--signal', 'HUP', id]);
+    await sleep(300);
+    await src.idle();
+    expect(sink.ofOp('remove')).toEqual([]);
+    expect(sink.endpoints.get(epId(id))?.draining).toBe(false);
+
     await dockerd.exec(['stop', '-t', '1', id]);
     await until('removed', () => !sink.endpoints.has(epId(id)));
     const removes = sink.ofOp('remove').filter((c) => c.id === epId(id));
