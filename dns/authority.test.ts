@@ -329,3 +329,13 @@ describe('admin', () => {
     expect(status.zone.revision).toBe(30);
   });
 });
+
+describe('reconnects', () => {
+  it('replaces everything on a new snapshot instead of merging', async () => {
+    dns.zone.apply(watchEvent({ revision: 40, snapshot: true, endpoints: [endpoint({ service: 'solo', namespace: 'dev', address: '10.42.9.9' })] }));
+    expect((await dig(port, 'web.default.corral.internal', 'A')).status).toBe('NXDOMAIN');
+    expect((await dig(port, 'default.corral.internal', 'A')).status).toBe('NXDOMAIN');
+    expect((await dig(port, 'solo.dev.corral.internal', 'A')).answer.map((a) => a.data)).toEqual(['10.42.9.9']);
+    expect((await dig(port, 'corral.internal', 'SOA')).answer[0]!.data.split(' ')[2]).toBe('40');
+  });
+});
