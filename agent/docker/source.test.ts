@@ -194,7 +194,7 @@ describe('DockerSource', () => {
   });
 
   it('retries while Docker is away, says so once, and re-syncs when it is back', async () => {
-    const id = await run({ 'corral.service': 'sticky', 'corral.port': '8080' }, ['--restart', 'always']);
+    const id = await run({ 'corral.service': 'sticky', 'corral.port': '8080' }, ['--restart', 'always', '--stop-timeout', '1']);
     const { src, sink, lines } = source();
     await until('first sync', () => sink.ofOp('sync').length === 1 && src.connected);
     expect(sink.endpoints.has(epId(id))).toBe(true);
