@@ -5,10 +5,13 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
 function protoPath(): string {
-  // Source tree: api/corral.proto beside this file. Bundle: dist/corral.proto beside the bundle.
-  const here = fileURLToPath(new URL('./corral.proto', import.meta.url));
-  if (existsSync(here)) return here;
-  return fileURLToPath(new URL('../api/corral.proto', import.meta.url));
+  // Source tree: api/corral.proto beside this file. Bundle: dist/corral.proto, one level above
+  // the chunk (dist/chunks/) this code is bundled into, or beside the entry file.
+  for (const rel of ['./corral.proto', '../corral.proto', '../api/corral.proto']) {
+    const p = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(p)) return p;
+  }
+  throw new Error(`corral.proto not found near ${fileURLToPath(import.meta.url)}: reinstall or rebuild (npm run build)`);
 }
 
 let cached: grpc.GrpcObject | undefined;
