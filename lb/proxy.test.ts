@@ -15,11 +15,17 @@ const run = promisify(execFile);
 
 /** The real proxy on 127.0.0.1:0, fed watch events directly. */
 class Lb {
-  readonly pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000 });
-  readonly routes = new RouteTable(undefined, (origin) => this.pools.retire(origin));
+  readonly pools: UpstreamPools;
+  readonly routes: RouteTable;
   readonly metrics = new LbMetrics();
-  readonly proxy = new Proxy(this.routes, this.pools, this.metrics);
+  readonly proxy: Proxy;
   port = 0;
+  constructor(timeouts: Partial<typeof UPSTREAM_DEFAULTS> = {}) {
+    const pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000, ...timeouts });
+    this.pools = pools;
+    this.routes = new RouteTable(undefined, (origin) => pools.retire(origin));
+    this.proxy = new Proxy(this.routes, pools, this.metrics);
+  }
   async start(): Promise<this> {
     this.port = await this.proxy.listen('127.0.0.1:0');
     return this;
@@ -109,6 +115,16 @@ describe('routing', () => {
     expect(r.body).toContain('default/gone');
     const metrics = await lb.metrics.registry.metrics();
     expect(metrics).toMatch(/corral_lb_requests_total\{namespace="default",service="gone",color="default",code="502"\} 1/);
+  });
+
+  it('answers 504 when the backend does not send headers in time', async () => {
+    backends = await startBackends(['slowpoke']);
+    const [slowpoke] = backends as [Backend];
+    lb = await new Lb({ headersTimeoutMs: 300 }).start();
+    lb.apply(snapshot(1, [backendEndpoint(slowpoke, 'slow', { httpHosts: ['slow.test'] })]));
+    const r = await get(lb, 'slow.test', '/slow?ms=2000');
+    expect(r.status).toBe(504);
+    expect(r.body).toContain('default/slow');
   });
 
   it('answers 503 before the first snapshot', async () => {
@@ -219,6 +235,23 @@ describe('forwarding', () => {
     let rest = '';
     for (let n = await it.next(); !n.done; n = await it.next()) rest += String(n.value);
     expect(rest).toBe('second chunk');
+  });
+
+  it('stops the upstream request when the client goes away', async () => {
+    backends = await startBackends(['s']);
+    const [s] = backends as [Backend];
+    lb = await new Lb().start();
+    lb.apply(snapshot(1, [backendEndpoint(s, 'web', { httpHosts: ['web.test'] })]));
+    const arrived = s.nextArrival();
+    const ac = new AbortController();
+    const pending = request(lb.url('/slow?ms=5000'), { headers: { host: 'web.test' }, signal: ac.signal, dispatcher: client });
+    await arrived;
+    expect(s.inFlight).toBe(1);
+    ac.abort();
+    await expect(pending).rejects.toThrow();
+    const t0 = Date.now();
+    while (s.inFlight > 0 && Date.now() - t0 < 2_000) await new Promise((r) => setTimeout(r, 20));
+    expect(s.inFlight).toBe(0); // the backend saw its connection go long before its 5 s answer
   });
 
   it('reuses keep-alive connections to the backend', async () => {

@@ -37,6 +37,7 @@ class Forward implements Dispatcher.DispatchHandler {
   private resumeUpstream: (() => void) | null = null;
   private code = 0;
   private gone = false;
+  private drainListening = false;
   done = false;
 
   constructor(
@@ -78,7 +79,11 @@ class Forward implements Dispatcher.DispatchHandler {
     if (this.gone) return false;
     const res = this.res;
     if (res.write(chunk)) return true;
-    res.once('drain', onResponseDrain);
+    // `on`, not `once`: once allocates a wrapper per call; the listener stays for the response.
+    if (!this.drainListening) {
+      this.drainListening = true;
+      res.on('drain', onResponseDrain);
+    }
     return false;
   }
 
@@ -312,7 +317,7 @@ export class Proxy {
     }
     const forward = new Forward(this, res, target, peer, performance.now());
     (res as TaggedResponse)[kForward] = forward;
-    res.once('close', onResponseClose);
+    res.on('close', onResponseClose);
     this.pools.get(peer.origin).dispatch(
       {
         path: url,
