@@ -21,6 +21,7 @@ check "${runtime[@]}"
 if [ "$want_test" = 1 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
 
 if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [ "$(id -u)" != 0 ]; then
     echo "corral setup: missing ${missing[*]}; run as root or install them: apt-get install -y ${missing[*]}" >&2
     exit 1
