@@ -157,6 +157,11 @@ function downstreamHeaders(raw: Buffer[]): string[] {
 
 /** Remove the headers a Connection header names (they are hop-by-hop for this hop only). */
 function dropConnectionNamed(headers: string[], connection: string): void {
+  // Nearly every Connection header is just "keep-alive" or "close": nothing extra to drop.
+  if (connection.length <= 10) {
+    const v = connection.toLowerCase();
+    if (v === 'keep-alive' || v === 'close') return;
+  }
   const named = new Set<string>();
   for (const token of connection.split(',')) {
     const t = token.trim().toLowerCase();
