@@ -121,6 +121,26 @@ describe('route table', () => {
     expect(t.stats).toMatchObject({ services: 1, endpoints: 1, routes: 1, hosts: 1 });
   });
 
+  it('moves an endpoint between services in one delta without losing either service', () => {
+    const removed: string[] = [];
+    const t = new RouteTable(undefined, (o) => removed.push(o));
+    const x = endpoint({ service: 'a', port: 1, id: 'x', httpHosts: ['a.test'] });
+    t.apply(snapshot(1, [x, endpoint({ service: 'a', port: 3, id: 'z', httpHosts: ['a.test'] })]));
+    t.apply(delta(2, {
+      deletedEndpoints: ['z'],
+      endpoints: [
+        { ...x, service: 'b', httpHosts: ['b.test'] },
+        endpoint({ service: 'a', port: 2, id: 'y', httpHosts: ['a.test'] }),
+      ],
+    }));
+    expect(t.lookup('a.test', '/')?.balancer.pick()?.endpoint.id).toBe('y');
+    expect(t.lookup('b.test', '/')?.balancer.pick()?.endpoint.id).toBe('x');
+    // Renaming an endpoint (delete + add at the same address) keeps its upstream pool.
+    t.apply(delta(3, { deletedEndpoints: ['y'], endpoints: [endpoint({ service: 'a', port: 2, id: 'y2', httpHosts: ['a.test'] })] }));
+    expect(removed).toEqual(['http://127.0.0.1:3']);
+    expect(t.stats).toMatchObject({ services: 2, endpoints: 2, routes: 2 });
+  });
+
   it('keeps a route for a service whose endpoints are all unhealthy (answers 503, not 404)', () => {
     const t = new RouteTable();
     t.apply(snapshot(1, [endpoint({ service: 'a', port: 1, httpHosts: ['a.test'], healthy: false })]));

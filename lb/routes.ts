@@ -112,6 +112,8 @@ export class RouteTable {
   /** origin -> how many endpoints use it. */
   private readonly origins = new Map<string, number>();
   private routeCount = 0;
+  /** Origins whose count reached 0 during the current event; retired once it is fully applied. */
+  private readonly released: string[] = [];
 
   /** Revision of the last applied event; 0 until the first snapshot. */
   revision = 0;
@@ -163,6 +165,8 @@ export class RouteTable {
       for (const state of touched) this.recompute(state);
     }
     this.revision = ev.revision;
+    // An origin that left and came back in the same event (endpoint renamed) keeps its pool.
+    for (const origin of this.released.splice(0)) if (!this.origins.has(origin)) this.onOriginRemoved?.(origin);
   }
 
   /** The service for a request, or undefined (404). `host` must be normalized (normalizeHost). */
@@ -221,7 +225,7 @@ export class RouteTable {
     // Services gone from the registry stop serving: empty their balancers.
     for (const [key, state] of old) if (!this.services.has(key)) state.balancer.update(undefined, []);
     this.ready = true;
-    for (const origin of oldOrigins) if (!this.origins.has(origin)) this.onOriginRemoved?.(origin);
+    this.released.push(...oldOrigins);
   }
 
   private stateFor(namespace: string, name: string): ServiceState {
@@ -260,7 +264,7 @@ export class RouteTable {
       this.origins.set(origin, n);
     } else {
       this.origins.delete(origin);
-      this.onOriginRemoved?.(origin);
+      this.released.push(origin);
     }
   }
 
@@ -283,7 +287,10 @@ export class RouteTable {
     for (const [k, [host, path]] of next) if (!state.claims.has(k)) this.claim(state, host, path);
     state.claims = next;
     state.balancer.update(state.record, endpoints);
-    if (state.endpoints.size === 0 && state.record === undefined) this.services.delete(state.key);
+    // Only if the table still points at this object: a later upsert may have made a new one.
+    if (state.endpoints.size === 0 && state.record === undefined && this.services.get(state.key) === state) {
+      this.services.delete(state.key);
+    }
   }
 
   private hostRoutes(host: string, create: true): HostRoutes;
