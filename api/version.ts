@@ -1,7 +1,10 @@
-// The product version, from package.json (one level above both api/ and the dist/ bundle).
+// The product version: set by the bundler from package.json; from the source tree, read there.
 import { readFileSync } from 'node:fs';
 
+declare const __CORRAL_VERSION__: string | undefined;
+
 function read(): string {
+  if (typeof __CORRAL_VERSION__ === 'string') return __CORRAL_VERSION__;
   try {
     return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
   } catch {

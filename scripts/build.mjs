@@ -1,7 +1,9 @@
 // Bundles the `corral` executable into dist/ (one ESM entry plus lazily loaded chunks, so a
 // client command does not load the daemons' dependencies), and copies the .proto beside it.
 import { build } from 'esbuild';
-import { chmodSync, copyFileSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+
+const { version } = JSON.parse(readFileSync('package.json', 'utf8'));
 
 rmSync('dist', { recursive: true, force: true });
 mkdirSync('dist', { recursive: true });
@@ -21,6 +23,7 @@ await build({
   banner: {
     js: "#!/usr/bin/env node\nimport { createRequire as __corralRequire } from 'node:module'; const require = __corralRequire(import.meta.url);",
   },
+  define: { __CORRAL_VERSION__: JSON.stringify(version) },
   logLevel: 'warning',
 });
 copyFileSync('api/corral.proto', 'dist/corral.proto');
