@@ -115,6 +115,32 @@ describe('routing', () => {
     expect(r.body).toContain('default/gone');
     const metrics = await lb.metrics.registry.metrics();
     expect(metrics).toMatch(/corral_lb_requests_total\{namespace="default",service="gone",color="default",code="502"\} 1/);
+    // With a request body too, and the client connection stays usable.
+    const post = await request(lb.url('/upload'), { method: 'POST', headers: { host: 'gone.test' }, body: Buffer.alloc(256 * 1024, 7), dispatcher: client });
+    expect(post.statusCode).toBe(502);
+    await post.body.text();
+    expect((await get(lb, 'gone.test')).status).toBe(502);
+  });
+
+  it('answers 502 when the backend drops the connection during a streamed upload', async () => {
+    backends = await startBackends(['rude']);
+    const [rude] = backends as [Backend];
+    lb = await new Lb().start();
+    lb.apply(snapshot(1, [backendEndpoint(rude, 'rude', { httpHosts: ['rude.test'] })]));
+    const chunk = Buffer.alloc(1 << 20, 1);
+    let left = 16;
+    const body = new Readable({
+      read() {
+        this.push(left-- > 0 ? chunk : null);
+      },
+    });
+    const res = await request(lb.url('/reset'), { method: 'POST', headers: { host: 'rude.test' }, body, dispatcher: client }).catch((err: Error) => err);
+    // Either a 502 or, if the proxy had to give up on the half-sent upload, a cut connection.
+    if (!(res instanceof Error)) {
+      expect(res.statusCode).toBe(502);
+      await res.body.text();
+    }
+    expect((await get(lb, 'rude.test', '/')).status).toBe(200); // the proxy is still fine
   });
 
   it('answers 504 when the backend does not send headers in time', async () => {

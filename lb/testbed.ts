@@ -65,6 +65,10 @@ export class Backend {
         res.flushHeaders();
         req.pipe(res);
         return;
+      case '/reset':
+        // Dies mid-request, before reading the body.
+        req.socket.destroy();
+        return;
       case '/slow': {
         const ms = Number(url.searchParams.get('ms') ?? '500');
         setTimeout(() => res.end(`${this.name} ${this.color}\n`), ms);
