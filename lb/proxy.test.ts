@@ -141,6 +141,11 @@ describe('routing', () => {
       await res.body.text();
     }
     expect((await get(lb, 'rude.test', '/')).status).toBe(200); // the proxy is still fine
+    // The connection whose upload was abandoned is closed, not left hanging until shutdown.
+    const open = () => new Promise<number>((resolve) => lb.proxy.server.getConnections((_e, n) => resolve(n)));
+    const t0 = Date.now();
+    while ((await open()) > 1 && Date.now() - t0 < 2_000) await new Promise((r) => setTimeout(r, 20));
+    expect(await open()).toBe(1);
   });
 
   it('answers 504 when the backend does not send headers in time', async () => {

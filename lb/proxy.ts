@@ -42,6 +42,7 @@ class Forward implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly proxy: Proxy,
+    private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly target: RouteTarget,
     private readonly peer: Peer,
@@ -116,6 +117,8 @@ class Forward implements Dispatcher.DispatchHandler {
       res,
       code,
       `${code === 504 ? 'gateway timeout' : 'bad gateway'}: endpoint ${hostPort(ep)} of service ${this.target.key} ${what} (${errText(err)})\n`,
+      // undici has abandoned a half-read request body: this connection cannot carry another request.
+      !this.req.complete,
     );
     this.proxy.observe(this.target, ep, code, this.start);
   }
@@ -320,7 +323,7 @@ export class Proxy {
       this.observe(target, undefined, 503, 0);
       return;
     }
-    const forward = new Forward(this, res, target, peer, performance.now());
+    const forward = new Forward(this, req, res, target, peer, performance.now());
     (res as TaggedResponse)[kForward] = forward;
     res.on('close', onResponseClose);
     this.pools.get(peer.origin).dispatch(
@@ -335,9 +338,11 @@ export class Proxy {
   }
 
   /** A short plain-text answer from the load balancer itself. */
-  answer(res: ServerResponse, code: number, text: string): void {
+  answer(res: ServerResponse, code: number, text: string, closeConnection = false): void {
     if (res.headersSent || res.destroyed) return;
-    res.writeHead(code, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+    const headers: Record<string, string | number> = { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) };
+    if (closeConnection) headers['connection'] = 'close';
+    res.writeHead(code, headers);
     res.end(text);
   }
 
