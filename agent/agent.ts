@@ -251,6 +251,7 @@ export class Agent implements EndpointSink, AgentOps {
       endpoints: [...this.catalog.endpoints.values()].filter((e) => match(e.namespace, e.service)),
       services: [...this.catalog.services.values()].filter((s) => match(s.namespace, s.name)),
       hosts: [...this.catalog.hosts.values()],
+      allocations: [...this.catalog.allocations.values()],
     };
   }
 

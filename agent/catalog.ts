@@ -1,18 +1,20 @@
 // The agent's typed view of the registry: keys <-> records, and registry batches turned into
 // the WatchEvents that DNS, LB and the CLI consume. One revision per batch, as the registry made it.
-import type { Endpoint, Host, Service, WatchEvent } from '../api/types.js';
-import { serviceKey } from '../api/types.js';
+import type { Allocation, Endpoint, Host, Service, WatchEvent } from '../api/types.js';
+import { emptyEvent, serviceKey } from '../api/types.js';
 import type { KvBatch, RangeResult } from './registry/registry.js';
 
 export const PREFIX = '/corral/';
 const EP = '/corral/endpoints/';
 const SVC = '/corral/services/';
 const HOST = '/corral/hosts/';
+const ALLOC = '/corral/allocations/';
 
 export const keys = {
   endpoint: (id: string) => EP + id,
   service: (ns: string, name: string) => SVC + serviceKey(ns, name),
   host: (name: string) => HOST + name,
+  allocation: (address: string) => ALLOC + address,
 };
 
 export class Catalog {
@@ -20,6 +22,7 @@ export class Catalog {
   readonly endpoints = new Map<string, Endpoint>();
   readonly services = new Map<string, Service>();   // "<ns>/<name>"
   readonly hosts = new Map<string, Host>();
+  readonly allocations = new Map<string, Allocation>(); // by address
   /** modRevision per key, for compare-and-swap transactions. */
   readonly modRevisions = new Map<string, number>();
 
@@ -27,6 +30,7 @@ export class Catalog {
     this.endpoints.clear();
     this.services.clear();
     this.hosts.clear();
+    this.allocations.clear();
     this.modRevisions.clear();
     this.revision = r.revision;
     for (const kv of r.kvs) {
@@ -45,6 +49,7 @@ export class Catalog {
         if (rec?.kind === 'endpoint') ev.endpoints.push(rec.value);
         else if (rec?.kind === 'service') ev.services.push(rec.value);
         else if (rec?.kind === 'host') ev.hosts.push(rec.value);
+        else if (rec?.kind === 'allocation') ev.allocations.push(rec.value);
       } else {
         this.modRevisions.delete(e.key);
         if (e.key.startsWith(EP)) {
@@ -56,6 +61,9 @@ export class Catalog {
         } else if (e.key.startsWith(HOST)) {
           const k = e.key.slice(HOST.length);
           if (this.hosts.delete(k)) ev.deletedHosts.push(k);
+        } else if (e.key.startsWith(ALLOC)) {
+          const k = e.key.slice(ALLOC.length);
+          if (this.allocations.delete(k)) ev.deletedAllocations.push(k);
         }
       }
     }
@@ -68,6 +76,7 @@ export class Catalog {
     ev.endpoints = [...this.endpoints.values()];
     ev.services = [...this.services.values()];
     ev.hosts = [...this.hosts.values()];
+    ev.allocations = [...this.allocations.values()];
     return ev;
   }
 
@@ -81,6 +90,7 @@ export class Catalog {
     | { kind: 'endpoint'; value: Endpoint }
     | { kind: 'service'; value: Service }
     | { kind: 'host'; value: Host }
+    | { kind: 'allocation'; value: Allocation }
     | undefined {
     let parsed: unknown;
     try {
@@ -103,10 +113,11 @@ export class Catalog {
       this.hosts.set(key.slice(HOST.length), h);
       return { kind: 'host', value: h };
     }
+    if (key.startsWith(ALLOC)) {
+      const a = parsed as Allocation;
+      this.allocations.set(key.slice(ALLOC.length), a);
+      return { kind: 'allocation', value: a };
+    }
     return undefined;
   }
-}
-
-export function emptyEvent(revision: number, snapshot: boolean): WatchEvent {
-  return { revision, snapshot, endpoints: [], services: [], hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [] };
 }

@@ -52,6 +52,16 @@ export interface Host {
   heartbeatMs: number;
 }
 
+export interface Allocation {
+  address: string;
+  namespace: string;
+  containerId: string;
+  ifname: string;
+  node: string;
+  sinceMs: number;
+  name: string;
+}
+
 export interface WatchRequest { component: string }
 
 export interface WatchEvent {
@@ -63,11 +73,13 @@ export interface WatchEvent {
   deletedEndpoints: string[];
   deletedServices: string[];
   deletedHosts: string[];
+  allocations: Allocation[];
+  deletedAllocations: string[];
 }
 
 export interface AckRequest { component: string; revision: number }
 export interface ListRequest { namespace: string; service: string }
-export interface ListReply { revision: number; endpoints: Endpoint[]; services: Service[]; hosts: Host[] }
+export interface ListReply { revision: number; endpoints: Endpoint[]; services: Service[]; hosts: Host[]; allocations: Allocation[] }
 
 export interface RegisterRequest {
   service: string;
@@ -107,4 +119,9 @@ export interface StatusReply {
 /** "<ns>/<name>": how a service is named in deltas and indexes. */
 export function serviceKey(namespace: string, name: string): string {
   return `${namespace}/${name}`;
+}
+
+/** A WatchEvent with nothing in it, to fill. */
+export function emptyEvent(revision: number, snapshot: boolean): WatchEvent {
+  return { revision, snapshot, endpoints: [], services: [], hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [], allocations: [], deletedAllocations: [] };
 }

@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Endpoint, WatchEvent } from '../api/types.js';
+import { emptyEvent } from '../api/types.js';
 
 export interface DigRecord {
   name: string;
@@ -166,5 +167,5 @@ export function endpoint(over: Partial<Endpoint> & { address: string }): Endpoin
 }
 
 export function watchEvent(over: Partial<WatchEvent>): WatchEvent {
-  return { revision: 1, snapshot: false, endpoints: [], services: [], hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [], ...over };
+  return { ...emptyEvent(1, false), ...over };
 }

@@ -3,6 +3,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Endpoint, Service, WatchEvent } from '../api/types.js';
+import { emptyEvent } from '../api/types.js';
 
 /** A backend that answers with its own name and color; see `handle` for the paths it knows. */
 export class Backend {
@@ -129,9 +130,9 @@ export function service(name: string, active: Record<string, number>, namespace 
 }
 
 export function snapshot(revision: number, endpoints: Endpoint[], services: Service[] = []): WatchEvent {
-  return { revision, snapshot: true, endpoints, services, hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [] };
+  return { ...emptyEvent(revision, true), endpoints, services };
 }
 
 export function delta(revision: number, p: Partial<Omit<WatchEvent, 'revision' | 'snapshot'>>): WatchEvent {
-  return { revision, snapshot: false, endpoints: [], services: [], hosts: [], deletedEndpoints: [], deletedServices: [], deletedHosts: [], ...p };
+  return { ...emptyEvent(revision, false), ...p };
 }
