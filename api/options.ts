@@ -18,7 +18,37 @@ export interface DaemonOptions {
   dockerSocket: string;       // "" disables Docker
   adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192
   logLevel: string;
+  lb: LbOptions;
 }
+
+/** `corral lb` knobs (flags --lb-*, --tls-cert-dir, --https-listen; README "lb" says what each does). */
+export interface LbOptions {
+  balance: 'round-robin' | 'least-request';
+  connectTimeoutMs: number;   // upstream TCP connect
+  headersTimeoutMs: number;   // upstream response headers (504 when exceeded)
+  idleTimeoutMs: number;      // idle keep-alive, client side and upstream side
+  requestTimeoutMs: number;   // a client must send its whole request within this (408)
+  clientHeadersTimeoutMs: number; // a client must send its request headers within this (408)
+  maxBodyBytes: number;       // request body limit (413); 0 = none
+  maxHeaderBytes: number;     // request header block limit (431)
+  tlsCertDir: string;         // <host>.crt + <host>.key per Host; "" = no HTTPS
+  httpsListen: string;        // used when tlsCertDir has certificates
+  accessLog: boolean;         // one pino line per request
+}
+
+export const LB_DEFAULTS: LbOptions = {
+  balance: 'round-robin',
+  connectTimeoutMs: 5_000,
+  headersTimeoutMs: 60_000,
+  idleTimeoutMs: 60_000,
+  requestTimeoutMs: 300_000,
+  clientHeadersTimeoutMs: 20_000,
+  maxBodyBytes: 0,
+  maxHeaderBytes: 16 * 1024,
+  tlsCertDir: '',
+  httpsListen: ':443',
+  accessLog: false,
+};
 
 export const ADMIN_DEFAULTS = { agent: '127.0.0.1:9190', dns: '127.0.0.1:9191', lb: '127.0.0.1:9192' } as const;
 
@@ -39,6 +69,7 @@ export function defaultOptions(): DaemonOptions {
     dockerSocket: '/var/run/docker.sock',
     adminListen: '',
     logLevel: 'info',
+    lb: { ...LB_DEFAULTS },
   };
 }
 
