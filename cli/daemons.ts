@@ -19,7 +19,31 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
   { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
   { name: 'log-level', help: 'trace, debug, info, warn, error (default info)' },
+  { name: 'lb-balance', help: 'lb: round-robin (smooth weighted, default) or least-request (power of two choices)' },
+  { name: 'lb-connect-timeout', help: 'lb: upstream connect timeout (default 5s)' },
+  { name: 'lb-headers-timeout', help: 'lb: upstream response headers timeout, then 504 (default 60s)' },
+  { name: 'lb-idle-timeout', help: 'lb: idle keep-alive connections, client and upstream side (default 60s)' },
+  { name: 'lb-request-timeout', help: 'lb: a client must send its whole request within this, else 408 (default 300s)' },
+  { name: 'lb-client-headers-timeout', help: 'lb: a client must send its request headers within this, else 408 (default 20s)' },
+  { name: 'lb-max-body', help: 'lb: request body limit, then 413, e.g. 10m; 0 = none (default 0)' },
+  { name: 'lb-max-header-size', help: 'lb: request header block limit, then 431 (default 16k)' },
+  { name: 'lb-access-log', boolean: true, help: 'lb: one log line per request (default off)' },
+  { name: 'tls-cert-dir', help: 'lb: directory of <host>.crt + <host>.key (wildcards: _.example.com.crt); enables HTTPS' },
+  { name: 'https-listen', help: 'lb: ADDR:PORT for HTTPS when certificates are configured (default :443)' },
 ];
+
+function durationFlag(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`--${flag} "${text}" is not a duration such as 500ms, 5s or 1m`);
+  return Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000));
+}
+
+function sizeFlag(text: string, flag: string): number {
+  const m = /^(\d+)([kmg]?)b?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`--${flag} "${text}" is not a size such as 16k, 10m or 1g`);
+  const unit = m[2]!.toLowerCase();
+  return Number(m[1]) * (unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1);
+}
 
 export function daemonOptions(p: Parsed): DaemonOptions {
   const o = defaultOptions();
@@ -46,10 +70,27 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   if (f.has('docker-socket')) o.dockerSocket = f.get('docker-socket')!;
   if (f.has('admin-listen')) o.adminListen = f.get('admin-listen')!;
   if (f.has('log-level')) o.logLevel = f.get('log-level')!;
+  const lb = o.lb;
+  if (f.has('lb-balance')) {
+    const b = f.get('lb-balance')!;
+    if (b !== 'round-robin' && b !== 'least-request') throw new UsageError(`--lb-balance "${b}" is not round-robin or least-request`);
+    lb.balance = b;
+  }
+  if (f.has('lb-connect-timeout')) lb.connectTimeoutMs = durationFlag(f.get('lb-connect-timeout')!, 'lb-connect-timeout');
+  if (f.has('lb-headers-timeout')) lb.headersTimeoutMs = durationFlag(f.get('lb-headers-timeout')!, 'lb-headers-timeout');
+  if (f.has('lb-idle-timeout')) lb.idleTimeoutMs = durationFlag(f.get('lb-idle-timeout')!, 'lb-idle-timeout');
+  if (f.has('lb-request-timeout')) lb.requestTimeoutMs = durationFlag(f.get('lb-request-timeout')!, 'lb-request-timeout');
+  if (f.has('lb-client-headers-timeout')) lb.clientHeadersTimeoutMs = durationFlag(f.get('lb-client-headers-timeout')!, 'lb-client-headers-timeout');
+  if (f.has('lb-max-body')) lb.maxBodyBytes = sizeFlag(f.get('lb-max-body')!, 'lb-max-body');
+  if (f.has('lb-max-header-size')) lb.maxHeaderBytes = sizeFlag(f.get('lb-max-header-size')!, 'lb-max-header-size');
+  if (p.bools.has('lb-access-log')) lb.accessLog = true;
+  if (f.has('tls-cert-dir')) lb.tlsCertDir = f.get('tls-cert-dir')!;
+  if (f.has('https-listen')) lb.httpsListen = f.get('https-listen')!;
   try {
     for (const a of o.dnsListen) parseHostPort(a, '--dns-listen');
     parseHostPort(o.httpListen, '--http-listen');
     if (o.adminListen) parseHostPort(o.adminListen, '--admin-listen');
+    parseHostPort(lb.httpsListen, '--https-listen');
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
