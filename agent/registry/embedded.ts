@@ -2,7 +2,7 @@
 // rewritten atomically (temp file, fsync, rename) before a transaction is acknowledged.
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, TxnOp } from './registry.js';
+import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, RegistryHealth, TxnOp } from './registry.js';
 import { RegistryError } from './registry.js';
 
 interface Stored {
@@ -125,6 +125,10 @@ export class EmbeddedRegistry implements Registry {
     return () => {
       this.watchers.delete(w);
     };
+  }
+
+  health(): RegistryHealth {
+    return { connected: true, error: '', sinceMs: Date.now() };
   }
 
   private persist(revision: number): void {

@@ -1,12 +1,18 @@
 // Chooses the registry implementation from --registry.
 import { EmbeddedRegistry } from './embedded.js';
+import { EtcdRegistry, parseEtcdSpec, type EtcdTls } from './etcd.js';
 import type { Registry } from './registry.js';
 import { RegistryError } from './registry.js';
 
-export function registryFor(spec: string, stateDir: string): Registry {
+export interface RegistryExtras {
+  /** --etcd-ca/--etcd-cert/--etcd-key: TLS to etcd when the CA is given. */
+  tls?: EtcdTls;
+  /** --lease-ttl: seconds a dead host's records outlive it. */
+  leaseTtlS?: number;
+}
+
+export function registryFor(spec: string, stateDir: string, extras: RegistryExtras = {}): Registry {
   if (spec === 'embedded' || spec === '') return new EmbeddedRegistry(stateDir);
-  if (spec.startsWith('etcd://')) {
-    throw new RegistryError('--registry etcd:// is not available in this version yet (it comes with the multi-host overlay); use --registry embedded');
-  }
+  if (spec.startsWith('etcd://')) return new EtcdRegistry({ endpoints: parseEtcdSpec(spec), tls: extras.tls, leaseTtlS: extras.leaseTtlS });
   throw new RegistryError(`--registry "${spec}" is not understood: use "embedded" or "etcd://host1:2379,host2:2379"`);
 }

@@ -17,7 +17,12 @@ export interface KvBatch {
   events: KvEvent[];
 }
 
-export type TxnOp = { put: string; value: string } | { delete: string };
+/**
+ * A put marked ephemeral lives only as long as this process keeps its registry session (the
+ * etcd lease, TTL --lease-ttl): host records and this host's endpoints vanish when the host
+ * dies. The embedded registry has one host, so it treats ephemeral puts as ordinary ones.
+ */
+export type TxnOp = { put: string; value: string; ephemeral?: boolean } | { delete: string };
 
 /** A guard on a transaction: key must have this modRevision (0 = must not exist). */
 export interface Compare {
@@ -48,6 +53,16 @@ export interface Registry {
    * before fromRevision is gone, onReset is called and the caller must range() again.
    */
   watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void;
+  /** Whether the registry can be reached now; when not, what this process holds is stale. */
+  health(): RegistryHealth;
+}
+
+export interface RegistryHealth {
+  connected: boolean;
+  /** Why not, in one line ("" when connected). */
+  error: string;
+  /** When the registry was last known reachable (ms since epoch). */
+  sinceMs: number;
 }
 
 export class RegistryError extends Error {}

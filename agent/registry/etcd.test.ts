@@ -1,0 +1,100 @@
+import { Etcd3 } from 'etcd3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startEtcd, type EtcdCluster } from '../../test/support/etcd.js';
+import { EtcdRegistry, parseEtcdSpec } from './etcd.js';
+import type { Registry } from './registry.js';
+import { registrySuite, until } from './registry.suite.js';
+
+describe('etcd registry', () => {
+  let etcd: EtcdCluster;
+  let admin: Etcd3;
+  const open: Registry[] = [];
+  beforeAll(async () => {
+    etcd = await startEtcd();
+    admin = new Etcd3({ hosts: etcd.members.map((m) => m.clientUrl) });
+  });
+  afterEach(async () => {
+    for (const r of open.splice(0)) await r.close().catch(() => {});
+    await admin.delete().all();
+  });
+  afterAll(async () => {
+    admin?.close();
+    await etcd?.stop();
+  });
+  const client = async (o: { leaseTtlS?: number } = {}) => {
+    const r = new EtcdRegistry({ endpoints: etcd.endpoints, leaseTtlS: o.leaseTtlS ?? 10, rpcTimeoutMs: 2000 });
+    await r.open();
+    open.push(r);
+    return r;
+  };
+
+  registrySuite({
+    fresh: () => client(),
+    reopen: () => client(),
+    async forgetHistory(r) {
+      const rev = (await r.range('/')).revision;
+      await (r as EtcdRegistry).compact(rev);
+      return r;
+    },
+  });
+
+  it('parses --registry etcd:// lists and says what it accepts', () => {
+    expect(parseEtcdSpec('etcd://10.0.0.1:2379,10.0.0.2:2379')).toEqual(['10.0.0.1:2379', '10.0.0.2:2379']);
+    expect(() => parseEtcdSpec('etcd://')).toThrow(/is not etcd:\/\/HOST:PORT/);
+    expect(() => parseEtcdSpec('etcd://h1')).toThrow(/for example etcd:\/\//);
+  });
+
+  it('says etcd cannot be reached, naming the endpoints', async () => {
+    const r = new EtcdRegistry({ endpoints: ['127.0.0.1:9'], rpcTimeoutMs: 500 });
+    await expect(r.open()).rejects.toThrow(/cannot reach etcd at 127.0.0.1:9: .*check that etcd runs/);
+  });
+
+  it('removes the ephemeral records of a client that stopped renewing after the lease TTL', async () => {
+    const dying = await client({ leaseTtlS: 2 });
+    const watcher = await client();
+    const base = (await watcher.range('/')).revision;
+    await dying.txn([{ put: '/corral/hosts/h1', value: '{"name":"h1"}', ephemeral: true }, { put: '/corral/services/default/web', value: '{}' }]);
+    const deleted: string[] = [];
+    watcher.watch('/corral/', base, (b) => b.events.forEach((e) => e.type === 'delete' && deleted.push(e.key)), () => {});
+    const t0 = Date.now();
+    await dying.close(); // like kill -9: the lease is not revoked, it runs out
+    await until(() => deleted.includes('/corral/hosts/h1'), 8000);
+    expect(Date.now() - t0).toBeLessThan(2000 + 2000);
+    expect((await watcher.range('/corral/')).kvs.map((k) => k.key)).toEqual(['/corral/services/default/web']);
+  });
+
+  it('puts its ephemeral records back under a new lease when the old one is lost', async () => {
+    const r = await client({ leaseTtlS: 5 });
+    await r.txn([{ put: '/corral/hosts/h1', value: '{"name":"h1"}', ephemeral: true }]);
+    const held = await admin.kv.range({ key: Buffer.from('/corral/hosts/h1') });
+    const lease = held.kvs[0]!.lease;
+    expect(lease).not.toBe('0');
+    await admin.leaseClient.leaseRevoke({ ID: lease });
+    expect((await admin.get('/corral/hosts/h1').string())).toBeNull();
+    await until(async () => (await admin.get('/corral/hosts/h1').string()) === '{"name":"h1"}', 8000);
+    expect((await admin.kv.range({ key: Buffer.from('/corral/hosts/h1') })).kvs[0]!.lease).not.toBe(lease);
+  });
+
+  it('resumes a watch after etcd restarts and reports itself disconnected meanwhile', async () => {
+    const r = await client();
+    const base = (await r.range('/')).revision;
+    const seen: number[] = [];
+    let reset = false;
+    r.watch('/corral/', base, (b) => seen.push(b.revision), () => (reset = true));
+    const rev1 = (await r.txn([{ put: '/corral/a', value: '1' }]))!;
+    await until(() => seen.includes(rev1));
+    await etcd.members[0]!.stop();
+    await until(() => !r.health().connected, 10_000).catch(async () => {
+      await r.range('/').catch(() => {}); // an RPC notices the loss even before the stream does
+      expect(r.health().connected).toBe(false);
+    });
+    expect(r.health().error).not.toBe('');
+    await etcd.members[0]!.start();
+    const other = await client();
+    const rev2 = (await other.txn([{ put: '/corral/b', value: '2' }]))!;
+    await until(() => seen.includes(rev2), 15_000);
+    expect(seen).toEqual([rev1, rev2]);
+    expect(reset).toBe(false);
+    await until(() => r.health().connected);
+  });
+});

@@ -1,0 +1,264 @@
+// The etcd registry: every host's agent points at the same etcd cluster. Revisions are etcd's own;
+// a transaction is one etcd txn (compares on mod_revision, 0 = absent); watches resume from the
+// last delivered revision after a reconnect and ask the caller to start over after compaction.
+// Ephemeral puts are bound to one lease per process, kept alive here: when the host dies, its
+// records leave the registry after the lease TTL.
+import { readFileSync } from 'node:fs';
+import { Etcd3, type IOptions, type Lease, type Watcher } from 'etcd3';
+import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, RegistryHealth, TxnOp } from './registry.js';
+import { RegistryError } from './registry.js';
+
+export interface EtcdTls {
+  ca: string;     // PEM file paths
+  cert?: string;
+  key?: string;
+}
+
+export interface EtcdOptions {
+  endpoints: string[];         // host:port
+  tls?: EtcdTls;
+  leaseTtlS?: number;          // default 10
+  /** How long an RPC may wait for a reachable member before failing (default 5 s). */
+  rpcTimeoutMs?: number;
+}
+
+/** "etcd://h1:2379,h2:2379" -> ["h1:2379", "h2:2379"]; throws with what is accepted. */
+export function parseEtcdSpec(spec: string): string[] {
+  const list = spec.replace(/^etcd:\/\//, '').split(',').map((s) => s.trim()).filter(Boolean);
+  if (list.length === 0 || list.some((h) => !/^(\[[0-9a-fA-F:.]+\]|[^:/\s]+):\d{1,5}$/.test(h))) {
+    throw new RegistryError(`--registry "${spec}" is not etcd://HOST:PORT[,HOST:PORT...] (for example etcd://10.0.0.1:2379,10.0.0.2:2379)`);
+  }
+  return list;
+}
+
+/** The first key after every key with this prefix (etcd's range_end for a prefix). */
+function prefixEnd(prefix: string): Buffer {
+  const b = Buffer.from(prefix);
+  for (let i = b.length - 1; i >= 0; i--) {
+    if (b[i]! < 0xff) {
+      const end = b.subarray(0, i + 1);
+      end[i]! += 1;
+      return Buffer.from(end);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+interface Current { value: string; modRevision: number; lease: string }
+
+export class EtcdRegistry implements Registry {
+  readonly kind = 'etcd';
+  private client: Etcd3 | undefined;
+  private lease: Lease | undefined;
+  private leaseId: Promise<string> | undefined;
+  /** Ephemeral keys this process wrote, re-attached to a new lease when the old one is lost. */
+  private readonly ephemeral = new Map<string, string>();
+  private readonly watchers = new Set<Watcher>();
+  private state: RegistryHealth = { connected: false, error: 'not opened', sinceMs: 0 };
+  private closed = false;
+  private readonly ttl: number;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly opts: EtcdOptions) {
+    this.ttl = opts.leaseTtlS ?? 10;
+    this.timeoutMs = opts.rpcTimeoutMs ?? 5000;
+  }
+
+  async open(): Promise<void> {
+    const o: IOptions = {
+      hosts: this.opts.endpoints.map((h) => `${this.opts.tls ? 'https' : 'http'}://${h}`),
+      dialTimeout: 3000,
+      defaultCallOptions: () => ({ deadline: Date.now() + this.timeoutMs }),
+    };
+    if (this.opts.tls) {
+      const read = (what: string, path: string) => {
+        try {
+          return readFileSync(path);
+        } catch (err) {
+          throw new RegistryError(`cannot read the etcd ${what} ${path}: ${(err as Error).message}; check --etcd-${what === 'CA' ? 'ca' : what}`);
+        }
+      };
+      o.credentials = {
+        rootCertificate: read('CA', this.opts.tls.ca),
+        ...(this.opts.tls.cert ? { certChain: read('cert', this.opts.tls.cert) } : {}),
+        ...(this.opts.tls.key ? { privateKey: read('key', this.opts.tls.key) } : {}),
+      };
+    }
+    this.client = new Etcd3(o);
+    try {
+      await this.client.kv.range({ key: Buffer.from('/corral/'), limit: 1, keys_only: true });
+    } catch (err) {
+      this.client.close();
+      throw new RegistryError(`cannot reach etcd at ${this.opts.endpoints.join(',')}: ${(err as Error).message}; check that etcd runs and --registry names it`);
+    }
+    this.ok();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const w of this.watchers) void w.cancel().catch(() => {});
+    this.watchers.clear();
+    // A clean stop leaves the ephemeral records to expire with the lease: a restart within the
+    // TTL takes them over, so a rolling restart does not flap the host out of every peer.
+    this.lease?.release();
+    this.client?.close();
+  }
+
+  health(): RegistryHealth {
+    return { ...this.state };
+  }
+
+  async range(prefix: string): Promise<RangeResult> {
+    const r = await this.rpc(() => this.kv().range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix) }));
+    const kvs: KeyValue[] = r.kvs.map((kv) => ({ key: kv.key.toString(), value: kv.value.toString(), modRevision: Number(kv.mod_revision) }));
+    return { revision: Number(r.header.revision), kvs };
+  }
+
+  async txn(ops: TxnOp[], compares: Compare[] = []): Promise<number | null> {
+    const keys = [...new Set([...ops.map((o) => ('put' in o ? o.put : o.delete)), ...compares.map((c) => c.key)])];
+    const wantsLease = ops.some((o) => 'put' in o && o.ephemeral);
+    const leaseId = wantsLease ? await this.leaseID() : '0';
+    for (let attempt = 0; attempt < 20; attempt++) {
+      // Read what the keys hold now, to drop no-op changes as the seam promises...
+      const read = await this.rpc(() => this.kv().txn({ success: keys.map((k) => ({ request_range: { key: Buffer.from(k) } })) }));
+      const cur = new Map<string, Current>();
+      read.responses.forEach((r, i) => {
+        const kv = r.response_range.kvs[0];
+        if (kv) cur.set(keys[i]!, { value: kv.value.toString(), modRevision: Number(kv.mod_revision), lease: String(kv.lease) });
+      });
+      for (const c of compares) if ((cur.get(c.key)?.modRevision ?? 0) !== c.modRevision) return null;
+      const effective: TxnOp[] = ops.filter((o) => {
+        if ('delete' in o) return cur.has(o.delete);
+        const now = cur.get(o.put);
+        return !now || now.value !== o.value || now.lease !== (o.ephemeral ? leaseId : '0');
+      });
+      if (effective.length === 0) {
+        this.remember(ops);
+        return Number(read.header.revision);
+      }
+      // ...then write only if none of them changed since (etcd's own compare, atomically).
+      const res = await this.rpc(() => this.kv().txn({
+        compare: keys.map((k) => ({ key: Buffer.from(k), target: 'Mod', result: 'Equal', mod_revision: cur.get(k)?.modRevision ?? 0 })),
+        success: effective.map((o) => ('put' in o
+          ? { request_put: { key: Buffer.from(o.put), value: Buffer.from(o.value), lease: o.ephemeral ? leaseId : 0 } }
+          : { request_delete_range: { key: Buffer.from(o.delete) } })),
+      }));
+      if (res.succeeded) {
+        this.remember(ops);
+        return Number(res.header.revision);
+      }
+    }
+    throw new RegistryError(`keys ${keys.join(', ')} kept changing under this transaction; try again`);
+  }
+
+  watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void {
+    let last = fromRevision;
+    let done = false;
+    const w = this.client!.watch().prefix(prefix).startRevision(String(fromRevision + 1)).watcher();
+    this.watchers.add(w);
+    const stop = () => {
+      if (done) return;
+      done = true;
+      this.watchers.delete(w);
+      void w.cancel().catch(() => {});
+    };
+    w.on('connected', () => this.ok());
+    w.on('disconnected', (err) => this.fail(err));
+    w.on('data', (res) => {
+      this.ok();
+      let batch: KvBatch | undefined;
+      for (const e of res.events) {
+        const rev = Number(e.kv.mod_revision);
+        if (rev <= last) continue; // already delivered before a reconnect
+        if (!batch || batch.revision !== rev) {
+          if (batch) onBatch(batch);
+          batch = { revision: rev, events: [] };
+        }
+        const key = e.kv.key.toString();
+        const ev: KvEvent = e.type === 'Put' ? { type: 'put', key, value: e.kv.value.toString() } : { type: 'delete', key };
+        batch.events.push(ev);
+      }
+      if (batch) {
+        last = batch.revision;
+        onBatch(batch);
+      }
+    });
+    // etcd cancels a watch whose start revision was compacted away: the caller ranges again.
+    w.on('error', () => {
+      if (done || this.closed) return;
+      stop();
+      onReset();
+    });
+    return stop;
+  }
+
+  /** Compacts history up to revision (tests, and operators through etcdctl, do this). */
+  async compact(revision: number): Promise<void> {
+    await this.rpc(() => this.kv().compact({ revision, physical: true }));
+  }
+
+  private kv() {
+    if (!this.client) throw new RegistryError('the etcd registry is not open');
+    return this.client.kv;
+  }
+
+  private remember(ops: TxnOp[]): void {
+    for (const o of ops) {
+      if ('put' in o && o.ephemeral) this.ephemeral.set(o.put, o.value);
+      else this.ephemeral.delete('put' in o ? o.put : o.delete);
+    }
+  }
+
+  private leaseID(): Promise<string> {
+    if (this.leaseId) return this.leaseId;
+    const lease = this.client!.lease(this.ttl);
+    this.lease = lease;
+    lease.on('keepaliveSucceeded', () => this.ok());
+    (lease as unknown as NodeJS.EventEmitter).on('keepaliveFailed', (err: Error) => this.fail(err));
+    lease.on('lost', () => {
+      if (this.closed || this.lease !== lease) return;
+      this.leaseId = undefined;
+      void this.reattach();
+    });
+    this.leaseId = lease.grant().then((id) => String(id));
+    this.leaseId.catch(() => {
+      if (this.lease === lease) this.leaseId = undefined;
+    });
+    return this.leaseId;
+  }
+
+  /** After the lease was lost (etcd unreachable longer than the TTL): a new lease, same records. */
+  private async reattach(): Promise<void> {
+    for (let delay = 200; !this.closed; delay = Math.min(delay * 2, 3000)) {
+      try {
+        const id = await this.leaseID();
+        if (this.ephemeral.size === 0) return;
+        await this.rpc(() => this.kv().txn({
+          success: [...this.ephemeral].map(([k, v]) => ({ request_put: { key: Buffer.from(k), value: Buffer.from(v), lease: id } })),
+        }));
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, delay).unref());
+      }
+    }
+  }
+
+  private async rpc<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      const r = await fn();
+      this.ok();
+      return r;
+    } catch (err) {
+      this.fail(err as Error);
+      throw new RegistryError(`etcd at ${this.opts.endpoints.join(',')} did not answer: ${(err as Error).message}`);
+    }
+  }
+
+  private ok(): void {
+    this.state = { connected: true, error: '', sinceMs: Date.now() };
+  }
+
+  private fail(err: Error): void {
+    if (this.state.connected) this.state = { connected: false, error: err.message, sinceMs: this.state.sinceMs };
+  }
+}
