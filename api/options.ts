@@ -19,7 +19,33 @@ export interface DaemonOptions {
   adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192
   logLevel: string;
   lb: LbOptions;
+  mesh: MeshOptions;
 }
+
+/** The multi-host side: etcd session and the WireGuard overlay (flags --etcd-*, --lease-ttl, --overlay, --wg-*, --underlay-*, --key-rotation). */
+export interface MeshOptions {
+  etcdCa: string;             // PEM paths; TLS to etcd when etcdCa is set
+  etcdCert: string;
+  etcdKey: string;
+  leaseTtlS: number;          // a dead host leaves the registry after this
+  overlay: 'auto' | 'off' | 'kernel' | 'wireguard-go'; // auto: on with etcd, kernel when the module exists
+  wgInterface: string;        // corral0
+  wgPort: number;             // 51820
+  underlayAddress: string;    // published endpoint address; "" = the source address of the default route
+  mtu: number;                // 0 = underlay MTU minus WireGuard overhead
+  keyRotationMs: number;      // 0 = only on `corral rotate-keys`
+}
+
+export const MESH_DEFAULTS: MeshOptions = {
+  etcdCa: '', etcdCert: '', etcdKey: '',
+  leaseTtlS: 10,
+  overlay: 'auto',
+  wgInterface: 'corral0',
+  wgPort: 51820,
+  underlayAddress: '',
+  mtu: 0,
+  keyRotationMs: 0,
+};
 
 /** `corral lb` knobs (flags --lb-*, --tls-cert-dir, --https-listen; README "lb" says what each does). */
 export interface LbOptions {
@@ -70,6 +96,7 @@ export function defaultOptions(): DaemonOptions {
     adminListen: '',
     logLevel: 'info',
     lb: { ...LB_DEFAULTS },
+    mesh: { ...MESH_DEFAULTS },
   };
 }
 

@@ -29,6 +29,16 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'lb-max-header-size', help: 'lb: request header block limit, then 431 (default 16k)' },
   { name: 'lb-access-log', boolean: true, help: 'lb: one log line per request (default off)' },
   { name: 'tls-cert-dir', help: 'lb: directory of <host>.crt + <host>.key (wildcards: _.example.com.crt); enables HTTPS' },
+  { name: 'etcd-ca', help: 'etcd: CA certificate (PEM); enables TLS to etcd' },
+  { name: 'etcd-cert', help: 'etcd: client certificate (PEM)' },
+  { name: 'etcd-key', help: 'etcd: client key (PEM)' },
+  { name: 'lease-ttl', help: 'etcd: seconds a dead host stays in the registry (default 10)' },
+  { name: 'overlay', help: 'auto (WireGuard when the registry is etcd), off, kernel or wireguard-go (default auto)' },
+  { name: 'wg-interface', help: 'WireGuard interface (default corral0)' },
+  { name: 'wg-port', help: 'WireGuard UDP port (default 51820)' },
+  { name: 'underlay-address', help: 'address other hosts reach this one at (default: source address of the default route)' },
+  { name: 'mtu', help: 'overlay MTU (default: underlay MTU minus 60 for IPv4, 80 for IPv6)' },
+  { name: 'key-rotation', help: 'rotate the WireGuard key this often, e.g. 24h; 0 = only by `corral rotate-keys` (default 0)' },
   { name: 'https-listen', help: 'lb: ADDR:PORT for HTTPS when certificates are configured (default :443)' },
 ];
 
@@ -86,6 +96,42 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   if (p.bools.has('lb-access-log')) lb.accessLog = true;
   if (f.has('tls-cert-dir')) lb.tlsCertDir = f.get('tls-cert-dir')!;
   if (f.has('https-listen')) lb.httpsListen = f.get('https-listen')!;
+  const mesh = o.mesh;
+  if (f.has('etcd-ca')) mesh.etcdCa = f.get('etcd-ca')!;
+  if (f.has('etcd-cert')) mesh.etcdCert = f.get('etcd-cert')!;
+  if (f.has('etcd-key')) mesh.etcdKey = f.get('etcd-key')!;
+  if (f.has('lease-ttl')) {
+    const t = Number(f.get('lease-ttl'));
+    if (!Number.isInteger(t) || t < 2 || t > 3600) throw new UsageError(`--lease-ttl "${f.get('lease-ttl')}" is not a whole number of seconds from 2 to 3600`);
+    mesh.leaseTtlS = t;
+  }
+  if (f.has('overlay')) {
+    const v = f.get('overlay')!;
+    if (v !== 'auto' && v !== 'off' && v !== 'kernel' && v !== 'wireguard-go') throw new UsageError(`--overlay "${v}" is not auto, off, kernel or wireguard-go`);
+    mesh.overlay = v;
+  }
+  if (f.has('wg-interface')) {
+    const v = f.get('wg-interface')!;
+    if (!/^[a-zA-Z0-9_.-]{1,15}$/.test(v)) throw new UsageError(`--wg-interface "${v}" is not an interface name (1 to 15 letters, digits, "_", "-", ".")`);
+    mesh.wgInterface = v;
+  }
+  if (f.has('wg-port')) {
+    const v = Number(f.get('wg-port'));
+    if (!Number.isInteger(v) || v < 1 || v > 65535) throw new UsageError(`--wg-port "${f.get('wg-port')}" is not a port from 1 to 65535`);
+    mesh.wgPort = v;
+  }
+  if (f.has('underlay-address')) mesh.underlayAddress = f.get('underlay-address')!;
+  if (f.has('mtu')) {
+    const v = Number(f.get('mtu'));
+    if (!Number.isInteger(v) || (v !== 0 && (v < 1280 || v > 65535))) throw new UsageError(`--mtu "${f.get('mtu')}" is not 0 (derive from the underlay) or a whole number from 1280 to 65535`);
+    mesh.mtu = v;
+  }
+  if (f.has('key-rotation')) {
+    const v = f.get('key-rotation')!;
+    const m = /^(\d+)(s|m|h|d)?$/.exec(v.trim());
+    if (!m) throw new UsageError(`--key-rotation "${v}" is not a duration such as 12h, 7d or 0`);
+    mesh.keyRotationMs = Number(m[1]) * ({ s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] ?? 's'] ?? 1000);
+  }
   try {
     for (const a of o.dnsListen) parseHostPort(a, '--dns-listen');
     parseHostPort(o.httpListen, '--http-listen');
