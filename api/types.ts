@@ -116,6 +116,10 @@ export interface StatusReply {
   healthyEndpoints: number;
 }
 
+export interface CniRequest { command: string; containerId: string; netns: string; ifname: string; args: string; config: Buffer }
+export interface CniReply { result: Buffer; code: number; msg: string; details: string }
+export interface IpamGcReply { freed: Allocation[] }
+
 /** "<ns>/<name>": how a service is named in deltas and indexes. */
 export function serviceKey(namespace: string, name: string): string {
   return `${namespace}/${name}`;
