@@ -1,23 +1,42 @@
-// Which endpoint of a service gets the next request: smooth weighted round robin (nginx's
-// algorithm) over the serving endpoints that api/traffic.ts computes, so health, draining,
-// the active colors and canary weights all come from the same rule DNS uses.
+// Which endpoint of a service gets the next request, over the serving endpoints that
+// api/traffic.ts computes (so health, draining, the active colors and canary weights all come
+// from the same rule DNS uses). Two policies behind one interface, chosen by `--lb-balance`:
+// smooth weighted round robin (nginx's algorithm, the default) and least-request with the power
+// of two choices (Envoy's). Both skip endpoints this LB has ejected on its own (passive health),
+// unless every endpoint is ejected: then they serve anyway (a guess beats a certain 503).
+import type { LbOptions } from '../api/options.js';
 import { servingEndpoints } from '../api/traffic.js';
 import type { Endpoint, Service } from '../api/types.js';
+
+/** What this LB knows about one upstream origin, shared by every Peer object for it. */
+export interface PeerState {
+  /** Requests in flight to this origin (least-request reads it). */
+  active: number;
+  /** Taken out by passive health until a probe passes. */
+  ejected: boolean;
+}
+
+/** The state object for an origin; the LB passes its passive-health registry. */
+export type PeerStateOf = (origin: string, endpoint: Endpoint) => PeerState;
+
+/** For a balancer used alone (tests): a private state per peer. */
+export const standaloneState: PeerStateOf = () => ({ active: 0, ejected: false });
 
 /** One endpoint as the balancer sees it. `origin` is computed once per revision, not per request. */
 export interface Peer {
   readonly endpoint: Endpoint;
   readonly origin: string;
   readonly weight: number;
+  readonly state: PeerState;
   current: number;
 }
 
-/** A balancing policy for one service. Swap the class to change policy; callers see only this. */
+/** A balancing policy for one service. Callers see only this. */
 export interface Balancer {
   /** Replace the peer set (called when a revision touches the service). */
   update(service: Service | undefined, endpoints: Endpoint[]): void;
-  /** The peer for the next request, or undefined when nothing is serving. */
-  pick(): Peer | undefined;
+  /** The peer for the next request (another than `avoid` when there is one), or undefined when nothing serves. */
+  pick(avoid?: Peer): Peer | undefined;
   readonly size: number;
 }
 
@@ -26,9 +45,15 @@ export function originOf(ep: Endpoint): string {
   return ep.address.includes(':') ? `http://[${ep.address}]:${ep.port}` : `http://${ep.address}:${ep.port}`;
 }
 
-export class SmoothWeightedRoundRobin implements Balancer {
-  private peers: Peer[] = [];
-  private total = 0;
+/** A balancer factory for the configured policy. */
+export function balancerFor(policy: LbOptions['balance'], stateOf: PeerStateOf = standaloneState): () => Balancer {
+  return policy === 'least-request' ? () => new LeastRequest(stateOf) : () => new SmoothWeightedRoundRobin(stateOf);
+}
+
+abstract class PeerSet {
+  protected peers: Peer[] = [];
+
+  constructor(protected readonly stateOf: PeerStateOf = standaloneState) {}
 
   get size(): number {
     return this.peers.length;
@@ -39,30 +64,96 @@ export class SmoothWeightedRoundRobin implements Balancer {
     const previous = new Map<string, number>();
     for (const p of this.peers) previous.set(p.endpoint.id, p.current);
     const next: Peer[] = [];
-    let total = 0;
     for (const { endpoint, weight } of servingEndpoints(service, endpoints)) {
       if (!(weight > 0)) continue;
-      next.push({ endpoint, origin: originOf(endpoint), weight, current: previous.get(endpoint.id) ?? 0 });
-      total += weight;
+      const origin = originOf(endpoint);
+      next.push({ endpoint, origin, weight, state: this.stateOf(origin, endpoint), current: previous.get(endpoint.id) ?? 0 });
     }
     // Stable order makes the sequence reproducible for a given revision.
     next.sort((a, b) => (a.endpoint.id < b.endpoint.id ? -1 : a.endpoint.id > b.endpoint.id ? 1 : 0));
     this.peers = next;
-    this.total = total;
+    this.updated();
   }
 
-  pick(): Peer | undefined {
+  protected updated(): void {}
+}
+
+export class SmoothWeightedRoundRobin extends PeerSet implements Balancer {
+  pick(avoid?: Peer): Peer | undefined {
     const peers = this.peers;
     const n = peers.length;
     if (n === 0) return undefined;
     if (n === 1) return peers[0];
-    let best = peers[0]!;
+    let best: Peer | undefined;
+    let total = 0;
     for (let i = 0; i < n; i++) {
       const p = peers[i]!;
+      if (p.state.ejected || p === avoid) continue;
       p.current += p.weight;
-      if (p.current > best.current) best = p;
+      total += p.weight;
+      if (best === undefined || p.current > best.current) best = p;
     }
-    best.current -= this.total;
+    if (best === undefined) {
+      // Everything usable is ejected: serve anyway (panic mode), still avoiding `avoid`.
+      for (let i = 0; i < n; i++) {
+        const p = peers[i]!;
+        if (p === avoid) continue;
+        p.current += p.weight;
+        total += p.weight;
+        if (best === undefined || p.current > best.current) best = p;
+      }
+    }
+    best!.current -= total;
     return best;
+  }
+}
+
+/**
+ * Least outstanding requests, power of two choices: two peers drawn at random in proportion to
+ * their weights (so canary splits hold when idle), the one with fewer requests in flight relative
+ * to its weight wins.
+ */
+export class LeastRequest extends PeerSet implements Balancer {
+  /** Running sums of weights, for weighted draws. */
+  private sums: Float64Array = new Float64Array(0);
+
+  protected override updated(): void {
+    const sums = new Float64Array(this.peers.length);
+    let t = 0;
+    for (let i = 0; i < this.peers.length; i++) sums[i] = t += this.peers[i]!.weight;
+    this.sums = sums;
+  }
+
+  pick(avoid?: Peer): Peer | undefined {
+    const peers = this.peers;
+    const n = peers.length;
+    if (n === 0) return undefined;
+    if (n === 1) return peers[0];
+    for (let tries = 0; tries < 4; tries++) {
+      const a = peers[this.draw()]!;
+      const b = peers[this.draw()]!;
+      const aOk = a !== avoid && !a.state.ejected;
+      const bOk = b !== avoid && !b.state.ejected;
+      if (aOk && bOk) return b.state.active * a.weight < a.state.active * b.weight ? b : a;
+      if (aOk) return a;
+      if (bOk) return b;
+    }
+    // Unlucky draws or most peers unusable: the least loaded usable one, else any but `avoid`.
+    let best: Peer | undefined;
+    for (const p of peers) if (p !== avoid && !p.state.ejected && (!best || p.state.active * best.weight < best.state.active * p.weight)) best = p;
+    return best ?? (peers[0] === avoid ? peers[1] : peers[0]);
+  }
+
+  private draw(): number {
+    const sums = this.sums;
+    const r = Math.random() * sums[sums.length - 1]!;
+    let lo = 0;
+    let hi = sums.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (sums[mid]! > r) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
   }
 }

@@ -2,6 +2,7 @@
 // so counting a request is a couple of map lookups, not a label hash per request.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Endpoint } from '../api/types.js';
+import type { EjectionReason, OutlierObserver } from './outliers.js';
 import type { RouteTarget } from './routes.js';
 
 type CounterChild = ReturnType<Counter<string>['labels']>;
@@ -13,11 +14,13 @@ export interface ProxyObserver {
   response(target: RouteTarget | undefined, endpoint: Endpoint | undefined, code: number, upstreamSeconds: number): void;
 }
 
-export class LbMetrics implements ProxyObserver {
+export class LbMetrics implements ProxyObserver, OutlierObserver {
   readonly registry = new Registry();
   private readonly requests: Counter<'namespace' | 'service' | 'color' | 'code'>;
   private readonly upstream: Histogram<'namespace' | 'service'>;
   readonly appliedRevision: Gauge;
+  private readonly ejections: Counter<'namespace' | 'service' | 'endpoint' | 'reason'>;
+  private readonly ejectedNow: Gauge<'namespace' | 'service' | 'endpoint'>;
   private readonly byEndpoint = new WeakMap<Endpoint, Map<number, CounterChild>>();
   private readonly byTarget = new WeakMap<RouteTarget, { codes: Map<number, CounterChild>; seconds: HistogramChild }>();
   private readonly unrouted = new Map<number, CounterChild>();
@@ -42,6 +45,29 @@ export class LbMetrics implements ProxyObserver {
       help: 'Registry revision the load balancer has applied to its routes and backends',
       registers: [this.registry],
     });
+    this.ejections = new Counter({
+      name: 'corral_lb_ejections_total',
+      help: 'Endpoints this load balancer took out on its own (passive health), by reason: connect failures or 5xx in a row',
+      labelNames: ['namespace', 'service', 'endpoint', 'reason'],
+      registers: [this.registry],
+    });
+    this.ejectedNow = new Gauge({
+      name: 'corral_lb_ejected',
+      help: 'Whether this load balancer has an endpoint ejected now (1) until a probe passes',
+      labelNames: ['namespace', 'service', 'endpoint'],
+      registers: [this.registry],
+    });
+  }
+
+  ejected(ep: Endpoint, reason: EjectionReason): void {
+    const where = `${ep.address.includes(':') ? `[${ep.address}]` : ep.address}:${ep.port}`;
+    this.ejections.labels(ep.namespace, ep.service, where, reason).inc();
+    this.ejectedNow.labels(ep.namespace, ep.service, where).set(1);
+  }
+
+  returned(ep: Endpoint): void {
+    const where = `${ep.address.includes(':') ? `[${ep.address}]` : ep.address}:${ep.port}`;
+    this.ejectedNow.labels(ep.namespace, ep.service, where).set(0);
   }
 
   response(target: RouteTarget | undefined, endpoint: Endpoint | undefined, code: number, upstreamSeconds: number): void {

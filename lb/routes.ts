@@ -14,6 +14,8 @@ import type { Logger } from 'pino';
 import { serviceKey, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
 import { SmoothWeightedRoundRobin, originOf, type Balancer } from './balancer.js';
 
+const defaultBalancer = (): Balancer => new SmoothWeightedRoundRobin();
+
 /** What a lookup returns: a service and the balancer over its serving endpoints. */
 export interface RouteTarget {
   readonly key: string;
@@ -22,19 +24,22 @@ export interface RouteTarget {
   readonly balancer: Balancer;
 }
 
-/** Told when no endpoint in the registry uses an upstream origin any more (close its pool). */
-export type OriginRemoved = (origin: string) => void;
+/**
+ * Told when no endpoint in the registry uses an upstream origin any more (close its pool).
+ * `last` is the last endpoint record that used it (its drain time bounds the in-flight requests).
+ */
+export type OriginRemoved = (origin: string, last: Endpoint) => void;
 
 class ServiceState implements RouteTarget {
   record: Service | undefined;
   readonly endpoints = new Map<string, Endpoint>();
   /** Route keys ("host path") this service claims now, with their parts. */
   claims = new Map<string, [host: string, path: string]>();
-  readonly balancer: Balancer = new SmoothWeightedRoundRobin();
   constructor(
     readonly key: string,
     readonly namespace: string,
     readonly name: string,
+    readonly balancer: Balancer,
   ) {}
 }
 
@@ -113,7 +118,9 @@ export class RouteTable {
   private readonly origins = new Map<string, number>();
   private routeCount = 0;
   /** Origins whose count reached 0 during the current event; retired once it is fully applied. */
-  private readonly released: string[] = [];
+  private readonly released: Array<[string, Endpoint]> = [];
+  /** The last endpoint record seen per origin, for OriginRemoved. */
+  private readonly originEndpoint = new Map<string, Endpoint>();
 
   /** Revision of the last applied event; 0 until the first snapshot. */
   revision = 0;
@@ -123,6 +130,7 @@ export class RouteTable {
   constructor(
     private readonly log?: Logger,
     private readonly onOriginRemoved?: OriginRemoved,
+    private readonly newBalancer: () => Balancer = defaultBalancer,
   ) {}
 
   get stats(): { services: number; endpoints: number; routes: number; hosts: number } {
@@ -147,7 +155,7 @@ export class RouteTable {
         const ep = state.endpoints.get(id)!;
         state.endpoints.delete(id);
         this.endpointService.delete(id);
-        this.releaseOrigin(originOf(ep));
+        this.releaseOrigin(originOf(ep), ep);
         touched.add(state);
       }
       for (const key of ev.deletedServices) {
@@ -166,7 +174,11 @@ export class RouteTable {
     }
     this.revision = ev.revision;
     // An origin that left and came back in the same event (endpoint renamed) keeps its pool.
-    for (const origin of this.released.splice(0)) if (!this.origins.has(origin)) this.onOriginRemoved?.(origin);
+    for (const [origin, last] of this.released.splice(0)) {
+      if (this.origins.has(origin)) continue;
+      this.originEndpoint.delete(origin);
+      this.onOriginRemoved?.(origin, last);
+    }
   }
 
   /** The service for a request, or undefined (404). `host` must be normalized (normalizeHost). */
@@ -191,7 +203,7 @@ export class RouteTable {
   }
 
   private replace(ev: WatchEvent): void {
-    const oldOrigins = new Set(this.origins.keys());
+    const oldOrigins = new Map(this.originEndpoint);
     // Keep ServiceState objects (and their balancer scores) for services that survive.
     const old = new Map(this.services);
     this.services.clear();
@@ -231,7 +243,7 @@ export class RouteTable {
   private stateFor(namespace: string, name: string): ServiceState {
     const key = serviceKey(namespace, name);
     let state = this.services.get(key);
-    if (!state) this.services.set(key, (state = new ServiceState(key, namespace, name)));
+    if (!state) this.services.set(key, (state = new ServiceState(key, namespace, name, this.newBalancer())));
     return state;
   }
 
@@ -242,7 +254,7 @@ export class RouteTable {
     if (formerKey !== undefined) {
       const former = this.services.get(formerKey)!;
       const prev = former.endpoints.get(ep.id)!;
-      this.releaseOrigin(originOf(prev));
+      this.releaseOrigin(originOf(prev), prev);
       if (formerKey !== key) {
         // An endpoint that changed service: take it out of the old one.
         former.endpoints.delete(ep.id);
@@ -254,17 +266,18 @@ export class RouteTable {
     this.endpointService.set(ep.id, key);
     const origin = originOf(ep);
     this.origins.set(origin, (this.origins.get(origin) ?? 0) + 1);
+    this.originEndpoint.set(origin, ep);
     if (touchedFormer) this.recompute(touchedFormer);
     return state;
   }
 
-  private releaseOrigin(origin: string): void {
+  private releaseOrigin(origin: string, ep: Endpoint): void {
     const n = (this.origins.get(origin) ?? 1) - 1;
     if (n > 0) {
       this.origins.set(origin, n);
     } else {
       this.origins.delete(origin);
-      this.released.push(origin);
+      this.released.push([origin, ep]);
     }
   }
 

@@ -52,15 +52,29 @@ export class UpstreamPools {
     return pool;
   }
 
-  /** The origin left the registry: no new requests go to this pool; in-flight ones finish. */
-  retire(origin: string): void {
+  /**
+   * The origin left the registry: no new requests go to this pool; in-flight ones finish, for up
+   * to `graceMs` (the endpoint's drain time), then they are cut.
+   */
+  retire(origin: string, graceMs = Infinity): void {
     const pool = this.pools.get(origin);
     if (pool === undefined) return;
     this.pools.delete(origin);
+    let timer: NodeJS.Timeout | undefined;
+    if (Number.isFinite(graceMs)) {
+      timer = setTimeout(() => {
+        this.log?.warn({ origin, graceMs }, 'requests to a removed endpoint outlived its drain time; cutting them');
+        void pool.destroy().catch(() => undefined);
+      }, graceMs);
+      timer.unref();
+    }
     const done = pool
       .close()
       .catch((err: Error) => this.log?.warn({ origin, err: err.message }, 'closing an upstream pool failed'))
-      .finally(() => this.draining.delete(pool));
+      .finally(() => {
+        clearTimeout(timer);
+        this.draining.delete(pool);
+      });
     this.draining.set(pool, done);
   }
 
