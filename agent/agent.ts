@@ -9,7 +9,7 @@ import type { grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import type {
-  DeregisterRequest, Endpoint, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
+  Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
   RollbackRequest, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
 import { serviceKey } from '../api/types.js';
@@ -17,7 +17,10 @@ import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
 import { Catalog, keys, PREFIX } from './catalog.js';
 import { ColorError, initialService, rollback, setWeights, switchColor } from './colors.js';
+import { leaseBlock } from './blocks.js';
+import { Attachments } from './cni.js';
 import { DockerSource } from './docker/source.js';
+import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
 import { HealthChecker } from './health.js';
 import { registryFor } from './registry/index.js';
@@ -32,6 +35,7 @@ export class Agent implements EndpointSink, AgentOps {
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
   private readonly health: HealthChecker;
   private docker: DockerSource | undefined;
+  attachments: Attachments | undefined;
   private grpcServer: grpc.Server | undefined;
   private admin: HttpServer | undefined;
   private unwatch: (() => void) | undefined;
@@ -64,7 +68,9 @@ export class Agent implements EndpointSink, AgentOps {
     this.loadFrom(await this.registry.range(PREFIX));
     this.watchRegistry();
     await this.cleanupAfterRestart();
-    await this.registry.txn([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block: '', underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }) }]);
+    const block = await leaseBlock(this.registry, this.opts.clusterCidr, this.node);
+    await this.startAttachments(block);
+    await this.registry.txn([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block, underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }) }]);
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
       metrics: this.metrics,
@@ -86,6 +92,7 @@ export class Agent implements EndpointSink, AgentOps {
     for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
     this.unwatch?.();
+    await this.attachments?.close();
     await new Promise<void>((resolve) => (this.grpcServer ? this.grpcServer.tryShutdown(() => resolve()) : resolve()));
     this.grpcServer?.forceShutdown();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
@@ -142,6 +149,35 @@ export class Agent implements EndpointSink, AgentOps {
       if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.id) });
     }
     if (ops.length) await this.registry.txn(ops);
+  }
+
+  // ---- attachments (CNI, IPAM) ----
+
+  /** Opens this host's IPAM and makes the registry's Allocation records of this node match it. */
+  private async startAttachments(block: string): Promise<void> {
+    const ipam = new Ipam(this.opts.stateDir, block);
+    ipam.open();
+    const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.address), value: JSON.stringify(a) });
+    this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain }, {
+      publish: async (a) => void (await this.registry.txn([put(a)])),
+      unpublish: async (address) => void (await this.registry.txn([{ delete: keys.allocation(address) }])),
+    }, this.log.child({ part: 'cni' }));
+    const ops: TxnOp[] = [];
+    for (const a of this.catalog.allocations.values()) {
+      if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.address) });
+    }
+    for (const r of ipam.list()) ops.push(put(this.attachments.allocation(r)));
+    if (ops.length) await this.registry.txn(ops);
+    await this.attachments.start();
+  }
+
+  cni(req: CniRequest): Promise<CniReply> {
+    return this.attachments!.handle(req);
+  }
+
+  async ipamGc(): Promise<IpamGcReply> {
+    const freed = await this.attachments!.gcDead();
+    return { freed: freed.map((r) => this.attachments!.allocation(r)) };
   }
 
   // ---- EndpointSink ----

@@ -6,7 +6,7 @@ import { agentServiceDefinition, grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import type {
   AckRequest, DeregisterRequest, ListReply, ListRequest, RegisterRequest, RollbackRequest,
-  StatusReply, SwitchRequest, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
+  StatusReply, SwitchRequest, CniReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
 } from '../api/types.js';
 import { ColorError } from './colors.js';
 import { InvalidEndpoint } from './endpoints.js';
@@ -26,6 +26,8 @@ export interface AgentOps {
   switchColor(req: SwitchRequest): Promise<ServiceReply>;
   weight(req: WeightRequest): Promise<ServiceReply>;
   rollback(req: RollbackRequest): Promise<ServiceReply>;
+  cni(req: CniRequest): Promise<CniReply>;
+  ipamGc(): Promise<IpamGcReply>;
 }
 
 function statusOf(err: unknown): grpc.StatusObject {
@@ -78,6 +80,8 @@ export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): 
     Switch: unaryHandler(log, 'Switch', (req: SwitchRequest) => ops.switchColor(req)),
     Weight: unaryHandler(log, 'Weight', (req: WeightRequest) => ops.weight(req)),
     Rollback: unaryHandler(log, 'Rollback', (req: RollbackRequest) => ops.rollback(req)),
+    Cni: unaryHandler(log, 'Cni', (req: CniRequest) => ops.cni(req)),
+    IpamGc: unaryHandler(log, 'IpamGc', () => ops.ipamGc()),
   });
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
   rmSync(socketPath, { force: true });

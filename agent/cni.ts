@@ -1,0 +1,262 @@
+// The agent side of CNI: every verb the corral-cni plugin relays. It validates the config,
+// allocates from IPAM (journal fsync'd first), wires the veth pair, applies the namespace and
+// ipMasq policy, publishes the Allocation record, and answers with the CNI result or a spec
+// error code. A failed ADD leaves no interface and no allocation behind.
+import { existsSync, writeFileSync } from 'node:fs';
+import type { Logger } from '../api/log.js';
+import type { Allocation, CniReply, CniRequest } from '../api/types.js';
+import { attach, detach, ensureGateway, hostIfnameFor, inspect } from './attach/veth.js';
+import { NetnsGone } from './attach/netns.js';
+import { attachmentKey, Ipam, IpamExhausted, type IpamRecord } from './ipam.js';
+import { Policy } from './policy.js';
+
+export const CNI_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'];
+export const DEFAULT_MTU = 1420;      // WireGuard overlay on a 1500-byte underlay
+export const GATEWAY_LINK = 'corral-gw';
+
+/** CNI error codes (spec section "Error codes"), plus ours from 100. */
+export const CniCode = {
+  incompatibleVersion: 1, unsupportedField: 2, unknownContainer: 3, badEnv: 4, io: 5, decode: 6, badConfig: 7,
+  tryAgain: 11, notAvailable: 50, exhausted: 100, broken: 101, duplicate: 102,
+} as const;
+
+export class CniError extends Error {
+  constructor(readonly code: number, msg: string, readonly details = '') {
+    super(msg);
+  }
+}
+
+export interface NetConf {
+  cniVersion: string;
+  name: string;
+  type: string;
+  namespace: string;
+  mtu: number;
+  ipMasq: boolean;
+  prevResult?: CniResult;
+  validAttachments?: Array<{ containerID: string; ifname: string }>;
+}
+
+export interface CniResult {
+  cniVersion: string;
+  interfaces?: Array<{ name: string; mac?: string; sandbox?: string; mtu?: number }>;
+  ips?: Array<{ address: string; gateway?: string; interface?: number; version?: string }>;
+  routes?: Array<{ dst: string; gw?: string }>;
+  dns?: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
+}
+
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** Parses and validates the network config; throws CniError 6/7/1 with what to fix. */
+export function parseNetConf(raw: Buffer | string): NetConf {
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(String(raw)) as Record<string, unknown>;
+  } catch (err) {
+    throw new CniError(CniCode.decode, `network config on stdin is not JSON: ${(err as Error).message}`);
+  }
+  if (!j || typeof j !== 'object' || Array.isArray(j)) throw new CniError(CniCode.decode, 'network config on stdin must be a JSON object');
+  const v = j.cniVersion;
+  if (typeof v !== 'string' || !v) throw new CniError(CniCode.badConfig, 'network config lacks "cniVersion": set it to "1.1.0" (or "1.0.0", "0.4.0")');
+  if (!CNI_VERSIONS.includes(v)) throw new CniError(CniCode.incompatibleVersion, `cniVersion "${v}" is not supported: use one of ${CNI_VERSIONS.join(', ')}`);
+  if (typeof j.name !== 'string' || !j.name) throw new CniError(CniCode.badConfig, 'network config lacks "name": give the network a name');
+  if (j.type !== 'corral') throw new CniError(CniCode.badConfig, `"type" is ${JSON.stringify(j.type)}, this plugin is "corral"`);
+  const namespace = j.namespace === undefined ? 'default' : j.namespace;
+  if (typeof namespace !== 'string' || !LABEL.test(namespace)) throw new CniError(CniCode.badConfig, `"namespace" ${JSON.stringify(j.namespace)} is not a DNS label (a-z, 0-9, "-", 1-63 characters)`);
+  const mtu = j.mtu === undefined ? DEFAULT_MTU : j.mtu;
+  if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 9000) throw new CniError(CniCode.badConfig, `"mtu" ${JSON.stringify(j.mtu)} is not a whole number from 576 to 9000`);
+  const ipMasq = j.ipMasq === undefined ? true : j.ipMasq;
+  if (typeof ipMasq !== 'boolean') throw new CniError(CniCode.badConfig, `"ipMasq" ${JSON.stringify(j.ipMasq)} must be true or false`);
+  const valid = (j['cni.dev/valid-attachments'] ?? j['cni.dev/attachments']) as NetConf['validAttachments'];
+  if (valid !== undefined && !Array.isArray(valid)) throw new CniError(CniCode.badConfig, '"cni.dev/valid-attachments" must be a list of {"containerID", "ifname"}');
+  return { cniVersion: v, name: j.name, type: 'corral', namespace, mtu, ipMasq, prevResult: j.prevResult as CniResult | undefined, validAttachments: valid };
+}
+
+function podName(args: string): string {
+  for (const kv of args.split(';')) {
+    const [k, val] = kv.split('=');
+    if (k === 'K8S_POD_NAME' && val) return val;
+  }
+  return '';
+}
+
+export interface Publisher {
+  publish(a: Allocation): Promise<void>;
+  unpublish(address: string): Promise<void>;
+}
+
+export class Attachments {
+  private readonly policy: Policy;
+  private dataplane: Promise<void> | undefined;
+  /** Attachments being added or deleted, so a DEL racing its own ADD waits for it. */
+  private readonly busy = new Map<string, Promise<unknown>>();
+
+  constructor(
+    readonly ipam: Ipam,
+    private readonly o: { node: string; clusterCidr: string; dnsDomain: string },
+    private readonly pub: Publisher,
+    private readonly log: Logger,
+  ) {
+    this.policy = new Policy(o.clusterCidr);
+  }
+
+  /** Brings up the gateway, forwarding and the nft table: at the first ADD, or at start when containers exist. */
+  ensureDataplane(): Promise<void> {
+    this.dataplane ??= (async () => {
+      writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+      await ensureGateway(GATEWAY_LINK, this.ipam.gateway);
+      await this.policy.rebuild(this.ipam.list().map((r) => ({ address: r.address, namespace: r.namespace, masq: r.masq })));
+    })().catch((err: Error) => {
+      this.dataplane = undefined;
+      throw err;
+    });
+    return this.dataplane;
+  }
+
+  async start(): Promise<void> {
+    if (this.ipam.list().length) await this.ensureDataplane();
+  }
+
+  async handle(req: CniRequest): Promise<CniReply> {
+    try {
+      const result = await this.dispatch(req);
+      return { result: Buffer.from(result ? JSON.stringify(result) : ''), code: 0, msg: '', details: '' };
+    } catch (err) {
+      if (err instanceof CniError) return { result: Buffer.alloc(0), code: err.code, msg: err.message, details: err.details };
+      this.log.error({ err, command: req.command, container: req.containerId }, 'CNI call failed');
+      return { result: Buffer.alloc(0), code: CniCode.io, msg: `corral agent: ${(err as Error).message}`, details: '' };
+    }
+  }
+
+  private async dispatch(req: CniRequest): Promise<CniResult | undefined> {
+    if (req.command === 'STATUS') return undefined;
+    const conf = parseNetConf(req.config);
+    switch (req.command) {
+      case 'ADD': return this.serial(req, () => this.add(req, conf));
+      case 'DEL': return this.serial(req, () => this.del(req.containerId, req.ifname)).then(() => undefined);
+      case 'CHECK': return this.check(req, conf).then(() => undefined);
+      case 'GC': return this.gc(conf).then(() => undefined);
+      default: throw new CniError(CniCode.badEnv, `CNI_COMMAND "${req.command}" is not one of ADD, DEL, CHECK, GC, STATUS, VERSION`);
+    }
+  }
+
+  private async serial<T>(req: CniRequest, fn: () => Promise<T>): Promise<T> {
+    const key = attachmentKey(req.containerId, req.ifname);
+    const prev = this.busy.get(key) ?? Promise.resolve();
+    const p = prev.catch(() => undefined).then(fn);
+    this.busy.set(key, p);
+    try {
+      return await p;
+    } finally {
+      if (this.busy.get(key) === p) this.busy.delete(key);
+    }
+  }
+
+  private async add(req: CniRequest, conf: NetConf): Promise<CniResult> {
+    if (!req.containerId) throw new CniError(CniCode.badEnv, 'CNI_CONTAINERID is not set');
+    if (!req.netns) throw new CniError(CniCode.badEnv, 'CNI_NETNS is not set: ADD needs the container network namespace path');
+    if (!req.ifname) throw new CniError(CniCode.badEnv, 'CNI_IFNAME is not set');
+    if (!existsSync(req.netns)) throw new CniError(CniCode.badEnv, `CNI_NETNS ${req.netns} does not exist`);
+    await this.ensureDataplane();
+    const held = this.ipam.get(req.containerId, req.ifname);
+    if (held) throw new CniError(CniCode.duplicate, `container ${req.containerId} already has ${req.ifname} with ${held.address}: DEL it before adding it again`);
+    let rec: IpamRecord;
+    try {
+      rec = this.ipam.allocate({
+        containerId: req.containerId, ifname: req.ifname, namespace: conf.namespace, network: conf.name, netns: req.netns,
+        name: podName(req.args), hostIfname: hostIfnameFor(req.containerId, req.ifname), masq: conf.ipMasq,
+      });
+    } catch (err) {
+      if (err instanceof IpamExhausted) throw new CniError(CniCode.exhausted, err.message);
+      throw err;
+    }
+    let attached;
+    try {
+      attached = await attach({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: conf.mtu });
+      await this.policy.add({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
+      await this.pub.publish(this.allocation(rec));
+    } catch (err) {
+      await this.undo(rec);
+      if (err instanceof NetnsGone) throw new CniError(CniCode.badEnv, err.message);
+      throw new CniError(CniCode.io, `cannot attach ${req.ifname} in ${req.netns}: ${(err as Error).message}`);
+    }
+    this.log.info({ container: req.containerId, ifname: req.ifname, address: rec.address, namespace: rec.namespace }, 'attached');
+    return this.result(conf, rec, attached.hostMac, attached.mac, req.netns);
+  }
+
+  private async undo(rec: IpamRecord): Promise<void> {
+    await detach(rec.hostIfname).catch(() => undefined);
+    await this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq }).catch(() => undefined);
+    await this.pub.unpublish(rec.address).catch(() => undefined);
+    this.ipam.release(rec.containerId, rec.ifname);
+  }
+
+  /** Idempotent: an unknown attachment or a vanished netns is success. */
+  async del(containerId: string, ifname: string): Promise<IpamRecord | undefined> {
+    if (!containerId) throw new CniError(CniCode.badEnv, 'CNI_CONTAINERID is not set');
+    if (!ifname) throw new CniError(CniCode.badEnv, 'CNI_IFNAME is not set');
+    const rec = this.ipam.get(containerId, ifname);
+    const hostIfname = rec?.hostIfname ?? hostIfnameFor(containerId, ifname);
+    await detach(hostIfname);
+    if (!rec) return undefined;
+    await this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
+    this.ipam.release(containerId, ifname);
+    await this.pub.unpublish(rec.address);
+    this.log.info({ container: containerId, ifname, address: rec.address }, 'detached');
+    return rec;
+  }
+
+  private async check(req: CniRequest, conf: NetConf): Promise<void> {
+    if (!req.containerId || !req.netns || !req.ifname) throw new CniError(CniCode.badEnv, 'CHECK needs CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME');
+    const rec = this.ipam.get(req.containerId, req.ifname);
+    if (!rec) throw new CniError(CniCode.unknownContainer, `no Corral attachment for container ${req.containerId} interface ${req.ifname}: ADD it first`);
+    const problems = await inspect({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: conf.mtu });
+    const prev = conf.prevResult?.ips?.map((i) => i.address.split('/')[0]);
+    if (prev && prev.length && !prev.includes(rec.address)) problems.push(`prevResult does not hold ${rec.address}`);
+    if (problems.length) throw new CniError(CniCode.broken, `attachment of ${req.containerId}/${req.ifname} is broken: ${problems.join('; ')}; DEL and ADD it again`);
+  }
+
+  /** Frees every attachment of this network that is not in the valid list. */
+  private async gc(conf: NetConf): Promise<void> {
+    if (!conf.validAttachments) throw new CniError(CniCode.badConfig, 'GC needs "cni.dev/valid-attachments" in the config');
+    const valid = new Set(conf.validAttachments.map((a) => attachmentKey(a.containerID, a.ifname)));
+    for (const rec of this.ipam.list()) {
+      if (rec.network !== conf.name || valid.has(attachmentKey(rec.containerId, rec.ifname))) continue;
+      await this.serial({ containerId: rec.containerId, ifname: rec.ifname } as CniRequest, () => this.del(rec.containerId, rec.ifname));
+    }
+  }
+
+  /** `corral ipam gc`: frees CNI attachments whose network namespace no longer exists. */
+  async gcDead(): Promise<IpamRecord[]> {
+    const freed: IpamRecord[] = [];
+    for (const rec of this.ipam.list()) {
+      if (!rec.netns || rec.network.startsWith('docker:') || existsSync(rec.netns)) continue;
+      const r = await this.serial({ containerId: rec.containerId, ifname: rec.ifname } as CniRequest, () => this.del(rec.containerId, rec.ifname));
+      if (r) freed.push(r);
+    }
+    return freed;
+  }
+
+  allocation(rec: IpamRecord): Allocation {
+    return { address: rec.address, namespace: rec.namespace, containerId: rec.containerId, ifname: rec.ifname, node: this.o.node, sinceMs: rec.sinceMs, name: rec.name };
+  }
+
+  private result(conf: NetConf, rec: IpamRecord, hostMac: string, mac: string, netns: string): CniResult {
+    const prev = conf.prevResult ?? { cniVersion: conf.cniVersion };
+    const interfaces = [...(prev.interfaces ?? [])];
+    const base = interfaces.length;
+    interfaces.push({ name: rec.hostIfname, mac: hostMac }, { name: rec.ifname, mac, sandbox: netns });
+    const ip = { address: `${rec.address}/32`, gateway: this.ipam.gateway, interface: base + 1, ...(conf.cniVersion === '0.4.0' ? { version: '4' } : {}) };
+    return {
+      cniVersion: conf.cniVersion,
+      interfaces,
+      ips: [...(prev.ips ?? []), ip],
+      routes: [...(prev.routes ?? []), { dst: '0.0.0.0/0', gw: this.ipam.gateway }],
+      dns: { nameservers: [this.ipam.gateway], search: [`${rec.namespace}.${this.o.dnsDomain}`, this.o.dnsDomain], options: ['ndots:2'] },
+    };
+  }
+
+  async close(): Promise<void> {
+    this.ipam.close();
+  }
+}
