@@ -26,5 +26,19 @@ await build({
   define: { __CORRAL_VERSION__: JSON.stringify(version) },
   logLevel: 'warning',
 });
+// The CNI plugin: one self-contained file (no chunks, no dependencies), exec'd per container.
+await build({
+  entryPoints: { 'corral-cni': 'cni-plugin/main.ts' },
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  bundle: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  minify: true,
+  banner: { js: '#!/usr/bin/env node' },
+  logLevel: 'warning',
+});
+chmodSync('dist/corral-cni.mjs', 0o755);
 copyFileSync('api/corral.proto', 'dist/corral.proto');
 chmodSync('dist/corral.mjs', 0o755);
