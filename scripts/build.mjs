@@ -19,7 +19,7 @@ await build({
   target: 'node20',
   sourcemap: 'linked',
   // Native addons and optional native speed-ups stay outside the bundle.
-  external: ['netlink', 'koffi', 'cpu-features', 'ssh2'],
+  external: ['netlink', 'koffi', 'etcd3', 'cpu-features', 'ssh2'],
   banner: {
     js: "#!/usr/bin/env node\nimport { createRequire as __corralRequire } from 'node:module'; const require = __corralRequire(import.meta.url);",
   },
