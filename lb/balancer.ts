@@ -130,8 +130,12 @@ export class LeastRequest extends PeerSet implements Balancer {
     if (n === 0) return undefined;
     if (n === 1) return peers[0];
     for (let tries = 0; tries < 4; tries++) {
-      const a = peers[this.draw()]!;
-      const b = peers[this.draw()]!;
+      const i = this.draw();
+      let j = this.draw();
+      // Two distinct peers: with replacement, two peers would compare a peer with itself a quarter of the time.
+      if (j === i) j = (i + 1 + Math.floor(Math.random() * (n - 1))) % n;
+      const a = peers[i]!;
+      const b = peers[j]!;
       const aOk = a !== avoid && !a.state.ejected;
       const bOk = b !== avoid && !b.state.ejected;
       if (aOk && bOk) return b.state.active * a.weight < a.state.active * b.weight ? b : a;

@@ -6,7 +6,7 @@
 // a symbol. Forward speaks undici's core handler protocol (onConnect/onHeaders/onData/...), which
 // undici's clients call directly; the newer controller protocol is adapted by a wrapper that
 // parses every response header into an object first.
-import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import { STATUS_CODES, createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { Transform, type Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -349,7 +349,6 @@ export const PROXY_DEFAULTS: ProxyOptions = {
   accessLog: LB_DEFAULTS.accessLog,
 };
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 404: 'Not Found', 408: 'Request Timeout', 413: 'Content Too Large', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable' };
 
 /** A whole response written on a raw socket (parse errors, upgrades), then the connection closed. */
 function rawAnswer(socket: Duplex, code: number, text: string): void {
@@ -358,7 +357,7 @@ function rawAnswer(socket: Duplex, code: number, text: string): void {
     return;
   }
   // Flushed, then closed both ways: a smuggled remainder in the buffer is never parsed.
-  socket.end(`HTTP/1.1 ${code} ${STATUS_TEXT[code] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy());
+  socket.end(`HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy());
 }
 
 export class Proxy {

@@ -2,6 +2,7 @@
 // Not used by the product.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Endpoint, Service, WatchEvent } from '../api/types.js';
 import { emptyEvent } from '../api/types.js';
 
@@ -16,7 +17,14 @@ export class Backend {
   /** Requests that arrived and have not been answered yet. */
   inFlight = 0;
   last: IncomingMessage | undefined;
+  /** Answer every request with this status (0: answer normally). */
+  failWith = 0;
+  /** Delay every answer by this much. */
+  delayMs = 0;
+  /** Upgrade requests seen (WebSocket handshake headers). */
+  upgrades: IncomingMessage[] = [];
   private arrivals: Array<() => void> = [];
+  private readonly tunnels = new Set<Duplex>();
 
   constructor(
     readonly name: string,
@@ -24,10 +32,20 @@ export class Backend {
   ) {
     this.server = createServer((req, res) => this.handle(req, res));
     this.server.on('connection', () => this.connections++);
+    // Any Upgrade: answer 101 and echo raw bytes back, prefixed with the backend's name once.
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.upgrades.push(req);
+      this.tunnels.add(socket);
+      socket.on('close', () => this.tunnels.delete(socket));
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: ${req.headers.upgrade}\r\nconnection: upgrade\r\nx-backend: ${this.name}\r\n\r\n`);
+      if (head.length) socket.write(head);
+      socket.pipe(socket);
+      socket.on('error', () => socket.destroy());
+    });
   }
 
-  async start(): Promise<this> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+  async start(port = 0): Promise<this> {
+    await new Promise<void>((resolve) => this.server.listen(port, '127.0.0.1', resolve));
     this.port = (this.server.address() as AddressInfo).port;
     return this;
   }
@@ -38,6 +56,7 @@ export class Backend {
   }
 
   async stop(): Promise<void> {
+    for (const t of this.tunnels) t.destroy();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -51,6 +70,15 @@ export class Backend {
     const url = new URL(req.url ?? '/', 'http://backend');
     res.setHeader('x-backend', this.name);
     res.setHeader('x-color', this.color);
+    if (this.failWith !== 0) {
+      res.statusCode = this.failWith;
+      res.end(`${this.name} failing with ${this.failWith}\n`);
+      return;
+    }
+    if (this.delayMs > 0) {
+      setTimeout(() => res.end(`${this.name} ${this.color}\n`), this.delayMs);
+      return;
+    }
     switch (url.pathname) {
       case '/headers':
         // Hop-by-hop headers the proxy must not pass back to the client.
