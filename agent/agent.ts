@@ -10,7 +10,7 @@ import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import type {
   Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
-  RollbackRequest, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
+  RollbackRequest, RotateKeysReply, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
 import { serviceKey } from '../api/types.js';
 import { VERSION } from '../api/version.js';
@@ -23,6 +23,7 @@ import { DockerSource } from './docker/source.js';
 import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
 import { HealthChecker } from './health.js';
+import { Mesh } from './mesh.js';
 import { registryFor } from './registry/index.js';
 import type { Registry, TxnOp } from './registry/registry.js';
 import type { EndpointSink } from './sink.js';
@@ -39,11 +40,13 @@ export class Agent implements EndpointSink, AgentOps {
   private grpcServer: grpc.Server | undefined;
   private admin: HttpServer | undefined;
   private unwatch: (() => void) | undefined;
+  private mesh: Mesh | undefined;
   private readonly metrics = new prom.Registry();
   private readonly revisionGauge: prom.Gauge;
 
   constructor(private readonly opts: DaemonOptions, private readonly log: Logger) {
-    this.registry = registryFor(opts.registry, opts.stateDir);
+    const m = opts.mesh;
+    this.registry = registryFor(opts.registry, opts.stateDir, { leaseTtlS: m.leaseTtlS, tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined });
     this.health = new HealthChecker(this, log);
     prom.collectDefaultMetrics({ register: this.metrics });
     this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
@@ -70,7 +73,13 @@ export class Agent implements EndpointSink, AgentOps {
     await this.cleanupAfterRestart();
     const block = await leaseBlock(this.registry, this.opts.clusterCidr, this.node);
     await this.startAttachments(block);
-    await this.registry.txn([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block, underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }) }]);
+    const overlay = this.opts.mesh.overlay;
+    if (overlay !== 'off' && (overlay !== 'auto' || this.registry.kind === 'etcd')) {
+      this.mesh = new Mesh(this.registry, this.catalog, this.opts, this.log.child({ part: 'mesh' }));
+      await this.mesh.start();
+    } else {
+      await this.registry.txn([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block, underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }), ephemeral: true }]);
+    }
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
       metrics: this.metrics,
@@ -92,6 +101,7 @@ export class Agent implements EndpointSink, AgentOps {
     for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
     this.unwatch?.();
+    await this.mesh?.stop();
     await this.attachments?.close();
     await new Promise<void>((resolve) => (this.grpcServer ? this.grpcServer.tryShutdown(() => resolve()) : resolve()));
     this.grpcServer?.forceShutdown();
@@ -120,11 +130,14 @@ export class Agent implements EndpointSink, AgentOps {
         for (const ep of ev.endpoints) this.trackHealth(ep);
         for (const id of ev.deletedEndpoints) this.health.untrack(id);
         this.broadcast(ev);
+        this.mesh?.onEvent(ev);
       },
       () => {
         this.unwatch?.();
         void this.registry.range(PREFIX).then((r) => {
-          this.broadcast(this.loadFrom(r));
+          const ev = this.loadFrom(r);
+          this.broadcast(ev);
+          this.mesh?.onEvent(ev);
           this.watchRegistry();
         });
       },
@@ -147,6 +160,8 @@ export class Agent implements EndpointSink, AgentOps {
     for (const ep of this.catalog.endpoints.values()) {
       if (ep.node !== this.node) continue;
       if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.id) });
+      // The rest move onto this run's registry session (etcd lease) so they leave with this host.
+      else ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(ep), ephemeral: true });
     }
     if (ops.length) await this.registry.txn(ops);
   }
@@ -190,14 +205,14 @@ export class Agent implements EndpointSink, AgentOps {
     }
     for (const ep of endpoints) {
       this.cancelDrain(ep.id);
-      ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(this.keepHealth(ep)) });
+      ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(this.keepHealth(ep)), ephemeral: true });
     }
     await this.writeWithServices(ops, endpoints);
   }
 
   async upsert(endpoint: Endpoint): Promise<void> {
     this.cancelDrain(endpoint.id);
-    await this.writeWithServices([{ put: keys.endpoint(endpoint.id), value: JSON.stringify(this.keepHealth(endpoint)) }], [endpoint]);
+    await this.writeWithServices([{ put: keys.endpoint(endpoint.id), value: JSON.stringify(this.keepHealth(endpoint)), ephemeral: true }], [endpoint]);
   }
 
   async remove(id: string, opts: { immediate?: boolean } = {}): Promise<void> {
@@ -209,7 +224,7 @@ export class Agent implements EndpointSink, AgentOps {
       return;
     }
     if (this.drainTimers.has(id)) return;
-    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, draining: true, healthReason: 'draining' }) }]);
+    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, draining: true, healthReason: 'draining' }), ephemeral: true }]);
     const timer = setTimeout(() => {
       this.drainTimers.delete(id);
       if (this.catalog.endpoints.get(id)?.draining) {
@@ -225,7 +240,7 @@ export class Agent implements EndpointSink, AgentOps {
     if (!ep || ep.node !== this.node || ep.draining) return;
     if (ep.healthy === healthy && ep.healthReason === reason) return;
     this.log.info({ endpoint: id, service: ep.service, namespace: ep.namespace, healthy, reason }, 'endpoint health changed');
-    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, healthy, healthReason: reason }) }]);
+    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, healthy, healthReason: reason }), ephemeral: true }]);
   }
 
   private cancelDrain(id: string): void {
@@ -299,14 +314,33 @@ export class Agent implements EndpointSink, AgentOps {
       version: VERSION,
       registry: this.registry.kind,
       revision: this.catalog.revision,
-      appliedRevision: this.catalog.revision,
+      appliedRevision: this.mesh ? this.mesh.appliedRevision : this.catalog.revision,
       components: [...this.components].filter(([c]) => c !== 'cli').map(([component, c]) => ({ component, appliedRevision: c.applied, connected: c.watchers > 0 })),
       dockerConnected: this.docker?.connected ?? false,
       dockerError: this.docker ? (this.docker.lastError ?? '') : this.opts.dockerSocket ? `no Docker socket at ${this.opts.dockerSocket}` : 'Docker disabled',
       services: this.catalog.services.size,
       endpoints: this.catalog.endpoints.size,
       healthyEndpoints: healthy,
+      ...this.registryStatus(),
     };
+  }
+
+  private registryStatus(): Pick<StatusReply, 'registryConnected' | 'registryError' | 'registrySinceMs' | 'overlay' | 'peers' | 'block' | 'publicKey'> {
+    const h = this.registry.health();
+    return {
+      registryConnected: h.connected,
+      registryError: h.error,
+      registrySinceMs: h.sinceMs,
+      overlay: this.mesh?.kind ?? '',
+      peers: this.mesh?.peerStatus() ?? [],
+      block: this.mesh?.block ?? this.catalog.hosts.get(this.node)?.block ?? '',
+      publicKey: this.mesh?.publicKey ?? '',
+    };
+  }
+
+  async rotateKeys(): Promise<RotateKeysReply> {
+    if (!this.mesh) throw new NotFound('this agent runs no WireGuard overlay (it starts with --registry etcd://… or --overlay wireguard-go|kernel); there is no key to rotate');
+    return this.mesh.rotateKeys();
   }
 
   async register(req: RegisterRequest): Promise<EndpointReply> {

@@ -6,7 +6,7 @@ import { agentServiceDefinition, grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import type {
   AckRequest, DeregisterRequest, ListReply, ListRequest, RegisterRequest, RollbackRequest,
-  StatusReply, SwitchRequest, CniReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
+  StatusReply, SwitchRequest, CniReply, RotateKeysReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
 } from '../api/types.js';
 import { ColorError } from './colors.js';
 import { InvalidEndpoint } from './endpoints.js';
@@ -28,6 +28,7 @@ export interface AgentOps {
   rollback(req: RollbackRequest): Promise<ServiceReply>;
   cni(req: CniRequest): Promise<CniReply>;
   ipamGc(): Promise<IpamGcReply>;
+  rotateKeys(): Promise<RotateKeysReply>;
 }
 
 function statusOf(err: unknown): grpc.StatusObject {
@@ -82,6 +83,7 @@ export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): 
     Rollback: unaryHandler(log, 'Rollback', (req: RollbackRequest) => ops.rollback(req)),
     Cni: unaryHandler(log, 'Cni', (req: CniRequest) => ops.cni(req)),
     IpamGc: unaryHandler(log, 'IpamGc', () => ops.ipamGc()),
+    RotateKeys: unaryHandler(log, 'RotateKeys', () => ops.rotateKeys()),
   });
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
   rmSync(socketPath, { force: true });

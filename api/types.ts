@@ -50,7 +50,23 @@ export interface Host {
   appliedRevision: number;
   version: string;
   heartbeatMs: number;
+  wgPort: number;
+  nextPublicKey: string;
+  peers: PeerStatus[];
+  mtu: number;
+  overlay: string;
 }
+
+export interface PeerStatus {
+  host: string;
+  endpoint: string;
+  lastHandshakeMs: number;
+  rxBytes: number;
+  txBytes: number;
+  publicKey: string;
+}
+
+export interface RotateKeysReply { previousPublicKey: string; publicKey: string; revision: number; unconfirmed: string[] }
 
 export interface Allocation {
   address: string;
@@ -114,6 +130,13 @@ export interface StatusReply {
   services: number;
   endpoints: number;
   healthyEndpoints: number;
+  registryConnected: boolean;
+  registryError: string;
+  registrySinceMs: number;
+  overlay: string;
+  peers: PeerStatus[];
+  block: string;
+  publicKey: string;
 }
 
 export interface CniRequest { command: string; containerId: string; netns: string; ifname: string; args: string; config: Buffer }

@@ -2,7 +2,7 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import type { Endpoint, EndpointReply, HealthCheck, ListReply, ServiceReply, StatusReply } from '../api/types.js';
+import type { Endpoint, EndpointReply, HealthCheck, ListReply, RotateKeysReply, ServiceReply, StatusReply } from '../api/types.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 
 export const CLIENT_FLAGS: FlagSpec[] = [
@@ -83,7 +83,8 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
       const comps = s.components.map((x) => `${x.component}: ${x.connected ? (x.appliedRevision >= s.revision ? `applied ${x.appliedRevision} (in sync)` : `applied ${x.appliedRevision} (behind)`) : `disconnected, last applied ${x.appliedRevision}`}`);
       out(p, s, [
         `node       ${s.node} (corral ${s.version})`,
-        `registry   ${s.registry} at revision ${s.revision}; this host applied ${s.appliedRevision}`,
+        `registry   ${s.registry} at revision ${s.revision}; this host applied ${s.appliedRevision}${s.registryConnected ? '' : ` — STALE: registry unreachable since ${new Date(Number(s.registrySinceMs)).toISOString()} (${s.registryError}); serving the last state it saw`}`,
+        ...(s.overlay ? [`overlay    ${s.overlay}, block ${s.block}, key ${s.publicKey}`, ...peerLines(s)] : []),
         `docker     ${s.dockerConnected ? 'connected' : `not connected: ${s.dockerError}`}`,
         `services   ${s.services}, endpoints ${s.endpoints} (${s.healthyEndpoints} serving)`,
         ...(comps.length ? comps.map((x, i) => `${i === 0 ? 'components ' : '           '}${x}`) : ['components none watching']),
@@ -94,7 +95,16 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     usage: 'hosts [--json]',
     async run(p, c) {
       const l = await unary<object, ListReply>(c, 'List', { namespace: '', service: '' });
-      out(p, { revision: l.revision, hosts: l.hosts }, table([['HOST', 'BLOCK', 'VERSION', 'LAST SEEN'], ...l.hosts.map((h) => [h.name, h.block || '-', h.version, new Date(h.heartbeatMs).toISOString()])]));
+      const now = Date.now();
+      // Each host's view of its peers: the oldest handshake it reports, and who it has never reached.
+      const handshakes = (h: ListReply['hosts'][number]) => {
+        const others = l.hosts.filter((o) => o.name !== h.name && o.publicKey);
+        if (!h.publicKey) return '-';
+        if (others.length === 0) return 'no peers';
+        const seen = new Map((h.peers ?? []).map((x) => [x.host, Number(x.lastHandshakeMs)]));
+        return others.map((o) => `${o.name}:${seen.get(o.name) ? `${Math.round((now - seen.get(o.name)!) / 1000)}s` : 'never'}`).join(',');
+      };
+      out(p, { revision: l.revision, hosts: l.hosts }, table([['HOST', 'BLOCK', 'UNDERLAY', 'APPLIED', 'HANDSHAKES (ago)', 'VERSION', 'LAST SEEN'], ...l.hosts.map((h) => [h.name, h.block || '-', h.underlay || '-', String(h.appliedRevision), handshakes(h), h.version, new Date(Number(h.heartbeatMs)).toISOString()])]) + `revision ${l.revision}`);
     },
   },
   services: {
@@ -186,7 +196,25 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
       out(p, r, `${service}: rolled back to ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },
+  'rotate-keys': {
+    usage: 'rotate-keys [--json]',
+    async run(p, c) {
+      const r = await unary<object, RotateKeysReply>(c, 'RotateKeys', {}, 60_000);
+      out(p, r, `WireGuard key rotated: ${r.previousPublicKey} -> ${r.publicKey} at revision ${r.revision}${r.unconfirmed.length ? ` (not confirmed in time by ${r.unconfirmed.join(', ')}: they catch up when they see it)` : ''}`);
+    },
+  },
 };
+
+/** `corral status` lines for the overlay's peers; a peer without a handshake in 3 minutes is named. */
+function peerLines(s: StatusReply): string[] {
+  const now = Date.now();
+  const stale = s.peers.filter((x) => !Number(x.lastHandshakeMs) || now - Number(x.lastHandshakeMs) > 180_000);
+  const lines = s.peers.map((x) => `${x.host} at ${x.endpoint || '?'}: ${Number(x.lastHandshakeMs) ? `handshake ${Math.round((now - Number(x.lastHandshakeMs)) / 1000)}s ago` : 'no handshake yet'}`);
+  return [
+    ...(lines.length ? lines.map((x, i) => `${i === 0 ? 'peers      ' : '           '}${x}`) : ['peers      none']),
+    stale.length ? `warning    no handshake within 3 minutes: ${stale.map((x) => x.host).join(', ')}` : `           every peer handshook within 3 minutes`,
+  ];
+}
 
 /** The operation was understood but failed (exit 1). */
 export class OpFailed extends Error {}

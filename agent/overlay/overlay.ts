@@ -1,0 +1,46 @@
+// The overlay seam (flannel-style): one small interface, two implementations chosen at runtime —
+// kernel WireGuard over generic netlink (kernel.ts) and wireguard-go over its UAPI socket
+// (wireguard-go.ts). Callers set peers incrementally; nothing here tears the interface down.
+
+export interface DeviceConfig {
+  ifname: string;
+  privateKey: Buffer;     // 32 bytes
+  listenPort: number;
+}
+
+export interface PeerConfig {
+  publicKey: string;      // base64, as published in the Host record
+  endpoint: string;       // "ADDR:PORT" ("[v6]:PORT"); "" = none (the peer reaches us first)
+  allowedIps: string[];   // CIDRs; replaces what the peer had
+  keepaliveS?: number;
+}
+
+export interface PeerState {
+  publicKey: string;
+  endpoint: string;
+  allowedIps: string[];
+  lastHandshakeMs: number; // 0 = never
+  rxBytes: number;
+  txBytes: number;
+}
+
+export interface WireGuardDevice {
+  readonly kind: 'kernel' | 'wireguard-go';
+  /** Creates the interface when missing (an existing one is kept, with its peers) and sets key and port. */
+  up(cfg: DeviceConfig): Promise<void>;
+  setPrivateKey(key: Buffer): Promise<void>;
+  setPeer(p: PeerConfig): Promise<void>;
+  removePeer(publicKey: string): Promise<void>;
+  peers(): Promise<PeerState[]>;
+  /** Releases sockets; the interface and its peers stay for the next agent. */
+  close(): Promise<void>;
+  /** Deletes the interface (tests, `--overlay off` after use). */
+  destroy(): Promise<void>;
+}
+
+export class OverlayError extends Error {}
+
+/** WireGuard's per-packet overhead on the underlay: 60 bytes over IPv4, 80 over IPv6. */
+export function overlayMtu(underlayMtu: number, underlayIsV6: boolean): number {
+  return underlayMtu - (underlayIsV6 ? 80 : 60);
+}

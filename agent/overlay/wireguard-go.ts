@@ -1,0 +1,164 @@
+// WireGuard in userspace: the agent starts `wireguard-go <ifname>` (in the foreground, detached,
+// so it outlives an agent restart and traffic keeps flowing) and configures it over the
+// standard UAPI socket /var/run/wireguard/<ifname>.sock (text protocol, set=1 / get=1).
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { linkExists } from './link.js';
+import { OverlayError, type DeviceConfig, type PeerConfig, type PeerState, type WireGuardDevice } from './overlay.js';
+
+export const UAPI_DIR = '/var/run/wireguard';
+
+const hex = (b64: string) => Buffer.from(b64, 'base64').toString('hex');
+const b64 = (hx: string) => Buffer.from(hx, 'hex').toString('base64');
+
+export class WireGuardGo implements WireGuardDevice {
+  readonly kind = 'wireguard-go';
+  private ifname = '';
+
+  /** runDir holds wireguard-go's pid file and log. */
+  constructor(private readonly runDir: string) {}
+
+  get socketPath(): string {
+    return join(UAPI_DIR, `${this.ifname}.sock`);
+  }
+
+  async up(cfg: DeviceConfig): Promise<void> {
+    this.ifname = cfg.ifname;
+    if (!(await this.answers())) await this.start();
+    await this.uapiSet([`private_key=${cfg.privateKey.toString('hex')}`, `listen_port=${cfg.listenPort}`]);
+  }
+
+  async setPrivateKey(key: Buffer): Promise<void> {
+    await this.uapiSet([`private_key=${key.toString('hex')}`]);
+  }
+
+  async setPeer(p: PeerConfig): Promise<void> {
+    const lines = [`public_key=${hex(p.publicKey)}`];
+    if (p.endpoint) lines.push(`endpoint=${p.endpoint}`);
+    lines.push(`persistent_keepalive_interval=${p.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...p.allowedIps.map((a) => `allowed_ip=${a}`));
+    await this.uapiSet(lines);
+  }
+
+  async removePeer(publicKey: string): Promise<void> {
+    await this.uapiSet([`public_key=${hex(publicKey)}`, 'remove=true']);
+  }
+
+  async peers(): Promise<PeerState[]> {
+    const text = await this.uapi('get=1\n\n');
+    const out: PeerState[] = [];
+    let cur: PeerState | undefined;
+    let sec = 0;
+    for (const line of text.split('\n')) {
+      const i = line.indexOf('=');
+      if (i < 0) continue;
+      const k = line.slice(0, i);
+      const v = line.slice(i + 1);
+      if (k === 'public_key') {
+        cur = { publicKey: b64(v), endpoint: '', allowedIps: [], lastHandshakeMs: 0, rxBytes: 0, txBytes: 0 };
+        out.push(cur);
+      } else if (!cur) {
+        continue;
+      } else if (k === 'endpoint') cur.endpoint = v;
+      else if (k === 'allowed_ip') cur.allowedIps.push(v);
+      else if (k === 'last_handshake_time_sec') sec = Number(v);
+      else if (k === 'last_handshake_time_nsec') cur.lastHandshakeMs = sec * 1000 + Math.floor(Number(v) / 1e6);
+      else if (k === 'rx_bytes') cur.rxBytes = Number(v);
+      else if (k === 'tx_bytes') cur.txBytes = Number(v);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {}
+
+  async destroy(): Promise<void> {
+    const pid = this.pid();
+    if (pid) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+    }
+    rmSync(this.pidFile(), { force: true });
+  }
+
+  private pidFile(): string {
+    return join(this.runDir, `wireguard-go-${this.ifname}.pid`);
+  }
+
+  private pid(): number | undefined {
+    try {
+      return Number(readFileSync(this.pidFile(), 'utf8').trim()) || undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async start(): Promise<void> {
+    // A socket left by a dead wireguard-go would make the new one refuse to start.
+    rmSync(this.socketPath, { force: true });
+    if (await linkExists(this.ifname)) throw new OverlayError(`interface ${this.ifname} exists but no wireguard-go answers on ${this.socketPath}: delete the interface or choose --wg-interface`);
+    mkdirSync(this.runDir, { recursive: true });
+    const logFd = openSync(join(this.runDir, `wireguard-go-${this.ifname}.log`), 'a');
+    let child;
+    try {
+      child = spawn('wireguard-go', [this.ifname], {
+        detached: true,
+        stdio: ['ignore', logFd, logFd],
+        env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'error' },
+      });
+    } finally {
+      closeSync(logFd);
+    }
+    const failed = new Promise<Error>((res) => child.once('error', res));
+    child.unref();
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const err = await Promise.race([failed, new Promise<undefined>((r) => setTimeout(r, 20))]);
+      if (err) throw new OverlayError(`cannot start wireguard-go: ${err.message}; install it (apt-get install wireguard-go) or use the kernel module`);
+      if (child.exitCode !== null) throw new OverlayError(`wireguard-go ${this.ifname} exited with ${child.exitCode}; see ${join(this.runDir, `wireguard-go-${this.ifname}.log`)}`);
+      if (existsSync(this.socketPath) && (await this.answers())) break;
+      if (Date.now() > deadline) throw new OverlayError(`wireguard-go ${this.ifname} did not open ${this.socketPath} within 5 s`);
+    }
+    writeFileSync(this.pidFile(), String(child.pid));
+  }
+
+  private async answers(): Promise<boolean> {
+    try {
+      await this.uapi('get=1\n\n');
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private async uapiSet(lines: string[]): Promise<void> {
+    await this.uapi(`set=1\n${lines.join('\n')}\n\n`);
+  }
+
+  /** One request on a fresh connection; resolves with the reply once "errno=N" and the blank line arrive. */
+  private uapi(request: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const sock = connect(this.socketPath);
+      let buf = '';
+      const timer = setTimeout(() => sock.destroy(new Error('UAPI timeout')), 3000);
+      sock.setEncoding('utf8');
+      sock.on('connect', () => sock.write(request));
+      sock.on('data', (d: string) => {
+        buf += d;
+        const m = /(?:^|\n)errno=(-?\d+)\n\n/.exec(buf);
+        if (!m) return;
+        clearTimeout(timer);
+        sock.end();
+        if (m[1] !== '0') reject(new OverlayError(`wireguard-go ${this.ifname} refused the configuration (errno ${m[1]})`));
+        else resolve(buf);
+      });
+      sock.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  }
+}
