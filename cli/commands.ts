@@ -4,6 +4,7 @@ import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
 import type { Endpoint, EndpointReply, HealthCheck, ListReply, RotateKeysReply, ServiceReply, StatusReply } from '../api/types.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
+import { ipamCommands } from './ipam.js';
 
 export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'agent-socket', help: 'the agent API socket (default /run/corral/agent.sock)' },
@@ -18,6 +19,8 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'health-interval', help: 'register: check interval (default 2s)' },
   { name: 'weight', help: 'register: endpoint weight (default 1)' },
   { name: 'port-name', help: 'register: SRV port name (default http)' },
+  { name: 'bin-dir', help: 'install-cni: CNI bin dir (default /opt/cni/bin)' },
+  { name: 'conf-dir', help: 'install-cni: CNI config dir (default /etc/cni/net.d)' },
 ];
 
 type Client = ReturnType<typeof agentClient>;
@@ -203,6 +206,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
       out(p, r, `WireGuard key rotated: ${r.previousPublicKey} -> ${r.publicKey} at revision ${r.revision}${r.unconfirmed.length ? ` (not confirmed in time by ${r.unconfirmed.join(', ')}: they catch up when they see it)` : ''}`);
     },
   },
+  ...ipamCommands,
 };
 
 /** `corral status` lines for the overlay's peers; a peer without a handshake in 3 minutes is named. */
