@@ -22,6 +22,7 @@ import { Attachments } from './cni.js';
 import { DockerSource } from './docker/source.js';
 import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
+import { AutoDeploy } from './deploy.js';
 import { HealthChecker } from './health.js';
 import { Mesh } from './mesh.js';
 import { registryFor } from './registry/index.js';
@@ -35,6 +36,7 @@ export class Agent implements EndpointSink, AgentOps {
   private readonly components = new Map<string, { applied: number; watchers: number }>();
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
   private readonly health: HealthChecker;
+  private readonly deploy: AutoDeploy;
   private docker: DockerSource | undefined;
   attachments: Attachments | undefined;
   private grpcServer: grpc.Server | undefined;
@@ -48,6 +50,7 @@ export class Agent implements EndpointSink, AgentOps {
     const m = opts.mesh;
     this.registry = registryFor(opts.registry, opts.stateDir, { leaseTtlS: m.leaseTtlS, tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined });
     this.health = new HealthChecker(this, log);
+    this.deploy = new AutoDeploy(this, log);
     prom.collectDefaultMetrics({ register: this.metrics });
     this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
     const catalog = this.catalog;
@@ -98,6 +101,7 @@ export class Agent implements EndpointSink, AgentOps {
   async stop(): Promise<void> {
     this.docker?.stop();
     this.health.stop();
+    this.deploy.stop();
     for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
     this.unwatch?.();
@@ -117,6 +121,7 @@ export class Agent implements EndpointSink, AgentOps {
     this.revisionGauge.set(ev.revision);
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
+    this.deploy.review(ev);
     return ev;
   }
 
@@ -129,6 +134,7 @@ export class Agent implements EndpointSink, AgentOps {
         this.revisionGauge.set(ev.revision);
         for (const ep of ev.endpoints) this.trackHealth(ep);
         for (const id of ev.deletedEndpoints) this.health.untrack(id);
+        this.deploy.review(ev);
         this.broadcast(ev);
         this.mesh?.onEvent(ev);
       },
