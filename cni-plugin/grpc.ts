@@ -92,7 +92,7 @@ export function callCni(socket: string, req: CniRequest, timeoutMs: number): Pro
       message = decodeURIComponent(String(t['grpc-message'] ?? ''));
     });
     stream.on('data', (d: Buffer) => chunks.push(d));
-    stream.on('error', (err) => done(new Unreachable(`the agent at ${socket} dropped the call: ${err.message}`)));
+    stream.on('error', (err) => done(new Unreachable(`cannot reach the agent at ${socket} (${err.message}): is \`corral agent\` running?`)));
     stream.on('end', () => {
       if (status !== '0') return done(new Error(`agent call failed (gRPC status ${status}): ${message}`));
       const all = Buffer.concat(chunks);

@@ -134,8 +134,9 @@ describe('corral-cni', () => {
 
   it('chains with portmap: prevResult passes through and a host port reaches the container', async () => {
     const [web, client] = [await container(), await container()];
-    const list = { cniVersion: '1.1.0', name: 'cnet' };
-    const first = await corralCni('ADD', { containerId: 'pm-web', netns: web.path, ifname: 'eth0' }, conf);
+    // Debian's reference plugins speak up to 1.0.0: the whole list uses it.
+    const list = { cniVersion: '1.0.0', name: 'cnet' };
+    const first = await corralCni('ADD', { containerId: 'pm-web', netns: web.path, ifname: 'eth0' }, { ...conf, ...list });
     expect(first.code, first.stdout).toBe(0);
     const pmConf = { ...list, type: 'portmap', capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18080, containerPort: 8080, protocol: 'tcp' }] }, prevResult: first.out };
     const pmEnv = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'pm-web', CNI_NETNS: web.path, CNI_IFNAME: 'eth0' };
@@ -144,7 +145,7 @@ describe('corral-cni', () => {
     const chained = JSON.parse(portmap.stdout);
     expect(chained.ips).toEqual(first.out.ips);
     expect(chained.dns).toEqual(first.out.dns);
-    const cl = await corralCni('ADD', { containerId: 'pm-client', netns: client.path, ifname: 'eth0' }, conf);
+    const cl = await corralCni('ADD', { containerId: 'pm-client', netns: client.path, ifname: 'eth0' }, { ...conf, ...list });
     expect(cl.code).toBe(0);
     const www = mkdtempSync(join(tmpdir(), 'corral-www-'));
     writeFileSync(join(www, 'index.html'), 'hello from corral\n');
