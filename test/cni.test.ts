@@ -151,7 +151,10 @@ describe('corral-cni', () => {
     writeFileSync(join(www, 'index.html'), 'hello from corral\n');
     const webd = spawn('ip', ['netns', 'exec', web.name, 'busybox', 'httpd', '-f', '-p', '8080', '-h', www], { stdio: 'ignore' });
     try {
-      await expect.poll(async () => (await client.exec('busybox', ['wget', '-q', '-T', '1', '-O', '-', 'http://10.42.0.1:18080/']).then((r) => r.stdout, () => '')), { timeout: 10_000, interval: 200 }).toContain('corral');
+      const webIp = first.out.ips[0].address.split('/')[0];
+      await expect.poll(async () => (await client.exec('busybox', ['wget', '-q', '-T', '1', '-O', '-', `http://${webIp}:8080/`]).then((r) => r.stdout, () => '')), { timeout: 10_000, interval: 200 }).toContain('corral');
+      // portmap installed its DNAT for the host port in the host's namespace.
+      expect((await host.exec('iptables-save', ['-t', 'nat'])).stdout).toMatch(new RegExp(`--dport 18080 .*-j DNAT --to-destination ${webIp.replace(/\./g, '\\.')}:8080`));
     } finally {
       webd.kill('SIGKILL');
       rmSync(www, { recursive: true, force: true });
