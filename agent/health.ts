@@ -27,7 +27,7 @@ interface Result { ok: boolean; detail: string }
 export class HealthChecker {
   private readonly probes = new Map<string, Probe>();
   // No keep-alive: a probe must open a fresh connection, as a new client would.
-  private readonly http = new Agent({ pipelining: 0 });
+  private http = new Agent({ pipelining: 0 });
 
   constructor(private readonly sink: EndpointSink, private readonly log: Logger) {}
 
@@ -70,9 +70,13 @@ export class HealthChecker {
     return [...this.probes.keys()];
   }
 
+  /** Stop every probe. The checker stays usable: the agent calls this before reloading the registry. */
   stop(): void {
     for (const id of [...this.probes.keys()]) this.untrack(id);
-    void this.http.close().catch(() => undefined);
+    // A fresh client for later probes: a closed one fails every request with UND_ERR_DESTROYED.
+    const old = this.http;
+    this.http = new Agent({ pipelining: 0 });
+    void old.close().catch(() => undefined);
   }
 
   private schedule(probe: Probe, delayMs: number): void {
