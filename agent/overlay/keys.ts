@@ -15,8 +15,11 @@ export function generateKeyPair(): KeyPair {
   return fromPrivate(Buffer.from(d, 'base64url'));
 }
 
+/** PKCS#8 DER prefix of an X25519 private key; the raw 32 bytes follow. */
+const PKCS8_X25519 = Buffer.from('302e020100300506032b656e04220420', 'hex');
+
 export function fromPrivate(priv: Buffer): KeyPair {
-  const key = createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: priv.toString('base64url') }, format: 'jwk' });
+  const key = createPrivateKey({ key: Buffer.concat([PKCS8_X25519, priv]), format: 'der', type: 'pkcs8' });
   const x = createPublicKey(key).export({ format: 'jwk' }).x!;
   return { privateKey: priv, publicKey: Buffer.from(x, 'base64url').toString('base64') };
 }

@@ -1,0 +1,120 @@
+// Three hosts (netns on an underlay bridge), one etcd, an agent with wireguard-go per host,
+// containers attached by corral-cni: the overlay as users see it.
+import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
+import { pings, startCluster, until, wgDump, wgPeers, type Cluster, type TestContainer } from '../support/cluster.js';
+
+const TTL = 3;
+const json = (s: string) => JSON.parse(s);
+
+describe('multi-host WireGuard overlay over etcd', () => {
+  let c: Cluster;
+  const ctr: TestContainer[] = [];
+  beforeAll(async () => {
+    c = await startCluster({ hosts: 3, leaseTtlS: TTL });
+    for (const h of c.hosts) ctr.push(await c.container(h));
+  });
+  afterAll(async () => {
+    await c?.close();
+  });
+
+  it('gives each host its own block and a peer for every other host', async () => {
+    await until(async () => {
+      const l = json((await c.hosts[0]!.agent!.cli(['hosts', '--json'])).stdout);
+      return l.hosts.length === 3 && l.hosts.every((h: { publicKey: string; block: string }) => h.publicKey && h.block);
+    }, 10_000, 'three hosts published');
+    const l = json((await c.hosts[0]!.agent!.cli(['hosts', '--json'])).stdout);
+    const blocks = l.hosts.map((h: { block: string }) => h.block);
+    expect(new Set(blocks).size).toBe(3);
+    for (const h of c.hosts) {
+      const s = json((await h.agent!.cli(['status', '--json'])).stdout);
+      expect(s.overlay).toBe('wireguard-go');
+      expect(s.registryConnected).toBe(true);
+      await until(async () => json((await h.agent!.cli(['status', '--json'])).stdout).peers.length === 2, 10_000, `${h.name} has two peers`);
+    }
+  });
+
+  it('lets every container reach every other over the overlay', async () => {
+    for (const a of ctr) {
+      for (const b of ctr) {
+        if (a === b) continue;
+        await until(() => pings(a, b.address), 10_000, `${a.host.name} -> ${b.host.name}`);
+      }
+    }
+    const hosts = await c.hosts[0]!.agent!.cli(['hosts']);
+    expect(hosts.stdout).toMatch(/HANDSHAKES/);
+    await until(async () => /every peer handshook within 3 minutes/.test((await c.hosts[0]!.agent!.cli(['status'])).stdout), 10_000, 'status reports handshakes');
+  });
+
+  it('shows only WireGuard UDP on the underlay, never the payload', async () => {
+    const pattern = 'c0ffee15deadbeef';
+    const cap = spawn('ip', ['netns', 'exec', c.underlay.name, 'tcpdump', '-i', 'br0', '-n', '-l', '-x', '-c', '40', 'not arp and not tcp port 2379 and not tcp port 2380'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    cap.stdout.on('data', (d: Buffer) => (out += d));
+    await new Promise((r) => setTimeout(r, 700));
+    try {
+      await ctr[0]!.ns.exec('ping', ['-c', '10', '-i', '0.05', '-p', pattern, ctr[1]!.address]);
+    } finally {
+      await new Promise((r) => setTimeout(r, 300));
+      cap.kill('SIGINT');
+      await new Promise((r) => cap.once('close', r));
+    }
+    const headers = out.split('\n').filter((l) => /^\d\d:\d\d/.test(l));
+    expect(headers.length).toBeGreaterThanOrEqual(10);
+    for (const h of headers) expect(h).toMatch(/\.51820: UDP|\.51820 > .*UDP/);
+    for (const h of headers) expect(h).not.toMatch(/ICMP/);
+    expect(out.replace(/\s|0x[0-9a-f]+:/g, '')).not.toContain(pattern);
+  });
+
+  it('removes a dead host everywhere within the lease TTL plus 2 s, and restores it on restart', async () => {
+    const h3 = c.hosts[2]!;
+    const before = json((await h3.agent!.cli(['status', '--json'])).stdout);
+    const t0 = Date.now();
+    await h3.kill();
+    // Measured on the data plane itself (each host's WireGuard peers) and in etcd, polled cheaply.
+    const etcd = new Etcd3({ hosts: c.etcd.members.map((m) => m.clientUrl) });
+    try {
+      await Promise.all([
+        ...c.hosts.slice(0, 2).map((h) => until(async () => (await wgPeers(h)) === 1, (TTL + 6) * 1000, `h3's peer gone from ${h.name}`)),
+        until(async () => (await etcd.get('/corral/hosts/h3').string()) === null, (TTL + 6) * 1000, 'h3 record gone'),
+      ]);
+    } finally {
+      etcd.close();
+    }
+    const gone = Date.now() - t0;
+    console.log(`dead host removed everywhere after ${gone} ms (lease TTL ${TTL} s)`);
+    expect(gone).toBeLessThan((TTL + 2) * 1000);
+    for (const h of c.hosts.slice(0, 2)) {
+      const l = json((await h.agent!.cli(['hosts', '--json'])).stdout);
+      expect(l.hosts.map((x: { name: string }) => x.name).sort()).toEqual(['h1', 'h2']);
+    }
+    await h3.start();
+    const after = json((await h3.agent!.cli(['status', '--json'])).stdout);
+    expect(after.block).toBe(before.block);
+    expect(after.publicKey).toBe(before.publicKey);
+    await until(() => pings(ctr[0]!, ctr[2]!.address), 15_000, 'h1 container -> h3 container after restart');
+    await until(() => pings(ctr[2]!, ctr[1]!.address), 15_000, 'h3 container -> h2 container after restart');
+  });
+
+  it('rotates a key under a running ping losing at most one handshake', async () => {
+    const count = 60;
+    const p = ctr[0]!.ns.exec('ping', ['-c', String(count), '-i', '0.05', '-W', '1', ctr[1]!.address], { timeoutMs: 30_000 }).catch((e: Error) => ({ stdout: e.message, stderr: '' }));
+    await new Promise((r) => setTimeout(r, 700));
+    const r = await c.hosts[1]!.agent!.cli(['rotate-keys', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const rot = json(r.stdout);
+    expect(rot.publicKey).not.toBe(rot.previousPublicKey);
+    expect(rot.unconfirmed).toEqual([]);
+    const res = await p;
+    const m = /(\d+) packets transmitted, (\d+) received/.exec(res.stdout);
+    expect(m, res.stdout).not.toBeNull();
+    const lost = Number(m![1]) - Number(m![2]);
+    console.log(`key rotation: ${lost} of ${m![1]} pings lost (50 ms interval)`);
+    expect(lost).toBeLessThanOrEqual(3);
+    await until(() => pings(ctr[2]!, ctr[1]!.address), 10_000, 'h3 -> h2 with the new key').catch(async (err) => {
+      console.log('h2', await wgDump(c.hosts[1]!), 'h3', await wgDump(c.hosts[2]!), c.hosts[2]!.agent!.logs());
+      throw err;
+    });
+  });
+});

@@ -1,0 +1,201 @@
+// Several Corral hosts on one machine: each host is a netns joined to an underlay bridge
+// (10.99.<n>.0/24, in a netns of its own), etcd members live on that underlay, and every host
+// runs `corral agent --registry etcd://…` with wireguard-go under a distinct interface name
+// (wireguard-go's UAPI socket directory is not per-netns). Containers are attached by the real
+// corral-cni. Everything is removed afterwards, also when a test fails.
+import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { corralCni } from './cni.js';
+import { startDaemon, type Daemon } from './corral.js';
+import { startEtcd, type EtcdCluster } from './etcd.js';
+import { Netns, run } from './netns.js';
+
+export interface TestHost {
+  name: string;
+  ns: Netns;
+  address: string;          // underlay address
+  ifname: string;           // WireGuard interface
+  stateDir: string;
+  agent: Daemon | undefined;
+  /** (Re)starts the agent with the same state dir. */
+  start(extraArgs?: string[]): Promise<Daemon>;
+  /** Kills the agent and its wireguard-go: the host is gone. */
+  kill(): Promise<void>;
+}
+
+export interface TestContainer { id: string; ns: Netns; address: string; host: TestHost }
+
+export interface Cluster {
+  id: string;
+  underlay: Netns;
+  etcd: EtcdCluster;
+  hosts: TestHost[];
+  containers: TestContainer[];
+  /** Attaches a new container netns on host through corral-cni ADD. */
+  container(host: TestHost): Promise<TestContainer>;
+  addHost(): Promise<TestHost>;
+  close(): Promise<void>;
+}
+
+let subnetSeq = 0;
+
+export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[] }): Promise<Cluster> {
+  const id = randomBytes(2).toString('hex');
+  // One /24 per cluster in 10.99.0.0/16, so clusters of consecutive test files never overlap.
+  const net = `10.99.${(process.pid + subnetSeq++) % 250}`;
+  const underlay = await Netns.create(`corral-ul-${id}`);
+  const hosts: TestHost[] = [];
+  const containers: TestContainer[] = [];
+  let etcd: EtcdCluster | undefined;
+  const cluster: Cluster = {
+    id, underlay, hosts, containers,
+    get etcd() {
+      return etcd!;
+    },
+    async container(host) {
+      const cid = `c${randomBytes(6).toString('hex')}`;
+      const ns = await Netns.create(`corral-c-${id}`);
+      const r = await corralCni('ADD', { containerId: cid, netns: ns.path, ifname: 'eth0' }, { cniVersion: '1.1.0', name: 'corral', type: 'corral', agentSocket: host.agent!.socket, ipMasq: false });
+      if (r.code !== 0) {
+        await ns.delete();
+        throw new Error(`corral-cni ADD on ${host.name} failed (${r.code}): ${r.stdout} ${r.stderr}`);
+      }
+      const address = String(r.out.ips[0].address).split('/')[0]!;
+      const c = { id: cid, ns, address, host };
+      containers.push(c);
+      return c;
+    },
+    async addHost() {
+      const i = hosts.length + 1;
+      const name = `h${i}`;
+      const ns = await Netns.create(`corral-${name}-${id}`);
+      const address = `${net}.${10 + i}`;
+      const v = `u${id}${name}`;
+      await run('ip', ['link', 'add', v, 'type', 'veth', 'peer', 'name', `${v}p`]);
+      await run('ip', ['link', 'set', `${v}p`, 'netns', ns.name]);
+      await run('ip', ['link', 'set', v, 'netns', underlay.name]);
+      await underlay.exec('ip', ['link', 'set', v, 'master', 'br0', 'up']);
+      await ns.exec('ip', ['link', 'set', `${v}p`, 'name', 'eth0']);
+      await ns.exec('ip', ['addr', 'add', `${address}/24`, 'dev', 'eth0']);
+      await ns.exec('ip', ['link', 'set', 'eth0', 'up']);
+      const stateDir = mkdtempSync(join(tmpdir(), `corral-${name}-`));
+      const ifname = `wg${id}${name}`;
+      const h: TestHost = {
+        name, ns, address, ifname, stateDir, agent: undefined,
+        async start(extra = []) {
+          h.agent = await startDaemon('agent', {
+            netns: ns.name, stateDir, nodeName: name,
+            args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...(o.agentArgs ?? []), ...extra],
+          });
+          return h.agent;
+        },
+        async kill() {
+          const pid = wgPid(h);
+          await h.agent?.stop('SIGKILL');
+          if (pid) {
+            try {
+              process.kill(pid, 'SIGKILL');
+            } catch {
+              // gone already
+            }
+          }
+          await ns.exec('ip', ['link', 'del', ifname]).catch(() => {});
+          rmSync(`/var/run/wireguard/${ifname}.sock`, { force: true });
+        },
+      };
+      hosts.push(h);
+      return h;
+    },
+    async close() {
+      for (const c of containers) {
+        await corralCni('DEL', { containerId: c.id, netns: c.ns.path, ifname: 'eth0' }, { cniVersion: '1.1.0', name: 'corral', type: 'corral', agentSocket: c.host.agent?.socket ?? '/nonexistent' }).catch(() => {});
+        await c.ns.delete();
+      }
+      for (const h of hosts) {
+        await h.kill().catch(() => {});
+        await h.ns.delete();
+        rmSync(h.stateDir, { recursive: true, force: true });
+      }
+      await etcd?.stop();
+      await underlay.delete();
+    },
+  };
+  try {
+    await underlay.exec('ip', ['link', 'add', 'br0', 'type', 'bridge']);
+    await underlay.exec('ip', ['link', 'set', 'br0', 'up']);
+    const members = o.etcdMembers ?? 1;
+    for (let m = 0; m < members; m++) await underlay.exec('ip', ['addr', 'add', `${net}.${2 + m}/24`, 'dev', 'br0']);
+    etcd = await startEtcd({ hosts: Array.from({ length: members }, (_, m) => ({ address: `${net}.${2 + m}`, netns: underlay.name })) });
+    for (let i = 0; i < o.hosts; i++) await cluster.addHost();
+    for (const h of hosts) await h.start();
+  } catch (err) {
+    await cluster.close();
+    throw err;
+  }
+  return cluster;
+}
+
+/** wireguard-go's pid, from the file the agent writes in its run dir. */
+function wgPid(h: TestHost): number | undefined {
+  if (!h.agent) return undefined;
+  try {
+    return Number(readFileSync(join(h.agent.runDir, `wireguard-go-${h.ifname}.pid`), 'utf8').trim()) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** wireguard-go's own view (UAPI get=1) of a host's interface: peers, keys, handshakes. */
+export function wgDump(h: TestHost): Promise<string> {
+  return new Promise((res, rej) => {
+    const sock = connect(`/var/run/wireguard/${h.ifname}.sock`);
+    let buf = '';
+    const t = setTimeout(() => sock.destroy(new Error('UAPI timeout')), 2000);
+    sock.on('connect', () => sock.write('get=1\n\n'));
+    sock.on('data', (d) => {
+      buf += d;
+      if (/errno=-?\d+\n\n/.test(buf)) {
+        clearTimeout(t);
+        sock.end();
+        res(buf);
+      }
+    });
+    sock.on('error', (e) => {
+      clearTimeout(t);
+      rej(e);
+    });
+  });
+}
+
+/** Number of peers wireguard-go holds on a host (0 when it does not answer). */
+export async function wgPeers(h: TestHost): Promise<number> {
+  return ((await wgDump(h).catch(() => '')).match(/^public_key=/gm) ?? []).length;
+}
+
+/** Polls until cond holds (bounded). */
+export async function until(cond: () => boolean | Promise<boolean>, timeoutMs: number, what = 'condition'): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      if (await cond()) return Date.now() - t0;
+    } catch {
+      // not yet
+    }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`${what} not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** One ping from a container to an address; true when answered. */
+export async function pings(from: TestContainer | TestHost, to: string, waitS = 1): Promise<boolean> {
+  try {
+    await from.ns.exec('ping', ['-c', '1', '-W', String(waitS), to], { timeoutMs: (waitS + 2) * 1000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
