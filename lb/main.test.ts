@@ -1,111 +1,172 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pino } from 'pino';
-import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import { agentServiceDefinition, grpc } from '../api/grpc.js';
-import type { Logger } from '../api/log.js';
-import { defaultOptions } from '../api/options.js';
-import type { WatchEvent } from '../api/types.js';
-import { runLb } from './main.js';
-import { Backend, backendEndpoint, deadPort, delta, service, snapshot, startBackends } from './testbed.js';
+// `corral lb` as it runs in production: the real bundled executable, watching a real `corral
+// agent` over its socket, driven by the `corral` CLI (register, switch, weight, rollback,
+// deregister, status), with real HTTP backends and `wrk` as the client.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Agent, request } from 'undici';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startDaemon, type Daemon } from '../test/support/corral.js';
+import { Backend, startBackends } from './testbed.js';
 
-/** A stand-in for `corral agent`: serves Watch on a unix socket and records Acks. */
-class StubAgent {
-  readonly server = new grpc.Server();
-  readonly acks: number[] = [];
-  private streams: Array<grpc.ServerWritableStream<unknown, WatchEvent>> = [];
+const run = promisify(execFile);
 
-  constructor(private readonly first: WatchEvent) {
-    this.server.addService(agentServiceDefinition(), {
-      Watch: (call: grpc.ServerWritableStream<unknown, WatchEvent>) => {
-        this.streams.push(call);
-        call.on('cancelled', () => (this.streams = this.streams.filter((s) => s !== call)));
-        call.write(this.first);
-      },
-      Ack: (call: grpc.ServerUnaryCall<{ revision: number }, object>, cb: grpc.sendUnaryData<object>) => {
-        this.acks.push(Number(call.request.revision));
-        cb(null, {});
-      },
-    });
-  }
+let agent: Daemon;
+let lb: Daemon;
+const client = new Agent({ keepAliveTimeout: 1_000 });
+let backends: Backend[] = [];
+/** Each test has its own service (and Host), so one test's colors and drains do not meet another's. */
+let svc = 'web0';
+let testNo = 0;
 
-  async listen(socket: string): Promise<void> {
-    await new Promise<void>((resolve, reject) =>
-      this.server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
-  }
-
-  send(ev: WatchEvent): void {
-    for (const s of this.streams) s.write(ev);
-  }
-
-  close(): void {
-    for (const s of this.streams) s.end();
-    this.server.forceShutdown();
-  }
-}
-
-async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await ok()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
-async function fetchText(url: string, host?: string): Promise<{ status: number; body: string }> {
-  const res = await request(url, { headers: host ? { host } : {} });
-  return { status: res.statusCode, body: await res.body.text() };
-}
-
-const quiet = pino({ level: 'silent' }) as unknown as Logger;
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
+beforeAll(async () => {
+  agent = await startDaemon('agent');
+  lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket] });
 });
 
-describe('corral lb (runLb)', () => {
-  it('is not ready until the agent sends a snapshot, then routes, follows deltas and reports metrics', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'corral-lb-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const [blue, green] = (await startBackends(['b1', 'blue'], ['g1', 'green'])) as [Backend, Backend];
-    cleanups.push(() => Promise.all([blue.stop(), green.stop()]).then(() => undefined));
-    const adminPort = await deadPort();
-    const socket = join(dir, 'agent.sock');
-    const lb = await runLb(
-      { ...defaultOptions(), agentSocket: socket, httpListen: '127.0.0.1:0', adminListen: `127.0.0.1:${adminPort}` },
-      quiet,
-    );
-    cleanups.push(() => lb.close());
-    const admin = `http://127.0.0.1:${adminPort}`;
-    expect(lb.port).toBeGreaterThan(0);
-    expect((await fetchText(`${admin}/readyz`)).status).toBe(503);
-    expect((await fetchText(`http://127.0.0.1:${lb.port}/`, 'web.test')).status).toBe(503);
+afterAll(async () => {
+  await lb?.stop();
+  await agent?.stop();
+  await client.close();
+});
 
-    // The agent comes up after the LB: the watch reconnects and the snapshot makes it ready.
-    const eps = [backendEndpoint(blue, 'web', { httpHosts: ['web.test'] }), backendEndpoint(green, 'web', { httpHosts: ['web.test'] })];
-    const agent = new StubAgent(snapshot(7, eps, [service('web', { blue: 100 })]));
-    await agent.listen(socket);
-    cleanups.push(() => agent.close());
-    await until('readyz', async () => (await fetchText(`${admin}/readyz`)).status === 200);
-    expect(await fetchText(`http://127.0.0.1:${lb.port}/`, 'web.test')).toEqual({ status: 200, body: 'b1 blue\n' });
+beforeEach(() => {
+  svc = `web${++testNo}`;
+});
 
-    agent.send(delta(8, { services: [service('web', { green: 100 })] }));
-    await until('revision 8 applied', () => agent.acks.includes(8));
-    expect(await fetchText(`http://127.0.0.1:${lb.port}/`, 'web.test')).toEqual({ status: 200, body: 'g1 green\n' });
+afterEach(async () => {
+  await Promise.all(backends.map((b) => b.stop()));
+  backends = [];
+});
 
-    const metrics = (await fetchText(`${admin}/metrics`)).body;
-    expect(metrics).toMatch(/^corral_lb_applied_revision 8$/m);
-    expect(metrics).toMatch(/corral_lb_requests_total\{namespace="default",service="web",color="blue",code="200"\} 1/);
-    expect(metrics).toMatch(/corral_lb_requests_total\{namespace="default",service="web",color="green",code="200"\} 1/);
-    expect(metrics).toMatch(/corral_lb_upstream_seconds_count\{namespace="default",service="web"\} 2/);
-    const status = JSON.parse((await fetchText(`${admin}/`)).body) as Record<string, unknown>;
-    expect(status).toMatchObject({ component: 'lb', revision: 8, ready: true, connected: true, services: 1, routes: 1 });
+async function get(path = '/', host = `${svc}.test`): Promise<{ status: number; body: string }> {
+  const res = await request(`http://127.0.0.1:${lb.httpPort}${path}`, { headers: { host }, dispatcher: client });
+  return { status: res.statusCode, body: (await res.body.text()).trim() };
+}
 
-    await lb.close();
-    await expect(fetchText(`http://127.0.0.1:${lb.port}/`, 'web.test')).rejects.toThrow();
+async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: T;
+  for (;;) {
+    last = await fn();
+    if (ok(last)) return last;
+    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(last)}\n--- agent ---\n${agent.logs().slice(-2000)}\n--- lb ---\n${lb.logs().slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function cli(args: string[]): Promise<string> {
+  const r = await agent.cli(args);
+  expect(r.code, `corral ${args.join(' ')}: ${r.stderr}`).toBe(0);
+  return r.stdout;
+}
+
+async function register(b: Backend, extra: string[] = []): Promise<number> {
+  const out = JSON.parse(await cli(['register', svc, `127.0.0.1:${b.port}`, '--http-host', `${svc}.test`, '--color', b.color, '--json', ...extra])) as { revision: number };
+  return out.revision;
+}
+
+async function lbRevision(): Promise<number> {
+  const res = await request(`http://127.0.0.1:${lb.adminPort}/`, { dispatcher: client });
+  return (JSON.parse(await res.body.text()) as { revision: number }).revision;
+}
+
+async function tally(n: number): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (let i = 0; i < n; i++) {
+    const r = await get();
+    const k = `${r.status} ${r.body}`;
+    counts[k] = (counts[k] ?? 0) + 1;
+  }
+  return counts;
+}
+
+describe('corral lb with the real agent', () => {
+  it('routes registered endpoints, follows `corral switch` at its revision, and `corral status` shows the LB applied it', async () => {
+    backends = await startBackends(['b1', 'blue'], ['g1', 'green']);
+    const [blue, green] = backends as [Backend, Backend];
+    await register(blue);
+    const rev = await register(green);
+    await until('lb at the registration revision', lbRevision, (r) => r >= rev);
+    await cli(['switch', svc, 'blue']);
+    await until('blue serves', () => get(), (r) => r.body === 'b1 blue');
+    const sw = JSON.parse(await cli(['switch', svc, 'green', '--json'])) as { revision: number };
+    await until('lb applied the switch', lbRevision, (r) => r >= sw.revision);
+    expect(await tally(4)).toEqual({ '200 g1 green': 4 });
+    const status = JSON.parse(await cli(['status', '--json'])) as { revision: number; components: Array<{ component: string; appliedRevision: number; connected: boolean }> };
+    const lbStatus = status.components.find((c) => c.component === 'lb');
+    expect(lbStatus?.connected).toBe(true);
+    expect(lbStatus!.appliedRevision).toBeGreaterThanOrEqual(sw.revision);
+    const text = await cli(['status']);
+    expect(text).toMatch(/lb: applied \d+ \(in sync\)/);
+    const metrics = await (await request(`http://127.0.0.1:${lb.adminPort}/metrics`, { dispatcher: client })).body.text();
+    expect(metrics).toMatch(new RegExp(`corral_lb_requests_total\\{namespace="default",service="${svc}",color="green",code="200"\\} [1-9]`));
+    expect(metrics).toMatch(new RegExp(`^corral_lb_applied_revision (\\d+)$`, 'm'));
+  });
+
+  it('takes an endpoint out within interval × fall of failing its health check and back within interval × rise', async () => {
+    backends = await startBackends(['a'], ['b']);
+    const [a, b] = backends as [Backend, Backend];
+    const interval = 300;
+    for (const x of [a, b]) await register(x, ['--health-path', '/health', '--health-interval', `${interval}ms`]);
+    await until('both serve', () => tally(4), (t) => t['200 a default'] === 2 && t['200 b default'] === 2);
+    a.healthy = false;
+    const t0 = Date.now();
+    await until('a out', () => tally(2), (t) => t['200 b default'] === 2);
+    const out = Date.now() - t0;
+    // fall = 2 checks, plus up to one interval until the first failing check and the revision's trip.
+    expect(out).toBeLessThan(interval * 3 + 500);
+    expect(await tally(6)).toEqual({ '200 b default': 6 });
+    a.healthy = true;
+    const t1 = Date.now();
+    await until('a back', () => tally(2), (t) => t['200 a default'] === 1);
+    expect(Date.now() - t1).toBeLessThan(interval * 3 + 500);
+  });
+
+  it('drains a deregistered endpoint: no new requests at once, its in-flight request finishes', async () => {
+    backends = await startBackends(['a'], ['b']);
+    const [a, b] = backends as [Backend, Backend];
+    await register(a);
+    await register(b);
+    await until('both serve', () => tally(2), (t) => Object.keys(t).length === 2);
+    // Land a slow request on a: keep asking until a has one in flight.
+    const slow: Array<Promise<{ status: number; body: string }>> = [];
+    while (a.inFlight === 0) {
+      slow.push(get('/slow?ms=1500'));
+      await until('arrival', async () => a.inFlight + b.inFlight, (n) => n >= slow.length);
+    }
+    const dr = JSON.parse(await cli(['deregister', svc, `127.0.0.1:${a.port}`, '--json'])) as { revision: number; endpoint: { draining: boolean } };
+    expect(dr.endpoint.draining).toBe(true);
+    await until('lb applied the deregistration', lbRevision, (r) => r >= dr.revision);
+    expect(await tally(6)).toEqual({ '200 b default': 6 });
+    const results = await Promise.all(slow);
+    expect(results.every((r) => r.status === 200)).toBe(true);
+    expect(results.map((r) => r.body)).toContain('a default');
+  });
+
+  it('wrk through `corral switch`, a canary `weight` and `rollback`: zero non-2xx responses and zero socket errors', async () => {
+    backends = await startBackends(['b1', 'blue'], ['b2', 'blue'], ['g1', 'green'], ['g2', 'green']);
+    for (const x of backends) await register(x);
+    await cli(['switch', svc, 'blue']);
+    await until('blue serves', () => tally(4), (t) => Object.keys(t).every((k) => k.includes('blue')));
+    const wrk = run('wrk', ['-t2', '-c16', '-d7s', '--latency', '-H', `Host: ${svc}.test`, `http://127.0.0.1:${lb.httpPort}/`], { timeout: 30_000 });
+    const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    await pause(1_500);
+    await cli(['switch', svc, 'green']);
+    const greenBefore = backends[2]!.requests + backends[3]!.requests;
+    await pause(1_500);
+    await cli(['weight', svc, 'blue=90', 'green=10']);
+    const blueBefore = backends[0]!.requests + backends[1]!.requests;
+    await pause(1_500);
+    await cli(['rollback', svc]);
+    const { stdout } = await wrk;
+    const requests = Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0);
+    expect(requests).toBeGreaterThan(1_000);
+    expect(stdout).not.toMatch(/Non-2xx or 3xx responses/);
+    expect(stdout).not.toMatch(/Socket errors/);
+    // Every step took effect while wrk ran.
+    expect(backends[2]!.requests + backends[3]!.requests).toBeGreaterThan(greenBefore);
+    expect(backends[0]!.requests + backends[1]!.requests).toBeGreaterThan(blueBefore);
+    const services = JSON.parse(await cli(['services', '--json'])) as { services: Array<{ name: string; active: Record<string, number> }> };
+    expect(services.services.find((s) => s.name === svc)?.active).toEqual({ green: 100 });
   });
 });

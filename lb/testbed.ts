@@ -19,6 +19,10 @@ export class Backend {
   last: IncomingMessage | undefined;
   /** Answer every request with this status (0: answer normally). */
   failWith = 0;
+  /** What /health answers: 200 when true, 503 when false. */
+  healthy = true;
+  /** Health probes received. */
+  probes = 0;
   /** Delay every answer by this much. */
   delayMs = 0;
   /** Upgrade requests seen (WebSocket handshake headers). */
@@ -62,6 +66,12 @@ export class Backend {
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
+    if (req.url === '/health') {
+      this.probes++;
+      res.statusCode = this.healthy ? 200 : 503;
+      res.end(this.healthy ? 'ok\n' : 'sick\n');
+      return;
+    }
     this.requests++;
     this.inFlight++;
     this.last = req;
