@@ -19,6 +19,8 @@ check "${runtime[@]}"
 [ "$want_test" = 1 ] && check "${testing[@]}"
 # busybox must be the static build: it runs inside containers made from an empty rootfs.
 if [ "$want_test" = 1 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
+# The reference CNI plugins (portmap chains after corral-cni in tests; bridge/host-local are the bench anchor).
+if [ "$want_test" = 1 ] && [ ! -x /usr/lib/cni/portmap ]; then missing+=(containernetworking-plugins); fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
