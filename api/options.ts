@@ -14,6 +14,9 @@ export interface DaemonOptions {
   dnsDomain: string;
   dnsTtl: number;             // seconds
   dnsUpstream: string[];      // "ADDR[:PORT]"; empty = read /etc/resolv.conf
+  dnsRateLimit: number;       // queries/s per client address (loopback exempt); 0 = no limit
+  dnsAllow: string[];         // CIDRs besides loopback, host, cluster CIDR and allocations that may recurse
+  dnsUdpSize: number;         // our EDNS0 UDP payload size (largest UDP reply), 512..4096
   httpListen: string;         // "ADDR:PORT" (ADDR may be empty for all addresses)
   dockerSocket: string;       // "" disables Docker
   adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192
@@ -87,10 +90,13 @@ export function defaultOptions(): DaemonOptions {
     agentSocket: join(runDir, 'agent.sock'),
     nodeName: hostname(),
     clusterCidr: '10.42.0.0/16',
-    dnsListen: ['127.0.0.1:53'],
+    dnsListen: ['gateway:53', '127.0.0.1:53'], // "gateway": this node's block gateway address(es)
     dnsDomain: 'corral.internal',
     dnsTtl: 5,
     dnsUpstream: [],
+    dnsRateLimit: 2000,
+    dnsAllow: [],
+    dnsUdpSize: 1232,
     httpListen: ':80',
     dockerSocket: '/var/run/docker.sock',
     adminListen: '',

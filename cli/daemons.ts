@@ -11,10 +11,13 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'agent-socket', help: 'the agent API socket (default <run dir>/agent.sock)' },
   { name: 'node-name', help: 'this host in the registry (default: the hostname)' },
   { name: 'cluster-cidr', help: 'cluster CIDR (default 10.42.0.0/16)' },
-  { name: 'dns-listen', help: 'ADDR:PORT[,...] for DNS (default 127.0.0.1:53)' },
+  { name: 'dns-listen', help: 'ADDR:PORT[,...] for DNS; "gateway:PORT" = this node\'s block gateway (default gateway:53,127.0.0.1:53)' },
   { name: 'dns-domain', help: 'DNS domain (default corral.internal)' },
   { name: 'dns-ttl', help: 'TTL of service answers in seconds (default 5)' },
   { name: 'dns-upstream', help: 'ADDR[:PORT][,...] upstream resolvers (default: /etc/resolv.conf)' },
+  { name: 'dns-rate-limit', help: 'queries per second per client address, loopback exempt; 0 = none (default 2000)' },
+  { name: 'dns-allow', help: 'CIDR[,...] that may resolve names outside the Corral domain, besides loopback, this host, the cluster CIDR (default none)' },
+  { name: 'dns-udp-size', help: 'largest UDP reply, our EDNS0 payload size, 512..4096 (default 1232)' },
   { name: 'http-listen', help: 'ADDR:PORT for the load balancer (default :80)' },
   { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
   { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
@@ -76,6 +79,17 @@ export function daemonOptions(p: Parsed): DaemonOptions {
     o.dnsTtl = t;
   }
   if (f.has('dns-upstream')) o.dnsUpstream = list(f.get('dns-upstream')!);
+  if (f.has('dns-rate-limit')) {
+    const r = Number(f.get('dns-rate-limit'));
+    if (!Number.isInteger(r) || r < 0) throw new UsageError(`--dns-rate-limit "${f.get('dns-rate-limit')}" is not a whole number of queries per second (0 = no limit)`);
+    o.dnsRateLimit = r;
+  }
+  if (f.has('dns-allow')) o.dnsAllow = list(f.get('dns-allow')!);
+  if (f.has('dns-udp-size')) {
+    const n = Number(f.get('dns-udp-size'));
+    if (!Number.isInteger(n) || n < 512 || n > 4096) throw new UsageError(`--dns-udp-size "${f.get('dns-udp-size')}" is not a whole number of bytes from 512 to 4096`);
+    o.dnsUdpSize = n;
+  }
   if (f.has('http-listen')) o.httpListen = f.get('http-listen')!;
   if (f.has('docker-socket')) o.dockerSocket = f.get('docker-socket')!;
   if (f.has('admin-listen')) o.adminListen = f.get('admin-listen')!;
