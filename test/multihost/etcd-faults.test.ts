@@ -1,0 +1,48 @@
+// Two hosts over a three-member etcd: losing one member changes nothing users see; losing all
+// of etcd leaves every agent serving the last state (overlay, endpoints) and saying it is stale.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pings, startCluster, until, wgPeers, type Cluster, type TestContainer } from '../support/cluster.js';
+
+const json = (s: string) => JSON.parse(s);
+
+describe('the mesh when etcd members fail', () => {
+  let c: Cluster;
+  const ctr: TestContainer[] = [];
+  beforeAll(async () => {
+    c = await startCluster({ hosts: 2, etcdMembers: 3, leaseTtlS: 5 });
+    for (const h of c.hosts) ctr.push(await c.container(h));
+    await until(() => pings(ctr[0]!, ctr[1]!.address), 15_000, 'overlay up');
+  });
+  afterAll(async () => {
+    await c?.close();
+  });
+
+  it('changes nothing visible when one etcd member dies', async () => {
+    await c.etcd.members[0]!.stop('SIGKILL');
+    // writes still go through, and the other host sees them
+    const r = await c.hosts[0]!.agent!.cli(['register', 'api', `${ctr[0]!.address}:8080`, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    await until(async () => json((await c.hosts[1]!.agent!.cli(['endpoints', 'api', '--json'])).stdout).endpoints.length === 1, 15_000, 'endpoint seen on h2');
+    // both hosts keep each other (the lease is kept alive through the remaining members)
+    await new Promise((r) => setTimeout(r, 6000));
+    for (const h of c.hosts) {
+      expect(await wgPeers(h)).toBe(1);
+      const hosts = await h.agent!.cli(['hosts', '--json']);
+      expect(hosts.code, `${hosts.stderr}\n${h.agent!.logs().slice(-3000)}`).toBe(0);
+      expect(json(hosts.stdout).hosts).toHaveLength(2);
+      expect(json((await h.agent!.cli(['status', '--json'])).stdout).registryConnected).toBe(true);
+    }
+    expect(await pings(ctr[0]!, ctr[1]!.address)).toBe(true);
+  });
+
+  it('keeps serving the last state when all of etcd is gone, and says it is stale', async () => {
+    for (const m of c.etcd.members) await m.stop('SIGKILL');
+    await until(async () => !json((await c.hosts[1]!.agent!.cli(['status', '--json'])).stdout).registryConnected, 20_000, 'h2 notices');
+    const text = (await c.hosts[1]!.agent!.cli(['status'])).stdout;
+    expect(text).toMatch(/STALE: registry unreachable since/);
+    // the last state is still served: endpoints, hosts, peers, and the data path
+    expect(json((await c.hosts[1]!.agent!.cli(['endpoints', 'api', '--json'])).stdout).endpoints).toHaveLength(1);
+    expect(await wgPeers(c.hosts[1]!)).toBe(1);
+    expect(await pings(ctr[1]!, ctr[0]!.address)).toBe(true);
+  });
+});
