@@ -14,19 +14,19 @@ import type { Catalog } from './catalog.js';
 /** Without health checks there is no interval to scale by: this long healthy (running) is enough. */
 export const PROMOTION_WINDOW_MIN_MS = 2_000;
 
-/** The promotion window for a color: long enough for its checks to see a fall (interval × (fall + 1)). */
+/** The promotion window for a color: long enough for its checks to see a fall, with room (interval × (fall + 2)). */
 export function promotionWindowMs(endpoints: Endpoint[]): number {
   let ms = PROMOTION_WINDOW_MIN_MS;
   for (const ep of endpoints) {
     const hc = ep.healthCheck;
-    if (hc && (hc.path || hc.tcp)) ms = Math.max(ms, hc.intervalMs * (hc.fall + 1));
+    if (hc && (hc.path || hc.tcp)) ms = Math.max(ms, hc.intervalMs * (hc.fall + 2));
   }
   return ms;
 }
 
 interface Candidate {
-  /** Sorted endpoint ids of the color when it was seen: a change means a new deployment. */
-  members: string;
+  /** Endpoint ids of the color: a new one means a new deployment (start over), a lost one a failure. */
+  members: Set<string>;
   timer: NodeJS.Timeout | undefined;
   /** Promotion gave up on this set of endpoints. */
   failed: boolean;
@@ -41,6 +41,12 @@ export interface Promoter {
 export class AutoDeploy {
   /** "<ns>/<service>|<color>" -> its promotion state. */
   private readonly candidates = new Map<string, Candidate>();
+  /**
+   * Per service: its active colors when last seen, and the endpoints present then. Only a color
+   * with an endpoint started after the last change of the active colors is "newly started": a
+   * rollback or switch by hand is never undone by a promotion of a color that was already there.
+   */
+  private readonly settled = new Map<string, { stamp: string; ids: Set<string> }>();
   private stopped = false;
 
   constructor(private readonly agent: Promoter, private readonly log: Logger) {}
@@ -67,6 +73,7 @@ export class AutoDeploy {
     this.stopped = true;
     for (const c of this.candidates.values()) if (c.timer) clearTimeout(c.timer);
     this.candidates.clear();
+    this.settled.clear();
   }
 
   private reviewService(ns: string, name: string): void {
@@ -82,9 +89,16 @@ export class AutoDeploy {
     }
     const seen = new Set<string>();
     if (svc) {
+      const stamp = JSON.stringify(svc.active);
+      let settled = this.settled.get(key);
+      if (settled === undefined || settled.stamp !== stamp) {
+        this.settled.set(key, (settled = { stamp, ids: new Set(endpoints.map((e) => e.id)) }));
+      }
+      const ids = settled.ids;
       for (const [color, eps] of byColor) {
         const active = (svc.active[color] ?? 0) > 0;
-        if (active || !eps.every((e) => e.deploy === 'auto') || !eps.some((e) => e.node === this.agent.node)) continue;
+        if (active || !eps.some((e) => !ids.has(e.id))) continue;
+        if (!eps.every((e) => e.deploy === 'auto') || !eps.some((e) => e.node === this.agent.node)) continue;
         const id = `${key}|${color}`;
         seen.add(id);
         this.reviewColor(id, ns, name, color, eps);
@@ -100,29 +114,30 @@ export class AutoDeploy {
   }
 
   private reviewColor(id: string, ns: string, name: string, color: string, eps: Endpoint[]): void {
-    const members = eps.map((e) => e.id).sort().join(',');
+    const members = new Set(eps.map((e) => e.id));
     let c = this.candidates.get(id);
-    if (c && c.members !== members) {
-      // A new deployment of this color (endpoints added or replaced): start over.
+    if (c && [...members].some((m) => !c!.members.has(m))) {
+      // A new endpoint of this color (a redeploy or a scale-up): start over.
       if (c.timer) clearTimeout(c.timer);
       this.candidates.delete(id);
       c = undefined;
     }
     if (!c) this.candidates.set(id, (c = { members, timer: undefined, failed: false }));
     if (c.failed) return;
+    const lost = [...c.members].find((m) => !members.has(m));
     const sick = eps.find((e) => !e.healthy);
-    if (sick) {
-      if (c.timer) {
-        clearTimeout(c.timer);
-        c.timer = undefined;
-        c.failed = true;
-        this.log.warn(
-          { service: name, namespace: ns, color, endpoint: sick.id, reason: sick.healthReason },
-          `not promoting color ${color}: an endpoint failed within the promotion window; traffic stays where it was (fix it and redeploy, or \`corral switch ${name} ${color}\`)`,
-        );
-      }
+    if (lost !== undefined || (sick && c.timer)) {
+      // An endpoint stopped, or failed after the color was healthy: give up on this deployment.
+      if (c.timer) clearTimeout(c.timer);
+      c.timer = undefined;
+      c.failed = true;
+      this.log.warn(
+        { service: name, namespace: ns, color, endpoint: lost ?? sick!.id, reason: lost ? 'stopped' : sick!.healthReason },
+        `not promoting color ${color}: an endpoint failed within the promotion window; traffic stays where it was (fix it and redeploy, or \`corral switch ${name} ${color}\`)`,
+      );
       return;
     }
+    if (sick) return; // not all healthy yet
     if (c.timer) return;
     const windowMs = promotionWindowMs(eps);
     this.log.info({ service: name, namespace: ns, color, endpoints: eps.length, windowMs }, 'new color healthy; promoting it after the promotion window');
@@ -132,7 +147,7 @@ export class AutoDeploy {
       if (this.stopped || this.candidates.get(id) !== cand) return;
       // Last look: the same endpoints, all healthy.
       const now = this.agent.catalog.endpointsOf(ns, name).filter((e) => e.color === color && !e.draining);
-      if (now.map((e) => e.id).sort().join(',') !== members || now.some((e) => !e.healthy)) {
+      if (now.length !== members.size || now.some((e) => !members.has(e.id) || !e.healthy)) {
         this.reviewService(ns, name);
         return;
       }
