@@ -81,7 +81,7 @@ export class Agent implements EndpointSink, AgentOps {
       this.mesh = new Mesh(this.registry, this.catalog, this.opts, this.log.child({ part: 'mesh' }));
       await this.mesh.start();
     } else {
-      await this.registry.txn([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block, underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }), ephemeral: true }]);
+      await this.commit([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block, underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }), ephemeral: true }]);
     }
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
@@ -150,6 +150,17 @@ export class Agent implements EndpointSink, AgentOps {
     );
   }
 
+  /**
+   * A registry transaction whose result this agent has applied before it returns: replies carry
+   * their own revision with either registry (etcd's watch delivers after the write acknowledges).
+   */
+  private async commit(ops: TxnOp[], compares?: Parameters<Registry['txn']>[1]): Promise<number | null> {
+    const rev = await this.registry.txn(ops, compares);
+    const deadline = Date.now() + 5000;
+    while (rev !== null && this.catalog.revision < rev && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    return rev;
+  }
+
   private trackHealth(ep: Endpoint): void {
     if (ep.node === this.node && ep.healthCheck && !ep.draining) this.health.track(ep);
     else this.health.untrack(ep.id);
@@ -169,7 +180,7 @@ export class Agent implements EndpointSink, AgentOps {
       // The rest move onto this run's registry session (etcd lease) so they leave with this host.
       else ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(ep), ephemeral: true });
     }
-    if (ops.length) await this.registry.txn(ops);
+    if (ops.length) await this.commit(ops);
   }
 
   // ---- attachments (CNI, IPAM) ----
@@ -180,15 +191,15 @@ export class Agent implements EndpointSink, AgentOps {
     ipam.open();
     const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.address), value: JSON.stringify(a) });
     this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain }, {
-      publish: async (a) => void (await this.registry.txn([put(a)])),
-      unpublish: async (address) => void (await this.registry.txn([{ delete: keys.allocation(address) }])),
+      publish: async (a) => void (await this.commit([put(a)])),
+      unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(address) }])),
     }, this.log.child({ part: 'cni' }));
     const ops: TxnOp[] = [];
     for (const a of this.catalog.allocations.values()) {
       if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.address) });
     }
     for (const r of ipam.list()) ops.push(put(this.attachments.allocation(r)));
-    if (ops.length) await this.registry.txn(ops);
+    if (ops.length) await this.commit(ops);
     await this.attachments.start();
   }
 
@@ -226,15 +237,15 @@ export class Agent implements EndpointSink, AgentOps {
     if (!ep) return;
     if (opts.immediate || ep.drainMs <= 0) {
       this.cancelDrain(id);
-      await this.registry.txn([{ delete: keys.endpoint(id) }]);
+      await this.commit([{ delete: keys.endpoint(id) }]);
       return;
     }
     if (this.drainTimers.has(id)) return;
-    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, draining: true, healthReason: 'draining' }), ephemeral: true }]);
+    await this.commit([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, draining: true, healthReason: 'draining' }), ephemeral: true }]);
     const timer = setTimeout(() => {
       this.drainTimers.delete(id);
       if (this.catalog.endpoints.get(id)?.draining) {
-        this.registry.txn([{ delete: keys.endpoint(id) }]).catch((err: Error) => this.log.error({ err, id }, 'cannot remove a drained endpoint'));
+        this.commit([{ delete: keys.endpoint(id) }]).catch((err: Error) => this.log.error({ err, id }, 'cannot remove a drained endpoint'));
       }
     }, ep.drainMs);
     timer.unref();
@@ -246,7 +257,7 @@ export class Agent implements EndpointSink, AgentOps {
     if (!ep || ep.node !== this.node || ep.draining) return;
     if (ep.healthy === healthy && ep.healthReason === reason) return;
     this.log.info({ endpoint: id, service: ep.service, namespace: ep.namespace, healthy, reason }, 'endpoint health changed');
-    await this.registry.txn([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, healthy, healthReason: reason }), ephemeral: true }]);
+    await this.commit([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, healthy, healthReason: reason }), ephemeral: true }]);
   }
 
   private cancelDrain(id: string): void {
@@ -270,12 +281,12 @@ export class Agent implements EndpointSink, AgentOps {
       if (!this.catalog.services.has(k) && !fresh.has(k)) fresh.set(k, initialService(ep.namespace, ep.service, ep.color));
     }
     if (fresh.size === 0) {
-      await this.registry.txn(ops);
+      await this.commit(ops);
       return;
     }
     const svcOps: TxnOp[] = [...fresh.values()].map((s) => ({ put: keys.service(s.namespace, s.name), value: JSON.stringify(s) }));
     const compares = [...fresh.values()].map((s) => ({ key: keys.service(s.namespace, s.name), modRevision: 0 }));
-    if ((await this.registry.txn([...ops, ...svcOps], compares)) === null) await this.registry.txn(ops);
+    if ((await this.commit([...ops, ...svcOps], compares)) === null) await this.commit(ops);
   }
 
   // ---- AgentOps (the gRPC API) ----
@@ -405,7 +416,7 @@ export class Agent implements EndpointSink, AgentOps {
       const current: Service = kv ? (JSON.parse(kv.value) as Service) : initialService(ns, name, eps[0]!.color);
       const next = fn(current, eps);
       if (next === current) return { revision: r.revision, service: current };
-      const rev = await this.registry.txn([{ put: key, value: JSON.stringify(next) }], [{ key, modRevision: kv?.modRevision ?? 0 }]);
+      const rev = await this.commit([{ put: key, value: JSON.stringify(next) }], [{ key, modRevision: kv?.modRevision ?? 0 }]);
       if (rev !== null) {
         this.log.info({ service: name, namespace: ns, active: next.active, revision: rev }, 'service colors changed');
         return { revision: rev, service: next };

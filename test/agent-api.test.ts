@@ -7,16 +7,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentWatch } from '../api/watch.js';
 import type { WatchEvent } from '../api/types.js';
 import { corral, startDaemon, type Daemon } from './support/corral.js';
+import { startEtcd, type EtcdCluster } from './support/etcd.js';
 
 const json = (s: string) => JSON.parse(s);
 
-describe('corral agent API and CLI', () => {
+for (const registry of ['embedded', 'etcd'] as const) describe(`corral agent API and CLI (${registry} registry)`, () => {
   let agent: Daemon;
+  let etcd: EtcdCluster | undefined;
   beforeAll(async () => {
-    agent = await startDaemon('agent');
+    if (registry === 'etcd') etcd = await startEtcd();
+    agent = await startDaemon('agent', etcd ? { args: ['--registry', etcd.spec, '--overlay', 'off'] } : {});
   });
   afterAll(async () => {
     await agent?.stop();
+    await etcd?.stop();
   });
 
   it('serves its API on a socket only root can use', () => {
