@@ -1,0 +1,224 @@
+// HTTP load balancing: `wrk` through one `corral lb` process (fed by a real `corral agent`) versus
+// HAProxy (nbthread 1, http-reuse always) and versus @fastify/http-proxy on the same Node, all in
+// front of the same nginx backend. Then the same with 1,000 routes configured in corral.
+// Each contender is measured twice, alternating, and keeps its better run (these machines are shared).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { agentClient, unary } from '../../api/grpc.js';
+import type { EndpointReply, RegisterRequest } from '../../api/types.js';
+import { childEnv, freePort, startDaemon, type Daemon } from '../support/corral.js';
+import type { BenchSection } from './report.js';
+import { ratioHigherBetter, ratioLowerBetter } from './report.js';
+
+const SECONDS = 8;
+const CONNECTIONS = 32;
+const ROUTES = 1_000;
+
+interface WrkResult {
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  non2xx: number;
+  socketErrors: number;
+}
+
+function ms(text: string): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text);
+  if (!m) return NaN;
+  const n = Number(m[1]);
+  return m[2] === 'us' ? n / 1000 : m[2] === 's' ? n * 1000 : n;
+}
+
+function wrk(port: number, seconds = SECONDS): Promise<WrkResult> {
+  const args = ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', '-H', 'Host: bench.test', `http://127.0.0.1:${port}/`];
+  return new Promise((resolve, reject) => {
+    const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d));
+    child.stderr.on('data', (d: Buffer) => (out += d));
+    child.once('error', reject);
+    child.once('close', (code) => {
+      if (code !== 0) return reject(new Error(`wrk exited ${code}: ${out}`));
+      const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+      resolve({
+        rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
+        p50Ms: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ''),
+        p99Ms: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ''),
+        non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
+        socketErrors: socket ? socket.slice(1).reduce((s, x) => s + Number(x), 0) : 0,
+      });
+    });
+  });
+}
+
+function better(a: WrkResult, b: WrkResult): WrkResult {
+  return a.rps >= b.rps ? a : b;
+}
+
+/** Starts a long-running child and waits until `ready(port)` answers. */
+async function startChild(cmd: string, args: string[], port: number, what: string, env: Record<string, string> = {}): Promise<ChildProcess> {
+  const child = spawn(cmd, args, { env: { ...childEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d: Buffer) => (log += d));
+  child.stderr!.on('data', (d: Buffer) => (log += d));
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}: ${log}`);
+    const ok = await fetch(`http://127.0.0.1:${port}/`, { headers: { host: 'bench.test' } }).then((r) => r.status === 200, () => false);
+    if (ok) return child;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`${what} did not answer on ${port}: ${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(t);
+}
+
+function nginxConf(dir: string, port: number): string {
+  for (const d of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, d), { recursive: true });
+  return `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  server {
+    listen 127.0.0.1:${port} reuseport;
+    location / { default_type text/plain; return 200 "hello from nginx\\n"; }
+  }
+}
+`;
+}
+
+function haproxyConf(port: number, backend: number): string {
+  return `global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:${port}
+  default_backend be
+backend be
+  http-reuse always
+  server nginx 127.0.0.1:${backend}
+`;
+}
+
+const FASTIFY = `
+import Fastify from 'fastify';
+import proxy from '@fastify/http-proxy';
+const app = Fastify({ logger: false });
+await app.register(proxy, { upstream: process.env.UPSTREAM });
+await app.listen({ port: Number(process.env.PORT), host: '127.0.0.1' });
+`;
+
+const FASTIFY_DIR = join(process.cwd(), 'node_modules', '.corral-bench-lb');
+
+export async function benchLb(): Promise<BenchSection> {
+  const dir = mkdtempSync(join(tmpdir(), 'corral-bench-lb-'));
+  let nginx: ChildProcess | undefined;
+  let haproxy: ChildProcess | undefined;
+  let fastify: ChildProcess | undefined;
+  let agent: Daemon | undefined;
+  let lb: Daemon | undefined;
+  try {
+    const nginxPort = await freePort();
+    writeFileSync(join(dir, 'nginx.conf'), nginxConf(dir, nginxPort));
+    nginx = await startChild('nginx', ['-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], nginxPort, 'nginx');
+
+    const haproxyPort = await freePort();
+    writeFileSync(join(dir, 'haproxy.cfg'), haproxyConf(haproxyPort, nginxPort));
+    haproxy = await startChild('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], haproxyPort, 'haproxy');
+
+    const fastifyPort = await freePort();
+    // Under node_modules so that its imports resolve to this repository's packages.
+    mkdirSync(FASTIFY_DIR, { recursive: true });
+    writeFileSync(join(FASTIFY_DIR, 'proxy.mjs'), FASTIFY);
+    fastify = await startChild(process.execPath, [join(FASTIFY_DIR, 'proxy.mjs')], fastifyPort, '@fastify/http-proxy', { UPSTREAM: `http://127.0.0.1:${nginxPort}`, PORT: String(fastifyPort) });
+
+    agent = await startDaemon('agent', { args: ['--log-level', 'warn'] });
+    lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--log-level', 'warn'] });
+    const client = agentClient(agent.socket);
+    const register = (service: string, host: string, path: string) =>
+      unary<RegisterRequest, EndpointReply>(client, 'Register', {
+        service, namespace: 'default', address: '127.0.0.1', port: nginxPort, color: '', httpHosts: [host], httpPath: path,
+        weight: 1, healthCheck: null, portName: '',
+      });
+    const lbPort = lb.httpPort;
+    await register('bench', 'bench.test', '/');
+    const routesOf = async () => ((await (await fetch(`http://127.0.0.1:${lb!.adminPort}/`)).json()) as { routes: number }).routes;
+    while ((await routesOf()) < 1) await new Promise((r) => setTimeout(r, 50));
+
+    // Warm up every contender (JIT, connection pools), then two alternating rounds.
+    for (const port of [haproxyPort, lbPort, fastifyPort]) await wrk(port, 2);
+    let h = await wrk(haproxyPort);
+    let c = await wrk(lbPort);
+    let f = await wrk(fastifyPort);
+    h = better(h, await wrk(haproxyPort));
+    c = better(c, await wrk(lbPort));
+    f = better(f, await wrk(fastifyPort));
+
+    // 1,000 routes: 999 more services, each with its own host and two path prefixes.
+    try {
+      for (let i = 1; i < ROUTES; i++) await register(`svc${i}`, `svc${i}.bench.test`, `/api/v${i % 7}`);
+    } finally {
+      client.close();
+    }
+    while ((await routesOf()) < ROUTES) await new Promise((r) => setTimeout(r, 100));
+    await wrk(lbPort, 2);
+    let many = await wrk(lbPort);
+    many = better(many, await wrk(lbPort));
+    const routes = await routesOf();
+
+    return {
+      title: 'HTTP load balancer: requests through one proxy to nginx',
+      anchor: 'HAProxy 2.6 (nbthread 1, http-reuse always); also @fastify/http-proxy on the same Node',
+      conditions: `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s with keep-alive, GET / with Host bench.test, answer 17 bytes from nginx (1 worker, return 200, never the bottleneck); all on 127.0.0.1, sharing the same cores; best of two alternating runs each after a 2 s warm-up; \`corral lb\` is one Node process fed by a real \`corral agent\` (endpoints registered over gRPC)`,
+      rows: [
+        { metric: 'requests/s vs HAProxy', ours: c.rps, anchor: h.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, h.rps), target: '≥ 0.6×', pass: c.rps >= 0.6 * h.rps },
+        { metric: 'p99 latency vs HAProxy', ours: c.p99Ms, anchor: h.p99Ms, unit: 'ms', ratio: ratioLowerBetter(c.p99Ms, h.p99Ms), target: 'within 2× (≥ 0.5×)', pass: c.p99Ms <= 2 * h.p99Ms },
+        { metric: 'requests/s vs @fastify/http-proxy', ours: c.rps, anchor: f.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, f.rps), target: '> 1×', pass: c.rps > f.rps },
+        { metric: 'p99 latency vs @fastify/http-proxy', ours: c.p99Ms, anchor: f.p99Ms, unit: 'ms', ratio: ratioLowerBetter(c.p99Ms, f.p99Ms) },
+        { metric: `requests/s with ${routes} routes vs 1 route`, ours: many.rps, anchor: c.rps, unit: 'req/s', ratio: ratioHigherBetter(many.rps, c.rps), target: '≥ 0.9×', pass: many.rps >= 0.9 * c.rps },
+      ],
+      notes: [
+        `p50: corral ${c.p50Ms.toFixed(2)} ms, HAProxy ${h.p50Ms.toFixed(2)} ms, fastify ${f.p50Ms.toFixed(2)} ms; with ${routes} routes corral p99 ${many.p99Ms.toFixed(2)} ms`,
+        `non-2xx / socket errors: corral ${c.non2xx}/${c.socketErrors}, HAProxy ${h.non2xx}/${h.socketErrors}, fastify ${f.non2xx}/${f.socketErrors}, corral with ${routes} routes ${many.non2xx}/${many.socketErrors}`,
+        'wrk, the proxy under test and nginx share the same cores; a proxy that is not measured is idle',
+      ],
+    };
+  } finally {
+    await lb?.stop();
+    await agent?.stop();
+    await stopChild(fastify);
+    await stopChild(haproxy);
+    await stopChild(nginx);
+    rmSync(FASTIFY_DIR, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
