@@ -190,7 +190,8 @@ export class Agent implements EndpointSink, AgentOps {
     const ipam = new Ipam(this.opts.stateDir, block);
     ipam.open();
     const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.address), value: JSON.stringify(a) });
-    this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain }, {
+    // The mesh starts after IPAM but before the API serves an ADD: containers get its MTU.
+    this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain, overlayMtu: () => this.mesh?.mtu ?? 0 }, {
       publish: async (a) => void (await this.commit([put(a)])),
       unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(address) }])),
     }, this.log.child({ part: 'cni' }));

@@ -9,7 +9,7 @@ import { attach, detach, ensureGateway, hostIfnameFor, inspect } from './attach/
 import { NetnsGone } from './attach/netns.js';
 import { attachmentKey, Ipam, IpamExhausted, type IpamRecord } from './ipam.js';
 import { Policy } from './policy.js';
-import { CniCode, CniError, parseNetConf, type CniResult, type NetConf } from '../api/cni.js';
+import { CniCode, CniError, DEFAULT_MTU, parseNetConf, type CniResult, type NetConf } from '../api/cni.js';
 
 export const GATEWAY_LINK = 'corral-gw';
 
@@ -34,11 +34,16 @@ export class Attachments {
 
   constructor(
     readonly ipam: Ipam,
-    private readonly o: { node: string; clusterCidr: string; dnsDomain: string },
+    private readonly o: { node: string; clusterCidr: string; dnsDomain: string; overlayMtu?: () => number },
     private readonly pub: Publisher,
     private readonly log: Logger,
   ) {
     this.policy = new Policy(o.clusterCidr);
+  }
+
+  /** The container MTU: the config's, else the overlay's (so packets fit WireGuard), else DEFAULT_MTU. */
+  mtu(configured?: number): number {
+    return configured ?? (this.o.overlayMtu?.() || DEFAULT_MTU);
   }
 
   /** Brings up the gateway, forwarding and the nft table: at the first ADD, or at start when containers exist. */
@@ -113,7 +118,7 @@ export class Attachments {
     }
     let attached;
     try {
-      attached = await attach({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: conf.mtu });
+      attached = await attach({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: this.mtu(conf.mtu) });
       await this.policy.add({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
       await this.pub.publish(this.allocation(rec));
     } catch (err) {
@@ -151,7 +156,7 @@ export class Attachments {
     if (!req.containerId || !req.netns || !req.ifname) throw new CniError(CniCode.badEnv, 'CHECK needs CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME');
     const rec = this.ipam.get(req.containerId, req.ifname);
     if (!rec) throw new CniError(CniCode.unknownContainer, `no Corral attachment for container ${req.containerId} interface ${req.ifname}: ADD it first`);
-    const problems = await inspect({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: conf.mtu });
+    const problems = await inspect({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: this.mtu(conf.mtu) });
     const prev = conf.prevResult?.ips?.map((i) => i.address.split('/')[0]);
     if (prev && prev.length && !prev.includes(rec.address)) problems.push(`prevResult does not hold ${rec.address}`);
     if (problems.length) throw new CniError(CniCode.broken, `attachment of ${req.containerId}/${req.ifname} is broken: ${problems.join('; ')}; DEL and ADD it again`);
@@ -186,7 +191,9 @@ export class Attachments {
     const prev = conf.prevResult ?? { cniVersion: conf.cniVersion };
     const interfaces = [...(prev.interfaces ?? [])];
     const base = interfaces.length;
-    interfaces.push({ name: rec.hostIfname, mac: hostMac }, { name: rec.ifname, mac, sandbox: netns });
+    // CNI 1.1 results carry the MTU of each interface.
+    const mtu = conf.cniVersion === '1.1.0' ? { mtu: this.mtu(conf.mtu) } : {};
+    interfaces.push({ name: rec.hostIfname, mac: hostMac, ...mtu }, { name: rec.ifname, mac, sandbox: netns, ...mtu });
     const ip = { address: `${rec.address}/32`, gateway: this.ipam.gateway, interface: base + 1, ...(conf.cniVersion === '0.4.0' ? { version: '4' } : {}) };
     return {
       cniVersion: conf.cniVersion,

@@ -22,7 +22,8 @@ export interface NetConf {
   name: string;
   type: string;
   namespace: string;
-  mtu: number;
+  /** Absent: the host's overlay MTU (underlay minus WireGuard overhead), DEFAULT_MTU without an overlay. */
+  mtu?: number;
   ipMasq: boolean;
   agentSocket: string;
   prevResult?: CniResult;
@@ -55,8 +56,8 @@ export function parseNetConf(raw: Buffer | string): NetConf {
   if (j.type !== 'corral') throw new CniError(CniCode.badConfig, `"type" is ${JSON.stringify(j.type)}, this plugin is "corral"`);
   const namespace = j.namespace === undefined ? 'default' : j.namespace;
   if (typeof namespace !== 'string' || !LABEL.test(namespace)) throw new CniError(CniCode.badConfig, `"namespace" ${JSON.stringify(j.namespace)} is not a DNS label (a-z, 0-9, "-", 1-63 characters)`);
-  const mtu = j.mtu === undefined ? DEFAULT_MTU : j.mtu;
-  if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 9000) throw new CniError(CniCode.badConfig, `"mtu" ${JSON.stringify(j.mtu)} is not a whole number from 576 to 9000`);
+  const mtu = j.mtu as number | undefined;
+  if (mtu !== undefined && (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 9000)) throw new CniError(CniCode.badConfig, `"mtu" ${JSON.stringify(j.mtu)} is not a whole number from 576 to 9000`);
   const ipMasq = j.ipMasq === undefined ? true : j.ipMasq;
   if (typeof ipMasq !== 'boolean') throw new CniError(CniCode.badConfig, `"ipMasq" ${JSON.stringify(j.ipMasq)} must be true or false`);
   const agentSocket = j.agentSocket === undefined ? '/run/corral/agent.sock' : j.agentSocket;
