@@ -24,6 +24,19 @@ export interface ForwarderOptions {
   onUpstream?: (seconds: number) => void;
 }
 
+/** Consecutive transport failures (timeouts, socket errors) after which an upstream is skipped. */
+const FAILS_TO_SKIP = 3;
+const PROBE_FIRST_MS = 1000;
+const PROBE_MAX_MS = 30_000;
+
+interface UpstreamHealth {
+  fails: number;
+  /** Skipped until a probe gets any reply. */
+  down: boolean;
+  probeMs: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
 interface CacheEntry {
   answer: Answer;
   expiresAt: number;
@@ -74,10 +87,14 @@ const SERVFAIL_ANSWER: Answer = {
 };
 
 export class Forwarder {
-  private readonly cache = new Map<string, CacheEntry>();
+  /** name -> qtype -> entry (class IN only: other classes are refused before they get here). */
+  private readonly cache = new Map<string, Map<number, CacheEntry>>();
+  private entries = 0;
   private readonly inflight = new Map<string, Promise<Answer>>();
   private readonly pending = new Map<number, Pending>();
   private readonly sockets = new Map<Upstream, UdpSocket>();
+  private readonly healthOf = new Map<Upstream, UpstreamHealth>();
+  private closed = false;
   private readonly timeoutMs: number;
   private readonly rounds: number;
   private readonly maxEntries: number;
@@ -92,19 +109,45 @@ export class Forwarder {
     this.maxEntries = opts.maxEntries ?? 10_000;
     this.maxTtl = opts.maxTtl ?? 3600;
     this.maxNegativeTtl = opts.maxNegativeTtl ?? 900;
+    for (const u of upstreams) this.healthOf.set(u, { fails: 0, down: false, probeMs: PROBE_FIRST_MS, timer: undefined });
+  }
+
+  /** Each upstream and whether it is in use (status page, metrics). */
+  health(): Array<{ upstream: string; up: boolean; fails: number }> {
+    return this.upstreams.map((u) => {
+      const h = this.healthOf.get(u)!;
+      return { upstream: `${u.host}:${u.port}`, up: !h.down, fails: h.fails };
+    });
   }
 
   /** A fresh cached answer for q, or undefined. Synchronous: the UDP fast path asks first. */
   cached(q: Query, now: number): Answer | undefined {
-    const key = cacheKey(q);
-    const e = this.cache.get(key);
+    const types = this.cache.get(q.name);
+    if (types === undefined) return undefined;
+    const e = types.get(q.qtype);
     if (e === undefined) return undefined;
     if (e.expiresAt <= now) {
-      this.cache.delete(key);
+      types.delete(q.qtype);
+      this.entries--;
+      if (types.size === 0) this.cache.delete(q.name);
       return undefined;
     }
     this.hits++;
     return e.answer;
+  }
+
+  private store(key: { name: string; qtype: number }, answer: Answer, lifetime: number): void {
+    if (this.entries >= this.maxEntries) {
+      // Evict the oldest name (Map order is insertion order).
+      const [oldest, types] = this.cache.entries().next().value!;
+      this.entries -= types.size;
+      this.cache.delete(oldest);
+    }
+    let types = this.cache.get(key.name);
+    if (types === undefined) this.cache.set(key.name, (types = new Map()));
+    if (!types.has(key.qtype)) this.entries++;
+    answer.storedAt = nowSec();
+    types.set(key.qtype, { answer, expiresAt: answer.storedAt + lifetime });
   }
 
   /** Resolves q upstream (q may be reused by the caller after this returns). */
@@ -122,7 +165,7 @@ export class Forwarder {
   }
 
   get cacheSize(): number {
-    return this.cache.size;
+    return this.entries;
   }
 
   close(): void {
@@ -131,6 +174,8 @@ export class Forwarder {
       p.reject(new Error('forwarder closed'));
     }
     this.pending.clear();
+    this.closed = true;
+    for (const h of this.healthOf.values()) clearTimeout(h.timer);
     for (const s of this.sockets.values()) s.close();
     this.sockets.clear();
   }
@@ -138,8 +183,12 @@ export class Forwarder {
   private async exchange(question: Buffer): Promise<Answer> {
     const key = questionKey(question);
     let last: Answer | undefined;
+    // Upstreams that keep failing are skipped until a probe hears from them again; when every
+    // upstream is down, try them all rather than fail without asking.
+    let order = this.upstreams.filter((u) => !this.healthOf.get(u)!.down);
+    if (order.length === 0) order = this.upstreams;
     for (let round = 0; round < this.rounds; round++) {
-      for (const u of this.upstreams) {
+      for (const u of order) {
         const started = performance.now();
         let msg: Buffer;
         try {
@@ -147,27 +196,63 @@ export class Forwarder {
           msg = await this.udp(u, question);
           if (msg.readUInt16BE(2) & HEADER_FLAGS.TC) msg = await this.tcp(u, question);
         } catch {
+          this.failed(u);
           continue;
         } finally {
           this.opts.onUpstream?.((performance.now() - started) / 1000);
         }
         const parsed = readReply(msg, question.length);
-        if (!parsed) continue;
+        if (!parsed) {
+          this.failed(u);
+          continue;
+        }
+        this.succeeded(u);
         const rcode = parsed.answer.flags & 0xf;
         if (rcode === RCODE.SERVFAIL || rcode === RCODE.REFUSED) {
           last = parsed.answer;
           continue;
         }
         const lifetime = Math.min(parsed.lifetime, parsed.negative ? this.maxNegativeTtl : this.maxTtl);
-        if (lifetime > 0) {
-          if (this.cache.size >= this.maxEntries) this.cache.delete(this.cache.keys().next().value!);
-          parsed.answer.storedAt = nowSec();
-          this.cache.set(key, { answer: parsed.answer, expiresAt: parsed.answer.storedAt + lifetime });
-        }
+        if (lifetime > 0) this.store(key, parsed.answer, lifetime);
         return parsed.answer;
       }
     }
     return last ?? SERVFAIL_ANSWER;
+  }
+
+  private succeeded(u: Upstream): void {
+    const h = this.healthOf.get(u);
+    if (!h) return;
+    h.fails = 0;
+    if (h.down) {
+      h.down = false;
+      h.probeMs = PROBE_FIRST_MS;
+      clearTimeout(h.timer);
+    }
+  }
+
+  private failed(u: Upstream): void {
+    const h = this.healthOf.get(u);
+    if (!h || h.down) return;
+    if (++h.fails >= FAILS_TO_SKIP) {
+      h.down = true;
+      this.scheduleProbe(u, h);
+    }
+  }
+
+  /** Asks a skipped upstream for the root NS now and then: any reply at all brings it back. */
+  private scheduleProbe(u: Upstream, h: UpstreamHealth): void {
+    if (this.closed) return;
+    h.timer = setTimeout(() => {
+      this.udp(u, ROOT_NS_QUESTION).then(
+        () => this.succeeded(u),
+        () => {
+          h.probeMs = Math.min(PROBE_MAX_MS, h.probeMs * 2);
+          if (h.down) this.scheduleProbe(u, h);
+        },
+      );
+    }, h.probeMs);
+    h.timer.unref();
   }
 
   private socket(u: Upstream): UdpSocket {
@@ -254,12 +339,15 @@ export class Forwarder {
   }
 }
 
+/** `. IN NS`: the question health probes ask. */
+const ROOT_NS_QUESTION = Buffer.from([0, 0, TYPE.NS, 0, 1]);
+
 function cacheKey(q: Query): string {
-  return `${q.qtype}/${q.qclass}/${q.name}`;
+  return `${q.qtype}/${q.name}`;
 }
 
 /** The same key from raw question bytes (labels, type, class). */
-function questionKey(question: Buffer): string {
+function questionKey(question: Buffer): { name: string; qtype: number } {
   const labels: string[] = [];
   let off = 0;
   while (question[off]! !== 0) {
@@ -267,7 +355,7 @@ function questionKey(question: Buffer): string {
     labels.push(question.toString('latin1', off + 1, off + 1 + l).toLowerCase().replace(/\./g, '\0'));
     off += 1 + l;
   }
-  return `${question.readUInt16BE(off + 1)}/${question.readUInt16BE(off + 3)}/${labels.join('.')}`;
+  return { name: labels.join('.'), qtype: question.readUInt16BE(off + 1) };
 }
 
 function queryPacket(id: number, question: Buffer): Buffer {

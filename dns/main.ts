@@ -6,9 +6,13 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, parseHostPort, type DaemonOptions } from '../api/options.js';
+import type { WatchEvent } from '../api/types.js';
 import { AgentWatch } from '../api/watch.js';
+import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { Forwarder, parseUpstream, resolvConfUpstreams, type ForwarderOptions, type Upstream } from './forward.js';
+import { GatewayListeners } from './gateways.js';
+import { RateLimiter } from './ratelimit.js';
 import { DnsServer, type BoundListener } from './server.js';
 import { RCODE, TYPE_NAMES } from './wire.js';
 import { Zone } from './zone.js';
@@ -20,6 +24,10 @@ export interface RunningDns {
   listeners: BoundListener[];
   adminPort: number;
   forwarder: Forwarder;
+  server: DnsServer;
+  limiter: RateLimiter;
+  /** Applies one watch event (what the agent stream does; tests feed events here). */
+  apply(ev: WatchEvent): void;
 }
 
 const RCODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(RCODE).map(([k, v]) => [v, k]));
@@ -37,7 +45,19 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   });
   const upstreams = chooseUpstreams(opts, log);
   const forwarder = new Forwarder(upstreams, { ...tuning.forwarder, onUpstream: (s) => upstreamSeconds.observe(s) });
-  const server = new DnsServer(zone, answers, forwarder, { listen: opts.dnsListen, log });
+  const acl = new RecursionAcl({ clusterCidr: opts.clusterCidr, allow: opts.dnsAllow, isAllocated: (a) => zone.namespaceOf(a) !== undefined });
+  zone.onChange(() => acl.reset());
+  const limiter = new RateLimiter(opts.dnsRateLimit);
+  // "gateway:PORT" entries follow this node's block (gateways.ts); the rest are fixed addresses.
+  const listen = opts.dnsListen.map((l) => ({ text: l, ...parseHostPort(l, '--dns-listen') }));
+  const server = new DnsServer(zone, answers, forwarder, {
+    listen: listen.filter((l) => l.host !== 'gateway').map((l) => l.text),
+    udpPayload: opts.dnsUdpSize,
+    acl,
+    limiter,
+    log,
+  });
+  const gateways = new GatewayListeners(opts.nodeName, listen.filter((l) => l.host === 'gateway').map((l) => l.port), server, log);
 
   new Counter({
     name: 'corral_dns_queries_total',
@@ -61,6 +81,34 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
       this.inc(answers.hits + forwarder.hits);
     },
   });
+  new Counter({
+    name: 'corral_dns_rate_limited_total',
+    help: 'Queries dropped (UDP) or refused (TCP) because their client was over --dns-rate-limit',
+    registers: [metrics],
+    collect() {
+      this.reset();
+      this.inc(limiter.limited);
+    },
+  });
+  new Counter({
+    name: 'corral_dns_recursion_refused_total',
+    help: 'Queries for names outside the Corral domain refused because the client is outside the cluster and host',
+    registers: [metrics],
+    collect() {
+      this.reset();
+      this.inc(server.refused);
+    },
+  });
+  new Gauge({
+    name: 'corral_dns_upstream_up',
+    help: 'Whether an upstream resolver is in use (0 while it is skipped after repeated failures)',
+    labelNames: ['upstream'] as const,
+    registers: [metrics],
+    collect() {
+      this.reset();
+      for (const u of forwarder.health()) this.set({ upstream: u.upstream }, u.up ? 1 : 0);
+    },
+  });
   new Gauge({
     name: 'corral_dns_applied_revision',
     help: 'Registry revision this DNS server answers from',
@@ -70,11 +118,16 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     },
   });
 
+  const apply = (ev: WatchEvent) => {
+    zone.apply(ev);
+    gateways.apply(ev);
+  };
   let listeners: BoundListener[] = [];
   let admin: HttpServer | undefined;
   let watch: AgentWatch | undefined;
   const close = async () => {
     watch?.close();
+    await gateways.close();
     forwarder.close();
     await server.close();
     if (admin) await new Promise<void>((r) => admin!.close(() => r()));
@@ -90,8 +143,12 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
         ready: zone.synced,
         agentConnected: watch?.connected ?? false,
         zone: zone.stats(),
-        listeners,
-        upstreams: upstreams.map((u) => `${u.host}:${u.port}`),
+        listeners: server.bound(),
+        gateway: gateways.status(),
+        upstreams: forwarder.health(),
+        rateLimitPerClient: limiter.rate,
+        rateLimited: limiter.limited,
+        recursionRefused: server.refused,
         answerCacheNames: answers.size,
         forwardCacheEntries: forwarder.cacheSize,
       }),
@@ -99,7 +156,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     watch = new AgentWatch(opts.agentSocket, 'dns', {
       onEvent: (ev) => {
         const first = !zone.synced;
-        zone.apply(ev);
+        apply(ev);
         if (first && ev.snapshot) log.info(zone.stats(), 'DNS ready: first snapshot applied');
       },
     }, log);
@@ -109,13 +166,13 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     throw err;
   }
   log.info({ listeners, domain: zone.domain, upstreams }, 'DNS listening');
-  return { close, zone, listeners, adminPort: (admin.address() as AddressInfo).port, forwarder };
+  return { close, zone, listeners, adminPort: (admin.address() as AddressInfo).port, forwarder, server, limiter, apply };
 }
 
 /** --dns-upstream, else /etc/resolv.conf; never ourselves (that would loop). */
 function chooseUpstreams(opts: DaemonOptions, log: Logger): Upstream[] {
   const all = opts.dnsUpstream.length > 0 ? opts.dnsUpstream.map(parseUpstream) : resolvConfUpstreams();
-  const own = opts.dnsListen.map((l) => parseHostPort(l, '--dns-listen'));
+  const own = opts.dnsListen.map((l) => parseHostPort(l, '--dns-listen')).filter((l) => l.host !== 'gateway');
   const out = all.filter((u) => !own.some((l) => l.port === u.port && (l.host === u.host || l.host === '' || l.host === '0.0.0.0')));
   if (out.length === 0) log.warn('no upstream resolvers (set --dns-upstream or nameserver lines in /etc/resolv.conf): names outside the Corral domain get SERVFAIL');
   return out;

@@ -5,8 +5,10 @@ import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dg
 import { createServer, isIPv6, type Server as TcpServer, type Socket as TcpSocket } from 'node:net';
 import type { Logger } from 'pino';
 import { parseHostPort } from '../api/options.js';
+import type { RecursionAcl } from './access.js';
 import type { AnswerCache } from './answers.js';
 import { nowSec, type Forwarder } from './forward.js';
+import type { RateLimiter } from './ratelimit.js';
 import {
   assembleReply, CLASS_IN, DEFAULT_UDP_PAYLOAD, errorReply, parseQuery, PARSE_DROP, PARSE_FORMERR, Query, RCODE, type Answer,
 } from './wire.js';
@@ -14,23 +16,33 @@ import type { Zone } from './zone.js';
 
 export interface DnsServerOptions {
   listen: string[];
-  /** Largest UDP reply we send (our EDNS0 payload size), 1232..4096. */
+  /** Largest UDP reply we send (our EDNS0 payload size), 512..4096. */
   udpPayload?: number;
   tcpIdleMs?: number;
+  /** Who may have names outside our domain resolved (null: everyone, for tests of forwarding only). */
+  acl?: RecursionAcl | null;
+  /** Per-client rate limit (null: none). */
+  limiter?: RateLimiter | null;
   log?: Logger;
 }
 
 /** Queries answered, by (qtype, rcode): plain integers on the hot path, read at scrape time. */
 export class QueryCounts {
-  readonly counts = new Map<number, number>();
+  // qtype < 256 and rcode < 32 (every type we see in practice) in a flat array; the rest in a Map.
+  private readonly common = new Float64Array(256 * 32);
+  private readonly rare = new Map<number, number>();
 
   record(qtype: number, rcode: number): void {
-    const k = qtype * 32 + rcode;
-    this.counts.set(k, (this.counts.get(k) ?? 0) + 1);
+    if (qtype < 256) this.common[(qtype << 5) | (rcode & 31)]!++;
+    else {
+      const k = qtype * 32 + (rcode & 31);
+      this.rare.set(k, (this.rare.get(k) ?? 0) + 1);
+    }
   }
 
   *entries(): Generator<{ qtype: number; rcode: number; count: number }> {
-    for (const [k, count] of this.counts) yield { qtype: Math.floor(k / 32), rcode: k % 32, count };
+    for (let k = 0; k < this.common.length; k++) if (this.common[k]! > 0) yield { qtype: k >> 5, rcode: k & 31, count: this.common[k]! };
+    for (const [k, count] of this.rare) yield { qtype: Math.floor(k / 32), rcode: k % 32, count };
   }
 }
 
@@ -42,14 +54,29 @@ export interface BoundListener {
   port: number;
 }
 
+interface Listener extends BoundListener {
+  udp: UdpSocket;
+  tcp: TcpServer;
+}
+
+// dgram resolves the destination of every send() through dns.lookup, which defers the send by a
+// tick and allocates a closure even for an IP literal. Our destinations are always the literal
+// address a query came from: hand it back synchronously.
+function literalLookup(address: string, _opts: unknown, cb: (err: null, address: string, family: number) => void): void {
+  cb(null, address, address.includes(':') ? 6 : 4);
+}
+
 export class DnsServer {
   readonly counts = new QueryCounts();
   private readonly q = new Query();
   private readonly udpPayload: number;
   private readonly tcpIdleMs: number;
-  private readonly udp: UdpSocket[] = [];
-  private readonly tcp: TcpServer[] = [];
+  private readonly acl: RecursionAcl | null;
+  private readonly limiter: RateLimiter | null;
+  private readonly listeners = new Map<string, Listener>();
   private readonly conns = new Set<TcpSocket>();
+  /** Queries refused recursion (outside the cluster and the host). */
+  refused = 0;
 
   constructor(
     private readonly zone: Zone,
@@ -57,48 +84,63 @@ export class DnsServer {
     private readonly forwarder: Forwarder,
     private readonly opts: DnsServerOptions,
   ) {
-    this.udpPayload = Math.min(4096, Math.max(1232, opts.udpPayload ?? DEFAULT_UDP_PAYLOAD));
+    this.udpPayload = Math.min(4096, Math.max(512, opts.udpPayload ?? DEFAULT_UDP_PAYLOAD));
     this.tcpIdleMs = opts.tcpIdleMs ?? 10_000;
+    this.acl = opts.acl ?? null;
+    this.limiter = opts.limiter && opts.limiter.rate > 0 ? opts.limiter : null;
   }
 
-  /** Binds UDP and TCP on every listen address; port 0 picks one free port for both. */
+  /** Binds UDP and TCP on every --dns-listen address; port 0 picks one free port for both. */
   async listen(): Promise<BoundListener[]> {
     const bound: BoundListener[] = [];
     for (const text of this.opts.listen) {
       const { host: h, port } = parseHostPort(text, '--dns-listen');
-      const host = h || '0.0.0.0';
-      for (let attempt = 0; ; attempt++) {
-        const udp = await this.bindUdp(host, port);
-        const actual = udp.address().port;
-        try {
-          const tcp = await this.bindTcp(host, actual);
-          this.udp.push(udp);
-          this.tcp.push(tcp);
-          bound.push({ host, port: actual });
-          break;
-        } catch (err) {
-          udp.close();
-          if (port !== 0 || attempt >= 10) throw err;
-        }
-      }
+      bound.push(await this.addListener(h || '0.0.0.0', port));
     }
     return bound;
+  }
+
+  /** Where we listen now. */
+  bound(): BoundListener[] {
+    return [...this.listeners.values()].map(({ host, port }) => ({ host, port }));
+  }
+
+  /** Starts UDP and TCP on one more address (a block gateway that appeared). */
+  async addListener(host: string, port: number): Promise<BoundListener> {
+    for (let attempt = 0; ; attempt++) {
+      const udp = await this.bindUdp(host, port);
+      const actual = udp.address().port;
+      try {
+        const tcp = await this.bindTcp(host, actual);
+        this.listeners.set(`${host}:${actual}`, { host, port: actual, udp, tcp });
+        return { host, port: actual };
+      } catch (err) {
+        udp.close();
+        if (port !== 0 || attempt >= 10) throw err;
+      }
+    }
+  }
+
+  /** Stops listening on host:port (a block that went away). Open TCP connections finish. */
+  async removeListener(host: string, port: number): Promise<void> {
+    const key = `${host}:${port}`;
+    const l = this.listeners.get(key);
+    if (!l) return;
+    this.listeners.delete(key);
+    await Promise.all([new Promise<void>((r) => l.udp.close(() => r())), new Promise<void>((r) => l.tcp.close(() => r()))]);
   }
 
   async close(): Promise<void> {
     for (const c of this.conns) c.destroy();
     this.conns.clear();
-    await Promise.all([
-      ...this.udp.map((s) => new Promise<void>((r) => s.close(() => r()))),
-      ...this.tcp.map((s) => new Promise<void>((r) => s.close(() => r()))),
-    ]);
-    this.udp.length = 0;
-    this.tcp.length = 0;
+    const all = [...this.listeners.values()];
+    this.listeners.clear();
+    await Promise.all(all.flatMap((l) => [new Promise<void>((r) => l.udp.close(() => r())), new Promise<void>((r) => l.tcp.close(() => r()))]));
   }
 
   private bindUdp(host: string, port: number): Promise<UdpSocket> {
     return new Promise((resolve, reject) => {
-      const sock = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4', recvBufferSize: 4 << 20 });
+      const sock = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4', recvBufferSize: 4 << 20, lookup: literalLookup });
       sock.once('error', reject);
       sock.bind(port, host, () => {
         sock.off('error', reject);
@@ -125,16 +167,21 @@ export class DnsServer {
     const q = this.q;
     const parsed = parseQuery(msg, q);
     if (parsed === PARSE_DROP) return;
-    const limit = q.edns ? Math.min(q.udpSize, this.udpPayload) : 512;
-    const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, limit);
+    const client = rinfo.address;
+    // Over the limit: drop. A reply costs us as much as an answer (the send is most of the
+    // work per query), and dropping gives a flooding client nothing to amplify.
+    if (this.limiter !== null && !this.limiter.allow(client, performance.now())) return;
+    const limit = q.edns ? (q.udpSize < this.udpPayload ? q.udpSize : this.udpPayload) : 512;
+    const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, limit, client);
     if (out !== null) {
-      sock.send(out, rinfo.port, rinfo.address);
+      sock.send(out, rinfo.port, client);
       return;
     }
     const fq = cloneQuery(q);
+    const port = rinfo.port;
     this.forwarder.resolve(fq).then(
-      (a) => sock.send(this.reply(fq, a, limit), rinfo.port, rinfo.address),
-      () => sock.send(this.error(fq, RCODE.SERVFAIL), rinfo.port, rinfo.address),
+      (a) => sock.send(this.reply(fq, a, limit), port, client),
+      () => sock.send(this.error(fq, RCODE.SERVFAIL), port, client),
     );
   }
 
@@ -144,6 +191,7 @@ export class DnsServer {
     conn.setTimeout(this.tcpIdleMs, () => conn.destroy());
     conn.on('close', () => this.conns.delete(conn));
     conn.on('error', () => conn.destroy());
+    const client = conn.remoteAddress ?? '';
     let pending: Buffer | null = null;
     conn.on('data', (chunk: Buffer) => {
       const buf = pending === null ? chunk : Buffer.concat([pending, chunk]);
@@ -151,18 +199,24 @@ export class DnsServer {
       while (buf.length - off >= 2) {
         const len = buf.readUInt16BE(off);
         if (buf.length - off - 2 < len) break;
-        this.onTcpMessage(conn, buf.subarray(off + 2, off + 2 + len));
+        this.onTcpMessage(conn, buf.subarray(off + 2, off + 2 + len), client);
         off += 2 + len;
       }
       pending = off === buf.length ? null : Buffer.from(buf.subarray(off));
     });
   }
 
-  private onTcpMessage(conn: TcpSocket, msg: Buffer): void {
+  private onTcpMessage(conn: TcpSocket, msg: Buffer, client: string): void {
     const q = this.q;
     const parsed = parseQuery(msg, q);
     if (parsed === PARSE_DROP) return;
-    const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, TCP_MAX);
+    // TCP sources cannot be spoofed: over the limit, say so instead of leaving a pipelined
+    // client waiting for a reply that never comes.
+    if (this.limiter !== null && !this.limiter.allow(client, performance.now())) {
+      writeFramed(conn, parsed === PARSE_FORMERR ? this.formerr(q) : this.error(q, RCODE.REFUSED));
+      return;
+    }
+    const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, TCP_MAX, client);
     if (out !== null) {
       writeFramed(conn, out);
       return;
@@ -175,19 +229,25 @@ export class DnsServer {
   }
 
   /** The reply if it needs no upstream: authoritative, cached, or an error. Null = forward. */
-  private answerNow(q: Query, limit: number): Buffer | null {
+  private answerNow(q: Query, limit: number, client: string): Buffer | null {
     if (q.opcode !== 0) return this.error(q, RCODE.NOTIMP);
     if (q.edns && q.ednsVersion > 0) return this.error(q, BADVERS);
     if (q.qclass !== CLASS_IN) return this.error(q, RCODE.REFUSED);
     let a: Answer | null;
     try {
-      a = this.answers.get(q.name, q.qtype);
+      a = this.answers.get(q.name, q.qtype, client);
     } catch (err) {
       this.opts.log?.warn({ name: q.name, err: (err as Error).message }, 'cannot encode an answer');
       return this.error(q, RCODE.SERVFAIL);
     }
     if (a === null) {
       if (q.qtype === 251 || q.qtype === 252) return this.error(q, RCODE.REFUSED); // no zone transfers
+      // Not ours: only the cluster and the host may recurse (checked before the cache, so an
+      // outsider cannot snoop what our clients resolved either).
+      if (this.acl !== null && !this.acl.allows(client, performance.now())) {
+        this.refused++;
+        return this.error(q, RCODE.REFUSED);
+      }
       a = this.forwarder.cached(q, nowSec()) ?? null;
       if (a === null) return null;
     }
@@ -195,7 +255,7 @@ export class DnsServer {
   }
 
   private reply(q: Query, a: Answer, limit: number): Buffer {
-    const out = assembleReply(q, a, limit, this.zone.revision, nowSec(), this.udpPayload);
+    const out = assembleReply(q, a, limit, this.zone.revision, a.ttlAt === null ? 0 : nowSec(), this.udpPayload);
     this.counts.record(q.qtype, out[3]! & 0xf);
     return out;
   }

@@ -170,35 +170,41 @@ const OPT_SIZE = 11;
  * goes out as header + question with TC set, and the client retries over TCP (RFC 7766).
  */
 export function assembleReply(q: Query, a: Answer, limit: number, serial: number, nowSec: number, udpPayload: number): Buffer {
-  const qlen = q.qEnd - 12;
+  const qEnd = q.qEnd;
   const withOpt = q.edns && !a.hasOpt;
-  const size = q.qEnd + a.body.length + (withOpt ? OPT_SIZE : 0);
+  const body = a.body;
+  const size = qEnd + body.length + (withOpt ? OPT_SIZE : 0);
   const baseFlags = FLAG_QR | FLAG_RA | (q.flags & FLAG_RD) | (q.opcode << 11);
   if (size > limit) {
-    const out = Buffer.allocUnsafe(q.qEnd + (q.edns ? OPT_SIZE : 0));
+    const out = Buffer.allocUnsafe(qEnd + (q.edns ? OPT_SIZE : 0));
     writeHeader(out, q.id, baseFlags | (a.flags & (FLAG_AA | 0xf)) | FLAG_TC, 0, 0, q.edns ? 1 : 0);
-    q.packet.copy(out, 12, 12, q.qEnd);
-    if (q.edns) writeOpt(out, q.qEnd, udpPayload, 0);
+    copyQuestion(q.packet, out, qEnd);
+    if (q.edns) writeOpt(out, qEnd, udpPayload, 0);
     return out;
   }
   const out = Buffer.allocUnsafe(size);
   writeHeader(out, q.id, baseFlags | a.flags, a.an, a.ns, a.ar + (withOpt ? 1 : 0));
-  q.packet.copy(out, 12, 12, q.qEnd);
-  const bodyAt = 12 + qlen;
-  a.body.copy(out, bodyAt);
-  if (a.serialAt >= 0) out.writeUInt32BE(serial >>> 0, bodyAt + a.serialAt);
+  copyQuestion(q.packet, out, qEnd);
+  // Uint8Array#set is a V8 builtin: no call into C++ as Buffer#copy makes.
+  out.set(body, qEnd);
+  if (a.serialAt >= 0) out.writeUInt32BE(serial >>> 0, qEnd + a.serialAt);
   if (a.ttlAt !== null) {
     const elapsed = nowSec - a.storedAt;
     const at = a.ttlAt;
     const ttls = a.ttls!;
     for (let i = 0; i < at.length; i++) {
       const t = ttls[i]! - elapsed;
-      out.writeUInt32BE(t > 0 ? t : 0, bodyAt + at[i]!);
+      out.writeUInt32BE(t > 0 ? t : 0, qEnd + at[i]!);
     }
   }
-  if (a.shuffleSize > 0 && a.an > 1) shuffleRdata(out, bodyAt, a.an, a.shuffleSize);
+  if (a.shuffleSize > 0 && a.an > 1) shuffleRdata(out, qEnd, a.an, a.shuffleSize);
   if (withOpt) writeOpt(out, size - OPT_SIZE, udpPayload, 0);
   return out;
+}
+
+/** The asker's question bytes [12, qEnd), case preserved; short enough that a loop beats a native copy. */
+function copyQuestion(from: Buffer, to: Buffer, qEnd: number): void {
+  for (let i = 12; i < qEnd; i++) to[i] = from[i]!;
 }
 
 /** A reply with no records: FORMERR, SERVFAIL, REFUSED, NOTIMP, BADVERS. */
@@ -216,12 +222,18 @@ export function errorReply(q: Query, rcode: number, withQuestion: boolean): Buff
 }
 
 function writeHeader(out: Buffer, id: number, flags: number, an: number, ns: number, ar: number): void {
-  out.writeUInt16BE(id, 0);
-  out.writeUInt16BE(flags & 0xffff, 2);
-  out.writeUInt16BE(1, 4);
-  out.writeUInt16BE(an, 6);
-  out.writeUInt16BE(ns, 8);
-  out.writeUInt16BE(ar, 10);
+  out[0] = id >>> 8;
+  out[1] = id & 0xff;
+  out[2] = (flags >>> 8) & 0xff;
+  out[3] = flags & 0xff;
+  out[4] = 0;
+  out[5] = 1;
+  out[6] = an >>> 8;
+  out[7] = an & 0xff;
+  out[8] = ns >>> 8;
+  out[9] = ns & 0xff;
+  out[10] = ar >>> 8;
+  out[11] = ar & 0xff;
 }
 
 function writeOpt(out: Buffer, off: number, payload: number, extRcode: number): void {
@@ -233,7 +245,6 @@ function writeOpt(out: Buffer, off: number, payload: number, extRcode: number): 
 }
 
 // Answer records of one A/AAAA set differ only in rdata; swapping rdata is a shuffle.
-const swap = Buffer.allocUnsafe(16);
 function shuffleRdata(out: Buffer, bodyAt: number, count: number, rdSize: number): void {
   const stride = 12 + rdSize; // pointer(2) type(2) class(2) ttl(4) rdlen(2) rdata
   const first = bodyAt + 12;
@@ -242,9 +253,11 @@ function shuffleRdata(out: Buffer, bodyAt: number, count: number, rdSize: number
     if (j === i) continue;
     const a = first + i * stride;
     const b = first + j * stride;
-    out.copy(swap, 0, a, a + rdSize);
-    out.copy(out, a, b, b + rdSize);
-    swap.copy(out, b, 0, rdSize);
+    for (let k = 0; k < rdSize; k++) {
+      const t = out[a + k]!;
+      out[a + k] = out[b + k]!;
+      out[b + k] = t;
+    }
   }
 }
 

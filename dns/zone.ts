@@ -3,7 +3,7 @@
 // tells listeners which names changed, so cached answers for everything else stay valid.
 import { isIPv4, isIPv6 } from 'node:net';
 import { colorEndpoints, servingEndpoints } from '../api/traffic.js';
-import { serviceKey, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
+import { serviceKey, type Allocation, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
 import { expandIPv6, RCODE, TYPE, HEADER_FLAGS, type ResourceRecord, type Sections } from './wire.js';
 
 export interface SrvTarget {
@@ -59,6 +59,10 @@ class NameNode {
 }
 
 const APEX_OWNER = '@apex';
+const ALLOC_OWNER = '@alloc:';
+
+/** The namespace of a client without an Allocation record (the host, other machines). */
+export const DEFAULT_NAMESPACE = 'default';
 
 /** The SRV port name when an endpoint has none. */
 export const DEFAULT_PORT_NAME = 'http';
@@ -79,6 +83,8 @@ export class Zone {
   private readonly byService = new Map<string, Set<string>>();
   private readonly views = new Map<string, Map<string, RRsets>>();
   private readonly names = new Map<string, NameNode>();
+  /** Allocation records by address: PTR names and each client's namespace. */
+  private readonly allocations = new Map<string, Allocation>();
   private readonly listeners: Array<(c: ZoneChange) => void> = [];
   private readonly domainSuffix: string;
   private readonly nsName: string;
@@ -103,7 +109,9 @@ export class Zone {
       this.byService.clear();
       this.views.clear();
       this.names.clear();
+      this.allocations.clear();
       this.addApex();
+      for (const a of ev.allocations ?? []) this.putAllocation(a, null);
       for (const s of ev.services) this.services.set(serviceKey(s.namespace || 'default', s.name), s);
       for (const ep of ev.endpoints) this.putEndpoint(ep);
       for (const key of this.allServiceKeys()) this.recompute(key, null);
@@ -140,6 +148,8 @@ export class Zone {
       touched.add(key);
     }
     const changed = new Set<string>();
+    for (const address of ev.deletedAllocations ?? []) this.deleteAllocation(address, changed);
+    for (const a of ev.allocations ?? []) this.putAllocation(a, changed);
     for (const key of touched) this.recompute(key, changed);
     if (ev.revision) this.revision = ev.revision;
     // The SOA serial is patched into cached answers on the way out, so a revision alone
@@ -152,6 +162,19 @@ export class Zone {
     return name === this.domain || name.endsWith(this.domainSuffix);
   }
 
+  /** The namespace of a Corral-attached client address, or undefined. */
+  namespaceOf(address: string): string | undefined {
+    return this.allocations.get(address)?.namespace;
+  }
+
+  /**
+   * A name under our domain that does not exist as written (`web.corral.internal`): it is read
+   * relative to the asking client's namespace, as the search path `<ns>.<domain> <domain>` implies.
+   */
+  isRelative(name: string): boolean {
+    return name !== this.domain && !this.names.has(name) && name.endsWith(this.domainSuffix);
+  }
+
   /** Records at a name, or undefined when the name does not exist. */
   lookup(name: string): RRsets | undefined {
     return this.names.get(name)?.records();
@@ -159,12 +182,18 @@ export class Zone {
 
   /**
    * The authoritative reply for (name, qtype), or null when the name is not ours (forward it).
-   * PTR names of our endpoints are ours even though in-addr.arpa is not.
+   * PTR names of our endpoints are ours even though in-addr.arpa is not. With a client
+   * namespace, a relative name (see isRelative) is answered from `<prefix>.<ns>.<domain>`,
+   * under the name asked.
    */
-  answer(name: string, qtype: number): Sections | null {
-    const node = this.names.get(name);
+  answer(name: string, qtype: number, clientNamespace: string | null = null): Sections | null {
+    let node = this.names.get(name);
     const inDomain = this.inDomain(name);
     if (!node && !inDomain) return null;
+    if (!node && clientNamespace !== null && this.isRelative(name)) {
+      const prefix = name.slice(0, name.length - this.domainSuffix.length);
+      node = this.names.get(`${prefix}.${clientNamespace.toLowerCase()}${this.domainSuffix}`);
+    }
     const out: Sections = { flags: HEADER_FLAGS.AA, answer: [], authority: [], additional: [] };
     if (!node) {
       out.flags |= RCODE.NXDOMAIN;
@@ -235,6 +264,29 @@ export class Zone {
     let n = this.names.get(name);
     if (!n) this.names.set(name, (n = new NameNode()));
     return n;
+  }
+
+  private putAllocation(a: Allocation, changed: Set<string> | null): void {
+    const address = normalizeAddress(a.address);
+    if (!address) return;
+    if (this.allocations.has(address)) this.deleteAllocation(address, changed);
+    this.allocations.set(address, a);
+    const rr = rrsets();
+    rr.ptr.push(`${dnsLabel(a.name || a.containerId.slice(0, 12) || address)}.${(a.namespace || DEFAULT_NAMESPACE).toLowerCase()}.${this.domain}`);
+    const ptrName = reverseName(address);
+    this.node(ptrName).set(ALLOC_OWNER + address, rr);
+    changed?.add(ptrName);
+  }
+
+  private deleteAllocation(address: string, changed: Set<string> | null): void {
+    const norm = normalizeAddress(address);
+    if (!norm || !this.allocations.delete(norm)) return;
+    const ptrName = reverseName(norm);
+    const n = this.names.get(ptrName);
+    if (!n) return;
+    n.delete(ALLOC_OWNER + norm);
+    if (n.owners.size === 0) this.names.delete(ptrName);
+    changed?.add(ptrName);
   }
 
   private putEndpoint(ep: Endpoint): string {
@@ -349,6 +401,20 @@ function addAddress(rr: RRsets, address: string): void {
     const norm = expandIPv6(address).map((g) => g.toString(16)).join(':');
     if (!rr.aaaa.some((x) => expandIPv6(x).map((g) => g.toString(16)).join(':') === norm)) rr.aaaa.push(address);
   }
+}
+
+/** An address as clients see it in their packets' source (IPv6 compressed the usual way). */
+function normalizeAddress(address: string): string | null {
+  const a = address.trim();
+  if (isIPv4(a)) return a;
+  if (isIPv6(a)) return expandIPv6(a).map((g) => g.toString(16)).join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+  return null;
+}
+
+/** A container name as one DNS label: lowercase letters, digits and '-', at most 63 octets. */
+function dnsLabel(text: string): string {
+  const l = text.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
+  return l || 'container';
 }
 
 /** `10-42-0-5.<svc>.<ns>.<domain>`, `fd00-0-0-0-0-0-0-1.<...>`: the name of one endpoint. */
