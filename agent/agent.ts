@@ -20,6 +20,9 @@ import { ColorError, initialService, rollback, setWeights, switchColor } from '.
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './cni.js';
 import { DockerSource } from './docker/source.js';
+import { DockerNetworkDriver } from './dockernet/driver.js';
+import { liveEndpoints } from './dockernet/live.js';
+import { DockerPlugin, pluginName } from './dockernet/plugin.js';
 import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
 import { AutoDeploy } from './deploy.js';
@@ -39,6 +42,8 @@ export class Agent implements EndpointSink, AgentOps {
   private readonly deploy: AutoDeploy;
   private docker: DockerSource | undefined;
   attachments: Attachments | undefined;
+  private dockerNet: DockerNetworkDriver | undefined;
+  private dockerPlugin: DockerPlugin | undefined;
   private grpcServer: grpc.Server | undefined;
   private admin: HttpServer | undefined;
   private unwatch: (() => void) | undefined;
@@ -84,6 +89,7 @@ export class Agent implements EndpointSink, AgentOps {
       await this.commit([{ put: keys.host(this.node), value: JSON.stringify({ name: this.node, block, underlay: '', publicKey: '', appliedRevision: 0, version: VERSION, heartbeatMs: Date.now() }), ephemeral: true }]);
     }
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
+    await this.startDockerPlugin();
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
       metrics: this.metrics,
       ready: () => this.grpcServer !== undefined,
@@ -106,6 +112,7 @@ export class Agent implements EndpointSink, AgentOps {
     this.drainTimers.clear();
     this.unwatch?.();
     await this.mesh?.stop();
+    await this.dockerPlugin?.stop();
     await this.attachments?.close();
     await new Promise<void>((resolve) => (this.grpcServer ? this.grpcServer.tryShutdown(() => resolve()) : resolve()));
     this.grpcServer?.forceShutdown();
@@ -204,12 +211,30 @@ export class Agent implements EndpointSink, AgentOps {
     await this.attachments.start();
   }
 
+  /** Docker's network + IPAM driver; a failure here leaves the rest of the agent running. */
+  private async startDockerPlugin(): Promise<void> {
+    const socket = this.opts.dockerPluginSocket;
+    if (!socket) return;
+    const log = this.log.child({ part: 'dockernet' });
+    this.dockerNet = new DockerNetworkDriver(this.attachments!, this.opts.stateDir, log, pluginName(socket));
+    const plugin = new DockerPlugin(socket, this.dockerNet, log);
+    try {
+      await plugin.start();
+      this.dockerPlugin = plugin;
+    } catch (err) {
+      log.error({ err: (err as Error).message, socket }, 'Docker network driver not served');
+    }
+  }
+
   cni(req: CniRequest): Promise<CniReply> {
     return this.attachments!.handle(req);
   }
 
   async ipamGc(): Promise<IpamGcReply> {
     const freed = await this.attachments!.gcDead();
+    if (this.dockerNet && this.opts.dockerSocket && existsSync(this.opts.dockerSocket)) {
+      freed.push(...(await this.dockerNet.gc(await liveEndpoints(this.opts.dockerSocket, pluginName(this.opts.dockerPluginSocket)))));
+    }
     return { freed: freed.map((r) => this.attachments!.allocation(r)) };
   }
 

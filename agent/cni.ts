@@ -7,7 +7,7 @@ import type { Logger } from '../api/log.js';
 import type { Allocation, CniReply, CniRequest } from '../api/types.js';
 import { attach, detach, ensureGateway, hostIfnameFor, inspect } from './attach/veth.js';
 import { NetnsGone } from './attach/netns.js';
-import { attachmentKey, Ipam, IpamExhausted, type IpamRecord } from './ipam.js';
+import { attachmentKey, Ipam, IpamExhausted, PENDING_NETWORK, type IpamRecord } from './ipam.js';
 import { Policy } from './policy.js';
 import { CniCode, CniError, DEFAULT_MTU, parseNetConf, type CniResult, type NetConf } from '../api/cni.js';
 
@@ -51,7 +51,7 @@ export class Attachments {
     this.dataplane ??= (async () => {
       writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
       await ensureGateway(GATEWAY_LINK, this.ipam.gateway);
-      await this.policy.rebuild(this.ipam.list().map((r) => ({ address: r.address, namespace: r.namespace, masq: r.masq })));
+      await this.policy.rebuild(this.ipam.list().filter((r) => r.network !== PENDING_NETWORK).map((r) => ({ address: r.address, namespace: r.namespace, masq: r.masq })));
     })().catch((err: Error) => {
       this.dataplane = undefined;
       throw err;
@@ -181,6 +181,18 @@ export class Attachments {
       if (r) freed.push(r);
     }
     return freed;
+  }
+
+  /** Docker endpoints: the same namespace marking, ipMasq and Allocation record as a CNI attachment. */
+  async enforce(rec: IpamRecord): Promise<void> {
+    await this.ensureDataplane();
+    await this.policy.add({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
+    await this.pub.publish(this.allocation(rec));
+  }
+
+  async unenforce(rec: IpamRecord): Promise<void> {
+    await this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq }).catch(() => undefined);
+    await this.pub.unpublish(rec.address).catch(() => undefined);
   }
 
   allocation(rec: IpamRecord): Allocation {

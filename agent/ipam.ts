@@ -20,9 +20,13 @@ export interface IpamRecord {
   sinceMs: number;
 }
 
-type JournalLine = { op: 'block'; block: string } | ({ op: 'alloc' } & IpamRecord) | { op: 'free'; containerId: string; ifname: string };
+type JournalLine = { op: 'block'; block: string } | ({ op: 'alloc' } & IpamRecord) | { op: 'free'; containerId: string; ifname: string }
+  | { op: 'rekey'; containerId: string; ifname: string; rec: IpamRecord };
 
 export class IpamExhausted extends Error {}
+
+/** The network of an address Docker's IPAM asked for that no endpoint holds yet. */
+export const PENDING_NETWORK = 'docker:pending';
 
 export function attachmentKey(containerId: string, ifname: string): string {
   return `${containerId}/${ifname}`;
@@ -74,6 +78,10 @@ export class Ipam {
           const { op: _op, ...rec } = j;
           this.byKey.set(attachmentKey(rec.containerId, rec.ifname), rec);
           this.byAddress.set(rec.address, rec);
+        } else if (j.op === 'rekey') {
+          this.byKey.delete(attachmentKey(j.containerId, j.ifname));
+          this.byKey.set(attachmentKey(j.rec.containerId, j.rec.ifname), j.rec);
+          this.byAddress.set(j.rec.address, j.rec);
         } else if (j.op === 'free') {
           const rec = this.byKey.get(attachmentKey(j.containerId, j.ifname));
           if (rec) {
@@ -147,6 +155,23 @@ export class Ipam {
     this.append({ op: 'free', containerId, ifname });
     this.byKey.delete(attachmentKey(containerId, ifname));
     this.byAddress.delete(rec.address);
+    return rec;
+  }
+
+  /**
+   * Gives the address held by (containerId, ifname) to a new owner in one journal line, so a
+   * crash leaves it with the old owner or the new one, never with none (Docker's IPAM hands an
+   * address out before the endpoint that will hold it has an id).
+   */
+  rekey(containerId: string, ifname: string, next: Partial<Omit<IpamRecord, 'address'>> & { containerId: string; ifname: string }): IpamRecord {
+    const old = this.get(containerId, ifname);
+    if (!old) throw new Error(`no allocation for ${attachmentKey(containerId, ifname)}`);
+    if (this.get(next.containerId, next.ifname)) throw new Error(`${attachmentKey(next.containerId, next.ifname)} already holds an address`);
+    const rec: IpamRecord = { ...old, ...next, address: old.address };
+    this.append({ op: 'rekey', containerId, ifname, rec });
+    this.byKey.delete(attachmentKey(containerId, ifname));
+    this.byKey.set(attachmentKey(rec.containerId, rec.ifname), rec);
+    this.byAddress.set(rec.address, rec);
     return rec;
   }
 

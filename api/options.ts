@@ -19,6 +19,7 @@ export interface DaemonOptions {
   dnsUdpSize: number;         // our EDNS0 UDP payload size (largest UDP reply), 512..4096
   httpListen: string;         // "ADDR:PORT" (ADDR may be empty for all addresses)
   dockerSocket: string;       // "" disables Docker
+  dockerPluginSocket: string; // Docker network + IPAM driver socket; "" disables
   adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192
   logLevel: string;
   lb: LbOptions;
@@ -99,6 +100,7 @@ export function defaultOptions(): DaemonOptions {
     dnsUdpSize: 1232,
     httpListen: ':80',
     dockerSocket: '/var/run/docker.sock',
+    dockerPluginSocket: '/run/docker/plugins/corral.sock',
     adminListen: '',
     logLevel: 'info',
     lb: { ...LB_DEFAULTS },

@@ -20,6 +20,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'dns-udp-size', help: 'largest UDP reply, our EDNS0 payload size, 512..4096 (default 1232)' },
   { name: 'http-listen', help: 'ADDR:PORT for the load balancer (default :80)' },
   { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
+  { name: 'docker-plugin-socket', help: 'serve the Docker network and IPAM driver here; the file name is the driver name (`-d corral --ipam-driver corral`); "" disables (default /run/docker/plugins/corral.sock)' },
   { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
   { name: 'log-level', help: 'trace, debug, info, warn, error (default info)' },
   { name: 'lb-balance', help: 'lb: round-robin (smooth weighted, default) or least-request (power of two choices)' },
@@ -92,6 +93,11 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   }
   if (f.has('http-listen')) o.httpListen = f.get('http-listen')!;
   if (f.has('docker-socket')) o.dockerSocket = f.get('docker-socket')!;
+  if (f.has('docker-plugin-socket')) {
+    const v = f.get('docker-plugin-socket')!;
+    if (v && !/^\/.+\.sock$/.test(v)) throw new UsageError(`--docker-plugin-socket "${v}" is not an absolute path ending in .sock, such as /run/docker/plugins/corral.sock`);
+    o.dockerPluginSocket = v;
+  }
   if (f.has('admin-listen')) o.adminListen = f.get('admin-listen')!;
   if (f.has('log-level')) o.logLevel = f.get('log-level')!;
   const lb = o.lb;

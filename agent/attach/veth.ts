@@ -85,7 +85,8 @@ export async function attach(spec: AttachSpec): Promise<Attached> {
       await host.setLink({ index: h.data.index, change: { up: true }, flags: { up: true } });
       await host.newRoute(
         { family: AF_INET, dstLen: 32, table: 254, protocol: 'BOOT', scope: 'LINK', type: 'UNICAST' },
-        { dst: ip4(spec.address), oif: h.data.index },
+        // Source = the gateway: what the host sends a container (DNS replies from a wildcard socket, health checks) comes from an address it has a route to.
+        { dst: ip4(spec.address), oif: h.data.index, prefsrc: ip4(spec.gateway) },
         { flags: FlagsNew.CREATE | FlagsNew.REPLACE },
       );
       const c = await linkByName(inner, spec.ifname);
@@ -174,6 +175,42 @@ export async function ensureGateway(name: string, gateway: string): Promise<void
     await host.newAddress({ family: AF_INET, prefixlen: 32, index: l.data.index }, { local: ip4(gateway), address: ip4(gateway) }, { flags: FlagsNew.CREATE | FlagsNew.EXCL }).catch((err) => {
       if (!isExists(err)) throw err;
     });
+  } finally {
+    host.socket.close();
+  }
+}
+
+/**
+ * A veth pair with both ends here, for a runtime that moves the container end itself (Docker's
+ * Join): the host end up with the /32 route to `address` (source: the gateway), the other end `peerIfname`, down, with
+ * the MTU. The runtime renames it, sets the address and routes inside. Removes what it made on failure.
+ */
+export async function vethPair(spec: { hostIfname: string; peerIfname: string; address: string; gateway: string; mtu: number }): Promise<Attached> {
+  const host = rtnetlinkHere();
+  try {
+    for (const name of [spec.hostIfname, spec.peerIfname]) {
+      const stale = await linkByName(host, name);
+      if (stale) await host.delLink({ index: stale.data.index });
+    }
+    const peer = Buffer.concat([rt.formatLink({}), bytes(ifla.formatLinkAttrs({ ifname: spec.peerIfname, mtu: spec.mtu }))]);
+    const linkinfo = bytes(ifla.formatInfo({ kind: 'veth', data: bytes(ifla.formatVethInfo({ peer })) }));
+    await host.newLink({}, { ifname: spec.hostIfname, mtu: spec.mtu, linkinfo }, { flags: FlagsNew.CREATE | FlagsNew.EXCL });
+    try {
+      const h = (await linkByName(host, spec.hostIfname))!;
+      const c = (await linkByName(host, spec.peerIfname))!;
+      await host.setLink({ index: h.data.index, change: { up: true }, flags: { up: true } });
+      await host.newRoute(
+        { family: AF_INET, dstLen: 32, table: 254, protocol: 'BOOT', scope: 'LINK', type: 'UNICAST' },
+        // Source = the gateway: what the host sends a container (DNS replies from a wildcard socket, health checks) comes from an address it has a route to.
+        { dst: ip4(spec.address), oif: h.data.index, prefsrc: ip4(spec.gateway) },
+        { flags: FlagsNew.CREATE | FlagsNew.REPLACE },
+      );
+      return { hostIfname: spec.hostIfname, hostMac: mac(h.attrs.address), mac: mac(c.attrs.address) };
+    } catch (err) {
+      const h = await linkByName(host, spec.hostIfname).catch(() => undefined);
+      if (h) await host.delLink({ index: h.data.index }).catch(() => undefined);
+      throw err;
+    }
   } finally {
     host.socket.close();
   }

@@ -98,6 +98,7 @@ export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: Daemon
     '--dns-listen', `127.0.0.1:${dnsPort}`,
     '--http-listen', `127.0.0.1:${httpPort}`,
     '--docker-socket', o.dockerSocket ?? '',
+    '--docker-plugin-socket', '', // a test that serves the Docker driver passes its own unique socket
     '--node-name', o.nodeName ?? 'test-node',
     '--dns-upstream', '127.0.0.1:9', // tests never forward outside; a test that forwards passes its own
     '--log-level', 'info',
