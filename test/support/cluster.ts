@@ -4,11 +4,12 @@
 // (wireguard-go's UAPI socket directory is not per-netns). Containers are attached by the real
 // corral-cni. Everything is removed afterwards, also when a test fails.
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import type { CniResult } from '../../api/cni.js';
 import { corralCni } from './cni.js';
 import { startDaemon, type Daemon } from './corral.js';
 import { startEtcd, type EtcdCluster } from './etcd.js';
@@ -27,7 +28,7 @@ export interface TestHost {
   kill(): Promise<void>;
 }
 
-export interface TestContainer { id: string; ns: Netns; address: string; host: TestHost }
+export interface TestContainer { id: string; ns: Netns; address: string; host: TestHost; result: CniResult }
 
 export interface Cluster {
   id: string;
@@ -65,7 +66,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
         throw new Error(`corral-cni ADD on ${host.name} failed (${r.code}): ${r.stdout} ${r.stderr}`);
       }
       const address = String(r.out.ips[0].address).split('/')[0]!;
-      const c = { id: cid, ns, address, host };
+      const c = { id: cid, ns, address, host, result: r.out as CniResult };
       containers.push(c);
       return c;
     },
@@ -94,15 +95,18 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
           return h.agent;
         },
         async kill() {
+          // wireguard-go first, while the agent that started it lives to reap it: killed after
+          // the agent it would be an orphan of PID 1, which in some sandboxes never reaps (zombies).
           const pid = wgPid(h);
-          await h.agent?.stop('SIGKILL');
           if (pid) {
             try {
               process.kill(pid, 'SIGKILL');
             } catch {
               // gone already
             }
+            await until(() => !existsSync(`/proc/${pid}`), 3000, `wireguard-go ${pid} reaped`).catch(() => {});
           }
+          await h.agent?.stop('SIGKILL');
           await ns.exec('ip', ['link', 'del', ifname]).catch(() => {});
           rmSync(`/var/run/wireguard/${ifname}.sock`, { force: true });
         },
