@@ -60,8 +60,11 @@ export class Policy {
       `delete element ${TABLE} ${setOf(m.namespace)} { ${m.address} }`,
     ];
     if (m.masq) lines.push(`delete element ${TABLE} masq { ${m.address} }`);
-    // One by one: an element already gone must not keep the others in place.
-    for (const l of lines) await nft(l).catch(() => undefined);
+    // One transaction in the common case; one by one only when some element is already gone
+    // (nft rejects the whole batch then, and the others must still go).
+    await nft(lines.join('\n')).catch(async () => {
+      for (const l of lines) await nft(l).catch(() => undefined);
+    });
   }
 
   async close(): Promise<void> {

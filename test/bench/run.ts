@@ -7,6 +7,7 @@ import type { BenchSection } from './report.js';
 const benches: Record<string, () => Promise<BenchSection>> = {
   dns: async () => (await import('./dns.js')).benchDns(),
   'docker-to-serving': async () => (await import('./docker-to-serving.js')).benchDockerToServing(),
+  cni: async () => (await import('./cni.js')).benchCni(),
   lb: async () => (await import('./lb.js')).benchLb(),
 };
 
