@@ -57,6 +57,10 @@ class Forward implements Dispatcher.DispatchHandler {
   private drainListening = false;
   /** Counted in peer.state.active (least-request) until this attempt ends. */
   private counted = false;
+  /** Response body bytes still expected (Content-Length), -1 when unknown. */
+  private remaining = -1;
+  /** The last body chunk went out with res.end(). */
+  private ended = false;
   retried = false;
   done = false;
 
@@ -110,6 +114,7 @@ class Forward implements Dispatcher.DispatchHandler {
     this.proxy.outliers?.answered(this.peer.state, statusCode);
     if (this.gone) return false;
     const headers = downstreamHeaders(rawHeaders);
+    this.remaining = lastContentLength;
     if (statusText) this.res.writeHead(statusCode, statusText, headers);
     else this.res.writeHead(statusCode, headers);
     return true;
@@ -118,6 +123,13 @@ class Forward implements Dispatcher.DispatchHandler {
   onData(chunk: Buffer): boolean {
     if (this.gone) return false;
     const res = this.res;
+    if (this.remaining === chunk.length) {
+      // The whole (rest of the) body: headers, body and end in one write.
+      this.ended = true;
+      res.end(chunk);
+      return true;
+    }
+    if (this.remaining > 0) this.remaining -= chunk.length;
     if (res.write(chunk)) return true;
     // `on`, not `once`: once allocates a wrapper per call; the listener stays for the response.
     if (!this.drainListening) {
@@ -130,7 +142,7 @@ class Forward implements Dispatcher.DispatchHandler {
   onComplete(): void {
     this.done = true;
     this.settle();
-    this.res.end();
+    if (!this.ended) this.res.end();
     this.proxy.finish(this.req, this.target, this.peer, this.code, this.start);
   }
 
@@ -203,10 +215,14 @@ function hostPort(ep: Endpoint): string {
   return ep.address.includes(':') ? `[${ep.address}]:${ep.port}` : `${ep.address}:${ep.port}`;
 }
 
+/** Content-Length of the last response passed through downstreamHeaders (-1: none); a module variable, not an allocation. */
+let lastContentLength = -1;
+
 /** Response headers for the client: the upstream's, minus hop-by-hop ones. */
 function downstreamHeaders(raw: Buffer[]): string[] {
   const out: string[] = [];
   let connection: string | undefined;
+  lastContentLength = -1;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1');
     const lower = name.toLowerCase();
@@ -214,7 +230,9 @@ function downstreamHeaders(raw: Buffer[]): string[] {
       if (lower === 'connection') connection = raw[i + 1]!.toString('latin1');
       continue;
     }
-    out.push(name, raw[i + 1]!.toString('latin1'));
+    const value = raw[i + 1]!.toString('latin1');
+    if (lower.length === 14 && lower === 'content-length') lastContentLength = Number(value);
+    out.push(name, value);
   }
   if (connection !== undefined) dropConnectionNamed(out, connection);
   return out;

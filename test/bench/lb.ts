@@ -129,6 +129,12 @@ backend be
 `;
 }
 
+/** A plain node:http server answering itself: what one Node process can serve at all, proxy or not. */
+const NODE_HELLO = `
+import { createServer } from 'node:http';
+createServer((req, res) => res.end('hello from nginx\\n')).listen(Number(process.env.PORT), '127.0.0.1');
+`;
+
 const FASTIFY = `
 import Fastify from 'fastify';
 import proxy from '@fastify/http-proxy';
@@ -144,6 +150,7 @@ export async function benchLb(): Promise<BenchSection> {
   let nginx: ChildProcess | undefined;
   let haproxy: ChildProcess | undefined;
   let fastify: ChildProcess | undefined;
+  let hello: ChildProcess | undefined;
   let agent: Daemon | undefined;
   let lb: Daemon | undefined;
   try {
@@ -160,6 +167,10 @@ export async function benchLb(): Promise<BenchSection> {
     mkdirSync(FASTIFY_DIR, { recursive: true });
     writeFileSync(join(FASTIFY_DIR, 'proxy.mjs'), FASTIFY);
     fastify = await startChild(process.execPath, [join(FASTIFY_DIR, 'proxy.mjs')], fastifyPort, '@fastify/http-proxy', { UPSTREAM: `http://127.0.0.1:${nginxPort}`, PORT: String(fastifyPort) });
+
+    const helloPort = await freePort();
+    writeFileSync(join(FASTIFY_DIR, 'hello.mjs'), NODE_HELLO);
+    hello = await startChild(process.execPath, [join(FASTIFY_DIR, 'hello.mjs')], helloPort, 'node:http hello', { PORT: String(helloPort) });
 
     agent = await startDaemon('agent', { args: ['--log-level', 'warn'] });
     lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--log-level', 'warn'] });
@@ -182,6 +193,9 @@ export async function benchLb(): Promise<BenchSection> {
     h = better(h, await wrk(haproxyPort));
     c = better(c, await wrk(lbPort));
     f = better(f, await wrk(fastifyPort));
+    await wrk(helloPort, 2);
+    const ceiling = await wrk(helloPort);
+    await stopChild(hello);
 
     // 1,000 routes: 999 more services, each with its own host and two path prefixes.
     try {
@@ -209,6 +223,7 @@ export async function benchLb(): Promise<BenchSection> {
       notes: [
         `p50: corral ${c.p50Ms.toFixed(2)} ms, HAProxy ${h.p50Ms.toFixed(2)} ms, fastify ${f.p50Ms.toFixed(2)} ms; with ${routes} routes corral p99 ${many.p99Ms.toFixed(2)} ms`,
         `non-2xx / socket errors: corral ${c.non2xx}/${c.socketErrors}, HAProxy ${h.non2xx}/${h.socketErrors}, fastify ${f.non2xx}/${f.socketErrors}, corral with ${routes} routes ${many.non2xx}/${many.socketErrors}`,
+        `ceiling of one Node process: a node:http server answering by itself (no proxying) did ${ceiling.rps.toFixed(0)} req/s (${ratioHigherBetter(ceiling.rps, h.rps).toFixed(2)}× HAProxy); a Node proxy parses and writes twice per request`,
         'wrk, the proxy under test and nginx share the same cores; a proxy that is not measured is idle',
       ],
     };
@@ -216,6 +231,7 @@ export async function benchLb(): Promise<BenchSection> {
     await lb?.stop();
     await agent?.stop();
     await stopChild(fastify);
+    await stopChild(hello);
     await stopChild(haproxy);
     await stopChild(nginx);
     rmSync(FASTIFY_DIR, { recursive: true, force: true });
