@@ -57,8 +57,10 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
       const bin = join(binDir, 'corral');
       writeFileSync(`${bin}.tmp`, `#!${process.execPath}\n${body}`, { mode: 0o755 });
       renameSync(`${bin}.tmp`, bin);
+      // 1.0.0: the list's version applies to every plugin in it, and the reference portmap most
+      // distributions ship (containernetworking-plugins 1.1) stops at 1.0.0.
       const conflist = {
-        cniVersion: '1.1.0',
+        cniVersion: '1.0.0',
         name: 'corral',
         plugins: [
           { type: 'corral', namespace: p.flags.get('namespace') ?? 'default', ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
