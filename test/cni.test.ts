@@ -1,7 +1,7 @@
 // corral-cni driven exactly as a runtime drives it (CNI_* environment, config on stdin) against
 // a real agent in its own network namespace, with every container in a fresh namespace.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +18,15 @@ async function container(): Promise<Netns> {
   const ns = await Netns.create('corral-c');
   made.push(ns);
   return ns;
+}
+
+async function until<T>(fn: () => Promise<T | undefined>, ms = 5000): Promise<T | undefined> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined || Date.now() > deadline) return v;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 async function ping(from: Netns, to: string): Promise<boolean> {
@@ -132,7 +141,7 @@ describe('corral-cni', () => {
     }
   });
 
-  it('chains with portmap: prevResult passes through and portmap installs the DNAT to the container address', async () => {
+  it('chains with portmap: prevResult passes through, and the host port reaches the container from another container and from the host', async () => {
     const [web, client] = [await container(), await container()];
     // Debian's reference plugins speak up to 1.0.0: the whole list uses it.
     const list = { cniVersion: '1.0.0', name: 'cnet' };
@@ -154,6 +163,11 @@ describe('corral-cni', () => {
       const webIp = first.out.ips[0].address.split('/')[0];
       // portmap installed its DNAT for the host port in the host's namespace.
       expect((await host.exec('iptables-save', ['-t', 'nat'])).stdout).toMatch(new RegExp(`--dport 18080 .*-j DNAT --to-destination ${webIp.replace(/\./g, '\\.')}:8080`));
+      // Traffic through the host port: from another container (PREROUTING) and from the host itself (OUTPUT), to the host's gateway address.
+      const viaPort = (ns: Netns) => ns.exec('busybox', ['timeout', '5', 'wget', '-q', '-O', '-', 'http://10.42.0.1:18080/']).then((r) => r.stdout, (e: Error) => e.message);
+      await until(async () => (await ping(web, '10.42.0.1')) || undefined);
+      expect(await viaPort(client)).toBe('hello from corral\n');
+      expect(await viaPort(host)).toBe('hello from corral\n');
     } finally {
       webd.kill('SIGKILL');
       rmSync(www, { recursive: true, force: true });
@@ -161,6 +175,41 @@ describe('corral-cni', () => {
     await host.exec('env', [...Object.entries({ ...pmEnv, CNI_COMMAND: 'DEL' }).map(([k, v]) => `${k}=${v}`), `CNI_PATH=${REFERENCE_PLUGINS}`, `${REFERENCE_PLUGINS}/portmap`], { input: JSON.stringify(pmConf) });
     expect((await corralCni('DEL', { containerId: 'pm-web', netns: web.path, ifname: 'eth0' }, conf)).code).toBe(0);
     expect((await corralCni('DEL', { containerId: 'pm-client', netns: client.path, ifname: 'eth0' }, conf)).code).toBe(0);
+  });
+
+  it('ipMasq: traffic to an address outside the cluster CIDR leaves with the host\'s address; without ipMasq it keeps its own; DEL removes the rule', async () => {
+    // An "outside" network: a test netns on a veth from the host with 10.200.0.0/24, and a CGI that echoes the client address.
+    const out = await container();
+    const [hv, ov] = [`co${out.name.slice(-8)}`, 'eth0'];
+    await host.exec('ip', ['link', 'add', hv, 'type', 'veth', 'peer', 'name', ov, 'netns', out.name]);
+    await host.exec('ip', ['addr', 'add', '10.200.0.1/24', 'dev', hv]);
+    await host.exec('ip', ['link', 'set', hv, 'up']);
+    await out.exec('ip', ['addr', 'add', '10.200.0.2/24', 'dev', ov]);
+    await out.exec('ip', ['link', 'set', ov, 'up']);
+    await out.exec('ip', ['route', 'add', '10.42.0.0/16', 'via', '10.200.0.1']);
+    const www = mkdtempSync(join(tmpdir(), 'corral-www-'));
+    mkdirSync(join(www, 'cgi-bin'));
+    writeFileSync(join(www, 'cgi-bin', 'who'), '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "$REMOTE_ADDR"\n', { mode: 0o755 });
+    const outd = spawn('ip', ['netns', 'exec', out.name, 'busybox', 'httpd', '-f', '-p', '8081', '-h', www], { stdio: 'ignore' });
+    const [m, n] = [await container(), await container()];
+    try {
+      const rm = await corralCni('ADD', { containerId: 'masq-on', netns: m.path, ifname: 'eth0' }, conf);
+      const rn = await corralCni('ADD', { containerId: 'masq-off', netns: n.path, ifname: 'eth0' }, { ...conf, ipMasq: false });
+      expect([rm.code, rn.code]).toEqual([0, 0]);
+      const who = (ns: Netns) => ns.exec('busybox', ['timeout', '5', 'wget', '-q', '-O', '-', 'http://10.200.0.2:8081/cgi-bin/who']).then((r) => r.stdout.trim().replace(/^\[::ffff:(.*)\]$/, '$1'), (e: Error) => e.message);
+      await until(async () => ((await who(m)) === '10.200.0.1' ? true : undefined));
+      expect(await who(m)).toBe('10.200.0.1');
+      expect(await who(n)).toBe(rn.out.ips[0].address.split('/')[0]);
+      const masqAddr = rm.out.ips[0].address.split('/')[0];
+      expect((await host.exec('nft', ['list', 'set', 'ip', 'corral', 'masq'])).stdout).toContain(masqAddr);
+      expect((await corralCni('DEL', { containerId: 'masq-on', netns: m.path, ifname: 'eth0' }, conf)).code).toBe(0);
+      expect((await host.exec('nft', ['list', 'set', 'ip', 'corral', 'masq'])).stdout).not.toContain(masqAddr);
+      expect((await corralCni('DEL', { containerId: 'masq-off', netns: n.path, ifname: 'eth0' }, conf)).code).toBe(0);
+    } finally {
+      outd.kill('SIGKILL');
+      rmSync(www, { recursive: true, force: true });
+      await host.exec('ip', ['link', 'del', hv]).catch(() => undefined);
+    }
   });
 
   it('GC frees every attachment of the network not in cni.dev/valid-attachments', async () => {
