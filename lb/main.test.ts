@@ -2,10 +2,14 @@
 // agent` over its socket, driven by the `corral` CLI (register, switch, weight, rollback,
 // deregister, status), with real HTTP backends and `wrk` as the client.
 import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { startDaemon, type Daemon } from '../test/support/corral.js';
+import { freePort, startDaemon, type Daemon } from '../test/support/corral.js';
 import { Backend, startBackends } from './testbed.js';
 
 const run = promisify(execFile);
@@ -168,5 +172,37 @@ describe('corral lb with the real agent', () => {
     expect(backends[0]!.requests + backends[1]!.requests).toBeGreaterThan(blueBefore);
     const services = JSON.parse(await cli(['services', '--json'])) as { services: Array<{ name: string; active: Record<string, number> }> };
     expect(services.services.find((s) => s.name === svc)?.active).toEqual({ green: 100 });
+  });
+
+  it('takes its knobs from flags and CORRAL_* variables: balance, header limit, HTTPS from a certificate directory', async () => {
+    backends = await startBackends(['h']);
+    const [h] = backends as [Backend];
+    await register(h);
+    const dir = mkdtempSync(join(tmpdir(), 'corral-lb-certs-'));
+    const httpsPort = await freePort();
+    let tuned: Daemon | undefined;
+    try {
+      await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', `/CN=${svc}.test`,
+        '-keyout', join(dir, `${svc}.test.key`), '-out', join(dir, `${svc}.test.crt`)]);
+      tuned = await startDaemon('lb', {
+        args: ['--agent-socket', agent.socket, '--lb-balance', 'least-request', '--tls-cert-dir', dir, '--https-listen', `127.0.0.1:${httpsPort}`],
+        env: { CORRAL_LB_MAX_HEADER_SIZE: '2k' },
+      });
+      const status = JSON.parse(await (await request(`http://127.0.0.1:${tuned.adminPort}/`, { dispatcher: client })).body.text()) as Record<string, unknown>;
+      expect(status).toMatchObject({ balance: 'least-request', httpsPort, certificates: [`${svc}.test`] });
+      const answer = await new Promise<string>((resolve) => {
+        const s = connect(tuned!.httpPort, '127.0.0.1');
+        let text = '';
+        s.on('data', (d: Buffer) => (text += d));
+        s.on('close', () => resolve(text));
+        s.write(`GET / HTTP/1.1\r\nHost: ${svc}.test\r\nX-Big: ${'a'.repeat(3000)}\r\n\r\n`);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+      const { stdout } = await run('curl', ['-sS', '--noproxy', '*', '--cacert', join(dir, `${svc}.test.crt`), '--resolve', `${svc}.test:${httpsPort}:127.0.0.1`, `https://${svc}.test:${httpsPort}/headers`]);
+      expect((JSON.parse(stdout) as { headers: Record<string, string> }).headers['x-forwarded-proto']).toBe('https');
+    } finally {
+      await tuned?.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
