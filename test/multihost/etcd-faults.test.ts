@@ -1,9 +1,14 @@
 // Two hosts over a three-member etcd: losing one member changes nothing users see; losing all
 // of etcd leaves every agent serving the last state (overlay, endpoints) and saying it is stale.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pings, startCluster, until, wgPeers, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, startCluster, until, wgPeers, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
 
-const json = (s: string) => JSON.parse(s);
+/** `corral <args> --json` on a host; a failed command fails with its exit code, stderr and the agent's log, not a JSON error. */
+async function cliJson(h: TestHost, args: string[]) {
+  const r = await h.agent!.cli([...args, '--json']);
+  if (r.code !== 0 || !r.stdout.trim()) throw new Error(`corral ${args.join(' ')} on ${h.name} exited ${r.code} with stdout ${JSON.stringify(r.stdout)} stderr ${JSON.stringify(r.stderr)}\n${h.agent!.logs().slice(-3000)}`);
+  return JSON.parse(r.stdout);
+}
 
 describe('the mesh when etcd members fail', () => {
   let c: Cluster;
@@ -22,26 +27,24 @@ describe('the mesh when etcd members fail', () => {
     // writes still go through, and the other host sees them
     const r = await c.hosts[0]!.agent!.cli(['register', 'api', `${ctr[0]!.address}:8080`, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    await until(async () => json((await c.hosts[1]!.agent!.cli(['endpoints', 'api', '--json'])).stdout).endpoints.length === 1, 15_000, 'endpoint seen on h2');
+    await until(async () => (await cliJson(c.hosts[1]!, ['endpoints', 'api'])).endpoints.length === 1, 15_000, 'endpoint seen on h2');
     // both hosts keep each other (the lease is kept alive through the remaining members)
     await new Promise((r) => setTimeout(r, 6000));
     for (const h of c.hosts) {
       expect(await wgPeers(h)).toBe(1);
-      const hosts = await h.agent!.cli(['hosts', '--json']);
-      expect(hosts.code, `${hosts.stderr}\n${h.agent!.logs().slice(-3000)}`).toBe(0);
-      expect(json(hosts.stdout).hosts).toHaveLength(2);
-      expect(json((await h.agent!.cli(['status', '--json'])).stdout).registryConnected).toBe(true);
+      expect((await cliJson(h, ['hosts'])).hosts).toHaveLength(2);
+      expect((await cliJson(h, ['status'])).registryConnected).toBe(true);
     }
     expect(await pings(ctr[0]!, ctr[1]!.address)).toBe(true);
   });
 
   it('keeps serving the last state when all of etcd is gone, and says it is stale', async () => {
     for (const m of c.etcd.members) await m.stop('SIGKILL');
-    await until(async () => !json((await c.hosts[1]!.agent!.cli(['status', '--json'])).stdout).registryConnected, 20_000, 'h2 notices');
+    await until(async () => !(await cliJson(c.hosts[1]!, ['status'])).registryConnected, 20_000, 'h2 notices');
     const text = (await c.hosts[1]!.agent!.cli(['status'])).stdout;
     expect(text).toMatch(/STALE: registry unreachable since/);
     // the last state is still served: endpoints, hosts, peers, and the data path
-    expect(json((await c.hosts[1]!.agent!.cli(['endpoints', 'api', '--json'])).stdout).endpoints).toHaveLength(1);
+    expect((await cliJson(c.hosts[1]!, ['endpoints', 'api'])).endpoints).toHaveLength(1);
     expect(await wgPeers(c.hosts[1]!)).toBe(1);
     expect(await pings(ctr[1]!, ctr[0]!.address)).toBe(true);
   });
