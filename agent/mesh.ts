@@ -7,7 +7,9 @@ import type { Logger } from '../api/log.js';
 import type { DaemonOptions } from '../api/options.js';
 import type { Host, PeerStatus, RotateKeysReply, WatchEvent } from '../api/types.js';
 import { VERSION } from '../api/version.js';
+import { ensureGateway } from './attach/veth.js';
 import { leaseBlock } from './blocks.js';
+import { GATEWAY_LINK } from './cni.js';
 import { type Catalog, keys } from './catalog.js';
 import { wireGuardFor } from './overlay/index.js';
 import { KeyStore, type KeyPair } from './overlay/keys.js';
@@ -72,6 +74,8 @@ export class Mesh {
     this.next = this.keys.next();
     this.device = await wireGuardFor(m.overlay === 'kernel' || m.overlay === 'wireguard-go' ? m.overlay : 'auto', m.wgInterface, this.opts.runDir);
     await this.device.up({ ifname: m.wgInterface, privateKey: this.key.privateKey, listenPort: m.wgPort });
+    // The gateway's one owner is the attach code (its bridge corral-gw), which CNI and Docker attachments share.
+    await ensureGateway(GATEWAY_LINK, this.gateway);
     await routeOverlay({ ifname: m.wgInterface, mtu: this.mtu, gateway: this.gateway, clusterCidr: this.opts.clusterCidr });
     // Peers left on a kept interface by the previous agent are adopted by public key.
     const existing = await this.device.peers();

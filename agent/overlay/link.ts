@@ -1,5 +1,5 @@
 // The overlay interface's place in the host's routing, through rtnetlink (no `ip` processes):
-// MTU and up, the host's block gateway as a /32 on the interface, the cluster CIDR routed to it,
+// MTU and up, the cluster CIDR routed to it from the host's block gateway,
 // and the underlay's MTU for deriving the overlay's.
 import { writeFileSync } from 'node:fs';
 import { createRtNetlink, FlagsNew, type RtNetlinkSocket, type rt } from 'netlink';
@@ -38,15 +38,13 @@ export function linkExists(name: string): Promise<boolean> {
   return withSocket(async (s) => (await linkByName(s, name)) !== undefined);
 }
 
-/** Sets MTU, brings the link up, adds gateway/32 and routes clusterCidr to it (idempotent). */
+/** Sets MTU, brings the link up and routes clusterCidr to it with the gateway as source (idempotent); the gateway must exist. */
 export async function routeOverlay(o: { ifname: string; mtu: number; gateway: string; clusterCidr: string }): Promise<void> {
   await withSocket(async (s) => {
     const l = await linkByName(s, o.ifname);
     if (!l) throw new OverlayError(`interface ${o.ifname} is missing`);
     await s.setLink({ index: l.data.index, change: { up: true }, flags: { up: true } }, { mtu: o.mtu });
-    await s.newAddress({ family: AF_INET, prefixlen: 32, index: l.data.index }, { local: ip4(o.gateway), address: ip4(o.gateway) }, { flags: FlagsNew.CREATE | FlagsNew.EXCL }).catch((err) => {
-      if (errnoOf(err) !== 'EEXIST') throw err;
-    });
+    // The gateway address itself lives on the attach code's bridge (ensureGateway, one owner); here it is only the source.
     const [net, len] = o.clusterCidr.split('/');
     await s.newRoute(
       { family: AF_INET, dstLen: Number(len), table: 254, protocol: 'BOOT', scope: 'LINK', type: 'UNICAST' },
