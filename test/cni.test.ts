@@ -99,6 +99,9 @@ describe('corral-cni', () => {
     expect(ls.allocations).toContainEqual(expect.objectContaining({ address: addr, containerId: 'ctr-add', ifname: 'eth0', namespace: 'prod', name: 'web-0', node: 'test-node' }));
 
     expect((await corralCni('CHECK', vars, { ...conf, prevResult: add.out })).code).toBe(0);
+    const mtu = await corralCni('CHECK', vars, { ...conf, mtu: 1400, prevResult: add.out });
+    expect(mtu.out).toMatchObject({ code: 101 });
+    expect(mtu.out.msg).toMatch(/MTU 1420, the config says 1400/);
     const dup = await corralCni('ADD', vars, conf);
     expect(dup.out.code).toBe(102);
 

@@ -130,7 +130,7 @@ export async function detach(hostIfname: string): Promise<void> {
   }
 }
 
-/** What CHECK verifies: the interface, its address, the default route, and the host end. Returns problems. */
+/** What CHECK verifies: the interface, its MTU, its address, the default route, and the host end. Returns problems. */
 export async function inspect(spec: AttachSpec): Promise<string[]> {
   const problems: string[] = [];
   const host = rtnetlinkHere();
@@ -147,6 +147,7 @@ export async function inspect(spec: AttachSpec): Promise<string[]> {
     const c = await linkByName(inner, spec.ifname);
     if (!c) return [...problems, `interface ${spec.ifname} is missing in ${spec.netns}`];
     if (!c.data.flags?.up) problems.push(`interface ${spec.ifname} is down`);
+    if (c.attrs.mtu !== spec.mtu) problems.push(`interface ${spec.ifname} has MTU ${c.attrs.mtu}, the config says ${spec.mtu}`);
     const addrs = await inner.getAddresses({ family: AF_INET });
     const want = ip4(spec.address);
     if (!addrs.some((a) => a.data.index === c.data.index && a.attrs.local?.equals(want))) problems.push(`interface ${spec.ifname} lacks address ${spec.address}`);
