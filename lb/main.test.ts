@@ -1,7 +1,7 @@
 // `corral lb` as it runs in production: the real bundled executable, watching a real `corral
 // agent` over its socket, driven by the `corral` CLI (register, switch, weight, rollback,
 // deregister, status), with real HTTP backends and `wrk` as the client.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -203,6 +203,30 @@ describe('corral lb with the real agent', () => {
     } finally {
       await tuned?.stop();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('wrk while a backend process is killed: zero non-2xx responses and zero socket errors (retries, then ejection)', async () => {
+    const procs = await Promise.all(['k1', 'k2', 'k3'].map(async (name) => {
+      const src = `require('http').createServer((q, s) => s.end('${name}\\n')).listen(0, '127.0.0.1', function () { console.log(this.address().port); });`;
+      const child = spawn(process.execPath, ['-e', src], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+      return { child, port };
+    }));
+    try {
+      for (const p of procs) await cli(['register', svc, `127.0.0.1:${p.port}`, '--http-host', `${svc}.test`]);
+      await until('all three serve', () => tally(6), (t) => Object.keys(t).length === 3);
+      const wrk = run('wrk', ['-t2', '-c16', '-d5s', '-H', `Host: ${svc}.test`, `http://127.0.0.1:${lb.httpPort}/`], { timeout: 30_000 });
+      await new Promise((r) => setTimeout(r, 1_500));
+      procs[0]!.child.kill('SIGKILL');
+      const { stdout } = await wrk;
+      expect(Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0)).toBeGreaterThan(1_000);
+      expect(stdout).not.toMatch(/Non-2xx or 3xx responses/);
+      expect(stdout).not.toMatch(/Socket errors/);
+      const metrics = await (await request(`http://127.0.0.1:${lb.adminPort}/metrics`, { dispatcher: client })).body.text();
+      expect(metrics).toMatch(new RegExp(`corral_lb_ejections_total\\{namespace="default",service="${svc}",endpoint="127\\.0\\.0\\.1:${procs[0]!.port}",reason="connect"\\} 1`));
+    } finally {
+      for (const p of procs) p.child.kill('SIGKILL');
     }
   });
 });
