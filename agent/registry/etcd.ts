@@ -89,9 +89,22 @@ export class EtcdRegistry implements Registry {
       await this.client.kv.range({ key: Buffer.from('/corral/'), limit: 1, keys_only: true });
     } catch (err) {
       this.client.close();
-      throw new RegistryError(`cannot reach etcd at ${this.opts.endpoints.join(',')}: ${(err as Error).message}; check that etcd runs and --registry names it`);
+      const msg = (err as Error).message.replace(/\s*\n\s*/g, ' ');
+      throw new RegistryError(`cannot reach etcd at ${this.opts.endpoints.join(',')}: ${msg}; ${this.tlsHint(msg) ?? 'check that etcd runs and --registry names it'}`);
     }
     this.ok();
+  }
+
+  /** What to fix when the first call failed in the TLS handshake, if it did. */
+  private tlsHint(msg: string): string | undefined {
+    if (!this.opts.tls) return undefined;
+    if (/certificate.required|bad.certificate|unknown.ca|handshake.failure|alert/i.test(msg)) {
+      return 'etcd refused this client: give --etcd-cert and --etcd-key, a client certificate signed by a CA etcd trusts (its --trusted-ca-file)';
+    }
+    if (/verify|self.signed|issuer|certificate|altnames|SSL|TLS/i.test(msg)) {
+      return "etcd's certificate is not signed by the CA in --etcd-ca, or not issued for this address: check --etcd-ca and the certificate's subjectAltName";
+    }
+    return undefined;
   }
 
   async close(): Promise<void> {

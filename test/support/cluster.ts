@@ -14,6 +14,7 @@ import { corralCni } from './cni.js';
 import { startDaemon, type Daemon } from './corral.js';
 import { startEtcd, type EtcdCluster } from './etcd.js';
 import { Netns, run } from './netns.js';
+import { makePki, type TestPki } from './tls.js';
 
 export interface TestHost {
   name: string;
@@ -34,6 +35,8 @@ export interface Cluster {
   id: string;
   underlay: Netns;
   etcd: EtcdCluster;
+  /** With etcdTls: the CA, etcd's and the agents' certificates the cluster runs with. */
+  pki: TestPki | undefined;
   hosts: TestHost[];
   containers: TestContainer[];
   /** Attaches a new container netns on host through corral-cni ADD. */
@@ -44,7 +47,7 @@ export interface Cluster {
 
 let subnetSeq = 0;
 
-export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[] }): Promise<Cluster> {
+export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean }): Promise<Cluster> {
   const id = randomBytes(2).toString('hex');
   // One /24 per cluster in 10.99.0.0/16, so clusters of consecutive test files never overlap.
   const net = `10.99.${(process.pid + subnetSeq++) % 250}`;
@@ -52,8 +55,13 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
   const hosts: TestHost[] = [];
   const containers: TestContainer[] = [];
   let etcd: EtcdCluster | undefined;
+  let pki: TestPki | undefined;
+  const tlsArgs = () => (pki ? ['--etcd-ca', pki.ca, '--etcd-cert', pki.clientCert, '--etcd-key', pki.clientKey] : []);
   const cluster: Cluster = {
     id, underlay, hosts, containers,
+    get pki() {
+      return pki;
+    },
     get etcd() {
       return etcd!;
     },
@@ -90,7 +98,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
         async start(extra = []) {
           h.agent = await startDaemon('agent', {
             netns: ns.name, stateDir, nodeName: name,
-            args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...(o.agentArgs ?? []), ...extra],
+            args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...tlsArgs(), ...(o.agentArgs ?? []), ...extra],
           });
           return h.agent;
         },
@@ -125,6 +133,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
         rmSync(h.stateDir, { recursive: true, force: true });
       }
       await etcd?.stop();
+      pki?.remove();
       await underlay.delete();
     },
   };
@@ -133,7 +142,9 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
     await underlay.exec('ip', ['link', 'set', 'br0', 'up']);
     const members = o.etcdMembers ?? 1;
     for (let m = 0; m < members; m++) await underlay.exec('ip', ['addr', 'add', `${net}.${2 + m}/24`, 'dev', 'br0']);
-    etcd = await startEtcd({ hosts: Array.from({ length: members }, (_, m) => ({ address: `${net}.${2 + m}`, netns: underlay.name })) });
+    const etcdHosts = Array.from({ length: members }, (_, m) => ({ address: `${net}.${2 + m}`, netns: underlay.name }));
+    if (o.etcdTls) pki = await makePki(etcdHosts.map((h) => h.address));
+    etcd = await startEtcd({ hosts: etcdHosts, tls: pki && { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
     for (let i = 0; i < o.hosts; i++) await cluster.addHost();
     for (const h of hosts) await h.start();
   } catch (err) {

@@ -23,15 +23,18 @@ export interface EtcdCluster {
   stop(): Promise<void>;
 }
 
-interface MemberPlan { name: string; host: string; clientPort: number; peerPort: number; netns?: string }
+interface MemberPlan { name: string; host: string; clientPort: number; peerPort: number; netns?: string; tls?: EtcdTestTls }
+
+/** Client TLS for etcd: its certificate, and the client certificate it demands (--client-cert-auth). */
+export interface EtcdTestTls { ca: string; cert: string; key: string; clientCert: string; clientKey: string }
 
 /** Starts `size` members (on 127.0.0.1, or on the given host addresses, each optionally in a netns). */
-export async function startEtcd(o: { size?: number; hosts?: Array<{ address: string; netns?: string }> } = {}): Promise<EtcdCluster> {
+export async function startEtcd(o: { size?: number; hosts?: Array<{ address: string; netns?: string }>; tls?: EtcdTestTls } = {}): Promise<EtcdCluster> {
   const size = o.hosts?.length ?? o.size ?? 1;
   const plans: MemberPlan[] = [];
   for (let i = 0; i < size; i++) {
     const h = o.hosts?.[i];
-    plans.push({ name: `m${i}`, host: h?.address ?? '127.0.0.1', clientPort: h ? 2379 : await freePort(), peerPort: h ? 2380 : await freePort(), netns: h?.netns });
+    plans.push({ name: `m${i}`, host: h?.address ?? '127.0.0.1', clientPort: h ? 2379 : await freePort(), peerPort: h ? 2380 : await freePort(), netns: h?.netns, tls: o.tls });
   }
   const dir = mkdtempSync(join(tmpdir(), 'corral-etcd-'));
   const initial = plans.map((p) => `${p.name}=http://${p.host}:${p.peerPort}`).join(',');
@@ -58,7 +61,7 @@ function member(p: MemberPlan, dataDir: string, initial: string): EtcdMember {
   let log = '';
   const m: EtcdMember = {
     name: p.name,
-    clientUrl: `http://${p.host}:${p.clientPort}`,
+    clientUrl: `${p.tls ? 'https' : 'http'}://${p.host}:${p.clientPort}`,
     child: undefined,
     logs: () => log,
     async start() {
@@ -69,6 +72,7 @@ function member(p: MemberPlan, dataDir: string, initial: string): EtcdMember {
         '--initial-cluster', initial, '--initial-cluster-state', 'new', '--initial-cluster-token', 'corral-test',
         '--heartbeat-interval', '50', '--election-timeout', '500', '--log-level', 'warn', '--logger', 'zap',
         '--snapshot-count', '100000', '--quota-backend-bytes', String(256 * 1024 * 1024),
+        ...(p.tls ? ['--cert-file', p.tls.cert, '--key-file', p.tls.key, '--trusted-ca-file', p.tls.ca, '--client-cert-auth'] : []),
       ];
       const child = p.netns ? spawn('nsenter', [`--net=/run/netns/${p.netns}`, 'etcd', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn('etcd', args, { stdio: ['ignore', 'pipe', 'pipe'] });
       m.child = child;
@@ -77,7 +81,7 @@ function member(p: MemberPlan, dataDir: string, initial: string): EtcdMember {
       const deadline = Date.now() + 20_000;
       for (;;) {
         if (child.exitCode !== null) throw new Error(`etcd ${p.name} exited with ${child.exitCode}:\n${log}`);
-        if (await healthy(m.clientUrl, p.netns)) return;
+        if (await healthy(m.clientUrl, p.netns, p.tls)) return;
         if (Date.now() > deadline) throw new Error(`etcd ${p.name} not healthy within 20 s:\n${log}`);
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -95,9 +99,9 @@ function member(p: MemberPlan, dataDir: string, initial: string): EtcdMember {
   return m;
 }
 
-async function healthy(url: string, netns?: string): Promise<boolean> {
+async function healthy(url: string, netns?: string, tls?: EtcdTestTls): Promise<boolean> {
   // Members of a new cluster answer /health only once a leader exists: start them together.
-  const args = ['-sf', '-m', '1', `${url}/health`];
+  const args = ['-sf', '-m', '1', ...(tls ? ['--cacert', tls.ca, '--cert', tls.clientCert, '--key', tls.clientKey] : []), `${url}/health`];
   const r = await new Promise<string>((res) => {
     const c = netns ? spawn('ip', ['netns', 'exec', netns, 'curl', ...args]) : spawn('curl', args);
     let out = '';
