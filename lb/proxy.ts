@@ -460,7 +460,9 @@ export class Proxy {
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408
       : err.code === 'ECONNRESET' || err.code === 'EPIPE' ? 0
       : 400;
-    if (code === 0) {
+    // A response already on its way on this connection (pipelining): no room for another; just close.
+    const current = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (code === 0 || (current && current.headersSent)) {
       socket.destroy();
       return;
     }
