@@ -17,6 +17,7 @@ export interface DaemonOptions {
   dnsRateLimit: number;       // queries/s per client address (loopback exempt); 0 = no limit
   dnsAllow: string[];         // CIDRs besides loopback, host, cluster CIDR and allocations that may recurse
   dnsUdpSize: number;         // our EDNS0 UDP payload size (largest UDP reply), 512..4096
+  dnsThreads: number;         // threads reading the UDP sockets in the one dns process; 0 = min(4, CPUs)
   httpListen: string;         // "ADDR:PORT" (ADDR may be empty for all addresses)
   dockerSocket: string;       // "" disables Docker
   dockerPluginSocket: string; // Docker network + IPAM driver socket; "" disables
@@ -98,6 +99,7 @@ export function defaultOptions(): DaemonOptions {
     dnsRateLimit: 2000,
     dnsAllow: [],
     dnsUdpSize: 1232,
+    dnsThreads: 0,
     httpListen: ':80',
     dockerSocket: '/var/run/docker.sock',
     dockerPluginSocket: '/run/docker/plugins/corral.sock',

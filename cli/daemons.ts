@@ -18,6 +18,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'dns-rate-limit', help: 'queries per second per client address, loopback exempt; 0 = none (default 2000)' },
   { name: 'dns-allow', help: 'CIDR[,...] that may resolve names outside the Corral domain, besides loopback, this host, the cluster CIDR (default none)' },
   { name: 'dns-udp-size', help: 'largest UDP reply, our EDNS0 payload size, 512..4096 (default 1232)' },
+  { name: 'dns-threads', help: 'threads answering UDP inside the one dns process, 1..16; 0 = min(4, CPUs) (default 0)' },
   { name: 'http-listen', help: 'ADDR:PORT for the load balancer (default :80)' },
   { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
   { name: 'docker-plugin-socket', help: 'serve the Docker network and IPAM driver here; the file name is the driver name (`-d corral --ipam-driver corral`); "" disables (default /run/docker/plugins/corral.sock)' },
@@ -90,6 +91,11 @@ export function daemonOptions(p: Parsed): DaemonOptions {
     const n = Number(f.get('dns-udp-size'));
     if (!Number.isInteger(n) || n < 512 || n > 4096) throw new UsageError(`--dns-udp-size "${f.get('dns-udp-size')}" is not a whole number of bytes from 512 to 4096`);
     o.dnsUdpSize = n;
+  }
+  if (f.has('dns-threads')) {
+    const n = Number(f.get('dns-threads'));
+    if (!Number.isInteger(n) || n < 0 || n > 16) throw new UsageError(`--dns-threads "${f.get('dns-threads')}" is not a whole number from 0 (automatic) to 16`);
+    o.dnsThreads = n;
   }
   if (f.has('http-listen')) o.httpListen = f.get('http-listen')!;
   if (f.has('docker-socket')) o.dockerSocket = f.get('docker-socket')!;
