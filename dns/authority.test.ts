@@ -34,7 +34,7 @@ beforeAll(async () => {
   const opts = {
     ...defaultOptions(),
     dnsListen: [`127.0.0.1:${port}`],
-    adminListen: '127.0.0.1:0',
+    adminListen: '127.0.0.1:0', dnsThreads: 1,
     agentSocket: '/nonexistent/corral-test-agent.sock', // zone fed directly below
     dnsUpstream: [`127.0.0.1:${deadUpstream}`],
   };

@@ -43,7 +43,7 @@ beforeAll(async () => {
   dns = await startDaemon('dns', {
     netns: host.name,
     nodeName: 'test-node',
-    args: ['--agent-socket', agent.socket, '--dns-listen', 'gateway:53', '--dns-rate-limit', '20', '--dns-allow', '198.18.0.21/32'],
+    args: ['--agent-socket', agent.socket, '--dns-listen', 'gateway:53', '--dns-rate-limit', '20', '--dns-allow', '198.18.0.21/32', '--dns-threads', '2'],
   });
   await agent.cli(['register', 'web', `${prefix}.50:8080`]);
 }, 120_000);

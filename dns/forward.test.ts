@@ -19,7 +19,7 @@ async function start(upstreams: string[]): Promise<{ dns: RunningDns; port: numb
   const opts: DaemonOptions = {
     ...defaultOptions(),
     dnsListen: [`127.0.0.1:${port}`],
-    adminListen: '127.0.0.1:0',
+    adminListen: '127.0.0.1:0', dnsThreads: 1,
     agentSocket: '/nonexistent/corral-test-agent.sock',
     dnsUpstream: upstreams,
   };
@@ -116,7 +116,7 @@ describe('forwarding with a live upstream', () => {
   it('never forwards to itself', async () => {
     const port = await freePort();
     const dns = await runDns(
-      { ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', agentSocket: '/nonexistent/x.sock', dnsUpstream: [`127.0.0.1:${port}`] },
+      { ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', dnsThreads: 1, agentSocket: '/nonexistent/x.sock', dnsUpstream: [`127.0.0.1:${port}`] },
       makeLogger('dns', 'silent'),
       { forwarder: { timeoutMs: 300, rounds: 1 } },
     );

@@ -82,7 +82,7 @@ beforeAll(async () => {
   port = await freePort();
   dns = await runDns(
     {
-      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0',
+      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', dnsThreads: 1,
       agentSocket: '/nonexistent/corral-test-agent.sock', dnsUpstream: [`127.0.0.1:${await freePort()}`],
     },
     makeLogger('dns', 'silent'),

@@ -1,5 +1,6 @@
 // Real DNS tools for the tests and the benchmark: dig/kdig as clients, unbound as an upstream
-// or a reference server. 127.0.0.1 only.
+// or a reference server. 127.0.0.1 only. Servers started in-process (runDns) use dnsThreads: 1:
+// worker threads load the bundled module, so they are tested through dist/corral.mjs.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';

@@ -1,6 +1,7 @@
 // `corral dns`: the agent's watch stream feeds the zone, the listeners answer from it (and
 // forward the rest), the admin endpoint reports readiness and metrics.
 import type { Server as HttpServer } from 'node:http';
+import { availableParallelism } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { startAdmin } from '../api/admin.js';
@@ -14,6 +15,7 @@ import { Forwarder, parseUpstream, resolvConfUpstreams, type ForwarderOptions, t
 import { GatewayListeners } from './gateways.js';
 import { RateLimiter } from './ratelimit.js';
 import { DnsServer, type BoundListener } from './server.js';
+import { UdpWorkers } from './workers.js';
 import { RCODE, TYPE_NAMES } from './wire.js';
 import { Zone } from './zone.js';
 
@@ -47,7 +49,15 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   const forwarder = new Forwarder(upstreams, { ...tuning.forwarder, onUpstream: (s) => upstreamSeconds.observe(s) });
   const acl = new RecursionAcl({ clusterCidr: opts.clusterCidr, allow: opts.dnsAllow, isAllocated: (a) => zone.namespaceOf(a) !== undefined });
   zone.onChange(() => acl.reset());
-  const limiter = new RateLimiter(opts.dnsRateLimit);
+  // UDP threads: this one plus workers reading the same sockets (workers.ts). Each thread
+  // allows its share of the per-client limit, since a client's datagrams spread over them.
+  const threads = opts.dnsThreads > 0 ? opts.dnsThreads : Math.min(4, availableParallelism());
+  const limiter = new RateLimiter(opts.dnsRateLimit / threads, Math.max(1, opts.dnsRateLimit / threads));
+  let workers: UdpWorkers | null = null;
+  if (threads > 1) {
+    const { onUpstream: _, ...forwarderTuning } = tuning.forwarder ?? {};
+    workers = await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads }, log);
+  }
   // "gateway:PORT" entries follow this node's block (gateways.ts); the rest are fixed addresses.
   const listen = opts.dnsListen.map((l) => ({ text: l, ...parseHostPort(l, '--dns-listen') }));
   const server = new DnsServer(zone, answers, forwarder, {
@@ -55,20 +65,45 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     udpPayload: opts.dnsUdpSize,
     acl,
     limiter,
+    share: workers,
     log,
   });
   const gateways = new GatewayListeners(opts.nodeName, listen.filter((l) => l.host === 'gateway').map((l) => l.port), server, log);
+
+  // Counters live as plain numbers in each thread; a scrape sums them.
+  const totals = async () => {
+    const all = [{
+      counts: [...server.counts.entries()], cacheHits: answers.hits + forwarder.hits, limited: limiter.limited, refused: server.refused, upstreamSeconds: [] as number[],
+    }, ...(workers ? await workers.stats() : [])];
+    for (const w of all) for (const s of w.upstreamSeconds) upstreamSeconds.observe(s);
+    const counts = new Map<string, number>();
+    for (const w of all) {
+      for (const { qtype, rcode, count } of w.counts) {
+        const k = `${TYPE_NAMES[qtype] ?? String(qtype)}\0${RCODE_NAMES[rcode] ?? String(rcode)}`;
+        counts.set(k, (counts.get(k) ?? 0) + count);
+      }
+    }
+    const sum = (f: (w: (typeof all)[number]) => number) => all.reduce((n, w) => n + f(w), 0);
+    return { counts, cacheHits: sum((w) => w.cacheHits), limited: sum((w) => w.limited), refused: sum((w) => w.refused) };
+  };
+  // One scrape asks the workers once, whichever metric collects first.
+  let scrape: Promise<Awaited<ReturnType<typeof totals>>> | null = null;
+  const current = () => {
+    scrape ??= totals().finally(() => setImmediate(() => (scrape = null)));
+    return scrape;
+  };
 
   new Counter({
     name: 'corral_dns_queries_total',
     help: 'DNS queries answered, by query type and response code',
     labelNames: ['qtype', 'rcode'] as const,
     registers: [metrics],
-    collect() {
-      // The hot path counts in plain integers; copy them out at scrape time.
+    async collect() {
+      const t = await current();
       this.reset();
-      for (const { qtype, rcode, count } of server.counts.entries()) {
-        this.inc({ qtype: TYPE_NAMES[qtype] ?? String(qtype), rcode: RCODE_NAMES[rcode] ?? String(rcode) }, count);
+      for (const [k, count] of t.counts) {
+        const [qtype, rcode] = k.split('\0') as [string, string];
+        this.inc({ qtype, rcode }, count);
       }
     },
   });
@@ -76,27 +111,30 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     name: 'corral_dns_cache_hits_total',
     help: 'Queries answered from a cache (pre-encoded authoritative answers and forwarded answers)',
     registers: [metrics],
-    collect() {
+    async collect() {
+      const t = await current();
       this.reset();
-      this.inc(answers.hits + forwarder.hits);
+      this.inc(t.cacheHits);
     },
   });
   new Counter({
     name: 'corral_dns_rate_limited_total',
     help: 'Queries dropped (UDP) or refused (TCP) because their client was over --dns-rate-limit',
     registers: [metrics],
-    collect() {
+    async collect() {
+      const t = await current();
       this.reset();
-      this.inc(limiter.limited);
+      this.inc(t.limited);
     },
   });
   new Counter({
     name: 'corral_dns_recursion_refused_total',
     help: 'Queries for names outside the Corral domain refused because the client is outside the cluster and host',
     registers: [metrics],
-    collect() {
+    async collect() {
+      const t = await current();
       this.reset();
-      this.inc(server.refused);
+      this.inc(t.refused);
     },
   });
   new Gauge({
@@ -120,6 +158,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
 
   const apply = (ev: WatchEvent) => {
     zone.apply(ev);
+    workers?.apply(ev);
     gateways.apply(ev);
   };
   let listeners: BoundListener[] = [];
@@ -128,6 +167,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   const close = async () => {
     watch?.close();
     await gateways.close();
+    await workers?.close();
     forwarder.close();
     await server.close();
     if (admin) await new Promise<void>((r) => admin!.close(() => r()));
@@ -146,9 +186,8 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
         listeners: server.bound(),
         gateway: gateways.status(),
         upstreams: forwarder.health(),
-        rateLimitPerClient: limiter.rate,
-        rateLimited: limiter.limited,
-        recursionRefused: server.refused,
+        threads,
+        rateLimitPerClient: opts.dnsRateLimit,
         answerCacheNames: answers.size,
         forwardCacheEntries: forwarder.cacheSize,
       }),

@@ -43,7 +43,8 @@ function pollUntil(name: string, want: (addresses: string[]) => boolean, timeout
 
 beforeAll(async () => {
   agent = await startDaemon('agent');
-  dns = await startDaemon('dns', { args: ['--agent-socket', agent.socket] });
+  // Two threads even on one CPU: the worker thread's copy of the zone must follow as fast.
+  dns = await startDaemon('dns', { args: ['--agent-socket', agent.socket, '--dns-threads', '2'] });
 }, 60_000);
 
 afterAll(async () => {
@@ -70,6 +71,12 @@ describe('registry changes reach DNS answers', () => {
     const goneAt = await gone;
     expect(Math.max(0, goneAt - deregisteredAt)).toBeLessThan(100);
     process.stderr.write(`deregister -> answer: ${(goneAt - deregisteredAt).toFixed(1)} ms after the command returned\n`);
+    // Both threads answered, and /metrics adds their counts up.
+    const m = await (await fetch(`http://127.0.0.1:${dns.adminPort}/metrics`)).text();
+    const noerror = Number(/corral_dns_queries_total\{qtype="A",rcode="NOERROR"\} (\d+)/.exec(m)?.[1]);
+    expect(noerror).toBeGreaterThan(20);
+    const status = await (await fetch(`http://127.0.0.1:${dns.adminPort}/`)).json() as { threads: number };
+    expect(status.threads).toBe(2);
   });
 
   it('removes an endpoint from answers when its health check fails, and brings it back', async () => {

@@ -23,7 +23,15 @@ export interface DnsServerOptions {
   acl?: RecursionAcl | null;
   /** Per-client rate limit (null: none). */
   limiter?: RateLimiter | null;
+  /** Worker threads that read the same UDP sockets (workers.ts). */
+  share?: UdpShare | null;
   log?: Logger;
+}
+
+/** Others reading our UDP sockets: told when one is bound and before one is closed. */
+export interface UdpShare {
+  attach(key: string, sock: UdpSocket, ipv6: boolean): void;
+  detach(key: string): Promise<void>;
 }
 
 /** Queries answered, by (qtype, rcode): plain integers on the hot path, read at scrape time. */
@@ -62,7 +70,7 @@ interface Listener extends BoundListener {
 // dgram resolves the destination of every send() through dns.lookup, which defers the send by a
 // tick and allocates a closure even for an IP literal. Our destinations are always the literal
 // address a query came from: hand it back synchronously.
-function literalLookup(address: string, _opts: unknown, cb: (err: null, address: string, family: number) => void): void {
+export function literalLookup(address: string, _opts: unknown, cb: (err: null, address: string, family: number) => void): void {
   cb(null, address, address.includes(':') ? 6 : 4);
 }
 
@@ -112,7 +120,9 @@ export class DnsServer {
       const actual = udp.address().port;
       try {
         const tcp = await this.bindTcp(host, actual);
-        this.listeners.set(`${host}:${actual}`, { host, port: actual, udp, tcp });
+        const key = `${host}:${actual}`;
+        this.listeners.set(key, { host, port: actual, udp, tcp });
+        this.opts.share?.attach(key, udp, isIPv6(host));
         return { host, port: actual };
       } catch (err) {
         udp.close();
@@ -127,6 +137,7 @@ export class DnsServer {
     const l = this.listeners.get(key);
     if (!l) return;
     this.listeners.delete(key);
+    await this.opts.share?.detach(key);
     await Promise.all([new Promise<void>((r) => l.udp.close(() => r())), new Promise<void>((r) => l.tcp.close(() => r()))]);
   }
 
@@ -163,7 +174,8 @@ export class DnsServer {
     });
   }
 
-  private onDatagram(sock: UdpSocket, msg: Buffer, rinfo: RemoteInfo): void {
+  /** One UDP query (also called by worker threads for their copies of the sockets). */
+  onDatagram(sock: UdpSocket, msg: Buffer, rinfo: RemoteInfo): void {
     const q = this.q;
     const parsed = parseQuery(msg, q);
     if (parsed === PARSE_DROP) return;

@@ -23,7 +23,7 @@ beforeAll(async () => {
   port = await freePort();
   dns = await runDns(
     {
-      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0',
+      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', dnsThreads: 1,
       agentSocket: '/nonexistent/corral-test-agent.sock', dnsUpstream: [`127.0.0.1:${await freePort()}`],
     },
     makeLogger('dns', 'silent'),
@@ -112,7 +112,7 @@ describe('EDNS0 payload clamp (--dns-udp-size)', () => {
   it('sends UDP replies up to the configured size and truncates above it', async () => {
     const p = await freePort();
     const big = await runDns(
-      { ...defaultOptions(), dnsListen: [`127.0.0.1:${p}`], adminListen: '127.0.0.1:0', agentSocket: '/nonexistent/x.sock', dnsUpstream: ['127.0.0.1:9'], dnsUdpSize: 4096 },
+      { ...defaultOptions(), dnsListen: [`127.0.0.1:${p}`], adminListen: '127.0.0.1:0', dnsThreads: 1, agentSocket: '/nonexistent/x.sock', dnsUpstream: ['127.0.0.1:9'], dnsUdpSize: 4096 },
       makeLogger('dns', 'silent'),
     );
     try {
