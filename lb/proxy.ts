@@ -198,9 +198,11 @@ class Forward implements Dispatcher.DispatchHandler {
   }
 }
 
-function onResponseClose(this: TaggedResponse): void {
+/** One 'close' listener per client connection, not per request: it reaches the request in flight. */
+function onSocketClose(this: TaggedSocket): void {
   this[kForward]?.clientGone();
 }
+type TaggedSocket = Socket & { [kForward]?: Forward };
 
 function onResponseDrain(this: TaggedResponse): void {
   this[kForward]?.clientDrained();
@@ -499,7 +501,11 @@ export class Proxy {
     };
     const forward = new Forward(this, req, res, target, peer, performance.now(), length === -1 && IDEMPOTENT.has(method) ? opts : null);
     (res as TaggedResponse)[kForward] = forward;
-    res.on('close', onResponseClose);
+    // HTTP/1.1 serves one request at a time per connection, so the connection's close is the
+    // client going away from this request (a finished one ignores it).
+    const socket = req.socket as TaggedSocket;
+    if (socket[kForward] === undefined) socket.on('close', onSocketClose);
+    socket[kForward] = forward;
     forward.dispatch(opts);
   }
 
@@ -594,7 +600,7 @@ export class Proxy {
     const r = req as RoutedRequest;
     r[kHost] = hostHeader;
     r[kPath] = url;
-    const host = normalizeHost(hostHeader);
+    const host = normalizedHost(hostHeader);
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
     const target = this.routes.lookup(host, path);
@@ -634,6 +640,17 @@ export class Proxy {
       }, 'request');
     }
   }
+}
+
+/** Host headers seen -> normalized: a handful of names carry nearly all traffic. */
+const hostCache = new Map<string, string>();
+function normalizedHost(raw: string): string {
+  let host = hostCache.get(raw);
+  if (host === undefined) {
+    if (hostCache.size >= 4096) hostCache.clear();
+    hostCache.set(raw, (host = normalizeHost(raw)));
+  }
+  return host;
 }
 
 const kHost = Symbol('corral.host');

@@ -3,7 +3,7 @@
 // front of the same nginx backend. Then the same with 1,000 routes configured in corral.
 // Each contender is measured twice, alternating, and keeps its better run (these machines are shared).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentClient, unary } from '../../api/grpc.js';
@@ -18,6 +18,8 @@ const ROUTES = 1_000;
 
 interface WrkResult {
   rps: number;
+  /** CPU time (user + system) the proxy process spent per request, in µs: robust to other load on the machine. */
+  cpuUs: number;
   p50Ms: number;
   p99Ms: number;
   non2xx: number;
@@ -31,7 +33,26 @@ function ms(text: string): number {
   return m[2] === 'us' ? n / 1000 : m[2] === 's' ? n * 1000 : n;
 }
 
-function wrk(port: number, seconds = SECONDS): Promise<WrkResult> {
+/** utime + stime of a process, in seconds. */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return NaN;
+  }
+}
+
+async function wrk(port: number, seconds = SECONDS, pid?: number): Promise<WrkResult> {
+  const cpu0 = cpuSeconds(pid);
+  const r = await runWrk(port, seconds);
+  const cpu = cpuSeconds(pid) - cpu0;
+  return { ...r, cpuUs: (cpu * 1e6) / (r.rps * seconds) };
+}
+
+function runWrk(port: number, seconds: number): Promise<Omit<WrkResult, 'cpuUs'>> {
   const args = ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', '-H', 'Host: bench.test', `http://127.0.0.1:${port}/`];
   return new Promise((resolve, reject) => {
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -187,14 +208,17 @@ export async function benchLb(): Promise<BenchSection> {
 
     // Warm up every contender (JIT, connection pools), then two alternating rounds.
     for (const port of [haproxyPort, lbPort, fastifyPort]) await wrk(port, 2);
-    let h = await wrk(haproxyPort);
-    let c = await wrk(lbPort);
-    let f = await wrk(fastifyPort);
-    h = better(h, await wrk(haproxyPort));
-    c = better(c, await wrk(lbPort));
-    f = better(f, await wrk(fastifyPort));
+    const hp = haproxy.pid;
+    const cp = lb.child.pid;
+    const fp = fastify.pid;
+    let h = await wrk(haproxyPort, SECONDS, hp);
+    let c = await wrk(lbPort, SECONDS, cp);
+    let f = await wrk(fastifyPort, SECONDS, fp);
+    h = better(h, await wrk(haproxyPort, SECONDS, hp));
+    c = better(c, await wrk(lbPort, SECONDS, cp));
+    f = better(f, await wrk(fastifyPort, SECONDS, fp));
     await wrk(helloPort, 2);
-    const ceiling = await wrk(helloPort);
+    const ceiling = await wrk(helloPort, SECONDS, hello.pid);
     await stopChild(hello);
 
     // 1,000 routes: 999 more services, each with its own host and two path prefixes.
@@ -205,8 +229,8 @@ export async function benchLb(): Promise<BenchSection> {
     }
     while ((await routesOf()) < ROUTES) await new Promise((r) => setTimeout(r, 100));
     await wrk(lbPort, 2);
-    let many = await wrk(lbPort);
-    many = better(many, await wrk(lbPort));
+    let many = await wrk(lbPort, SECONDS, cp);
+    many = better(many, await wrk(lbPort, SECONDS, cp));
     const routes = await routesOf();
 
     return {
@@ -218,12 +242,15 @@ export async function benchLb(): Promise<BenchSection> {
         { metric: 'p99 latency vs HAProxy', ours: c.p99Ms, anchor: h.p99Ms, unit: 'ms', ratio: ratioLowerBetter(c.p99Ms, h.p99Ms), target: 'within 2× (≥ 0.5×)', pass: c.p99Ms <= 2 * h.p99Ms },
         { metric: 'requests/s vs @fastify/http-proxy', ours: c.rps, anchor: f.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, f.rps), target: '> 1×', pass: c.rps > f.rps },
         { metric: 'p99 latency vs @fastify/http-proxy', ours: c.p99Ms, anchor: f.p99Ms, unit: 'ms', ratio: ratioLowerBetter(c.p99Ms, f.p99Ms) },
+        { metric: 'CPU per request vs HAProxy (user + system)', ours: c.cpuUs, anchor: h.cpuUs, unit: 'µs', ratio: ratioLowerBetter(c.cpuUs, h.cpuUs) },
+        { metric: 'CPU per request vs @fastify/http-proxy', ours: c.cpuUs, anchor: f.cpuUs, unit: 'µs', ratio: ratioLowerBetter(c.cpuUs, f.cpuUs) },
         { metric: `requests/s with ${routes} routes vs 1 route`, ours: many.rps, anchor: c.rps, unit: 'req/s', ratio: ratioHigherBetter(many.rps, c.rps), target: '≥ 0.9×', pass: many.rps >= 0.9 * c.rps },
       ],
       notes: [
         `p50: corral ${c.p50Ms.toFixed(2)} ms, HAProxy ${h.p50Ms.toFixed(2)} ms, fastify ${f.p50Ms.toFixed(2)} ms; with ${routes} routes corral p99 ${many.p99Ms.toFixed(2)} ms`,
         `non-2xx / socket errors: corral ${c.non2xx}/${c.socketErrors}, HAProxy ${h.non2xx}/${h.socketErrors}, fastify ${f.non2xx}/${f.socketErrors}, corral with ${routes} routes ${many.non2xx}/${many.socketErrors}`,
-        `ceiling of one Node process: a node:http server answering by itself (no proxying) did ${ceiling.rps.toFixed(0)} req/s (${ratioHigherBetter(ceiling.rps, h.rps).toFixed(2)}× HAProxy); a Node proxy parses and writes twice per request`,
+        `ceiling of one Node process: a node:http server answering by itself (no proxying) did ${ceiling.rps.toFixed(0)} req/s (${ratioHigherBetter(ceiling.rps, h.rps).toFixed(2)}× HAProxy) at ${ceiling.cpuUs.toFixed(0)} µs CPU per request; a Node proxy parses and writes twice per request`,
+        `with ${routes} routes corral used ${many.cpuUs.toFixed(0)} µs CPU per request (${c.cpuUs.toFixed(0)} µs with 1 route)`,
         'wrk, the proxy under test and nginx share the same cores; a proxy that is not measured is idle',
       ],
     };
