@@ -1,6 +1,6 @@
 // `npm run bench`: runs every benchmark side by side with its anchor and writes RESULTS.md.
 // `npm run bench -- dns` runs only the named ones.
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import type { BenchSection } from './report.js';
 
@@ -19,38 +19,57 @@ function fmt(n: number): string {
   return n.toFixed(2);
 }
 
-function render(sections: BenchSection[], command: string): string {
+const HEADER = [
+  '# Benchmark results',
+  '',
+  'Each section runs ours and its anchor in the same run on the same machine and says which command',
+  'made it and when. Ratio > 1 means ours is better (ours/anchor for rates, anchor/ours for',
+  'latencies). These machines are noisy: compare ratios, not times.',
+  '',
+].join('\n');
+
+function renderSection(name: string, s: BenchSection): string {
   const lines = [
-    '# Benchmark results',
+    `<!-- bench:${name} -->`,
+    `## ${s.title}`,
     '',
-    `Made by \`${command}\` on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC,`,
-    `${cpus().length} cores (${cpus()[0]?.model.trim() ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`,
-    'Each section runs ours and its anchor in the same run on the same machine. Ratio > 1 means ours is better',
-    '(ours/anchor for rates, anchor/ours for latencies). These machines are noisy: compare ratios, not times.',
+    `Made by \`npm run bench -- ${name}\` (or \`npm run bench\`) on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ` +
+      `${cpus().length} cores (${cpus()[0]?.model.trim() ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`,
     '',
+    `Anchor: ${s.anchor}`,
+    '',
+    `Conditions: ${s.conditions}`,
+    '',
+    '| metric | ours | anchor | unit | ratio | target | met |',
+    '|---|---:|---:|---|---:|---|---|',
   ];
-  for (const s of sections) {
-    lines.push(`## ${s.title}`, '', `Anchor: ${s.anchor}`, '', `Conditions: ${s.conditions}`, '');
-    lines.push('| metric | ours | anchor | unit | ratio | target | met |', '|---|---:|---:|---|---:|---|---|');
-    for (const r of s.rows) {
-      lines.push(`| ${r.metric} | ${fmt(r.ours)} | ${fmt(r.anchor)} | ${r.unit} | ${fmt(r.ratio)}× | ${r.target ?? ''} | ${r.pass === undefined ? '' : r.pass ? 'yes' : 'no'} |`);
-    }
-    if (s.notes?.length) lines.push('', ...s.notes.map((n) => `- ${n}`));
-    lines.push('');
+  for (const r of s.rows) {
+    lines.push(`| ${r.metric} | ${fmt(r.ours)} | ${fmt(r.anchor)} | ${r.unit} | ${fmt(r.ratio)}× | ${r.target ?? ''} | ${r.pass === undefined ? '' : r.pass ? 'yes' : 'no'} |`);
   }
+  if (s.notes?.length) lines.push('', ...s.notes.map((n) => `- ${n}`));
+  lines.push(`<!-- /bench:${name} -->`);
   return lines.join('\n');
 }
 
+/** Sections already in RESULTS.md, by bench name, so a partial run replaces only its own. */
+function existingSections(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const m of text.matchAll(/<!-- bench:([\w-]+) -->[\s\S]*?<!-- \/bench:\1 -->/g)) out.set(m[1]!, m[0]);
+  return out;
+}
+
+const FILE = 'test/bench/RESULTS.md';
 const only = process.argv.slice(2);
 const names = only.length ? only : Object.keys(benches);
 for (const n of names) if (!benches[n]) throw new Error(`unknown benchmark "${n}"; known: ${Object.keys(benches).join(', ')}`);
-const sections: BenchSection[] = [];
+const sections = existsSync(FILE) ? existingSections(readFileSync(FILE, 'utf8')) : new Map<string, string>();
 for (const n of names) {
   process.stderr.write(`bench: ${n}...\n`);
-  const s = await benches[n]!();
-  sections.push(s);
-  process.stderr.write(render([s], '') + '\n');
+  const text = renderSection(n, await benches[n]!());
+  process.stderr.write(text + '\n\n');
+  sections.set(n, text);
+  // Written after every benchmark, so a later failure keeps what was measured.
+  const ordered = Object.keys(benches).filter((k) => sections.has(k)).map((k) => sections.get(k)!);
+  writeFileSync(FILE, [HEADER, ...ordered].join('\n\n') + '\n');
 }
-const command = `npm run bench${only.length ? ` -- ${only.join(' ')}` : ''}`;
-writeFileSync('test/bench/RESULTS.md', render(sections, command));
-process.stderr.write('bench: wrote test/bench/RESULTS.md\n');
+process.stderr.write(`bench: wrote ${FILE}\n`);
