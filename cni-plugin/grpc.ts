@@ -1,9 +1,8 @@
-// A minimal gRPC unary client over node:http2 for the one call the plugin makes (Agent/Cni),
-// with CniRequest/CniReply encoded by hand. Still gRPC on the wire; it spares every container
-// start the load of @grpc/grpc-js and proto-loader (numbers in README.md).
-import { connect } from 'node:http2';
-import { connect as netConnect } from 'node:net';
+// A minimal gRPC unary client for the one call the plugin makes (corral.v1.Agent/Cni), over the
+// HTTP/2 client in h2.ts, with CniRequest/CniReply encoded by hand. Still gRPC on the wire; it
+// spares every container start the load of @grpc/grpc-js, proto-loader and node:http2 (README.md).
 import type { CniReply, CniRequest } from '../api/types.js';
+import { h2Post, H2Unreachable } from './h2.js';
 
 function varint(n: number): Buffer {
   const out: number[] = [];
@@ -61,44 +60,28 @@ export function decodeCniReply(b: Buffer): CniReply {
 export class Unreachable extends Error {}
 
 /** Calls corral.v1.Agent/Cni on the unix socket; Unreachable when nothing answers there. */
-export function callCni(socket: string, req: CniRequest, timeoutMs: number): Promise<CniReply> {
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    const done = (err: Error | null, rep?: CniReply) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      session.close();
-      session.destroy();
-      if (err) reject(err);
-      else resolve(rep!);
-    };
-    const session = connect('http://localhost', { createConnection: () => netConnect(socket) });
-    const timer = setTimeout(() => done(new Unreachable(`the agent at ${socket} did not answer within ${timeoutMs} ms`)), timeoutMs);
-    session.on('error', (err: NodeJS.ErrnoException) => done(new Unreachable(`cannot reach the agent at ${socket} (${err.code ?? err.message}): is \`corral agent\` running?`)));
-    const body = encodeCniRequest(req);
-    const frame = Buffer.alloc(5 + body.length);
-    frame.writeUInt32BE(body.length, 1);
-    body.copy(frame, 5);
-    const stream = session.request({ ':method': 'POST', ':path': '/corral.v1.Agent/Cni', 'content-type': 'application/grpc', te: 'trailers' });
-    const chunks: Buffer[] = [];
-    let status: string | undefined;
-    let message = '';
-    stream.on('response', (h) => {
-      if (h['grpc-status'] !== undefined) status = String(h['grpc-status']);
-    });
-    stream.on('trailers', (t) => {
-      status = String(t['grpc-status'] ?? status ?? '');
-      message = decodeURIComponent(String(t['grpc-message'] ?? ''));
-    });
-    stream.on('data', (d: Buffer) => chunks.push(d));
-    stream.on('error', (err) => done(new Unreachable(`cannot reach the agent at ${socket} (${err.message}): is \`corral agent\` running?`)));
-    stream.on('end', () => {
-      if (status !== '0') return done(new Error(`agent call failed (gRPC status ${status}): ${message}`));
-      const all = Buffer.concat(chunks);
-      if (all.length < 5) return done(new Error('agent sent an empty reply'));
-      done(null, decodeCniReply(all.subarray(5, 5 + all.readUInt32BE(1))));
-    });
-    stream.end(frame);
-  });
+export async function callCni(socket: string, req: CniRequest, timeoutMs: number): Promise<CniReply> {
+  const body = encodeCniRequest(req);
+  const msg = Buffer.alloc(5 + body.length);
+  msg.writeUInt32BE(body.length, 1);
+  body.copy(msg, 5);
+  let res;
+  try {
+    res = await h2Post(socket, '/corral.v1.Agent/Cni', [
+      [':method', 'POST'], [':scheme', 'http'], [':path', '/corral.v1.Agent/Cni'], [':authority', 'localhost'],
+      ['content-type', 'application/grpc'], ['te', 'trailers'],
+    ], msg, timeoutMs);
+  } catch (err) {
+    if (err instanceof H2Unreachable) throw new Unreachable(`cannot reach the agent at ${socket} (${err.message}): is \`corral agent\` running?`);
+    throw err;
+  }
+  // A trailers-only answer (an error) carries the status in the headers.
+  const status = res.trailers.get('grpc-status') ?? res.headers.get('grpc-status');
+  const message = res.trailers.get('grpc-message') ?? res.headers.get('grpc-message') ?? '';
+  if (status !== '0') {
+    const http = res.headers.get(':status');
+    throw new Error(`agent call failed (${status === undefined ? `HTTP ${http}, no gRPC status` : `gRPC status ${status}`}): ${decodeURIComponent(message)}`);
+  }
+  if (res.body.length < 5 || res.body[0] !== 0) throw new Error('agent sent an empty or compressed reply');
+  return decodeCniReply(res.body.subarray(5, 5 + res.body.readUInt32BE(1)));
 }

@@ -27,12 +27,14 @@ await build({
   logLevel: 'warning',
 });
 // The CNI plugin: one self-contained file (no chunks, no dependencies), exec'd per container.
+// A plain script (no import/export; built-ins via process.getBuiltinModule): installed without
+// an extension, Node runs it without the ESM loader.
 await build({
   entryPoints: { 'corral-cni': 'cni-plugin/main.ts' },
   outdir: 'dist',
   outExtension: { '.js': '.mjs' },
   bundle: true,
-  format: 'esm',
+  format: 'iife',
   platform: 'node',
   target: 'node20',
   minify: true,
