@@ -75,7 +75,7 @@ describe('Docker network driver', () => {
 
   it('gives containers Corral /32 addresses; they reach each other by address and by service name; another namespace cannot', async () => {
     await docker.exec(['network', 'create', '-d', PLUGIN, '--ipam-driver', PLUGIN, '--opt', 'corral.namespace=prod', 'prodnet']);
-    await docker.exec(['network', 'create', '-d', PLUGIN, '--ipam-driver', PLUGIN, '--opt', 'corral.namespace=dev', 'devnet']);
+    await docker.exec(['network', 'create', '-d', PLUGIN, '--ipam-driver', PLUGIN, '--opt', 'corral.namespace=dev', '--opt', 'com.docker.network.driver.mtu=1380', 'devnet']);
     await run('c-web', 'prodnet', 'prod', ['httpd', '-f', '-p', '8080', '-h', '/www'], ['corral.service=web', 'corral.namespace=prod', 'corral.port=8080']);
     await run('c-client', 'prodnet', 'prod', ['sleep', '600']);
     await run('c-dev', 'devnet', 'dev', ['sleep', '600']);
@@ -87,6 +87,9 @@ describe('Docker network driver', () => {
     expect(client.ip).not.toBe(web.ip);
 
     // Inside: eth0 with the /32, the link route to the gateway and the default route via it.
+    // MTU: the overlay's when the network names none (no overlay here: the 1420 default), else the network's.
+    expect(await docker.exec(['exec', 'c-client', 'cat', '/sys/class/net/eth0/mtu'])).toBe('1420');
+    expect(await docker.exec(['exec', 'c-dev', 'cat', '/sys/class/net/eth0/mtu'])).toBe('1380');
     const routes = await docker.exec(['exec', 'c-client', 'ip', 'route']);
     expect(routes).toMatch(new RegExp(`default via ${GATEWAY.replace(/\./g, '\\.')} dev eth0`));
     // Same IPAM as CNI: keyed by Docker's endpoint id, in the network's namespace.

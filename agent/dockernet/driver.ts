@@ -8,7 +8,6 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../../api/log.js';
-import { DEFAULT_MTU } from '../../api/cni.js';
 import { detach, hostIfnameFor, vethPair } from '../attach/veth.js';
 import type { Attachments } from '../cni.js';
 import { IpamExhausted, PENDING_NETWORK, type IpamRecord } from '../ipam.js';
@@ -24,7 +23,8 @@ export interface DockerNetwork {
   id: string;
   namespace: string;
   masq: boolean;
-  mtu: number;
+  /** Set only when the network was created with an MTU option; else the overlay's MTU applies. */
+  mtu?: number;
 }
 
 type Body = Record<string, any>;
@@ -135,9 +135,9 @@ export class DockerNetworkDriver {
     if (!LABEL.test(namespace)) throw new DriverError(`--opt corral.namespace="${namespace}" is not a DNS label (a-z, 0-9, "-", 1-63 characters)`);
     const masqText = generic['corral.ipmasq'] ?? 'true';
     if (masqText !== 'true' && masqText !== 'false') throw new DriverError(`--opt corral.ipmasq="${masqText}" must be true or false`);
-    const mtuText = generic['com.docker.network.driver.mtu'] ?? generic['corral.mtu'] ?? String(DEFAULT_MTU);
-    const mtu = Number(mtuText);
-    if (!Number.isInteger(mtu) || mtu < 576 || mtu > 9000) throw new DriverError(`--opt corral.mtu="${mtuText}" is not a whole number from 576 to 9000`);
+    const mtuText = generic['com.docker.network.driver.mtu'] ?? generic['corral.mtu'];
+    const mtu = mtuText === undefined ? undefined : Number(mtuText);
+    if (mtu !== undefined && (!Number.isInteger(mtu) || mtu < 576 || mtu > 9000)) throw new DriverError(`--opt corral.mtu="${mtuText}" is not a whole number from 576 to 9000`);
     this.networks.set(id, { id, namespace, masq: masqText === 'true', mtu });
     this.save();
     this.log.info({ network: id, namespace }, 'docker network created');
@@ -195,7 +195,7 @@ export class DockerNetworkDriver {
     const peer = 'cn' + rec.hostIfname.slice(2);
     try {
       await this.att.ensureDataplane();
-      await vethPair({ hostIfname: rec.hostIfname, peerIfname: peer, address: rec.address, gateway: this.ipam.gateway, mtu: net.mtu });
+      await vethPair({ hostIfname: rec.hostIfname, peerIfname: peer, address: rec.address, gateway: this.ipam.gateway, mtu: this.att.mtu(net.mtu) });
     } catch (err) {
       throw new DriverError(`corral: cannot make the veth pair for ${rec.address}: ${(err as Error).message}`);
     }
