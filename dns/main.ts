@@ -35,7 +35,7 @@ export interface RunningDns {
 const RCODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(RCODE).map(([k, v]) => [v, k]));
 RCODE_NAMES[16] = 'BADVERS';
 
-export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forwarder?: ForwarderOptions } = {}): Promise<RunningDns> {
+export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forwarder?: ForwarderOptions; tcpIdleMs?: number } = {}): Promise<RunningDns> {
   const zone = new Zone(opts.dnsDomain, opts.dnsTtl);
   const answers = new AnswerCache(zone);
   const metrics = new Registry();
@@ -63,6 +63,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   const server = new DnsServer(zone, answers, forwarder, {
     listen: listen.filter((l) => l.host !== 'gateway').map((l) => l.text),
     udpPayload: opts.dnsUdpSize,
+    tcpIdleMs: tuning.tcpIdleMs,
     acl,
     limiter,
     share: workers,

@@ -2,12 +2,14 @@
 // namespace, every allocated address has a PTR, and the EDNS0 clamp follows --dns-udp-size.
 // The real server on 127.0.0.1, asked by dig from different loopback source addresses
 // (-b 127.0.0.x), each standing for one container.
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions } from '../api/options.js';
 import type { Allocation } from '../api/types.js';
 import { dig, endpoint, freePort, kdig, watchEvent } from './harness.js';
 import { runDns, type RunningDns } from './main.js';
+import { buildQuery } from './wire.js';
 
 let dns: RunningDns;
 let port: number;
@@ -131,6 +133,45 @@ describe('EDNS0 payload clamp (--dns-udp-size)', () => {
       expect(/udp: (\d+)/.exec(small.raw)?.[1]).toBe('4096'); // our OPT advertises our size
     } finally {
       await big.close();
+    }
+  });
+});
+
+describe('TCP idle timeout (RFC 7766)', () => {
+  it('closes a connection that stays idle, and keeps one that keeps asking', async () => {
+    const p = await freePort();
+    const srv = await runDns(
+      { ...defaultOptions(), dnsListen: [`127.0.0.1:${p}`], adminListen: '127.0.0.1:0', dnsThreads: 1, agentSocket: '/nonexistent/x.sock', dnsUpstream: ['127.0.0.1:9'] },
+      makeLogger('dns', 'silent'),
+      { tcpIdleMs: 300 },
+    );
+    try {
+      const q = buildQuery(7, 'corral.internal', 6);
+      const frame = Buffer.concat([Buffer.from([0, q.length]), q]);
+      const lifetime = (askEveryMs: number, askFor: number) => new Promise<{ ms: number; replies: number }>((resolve) => {
+        const t0 = performance.now();
+        let replies = 0;
+        const sock = connect(p, '127.0.0.1');
+        let timer: NodeJS.Timeout | undefined;
+        sock.on('connect', () => {
+          if (askEveryMs > 0) timer = setInterval(() => (performance.now() - t0 < askFor ? sock.write(frame) : clearInterval(timer)), askEveryMs);
+        });
+        sock.on('data', () => replies++);
+        sock.on('close', () => {
+          clearInterval(timer);
+          resolve({ ms: performance.now() - t0, replies });
+        });
+        sock.on('error', () => {});
+      });
+      const idle = await lifetime(0, 0);
+      expect(idle.ms).toBeGreaterThan(250);
+      expect(idle.ms).toBeLessThan(2000);
+      // Asking every 100 ms for 1 s keeps it open; it closes 300 ms after the last query.
+      const busy = await lifetime(100, 1000);
+      expect(busy.ms).toBeGreaterThan(1200);
+      expect(busy.replies).toBeGreaterThanOrEqual(8);
+    } finally {
+      await srv.close();
     }
   });
 });
