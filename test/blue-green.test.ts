@@ -13,7 +13,8 @@ let docker: Dockerd;
 let up: Daemon;
 let stateDir: string;
 
-const HEALTH = { 'corral.health.path': '/health', 'corral.health.interval': '400ms', 'corral.health.rise': '2', 'corral.health.fall': '2' };
+// Promotion window: max(2 s, interval × (fall + 2)) = 4 s, room for a slow `docker exec` in the failure case.
+const HEALTH = { 'corral.health.path': '/health', 'corral.health.interval': '1s', 'corral.health.rise': '2', 'corral.health.fall': '2' };
 
 /** A labelled busybox httpd on :8080 answering "<name>" at /, "ok" at /health and slowly at /cgi-bin/slow. */
 async function runWeb(name: string, labels: Record<string, string>): Promise<void> {
@@ -99,18 +100,18 @@ describe('corral.deploy=auto', () => {
     // After the rollback above v1 is active and v2 has been seen; v3 is the new deployment.
     await runWeb('app-v3', labels('v3'));
     await until('v3 healthy', () => endpoints('app'), (eps) => eps.some((e) => e.containerName === 'app-v3' && e.healthy));
-    // Window: max(2 s, 400 ms × (fall 2 + 2)) = 2 s from healthy; the check fails twice within 0.8 s of this.
+    // The window (4 s) started when v3 became healthy; the check fails twice within 2 s of this.
     await docker.exec(['exec', 'app-v3', 'rm', '/w/health']);
     await until('v3 unhealthy', () => endpoints('app'), (eps) => eps.some((e) => e.containerName === 'app-v3' && !e.healthy));
     // Well past the window: still v1.
-    await new Promise((r) => setTimeout(r, 2_500));
+    await new Promise((r) => setTimeout(r, 4_500));
     expect((await service('app'))?.active).toEqual({ v1: 100 });
     expect(await bodies('app.test', 3)).toEqual(new Set(['200 app-v1']));
     expect(up.logs()).toMatch(/not promoting color v3/);
     // It does not get promoted later when it recovers: a failed deployment needs a redeploy.
     await docker.exec(['exec', 'app-v3', 'sh', '-c', 'echo ok > /w/health']);
     await until('v3 healthy again', () => endpoints('app'), (eps) => eps.some((e) => e.containerName === 'app-v3' && e.healthy));
-    await new Promise((r) => setTimeout(r, 2_500));
+    await new Promise((r) => setTimeout(r, 4_500));
     expect((await service('app'))?.active).toEqual({ v1: 100 });
   });
 });
