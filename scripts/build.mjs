@@ -1,15 +1,18 @@
 // Bundles the `corral` executable into dist/ (one ESM entry plus lazily loaded chunks, so a
 // client command does not load the daemons' dependencies), and copies the .proto beside it.
+// Builds into a fresh directory and swaps it in, so processes running from dist/ (tests in
+// parallel, a running daemon) never see it half-written or empty.
 import { build } from 'esbuild';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 
 const { version } = JSON.parse(readFileSync('package.json', 'utf8'));
 
-rmSync('dist', { recursive: true, force: true });
-mkdirSync('dist', { recursive: true });
+const out = `dist.new-${process.pid}`;
+rmSync(out, { recursive: true, force: true });
+mkdirSync(out, { recursive: true });
 await build({
   entryPoints: { corral: 'cli/main.ts' },
-  outdir: 'dist',
+  outdir: out,
   outExtension: { '.js': '.mjs' },
   chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
@@ -31,7 +34,7 @@ await build({
 // an extension, Node runs it without the ESM loader.
 await build({
   entryPoints: { 'corral-cni': 'cni-plugin/main.ts' },
-  outdir: 'dist',
+  outdir: out,
   outExtension: { '.js': '.mjs' },
   bundle: true,
   format: 'iife',
@@ -41,6 +44,10 @@ await build({
   banner: { js: '#!/usr/bin/env node' },
   logLevel: 'warning',
 });
-chmodSync('dist/corral-cni.mjs', 0o755);
-copyFileSync('api/corral.proto', 'dist/corral.proto');
-chmodSync('dist/corral.mjs', 0o755);
+chmodSync(`${out}/corral-cni.mjs`, 0o755);
+copyFileSync('api/corral.proto', `${out}/corral.proto`);
+chmodSync(`${out}/corral.mjs`, 0o755);
+const old = `dist.old-${process.pid}`;
+if (existsSync('dist')) renameSync('dist', old);
+renameSync(out, 'dist');
+rmSync(old, { recursive: true, force: true });
