@@ -338,7 +338,8 @@ export class Agent implements EndpointSink, AgentOps {
     this.components.set(component, c);
   }
 
-  list(req: ListRequest): ListReply {
+  async list(req: ListRequest): Promise<ListReply> {
+    await this.attachments?.recorded();   // an answered ADD/DEL shows in the list that follows it
     const match = (ns: string, name: string) => (!req.namespace || req.namespace === ns) && (!req.service || req.service === name);
     return {
       revision: this.catalog.revision,

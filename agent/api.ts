@@ -17,7 +17,7 @@ export class NotFound extends Error {}
 export interface AgentOps {
   snapshot(): WatchEvent;
   subscribe(fn: (ev: WatchEvent) => void): () => void;
-  list(req: ListRequest): ListReply;
+  list(req: ListRequest): Promise<ListReply>;
   status(): StatusReply;
   ack(component: string, revision: number): void;
   watching(component: string, delta: 1 | -1): void;

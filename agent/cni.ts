@@ -2,6 +2,11 @@
 // allocates from IPAM (journal fsync'd first), wires the veth pair, applies the namespace and
 // ipMasq policy, publishes the Allocation record, and answers with the CNI result or a spec
 // error code. A failed ADD leaves no interface and no allocation behind.
+// Latency: ADD answers once the address is durable, the interface configured and the policy in
+// place (the nft change runs beside the netlink work); DEL answers once the interface and its
+// nft elements are gone (removed side by side, after the pair is down) and the address freed.
+// The registry record of either follows the answer, in order (List waits for it); a crash
+// before it is repaired at start, where the records are made to match the IPAM.
 import { existsSync, writeFileSync } from 'node:fs';
 import type { Logger } from '../api/log.js';
 import type { Allocation, CniReply, CniRequest } from '../api/types.js';
@@ -31,6 +36,8 @@ export class Attachments {
   private dataplane: Promise<void> | undefined;
   /** Attachments being added or deleted, so a DEL racing its own ADD waits for it. */
   private readonly busy = new Map<string, Promise<unknown>>();
+  /** Registry changes left running after an answer, applied in order. */
+  private registryTail: Promise<void> = Promise.resolve();
 
   constructor(
     readonly ipam: Ipam,
@@ -116,16 +123,21 @@ export class Attachments {
       if (err instanceof IpamExhausted) throw new CniError(CniCode.exhausted, err.message);
       throw err;
     }
+    // The container runs only after the answer: isolation and masquerade go in beside the veth.
+    const policyDone = this.policy.add({ address: rec.address, namespace: rec.namespace, masq: rec.masq }).then(() => undefined, (err: Error) => err);
     let attached;
     try {
       attached = await attach({ netns: req.netns, ifname: req.ifname, hostIfname: rec.hostIfname, address: rec.address, gateway: this.ipam.gateway, mtu: this.mtu(conf.mtu) });
-      await this.policy.add({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
-      await this.pub.publish(this.allocation(rec));
+      const policyErr = await policyDone;
+      if (policyErr) throw policyErr;
     } catch (err) {
+      await policyDone;
       await this.undo(rec);
       if (err instanceof NetnsGone) throw new CniError(CniCode.badEnv, err.message);
       throw new CniError(CniCode.io, `cannot attach ${req.ifname} in ${req.netns}: ${(err as Error).message}`);
     }
+    const alloc = this.allocation(rec);
+    this.afterAnswer('publish', rec, () => this.pub.publish(alloc));
     this.log.info({ container: req.containerId, ifname: req.ifname, address: rec.address, namespace: rec.namespace }, 'attached');
     return this.result(conf, rec, attached.hostMac, attached.mac, req.netns);
   }
@@ -133,8 +145,32 @@ export class Attachments {
   private async undo(rec: IpamRecord): Promise<void> {
     await detach(rec.hostIfname).catch(() => undefined);
     await this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq }).catch(() => undefined);
-    await this.pub.unpublish(rec.address).catch(() => undefined);
     this.ipam.release(rec.containerId, rec.ifname);
+  }
+
+  /** A registry change, after every one queued before it (an address can change hands at once). */
+  private inOrder(fn: () => Promise<void>): Promise<void> {
+    const p = this.registryTail.then(fn);
+    this.registryTail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Registry work an answer does not wait for; logged when it fails (a restart repairs it). */
+  private afterAnswer(what: string, rec: IpamRecord, fn: () => Promise<void>): void {
+    this.inOrder(fn).catch((err: Error) => {
+      this.log.error({ err: err.message, address: rec.address, container: rec.containerId }, `${what} after the answer failed; the next agent start repairs it`);
+    });
+  }
+
+  /** Waits for the registry records of answered ADDs and DELs. */
+  async recorded(): Promise<void> {
+    await this.registryTail;
+  }
+
+  /** Waits for everything answered ADDs and DELs left running (registry records, nft changes). */
+  async settled(): Promise<void> {
+    await this.registryTail;
+    await this.policy.settled();
   }
 
   /** Idempotent: an unknown attachment or a vanished netns is success. */
@@ -143,11 +179,12 @@ export class Attachments {
     if (!ifname) throw new CniError(CniCode.badEnv, 'CNI_IFNAME is not set');
     const rec = this.ipam.get(containerId, ifname);
     const hostIfname = rec?.hostIfname ?? hostIfnameFor(containerId, ifname);
-    await detach(hostIfname);
+    // The nft elements go while the kernel deletes the veth, once the pair carries nothing:
+    // isolation never lapses for a container that can still send.
+    await detach(hostIfname, rec ? () => this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq }) : undefined);
     if (!rec) return undefined;
-    await this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
     this.ipam.release(containerId, ifname);
-    await this.pub.unpublish(rec.address);
+    this.afterAnswer('unpublish', rec, () => this.pub.unpublish(rec.address));
     this.log.info({ container: containerId, ifname, address: rec.address }, 'detached');
     return rec;
   }
@@ -187,12 +224,12 @@ export class Attachments {
   async enforce(rec: IpamRecord): Promise<void> {
     await this.ensureDataplane();
     await this.policy.add({ address: rec.address, namespace: rec.namespace, masq: rec.masq });
-    await this.pub.publish(this.allocation(rec));
+    await this.inOrder(() => this.pub.publish(this.allocation(rec)));
   }
 
   async unenforce(rec: IpamRecord): Promise<void> {
     await this.policy.remove({ address: rec.address, namespace: rec.namespace, masq: rec.masq }).catch(() => undefined);
-    await this.pub.unpublish(rec.address).catch(() => undefined);
+    await this.inOrder(() => this.pub.unpublish(rec.address)).catch(() => undefined);
   }
 
   allocation(rec: IpamRecord): Allocation {
@@ -217,6 +254,7 @@ export class Attachments {
   }
 
   async close(): Promise<void> {
+    await this.settled();
     this.ipam.close();
   }
 }

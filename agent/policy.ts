@@ -2,7 +2,9 @@
 // namespaces is dropped in the forward hook) and ipMasq (outbound traffic to non-cluster
 // addresses is masqueraded). Per packet the kernel decides from sets and a verdict map; this
 // file only changes set elements, with one `nft -f -` per ADD/DEL (nothing in the netlink
-// package speaks nf_tables) and a full rebuild when the agent starts.
+// package speaks nf_tables) and a full rebuild when the agent starts. Changes apply one at a
+// time in call order, so a caller may leave a removal running (DEL does) and an add of the same
+// address made later still lands after it.
 import { spawn } from 'node:child_process';
 
 const TABLE = 'ip corral';
@@ -23,11 +25,28 @@ export interface PolicyMember {
 export class Policy {
   private readonly namespaces = new Set<string>();
   private ready = false;
+  /** The last change queued; each change starts when the one before it has settled. */
+  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly clusterCidr: string) {}
 
+  private queue<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(fn, fn);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Waits for every change queued so far. */
+  async settled(): Promise<void> {
+    await this.tail;
+  }
+
   /** Replaces the table with one holding exactly `members`. */
-  async rebuild(members: PolicyMember[]): Promise<void> {
+  rebuild(members: PolicyMember[]): Promise<void> {
+    return this.queue(() => this.rebuildNow(members));
+  }
+
+  private async rebuildNow(members: PolicyMember[]): Promise<void> {
     this.namespaces.clear();
     const lines = [
       `table ${TABLE}`,
@@ -49,11 +68,23 @@ export class Policy {
     return this.ready;
   }
 
-  async add(m: PolicyMember): Promise<void> {
-    await nft(this.addLines(m).join('\n'));
+  add(m: PolicyMember): Promise<void> {
+    return this.queue(async () => {
+      const fresh = !this.namespaces.has(m.namespace);
+      try {
+        await nft(this.addLines(m).join('\n'));
+      } catch (err) {
+        if (fresh) this.namespaces.delete(m.namespace);   // its chain was not made: make it next time
+        throw err;
+      }
+    });
   }
 
-  async remove(m: PolicyMember): Promise<void> {
+  remove(m: PolicyMember): Promise<void> {
+    return this.queue(() => this.removeNow(m));
+  }
+
+  private async removeNow(m: PolicyMember): Promise<void> {
     const lines = [
       `delete element ${TABLE} pods { ${m.address} }`,
       `delete element ${TABLE} nsof { ${m.address} }`,
@@ -67,9 +98,11 @@ export class Policy {
     });
   }
 
-  async close(): Promise<void> {
-    if (this.ready) await nft(`delete table ${TABLE}`).catch(() => undefined);
-    this.ready = false;
+  close(): Promise<void> {
+    return this.queue(async () => {
+      if (this.ready) await nft(`delete table ${TABLE}`).catch(() => undefined);
+      this.ready = false;
+    });
   }
 
   private addLines(m: PolicyMember): string[] {
