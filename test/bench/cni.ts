@@ -133,7 +133,7 @@ export async function benchCni(): Promise<BenchSection> {
   return {
     title: 'CNI ADD/DEL latency (plugin start-up included) and IPAM throughput',
     anchor: 'the reference `bridge` (isGateway, ipMasq) + `host-local` plugins from /usr/lib/cni (Debian containernetworking-plugins), exec\'d the same way in the same run',
-    conditions: `${RUNS} ADDs then ${RUNS} DELs each, ours and the reference alternating, each into its own fresh netns; CNI 1.0.0 configs; every plugin exec'd with CNI_* env + config on stdin, no NODE_EXTRA_CA_CERTS, under \`nsenter --net\` of a test host netns (nsenter + exec of /bin/true alone: ${nsenterMs.toFixed(1)} ms median, in both columns); ours = \`corral install-cni\`'s script (node + 6 KB bundle) → agent over gRPC (IPAM journal fsync, veth via netlink, one \`nft -f -\`); IPAM throughput: allocate+release pairs on an ext4 state dir, fsync per operation`,
+    conditions: `${RUNS} ADDs then ${RUNS} DELs each, ours and the reference alternating, each into its own fresh netns; CNI 1.0.0 configs; every plugin exec'd with CNI_* env + config on stdin, no NODE_EXTRA_CA_CERTS, under \`nsenter --net\` of a test host netns (nsenter + exec of /bin/true alone: ${nsenterMs.toFixed(1)} ms median, in both columns); ours = \`corral install-cni\`'s script (node + 12 KB plain script, HTTP/2 on node:net) → agent over gRPC (IPAM journal fsync, veth via netlink beside one \`nft -f -\`; DEL deletes the veth beside its nft removal; the registry record follows the answer); IPAM throughput: allocate+release pairs on an ext4 state dir, fsync per operation`,
     rows: [
       row('ADD median', ours.add, ref.add, 0.5),
       row('ADD p95', ours.add, ref.add, 0.95),
