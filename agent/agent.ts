@@ -32,12 +32,15 @@ import { registryFor } from './registry/index.js';
 import type { Registry, TxnOp } from './registry/registry.js';
 import type { EndpointSink } from './sink.js';
 
+interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
+
 export class Agent implements EndpointSink, AgentOps {
   readonly catalog = new Catalog();
   private readonly registry: Registry;
   private readonly subscribers = new Set<(ev: WatchEvent) => void>();
   private readonly components = new Map<string, { applied: number; watchers: number }>();
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
+  private readonly revisionWaiters = new Set<RevisionWaiter>();
   private readonly health: HealthChecker;
   private readonly deploy: AutoDeploy;
   private docker: DockerSource | undefined;
@@ -144,6 +147,7 @@ export class Agent implements EndpointSink, AgentOps {
         this.deploy.review(ev);
         this.broadcast(ev);
         this.mesh?.onEvent(ev);
+        for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
       },
       () => {
         this.unwatch?.();
@@ -151,6 +155,7 @@ export class Agent implements EndpointSink, AgentOps {
           const ev = this.loadFrom(r);
           this.broadcast(ev);
           this.mesh?.onEvent(ev);
+          for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
           this.watchRegistry();
         });
       },
@@ -163,9 +168,22 @@ export class Agent implements EndpointSink, AgentOps {
    */
   private async commit(ops: TxnOp[], compares?: Parameters<Registry['txn']>[1]): Promise<number | null> {
     const rev = await this.registry.txn(ops, compares);
-    const deadline = Date.now() + 5000;
-    while (rev !== null && this.catalog.revision < rev && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    if (rev !== null && this.catalog.revision < rev) await this.applied(rev);
     return rev;
+  }
+
+  /** Resolves once the catalog has applied `rev` (or after 5 s: the reply then says the older state). */
+  private applied(rev: number): Promise<void> {
+    return new Promise((resolve) => {
+      const w: RevisionWaiter = { rev, resolve, timer: setTimeout(() => this.settle(w), 5000) };
+      this.revisionWaiters.add(w);
+    });
+  }
+
+  private settle(w: RevisionWaiter): void {
+    clearTimeout(w.timer);
+    this.revisionWaiters.delete(w);
+    w.resolve();
   }
 
   private trackHealth(ep: Endpoint): void {

@@ -130,7 +130,9 @@ export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: Daemon
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`corral ${part} exited with ${child.exitCode} before it was ready:\n${log}`);
-    if (await ready(adminPort, o.netns)) break;
+    // `up` is ready when its agent, DNS and LB all are (their admin ports follow the agent's).
+    const ports = part === 'up' ? [adminPort, adminPort + 1, adminPort + 2] : [adminPort];
+    if ((await Promise.all(ports.map((p) => ready(p, o.netns)))).every(Boolean)) break;
     if (Date.now() > deadline) {
       await d.stop('SIGKILL');
       throw new Error(`corral ${part} was not ready within 20 s:\n${log}`);
