@@ -129,7 +129,14 @@ describe('forwarding with a live upstream', () => {
 /** A UDP upstream the test controls: silent, or answering every question with one A record (after a delay). */
 async function controlledUpstream(): Promise<{ port: number; mode: 'silent' | 'answer'; delayMs: number; asked: string[]; close(): void }> {
   const sock = createSocket('udp4');
-  const u = { port: 0, mode: 'silent' as 'silent' | 'answer', delayMs: 0, asked: [] as string[], close: () => sock.close() };
+  let closed = false;
+  const u = {
+    port: 0, mode: 'silent' as 'silent' | 'answer', delayMs: 0, asked: [] as string[],
+    close: () => {
+      closed = true;
+      sock.close();
+    },
+  };
   sock.on('message', (msg, rinfo) => {
     const q = new Query();
     if (parseQuery(msg, q) !== PARSE_OK) return;
@@ -140,7 +147,7 @@ async function controlledUpstream(): Promise<{ port: number; mode: 'silent' | 'a
     reply.writeUInt16BE(1, 6);
     reply.writeUInt16BE(0, 8);
     reply.writeUInt16BE(0, 10);
-    setTimeout(() => sock.send(reply, rinfo.port, rinfo.address), u.delayMs);
+    setTimeout(() => !closed && sock.send(reply, rinfo.port, rinfo.address), u.delayMs);
   });
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   u.port = sock.address().port;

@@ -189,6 +189,7 @@ export class Forwarder {
     if (order.length === 0) order = this.upstreams;
     for (let round = 0; round < this.rounds; round++) {
       for (const u of order) {
+        if (this.closed) return SERVFAIL_ANSWER;
         const started = performance.now();
         let msg: Buffer;
         try {
@@ -276,6 +277,7 @@ export class Forwarder {
   }
 
   private udp(u: Upstream, question: Buffer): Promise<Buffer> {
+    if (this.closed) return Promise.reject(new Error('forwarder closed'));
     let id: number;
     do id = (Math.random() * 0x10000) | 0;
     while (this.pending.has(id));

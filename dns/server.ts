@@ -192,8 +192,8 @@ export class DnsServer {
     const fq = cloneQuery(q);
     const port = rinfo.port;
     this.forwarder.resolve(fq).then(
-      (a) => sock.send(this.reply(fq, a, limit), port, client),
-      () => sock.send(this.error(fq, RCODE.SERVFAIL), port, client),
+      (a) => sendLater(sock, this.reply(fq, a, limit), port, client),
+      () => sendLater(sock, this.error(fq, RCODE.SERVFAIL), port, client),
     );
   }
 
@@ -280,6 +280,15 @@ export class DnsServer {
   private formerr(q: Query): Buffer {
     this.counts.record(0, RCODE.FORMERR);
     return errorReply(q, RCODE.FORMERR, false);
+  }
+}
+
+/** A reply that waited for an upstream: the socket may have closed meanwhile (shutdown, a gateway that went away). */
+function sendLater(sock: UdpSocket, out: Buffer, port: number, address: string): void {
+  try {
+    sock.send(out, port, address);
+  } catch {
+    // ERR_SOCKET_DGRAM_NOT_RUNNING: nobody to answer on any more.
   }
 }
 
