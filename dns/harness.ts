@@ -2,13 +2,12 @@
 // or a reference server. 127.0.0.1 only. Servers started in-process (runDns) use dnsThreads: 1:
 // worker threads load the bundled module, so they are tested through dist/corral.mjs.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Endpoint, WatchEvent } from '../api/types.js';
 import { emptyEvent } from '../api/types.js';
+import { childEnv, freePort } from '../test/support/corral.js';
 
 export interface DigRecord {
   name: string;
@@ -26,31 +25,7 @@ export interface DigResult {
   raw: string;
 }
 
-/** A UDP and TCP port free on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const s = createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const p = (s.address() as { port: number }).port;
-        s.close(() => resolve(p));
-      });
-    });
-    const udpFree = await new Promise<boolean>((resolve) => {
-      const u = createSocket('udp4');
-      u.once('error', () => resolve(false));
-      u.bind(port, '127.0.0.1', () => u.close(() => resolve(true)));
-    });
-    if (udpFree) return port;
-  }
-}
-
-function childEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  delete env.NODE_EXTRA_CA_CERTS;
-  return env;
-}
+export { freePort };
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {

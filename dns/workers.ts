@@ -76,6 +76,7 @@ export class UdpWorkers implements UdpShare {
   private readonly workers: Worker[] = [];
   private readonly waiting = new Map<number, (m: FromWorker) => void>();
   private nextId = 1;
+  private warnedNoFd = false;
 
   private constructor(private readonly log: Logger) {}
 
@@ -126,7 +127,15 @@ export class UdpWorkers implements UdpShare {
   }
 
   attach(key: string, sock: UdpSocket, ipv6: boolean): void {
-    const fd = udpFd(sock);
+    let fd: number;
+    try {
+      fd = udpFd(sock);
+    } catch (err) {
+      // udpFd reads a Node internal: if a Node upgrade moves it, serve from this thread alone.
+      if (!this.warnedNoFd) this.log.warn({ err: (err as Error).message }, 'DNS worker threads cannot share the UDP socket; answering on the main thread only');
+      this.warnedNoFd = true;
+      return;
+    }
     for (const w of this.workers) w.postMessage({ t: 'attach', key, fd: dup(fd), ipv6 } satisfies ToWorker);
   }
 
