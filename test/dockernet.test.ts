@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from './support/corral.js';
 import { startDockerd, TEST_IMAGE, type Dockerd } from './support/dockerd.js';
+import { until } from './support/until.js';
 
 const PLUGIN = `corral-t${randomBytes(3).toString('hex')}`;
 const PLUGIN_SOCKET = `/run/docker/plugins/${PLUGIN}.sock`;
@@ -39,16 +40,6 @@ function run(name: string, network: string, ns: string, args: string[], labels: 
 /** busybox wget with a time bound (this busybox build crashes on `wget -T`). */
 function wget(container: string, url: string, seconds = 5): Promise<string> {
   return docker.exec(['exec', container, 'busybox', 'timeout', String(seconds), 'wget', '-q', '-O', '-', url]);
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 beforeAll(async () => {

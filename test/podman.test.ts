@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corral, startDaemon, type Daemon } from './support/corral.js';
 import { Netns, run } from './support/netns.js';
+import { until } from './support/until.js';
 
 const IMAGE = 'localhost/corral-test/busybox:1';
 const GATEWAY = '10.42.0.1';
@@ -23,16 +24,6 @@ function podman(args: string[], timeoutMs = 60_000): Promise<string> {
 /** busybox wget with a time bound (this busybox build crashes on `wget -T`). */
 function wget(container: string, url: string, seconds = 5): Promise<string> {
   return podman(['exec', container, 'busybox', 'timeout', String(seconds), 'wget', '-q', '-O', '-', url]);
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 beforeAll(async () => {
