@@ -1,10 +1,13 @@
 // The multi-host overlay: iperf3 between containers on two test hosts through Corral (corral-cni
-// containers, wireguard-go peers set by the agents from etcd) versus the same two host namespaces
-// joined by a hand-configured wireguard-go pair (the anchor: target ≥ 0.9×, our control plane
-// costs the data path nothing) and versus a plain veth pair (reported). Then convergence with etcd:
-// a new host's first container answering pings from the containers on every other host, and a new
-// endpoint answered by `corral dns` on every host (median, p95; target ≤ 500 ms).
+// containers, wireguard-go peers set by the agents from etcd) versus the same data path built by
+// hand on the same two hosts (the anchor: wireguard-go pair, routes, gateway and container veths
+// as Corral makes them, no Corral; target ≥ 0.9×, our control plane costs the data path nothing),
+// host → host over each WireGuard pair, and a plain veth pair (reported). Alternating trials,
+// medians. Then convergence with etcd: a new host's first container answering pings from the
+// containers on every other host, and a new endpoint answered by `corral dns` on every host
+// (median, p95; target ≤ 500 ms).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { resolve } from 'node:path';
@@ -18,11 +21,10 @@ import type { BenchSection } from './report.js';
 import { ratioHigherBetter, ratioLowerBetter } from './report.js';
 
 const IPERF_SECONDS = 5;
-const ROUNDS = 3;
+const TRIALS = 7; // alternating trials per path; each path reports its median
 const HOST_TRIALS = 5;
 const DNS_TRIALS = 10;
 const TARGET_MS = 500;
-const OVERLAY_MTU = 1440; // the test underlay is 1500 bytes, IPv4: what the agents derive
 
 /** iperf3 TCP throughput in Gbit/s from a client namespace to a server address in another. */
 async function iperf(server: Netns, client: Netns, address: string): Promise<number> {
@@ -72,30 +74,61 @@ function uapi(ifname: string, request: string): Promise<void> {
   });
 }
 
-/** The anchor: wireguard-go on each of two host namespaces, keys, peers and addresses set by hand. */
-async function handWireGuard(a: TestHost, b: TestHost, id: string): Promise<{ addrA: string; addrB: string; close(): Promise<void> }> {
+/** The MTU of one interface in a namespace, as the kernel reports it. */
+async function mtuOf(ns: Netns, ifname: string): Promise<number> {
+  const r = await ns.exec('ip', ['-j', 'link', 'show', 'dev', ifname]);
+  return (JSON.parse(r.stdout) as Array<{ mtu: number }>)[0]!.mtu;
+}
+
+interface HandPath {
+  /** The hand-made containers, one per host, and their addresses. */
+  ca: Netns;
+  cb: Netns;
+  addrA: string;
+  addrB: string;
+  /** The hand-made gateway on b's host (on its portless bridge): the host → host target. */
+  gatewayB: string;
+  close(): Promise<void>;
+}
+
+/**
+ * The anchor, like for like: on the same two test hosts, the data path Corral builds, built by
+ * hand with no Corral process involved. Per host: wireguard-go with keys, listen port, the other
+ * host as its one peer (allowed-ips = that host's block, keepalive 25 s: agent/mesh.ts), MTU and
+ * the cluster CIDR routed to it with the block's gateway as source (agent/overlay/link.ts); the
+ * gateway /32 on a portless bridge (ensureGateway); one container netns with a veth pair of the
+ * same MTU, its /32 address, a link route to the gateway and a default route via it, and on the
+ * host a /32 route to it with the gateway as source (agent/attach/veth.ts). Its own addresses
+ * (10.98.0.0/16), interface names and ports, so it never meets Corral's.
+ */
+async function handPath(a: TestHost, b: TestHost, id: string, mtu: { wg: number; veth: number }): Promise<HandPath> {
+  const cidr = '10.98.0.0/16';
   const sides = [
-    { h: a, ifname: `wb${id}a`, port: 51901, addr: '10.98.0.1', key: generateKeyPair() },
-    { h: b, ifname: `wb${id}b`, port: 51902, addr: '10.98.0.2', key: generateKeyPair() },
+    { h: a, block: '10.98.1.0/24', gateway: '10.98.1.1', addr: '10.98.1.2', port: 51901, key: generateKeyPair(), wg: `wb${id}a`, gw: `gb${id}a`, veth: `vb${id}a`, c: undefined as Netns | undefined },
+    { h: b, block: '10.98.2.0/24', gateway: '10.98.2.1', addr: '10.98.2.2', port: 51902, key: generateKeyPair(), wg: `wb${id}b`, gw: `gb${id}b`, veth: `vb${id}b`, c: undefined as Netns | undefined },
   ];
   const children: ChildProcess[] = [];
   const close = async () => {
     for (const c of children) await stop(c);
-    for (const s of sides) await s.h.ns.exec('ip', ['link', 'del', s.ifname]).catch(() => {});
-    for (const s of sides) await run('rm', ['-f', `/var/run/wireguard/${s.ifname}.sock`]);
+    for (const s of sides) {
+      for (const l of [s.wg, s.gw, s.veth]) await s.h.ns.exec('ip', ['link', 'del', l]).catch(() => {});
+      rmSync(`/var/run/wireguard/${s.wg}.sock`, { force: true });
+      await s.c?.delete();
+    }
   };
   try {
     for (const s of sides) {
-      children.push(s.h.ns.spawn('wireguard-go', [s.ifname], { env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'error' }, stdio: 'ignore' }));
+      rmSync(`/var/run/wireguard/${s.wg}.sock`, { force: true });
+      children.push(s.h.ns.spawn('wireguard-go', [s.wg], { env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'error' }, stdio: 'ignore' }));
     }
     for (const s of sides) {
       const peer = sides.find((x) => x !== s)!;
       for (let i = 0; ; i++) {
         try {
-          await uapi(s.ifname, [
+          await uapi(s.wg, [
             'set=1', `private_key=${s.key.privateKey.toString('hex')}`, `listen_port=${s.port}`,
             `public_key=${Buffer.from(peer.key.publicKey, 'base64').toString('hex')}`, `endpoint=${peer.h.address}:${peer.port}`,
-            'persistent_keepalive_interval=25', 'replace_allowed_ips=true', `allowed_ip=${peer.addr}/32`, '', '',
+            'persistent_keepalive_interval=25', 'replace_allowed_ips=true', `allowed_ip=${peer.block}`, '', '',
           ].join('\n'));
           break;
         } catch (err) {
@@ -103,15 +136,31 @@ async function handWireGuard(a: TestHost, b: TestHost, id: string): Promise<{ ad
           await new Promise((r) => setTimeout(r, 100)); // wireguard-go is still starting
         }
       }
-      await s.h.ns.exec('ip', ['addr', 'add', `${s.addr}/24`, 'dev', s.ifname]);
-      await s.h.ns.exec('ip', ['link', 'set', s.ifname, 'mtu', String(OVERLAY_MTU), 'up']);
+      const ip = (...args: string[]) => s.h.ns.exec('ip', args);
+      // The gateway: a /32 on a portless bridge.
+      await ip('link', 'add', s.gw, 'type', 'bridge');
+      await ip('link', 'set', s.gw, 'up');
+      await ip('addr', 'add', `${s.gateway}/32`, 'dev', s.gw);
+      // The overlay interface: MTU, up, the cluster CIDR routed to it from the gateway.
+      await ip('link', 'set', s.wg, 'mtu', String(mtu.wg), 'up');
+      await ip('route', 'add', cidr, 'dev', s.wg, 'scope', 'link', 'src', s.gateway);
+      await s.h.ns.exec('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+      // The container: veth of the container MTU, /32, link route to the gateway, default via it.
+      s.c = await Netns.create(`corral-hc-${id}`);
+      await ip('link', 'add', s.veth, 'mtu', String(mtu.veth), 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', String(mtu.veth), 'netns', s.c.name);
+      await ip('link', 'set', s.veth, 'up');
+      await ip('route', 'add', `${s.addr}/32`, 'dev', s.veth, 'scope', 'link', 'src', s.gateway);
+      await s.c.exec('ip', ['addr', 'add', `${s.addr}/32`, 'dev', 'eth0']);
+      await s.c.exec('ip', ['link', 'set', 'eth0', 'up']);
+      await s.c.exec('ip', ['route', 'add', `${s.gateway}/32`, 'dev', 'eth0', 'scope', 'link']);
+      await s.c.exec('ip', ['route', 'add', 'default', 'via', s.gateway, 'dev', 'eth0']);
     }
-    await a.ns.exec('ping', ['-c', '1', '-W', '2', sides[1]!.addr]);
+    await sides[0]!.c!.exec('ping', ['-c', '1', '-W', '3', sides[1]!.addr]);
   } catch (err) {
     await close();
     throw err;
   }
-  return { addrA: sides[0]!.addr, addrB: sides[1]!.addr, close };
+  return { ca: sides[0]!.c!, cb: sides[1]!.c!, addrA: sides[0]!.addr, addrB: sides[1]!.addr, gatewayB: sides[1]!.gateway, close };
 }
 
 /** Two namespaces joined by one veth pair: the unencrypted upper bound. */
@@ -153,6 +202,10 @@ function firstReply(from: Netns, to: string): Promise<number> {
   });
 }
 
+function fmtRuns(xs: number[]): string {
+  return xs.map((x) => x.toFixed(2)).join(', ');
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((x, y) => x - y);
   return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
@@ -188,7 +241,7 @@ async function dnsProbe(h: TestHost, dns: Daemon): Promise<{ ask(t0: number, nam
 
 export async function benchOverlay(): Promise<BenchSection> {
   let c: Cluster | undefined;
-  let anchor: Awaited<ReturnType<typeof handWireGuard>> | undefined;
+  let anchor: HandPath | undefined;
   let veth: Awaited<ReturnType<typeof plainVeth>> | undefined;
   const daemons: Daemon[] = [];
   const probes: Array<Awaited<ReturnType<typeof dnsProbe>>> = [];
@@ -197,27 +250,35 @@ export async function benchOverlay(): Promise<BenchSection> {
     const [h1, h2] = c.hosts as [TestHost, TestHost];
     const ca = await c.container(h1);
     const cb = await c.container(h2);
-    anchor = await handWireGuard(h1, h2, c.id);
+    // The anchor takes the MTUs Corral chose (its WireGuard interface, its container veth), not a constant.
+    const mtu = { wg: await mtuOf(h1.ns, h1.ifname), veth: await mtuOf(ca.ns, 'eth0') };
+    anchor = await handPath(h1, h2, c.id, mtu);
     veth = await plainVeth(c.id);
-    const corralPath = () => iperf(cb.ns, ca.ns, cb.address);
-    const handPath = () => iperf(h2.ns, h1.ns, anchor!.addrB);
-    const vethPath = () => iperf(veth!.b, veth!.a, veth!.addrB);
-    // Corral's own interface between the host namespaces: the anchor's hops exactly (no container veth, no forwarding).
     const gatewayB = String(cb.result.ips?.[0]?.gateway);
-    const hostPath = () => iperf(h2.ns, h1.ns, gatewayB);
-    // Warm up each path, then two alternating rounds; each keeps its better run (shared machine).
-    for (const f of [corralPath, handPath, vethPath, hostPath]) await f();
-    const runs = { corral: [] as number[], hand: [] as number[], veth: [] as number[], host: [] as number[] };
-    for (let round = 0; round < ROUNDS; round++) {
-      runs.corral.push(await corralPath());
-      runs.hand.push(await handPath());
-      runs.veth.push(await vethPath());
-      runs.host.push(await hostPath());
+    const hand = anchor;
+    const v = veth;
+    // Same iperf3 parameters everywhere; host → host targets the other host's block gateway on both sides.
+    const paths = {
+      corral: () => iperf(cb.ns, ca.ns, cb.address),
+      hand: () => iperf(hand.cb, hand.ca, hand.addrB),
+      corralHost: () => iperf(h2.ns, h1.ns, gatewayB),
+      handHost: () => iperf(h2.ns, h1.ns, hand.gatewayB),
+      veth: () => iperf(v.b, v.a, v.addrB),
+    };
+    type Path = keyof typeof paths;
+    const runs: Record<Path, number[]> = { corral: [], hand: [], corralHost: [], handHost: [], veth: [] };
+    // One warm-up each, then TRIALS alternating rounds; ours goes first in even rounds, the anchor in odd ones.
+    for (const f of Object.values(paths)) await f();
+    for (let round = 0; round < TRIALS; round++) {
+      const order: Path[] = round % 2 === 0 ? ['corral', 'hand', 'corralHost', 'handHost', 'veth'] : ['hand', 'corral', 'handHost', 'corralHost', 'veth'];
+      for (const p of order) runs[p].push(await paths[p]());
     }
-    const host2 = Math.max(...runs.host);
-    const ours2 = Math.max(...runs.corral);
-    const hand2 = Math.max(...runs.hand);
-    const plain2 = Math.max(...runs.veth);
+    const med = (p: Path) => median(runs[p]);
+    const ours2 = med('corral');
+    const hand2 = med('hand');
+    const host2 = med('corralHost');
+    const handHost2 = med('handHost');
+    const plain2 = med('veth');
 
     // Convergence 1: a new host joins; its first container is attached as soon as its agent is ready.
     const others: TestContainer[] = [ca, cb];
@@ -268,20 +329,21 @@ export async function benchOverlay(): Promise<BenchSection> {
     const r = ratioHigherBetter(ours2, hand2);
     return {
       title: 'Multi-host overlay: throughput and convergence (etcd, wireguard-go)',
-      anchor: `throughput: the same two host namespaces joined by a hand-configured wireguard-go pair (MTU ${OVERLAY_MTU}, no Corral), and a plain veth pair (no encryption); convergence: the ${TARGET_MS} ms target`,
-      conditions: `two test hosts (netns on an underlay bridge, MTU 1500) with \`corral agent --registry etcd://…\` (one etcd 3.4 member, lease TTL 3 s) and a corral-cni container each; iperf3 -t ${IPERF_SECONDS} TCP, one stream, after a warm-up, best of ${ROUNDS} alternating runs; ${HOST_TRIALS} new hosts joined one at a time, ping every 10 ms from the containers on both other hosts; ${DNS_TRIALS} endpoints registered over gRPC on h2, \`corral dns\` on h1 and h2 polled every 2 ms`,
+      anchor: `throughput: the same data path built by hand on the same two test hosts, no Corral process involved — a wireguard-go pair with keys, peers (allowed-ips = the other host's /24), MTU ${mtu.wg} and the /16 route set by hand, the gateway /32 on a portless bridge, and one container netns per host on a veth pair (MTU ${mtu.veth}, routed /32, link route to the gateway, default via it, host /32 route with the gateway as source), as agent/attach/veth.ts and agent/overlay/link.ts build them; and a plain veth pair (no encryption); convergence: the ${TARGET_MS} ms target`,
+      conditions: `two test hosts (netns on an underlay bridge, MTU 1500) with \`corral agent --registry etcd://…\` (one etcd 3.4 member, lease TTL 3 s) and a corral-cni container each; iperf3 -t ${IPERF_SECONDS} TCP, one stream, the same parameters on every path; one warm-up per path, then ${TRIALS} alternating rounds (ours first in even rounds, the anchor first in odd ones), median per path; ${HOST_TRIALS} new hosts joined one at a time, ping every 10 ms from the containers on both other hosts; ${DNS_TRIALS} endpoints registered over gRPC on h2, \`corral dns\` on h1 and h2 polled every 2 ms`,
       rows: [
-        { metric: 'iperf3 container → container on another host', ours: ours2, anchor: hand2, unit: 'Gbit/s', ratio: r, target: '≥ 0.9× of hand-made wireguard-go', pass: r >= 0.9 },
-        { metric: 'iperf3 host → host over corral0 (the anchor\'s hops: no container veth)', ours: host2, anchor: hand2, unit: 'Gbit/s', ratio: ratioHigherBetter(host2, hand2) },
-        { metric: 'iperf3 versus a plain veth pair (reported)', ours: ours2, anchor: plain2, unit: 'Gbit/s', ratio: ratioHigherBetter(ours2, plain2) },
+        { metric: 'iperf3 container → container on another host (median)', ours: ours2, anchor: hand2, unit: 'Gbit/s', ratio: r, target: '≥ 0.9× of the same path by hand', pass: r >= 0.9 },
+        { metric: 'iperf3 host → host gateway over WireGuard, no container veth (median, reported)', ours: host2, anchor: handHost2, unit: 'Gbit/s', ratio: ratioHigherBetter(host2, handHost2) },
+        { metric: 'iperf3 container → container versus a plain veth pair (reported)', ours: ours2, anchor: plain2, unit: 'Gbit/s', ratio: ratioHigherBetter(ours2, plain2) },
         { metric: 'new host: agent ready → its first container answers every other host (median)', ours: reachMed, anchor: TARGET_MS, unit: 'ms', ratio: ratioLowerBetter(reachMed, TARGET_MS), target: `≤ ${TARGET_MS} ms`, pass: reachMed <= TARGET_MS },
         { metric: 'new host: same, p95', ours: reachP95, anchor: TARGET_MS, unit: 'ms', ratio: ratioLowerBetter(reachP95, TARGET_MS), target: `≤ ${TARGET_MS} ms`, pass: reachP95 <= TARGET_MS },
         { metric: 'new endpoint answered by DNS on every host (median)', ours: dnsMed, anchor: TARGET_MS, unit: 'ms', ratio: ratioLowerBetter(dnsMed, TARGET_MS), target: `≤ ${TARGET_MS} ms`, pass: dnsMed <= TARGET_MS },
         { metric: 'new endpoint answered by DNS on every host (p95)', ours: dnsP95, anchor: TARGET_MS, unit: 'ms', ratio: ratioLowerBetter(dnsP95, TARGET_MS), target: `≤ ${TARGET_MS} ms`, pass: dnsP95 <= TARGET_MS },
       ],
       notes: [
-        `throughput runs (Gbit/s): corral ${runs.corral.map((x) => x.toFixed(2)).join(', ')}; hand-made wireguard-go ${runs.hand.map((x) => x.toFixed(2)).join(', ')}; plain veth ${runs.veth.map((x) => x.toFixed(2)).join(', ')}; host → host over corral0 ${runs.host.map((x) => x.toFixed(2)).join(', ')}`,
-        'the Corral path has one more veth hop on each side (container → host) than the anchor, which runs iperf3 in the host namespaces themselves',
+        `throughput per trial (Gbit/s, warm-up excluded): Corral container → container ${fmtRuns(runs.corral)}; by hand ${fmtRuns(runs.hand)}; Corral host → host ${fmtRuns(runs.corralHost)}; by hand ${fmtRuns(runs.handHost)}; plain veth ${fmtRuns(runs.veth)}`,
+        `what the container hops (veth + forwarding on each side) leave of host → host, medians: by hand ${(hand2 / handHost2).toFixed(2)}×, Corral ${(ours2 / host2).toFixed(2)}×`,
+        'Corral\'s nftables table in each host namespace (forward-hook verdict map, a NAT postrouting chain and so conntrack) sees the anchor\'s forwarded packets too, since both share the host namespaces: the ratio does not charge Corral for those hooks',
         `new host, per trial (ms): agent start → ready ${agentStart.join(', ')}; ready → reachable ${fromReady.join(', ')}; of which after its CNI ADD returned ${fromAdd.join(', ')}`,
         `new endpoint → answered on both hosts, per trial (ms): ${dnsAll.join(', ')}`,
       ],
