@@ -11,6 +11,7 @@ import type { WatchEvent } from '../api/types.js';
 import { AgentWatch } from '../api/watch.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
+import { batchSupport } from './batch.js';
 import { Forwarder, parseUpstream, resolvConfUpstreams, type ForwarderOptions, type Upstream } from './forward.js';
 import { GatewayListeners } from './gateways.js';
 import { RateLimiter } from './ratelimit.js';
@@ -53,10 +54,14 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   // allows its share of the per-client limit, since a client's datagrams spread over them.
   const threads = opts.dnsThreads > 0 ? opts.dnsThreads : Math.min(4, availableParallelism());
   const limiter = new RateLimiter(opts.dnsRateLimit / threads, Math.max(1, opts.dnsRateLimit / threads));
+  // Batched UDP reads and sends (batch.ts) unless koffi or libc cannot give us the syscalls.
+  const noBatch = batchSupport();
+  const batch = noBatch === '';
+  if (!batch) log.warn({ err: noBatch }, 'DNS cannot batch UDP (recvmmsg/sendmmsg through koffi unavailable); one datagram at a time through Node dgram');
   let workers: UdpWorkers | null = null;
   if (threads > 1) {
     const { onUpstream: _, ...forwarderTuning } = tuning.forwarder ?? {};
-    workers = await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads }, log);
+    workers = await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads, batch }, log);
   }
   // "gateway:PORT" entries follow this node's block (gateways.ts); the rest are fixed addresses.
   const listen = opts.dnsListen.map((l) => ({ text: l, ...parseHostPort(l, '--dns-listen') }));
@@ -67,6 +72,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     acl,
     limiter,
     share: workers,
+    batch,
     log,
   });
   const gateways = new GatewayListeners(opts.nodeName, listen.filter((l) => l.host === 'gateway').map((l) => l.port), server, log);

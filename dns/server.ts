@@ -6,6 +6,7 @@ import { createServer, isIPv6, type Server as TcpServer, type Socket as TcpSocke
 import type { Logger } from 'pino';
 import { parseHostPort } from '../api/options.js';
 import type { RecursionAcl } from './access.js';
+import { batchDgram, type BatchedUdp } from './batch.js';
 import type { AnswerCache } from './answers.js';
 import { nowSec, type Forwarder } from './forward.js';
 import type { RateLimiter } from './ratelimit.js';
@@ -23,6 +24,8 @@ export interface DnsServerOptions {
   acl?: RecursionAcl | null;
   /** Per-client rate limit (null: none). */
   limiter?: RateLimiter | null;
+  /** Read IPv4 UDP sockets with recvmmsg and answer with sendmmsg (batch.ts) instead of Node dgram. */
+  batch?: boolean;
   /** Worker threads that read the same UDP sockets (workers.ts). */
   share?: UdpShare | null;
   log?: Logger;
@@ -64,6 +67,7 @@ export interface BoundListener {
 
 interface Listener extends BoundListener {
   udp: UdpSocket;
+  batch: BatchedUdp | null;
   tcp: TcpServer;
 }
 
@@ -83,6 +87,8 @@ export class DnsServer {
   private readonly limiter: RateLimiter | null;
   private readonly listeners = new Map<string, Listener>();
   private readonly conns = new Set<TcpSocket>();
+  private readonly batches = new Map<UdpSocket, BatchedUdp>();
+  private warnedBatch = false;
   /** Queries refused recursion (outside the cluster and the host). */
   refused = 0;
 
@@ -121,10 +127,12 @@ export class DnsServer {
       try {
         const tcp = await this.bindTcp(host, actual);
         const key = `${host}:${actual}`;
-        this.listeners.set(key, { host, port: actual, udp, tcp });
+        this.listeners.set(key, { host, port: actual, udp, tcp, batch: this.batches.get(udp) ?? null });
         this.opts.share?.attach(key, udp, isIPv6(host));
         return { host, port: actual };
       } catch (err) {
+        await this.batches.get(udp)?.close();
+        this.batches.delete(udp);
         udp.close();
         if (port !== 0 || attempt >= 10) throw err;
       }
@@ -138,6 +146,7 @@ export class DnsServer {
     if (!l) return;
     this.listeners.delete(key);
     await this.opts.share?.detach(key);
+    await this.stopBatch(l);
     await Promise.all([new Promise<void>((r) => l.udp.close(() => r())), new Promise<void>((r) => l.tcp.close(() => r()))]);
   }
 
@@ -146,6 +155,7 @@ export class DnsServer {
     this.conns.clear();
     const all = [...this.listeners.values()];
     this.listeners.clear();
+    await Promise.all(all.map((l) => this.stopBatch(l)));
     await Promise.all(all.flatMap((l) => [new Promise<void>((r) => l.udp.close(() => r())), new Promise<void>((r) => l.tcp.close(() => r()))]));
   }
 
@@ -157,9 +167,22 @@ export class DnsServer {
         sock.off('error', reject);
         sock.on('error', (err) => this.opts.log?.warn({ err: err.message }, 'DNS UDP socket error'));
         sock.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.onDatagram(sock, msg, rinfo));
+        if (this.opts.batch && !isIPv6(host)) {
+          const { batch, why } = batchDgram(sock, this, (err) => this.opts.log?.warn({ err }, 'DNS UDP batch error'));
+          if (batch) this.batches.set(sock, batch);
+          else if (!this.warnedBatch) {
+            this.warnedBatch = true;
+            this.opts.log?.warn({ err: why }, 'DNS cannot batch UDP on this socket; one datagram at a time through Node dgram');
+          }
+        }
         resolve(sock);
       });
     });
+  }
+
+  private async stopBatch(l: Listener): Promise<void> {
+    this.batches.delete(l.udp);
+    await l.batch?.close();
   }
 
   private bindTcp(host: string, port: number): Promise<TcpServer> {
@@ -176,25 +199,30 @@ export class DnsServer {
 
   /** One UDP query (also called by worker threads for their copies of the sockets). */
   onDatagram(sock: UdpSocket, msg: Buffer, rinfo: RemoteInfo): void {
+    const out = this.answerUdp(msg, rinfo.address, rinfo.port, sock);
+    if (out !== null) sock.send(out, rinfo.port, rinfo.address);
+  }
+
+  /**
+   * The reply to one UDP query if it is ready now; null when it is dropped or waits for an
+   * upstream (then `later` sends it). `msg` may be reused by the caller once this returns.
+   */
+  answerUdp(msg: Buffer, client: string, port: number, later: UdpSender): Buffer | null {
     const q = this.q;
     const parsed = parseQuery(msg, q);
-    if (parsed === PARSE_DROP) return;
-    const client = rinfo.address;
+    if (parsed === PARSE_DROP) return null;
     // Over the limit: drop. A reply costs us as much as an answer (the send is most of the
     // work per query), and dropping gives a flooding client nothing to amplify.
-    if (this.limiter !== null && !this.limiter.allow(client, performance.now())) return;
+    if (this.limiter !== null && !this.limiter.allow(client, performance.now())) return null;
     const limit = q.edns ? (q.udpSize < this.udpPayload ? q.udpSize : this.udpPayload) : 512;
     const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, limit, client);
-    if (out !== null) {
-      sock.send(out, rinfo.port, client);
-      return;
-    }
+    if (out !== null) return out;
     const fq = cloneQuery(q);
-    const port = rinfo.port;
     this.forwarder.resolve(fq).then(
-      (a) => sendLater(sock, this.reply(fq, a, limit), port, client),
-      () => sendLater(sock, this.error(fq, RCODE.SERVFAIL), port, client),
+      (a) => sendLater(later, this.reply(fq, a, limit), port, client),
+      () => sendLater(later, this.error(fq, RCODE.SERVFAIL), port, client),
     );
+    return null;
   }
 
   private onConnection(conn: TcpSocket): void {
@@ -283,8 +311,13 @@ export class DnsServer {
   }
 }
 
+/** Where a reply that waited for an upstream goes (a dgram socket, or the batched path of workers.ts). */
+export interface UdpSender {
+  send(out: Buffer, port: number, address: string): void;
+}
+
 /** A reply that waited for an upstream: the socket may have closed meanwhile (shutdown, a gateway that went away). */
-function sendLater(sock: UdpSocket, out: Buffer, port: number, address: string): void {
+function sendLater(sock: UdpSender, out: Buffer, port: number, address: string): void {
   try {
     sock.send(out, port, address);
   } catch {

@@ -3,7 +3,6 @@
 // reads the same UDP sockets as the main thread through a dup(2) of each socket's descriptor.
 // The kernel hands each datagram to whichever thread reads first. TCP, the agent watch, the
 // admin endpoint and the gateway bookkeeping stay on the main thread.
-import { createRequire } from 'node:module';
 import { setFlagsFromString } from 'node:v8';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
@@ -14,10 +13,10 @@ import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { Forwarder, type ForwarderOptions, type Upstream } from './forward.js';
 import { RateLimiter } from './ratelimit.js';
+import { BatchedUdp, dup, probeBatch, udpFd } from './batch.js';
 import { DnsServer, literalLookup, type UdpShare } from './server.js';
 import { Zone } from './zone.js';
 
-const require = createRequire(import.meta.url);
 const KIND = 'corral-dns-udp-worker';
 
 interface Setup {
@@ -26,6 +25,8 @@ interface Setup {
   upstreams: Upstream[];
   forwarder: Omit<ForwarderOptions, 'onUpstream'>;
   threads: number;
+  /** recvmmsg/sendmmsg on IPv4 sockets (batch.ts); false when the main thread found them unavailable. */
+  batch: boolean;
 }
 
 /** What a worker reports at scrape time (counters since it started; durations since the last report). */
@@ -41,35 +42,13 @@ type ToWorker =
   | { t: 'event'; ev: WatchEvent }
   | { t: 'attach'; key: string; fd: number; ipv6: boolean }
   | { t: 'detach'; key: string; id: number }
+  | { t: 'stop'; id: number }
   | { t: 'stats'; id: number };
 
 type FromWorker =
   | { t: 'ready' }
   | { t: 'detached'; id: number }
   | { t: 'stats'; id: number; stats: WorkerStats };
-
-let dupFn: ((fd: number) => number) | undefined;
-
-/** dup(2): the workers need descriptors of their own, so closing one never closes another's. */
-function dup(fd: number): number {
-  if (!dupFn) {
-    const koffi = require('koffi') as typeof import('koffi');
-    const libc = koffi.load('libc.so.6');
-    dupFn = libc.func('int dup(int fd)') as (fd: number) => number;
-  }
-  const d = dupFn(fd);
-  if (d < 0) throw new Error(`dup(${fd}) failed: too many open files?`);
-  return d;
-}
-
-/** The descriptor under a bound dgram socket (no public getter; `_handle` is deprecated). */
-export function udpFd(sock: UdpSocket): number {
-  const state = Object.getOwnPropertySymbols(sock).find((s) => s.description === 'state symbol');
-  const handle = (state ? (sock as unknown as Record<symbol, { handle?: { fd?: number } }>)[state]?.handle : undefined);
-  const fd = handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('cannot find the descriptor of a UDP socket to share with worker threads');
-  return fd;
-}
 
 /** The main thread's side: starts the workers and keeps them in step. */
 export class UdpWorkers implements UdpShare {
@@ -150,6 +129,8 @@ export class UdpWorkers implements UdpShare {
   }
 
   async close(): Promise<void> {
+    // Batched sockets have a poll in flight on the thread pool: stop them before the threads go.
+    await Promise.all(this.workers.map((w) => this.ask(w, { t: 'stop', id: this.nextId++ })));
     await Promise.all(this.workers.map((w) => w.terminate().catch(() => 0)));
     this.workers.length = 0;
   }
@@ -189,7 +170,13 @@ function runWorker(setup: Setup): void {
   // A client's datagrams spread over the threads: each thread allows its share of the limit.
   const limiter = new RateLimiter(opts.dnsRateLimit / setup.threads, Math.max(1, opts.dnsRateLimit / setup.threads));
   const server = new DnsServer(zone, answers, forwarder, { listen: [], udpPayload: opts.dnsUdpSize, acl, limiter, log });
-  const sockets = new Map<string, UdpSocket>();
+  const sockets = new Map<string, { close(): Promise<void> }>();
+  let warnedBatch = false;
+  const closeAll = () => {
+    const all = [...sockets.values()];
+    sockets.clear();
+    return Promise.all(all.map((s) => s.close()));
+  };
 
   port.on('message', (m: ToWorker) => {
     switch (m.t) {
@@ -197,20 +184,37 @@ function runWorker(setup: Setup): void {
         zone.apply(m.ev);
         break;
       case 'attach': {
+        if (setup.batch && !m.ipv6) {
+          let why = probeBatch(m.fd);
+          if (why === '') {
+            try {
+              const b = new BatchedUdp(m.fd, server, (err) => log.warn({ err }, 'DNS UDP batch error'));
+              sockets.set(m.key, b);
+              b.start();
+              break;
+            } catch (err) {
+              why = (err as Error).message;
+            }
+          }
+          if (!warnedBatch) log.warn({ err: why }, 'DNS worker thread cannot batch UDP (recvmmsg/sendmmsg unavailable); using Node dgram');
+          warnedBatch = true;
+        }
         const sock = createSocket({ type: m.ipv6 ? 'udp6' : 'udp4', lookup: literalLookup });
         sock.on('error', (err) => log.warn({ err: err.message }, 'DNS UDP socket error'));
         sock.on('message', (msg, rinfo) => server.onDatagram(sock, msg, rinfo));
         sock.bind({ fd: m.fd });
-        sockets.set(m.key, sock);
+        sockets.set(m.key, { close: () => new Promise<void>((r) => sock.close(() => r())) });
         break;
       }
       case 'detach': {
         const sock = sockets.get(m.key);
         sockets.delete(m.key);
-        if (sock) sock.close(() => port.postMessage({ t: 'detached', id: m.id } satisfies FromWorker));
-        else port.postMessage({ t: 'detached', id: m.id } satisfies FromWorker);
+        void (sock ? sock.close() : Promise.resolve()).then(() => port.postMessage({ t: 'detached', id: m.id } satisfies FromWorker));
         break;
       }
+      case 'stop':
+        void closeAll().then(() => port.postMessage({ t: 'detached', id: m.id } satisfies FromWorker));
+        break;
       case 'stats': {
         const stats: WorkerStats = {
           counts: [...server.counts.entries()], cacheHits: answers.hits + forwarder.hits, limited: limiter.limited, refused: server.refused, upstreamSeconds,
