@@ -5,10 +5,8 @@
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeLogger } from '../api/log.js';
-import { defaultOptions } from '../api/options.js';
-import { dig, endpoint, freePort, kdig, watchEvent } from './harness.js';
-import { runDns, type RunningDns } from './main.js';
+import { dig, endpoint, kdig, startStandaloneDns, watchEvent } from './harness.js';
+import type { RunningDns } from './main.js';
 import { buildQuery, TYPE } from './wire.js';
 
 let dns: RunningDns;
@@ -79,15 +77,7 @@ function packet(): Buffer {
 }
 
 beforeAll(async () => {
-  port = await freePort();
-  dns = await runDns(
-    {
-      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', dnsThreads: 1,
-      agentSocket: '/nonexistent/corral-test-agent.sock', dnsUpstream: [`127.0.0.1:${await freePort()}`],
-    },
-    makeLogger('dns', 'silent'),
-    { forwarder: { timeoutMs: 100, rounds: 1 } },
-  );
+  ({ dns, port } = await startStandaloneDns(100));
   dns.apply(watchEvent({
     revision: 3,
     snapshot: true,

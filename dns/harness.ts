@@ -7,7 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Endpoint, WatchEvent } from '../api/types.js';
 import { emptyEvent } from '../api/types.js';
+import { makeLogger } from '../api/log.js';
+import { defaultOptions } from '../api/options.js';
 import { childEnv, freePort } from '../test/support/corral.js';
+import { runDns, type RunningDns } from './main.js';
 
 export interface DigRecord {
   name: string;
@@ -144,4 +147,21 @@ export function endpoint(over: Partial<Endpoint> & { address: string }): Endpoin
 
 export function watchEvent(over: Partial<WatchEvent>): WatchEvent {
   return { ...emptyEvent(1, false), ...over };
+}
+
+/**
+ * `corral dns` in this process on a free 127.0.0.1 port, with no agent (the test feeds it with
+ * `dns.apply`), one thread, and an upstream nobody answers.
+ */
+export async function startStandaloneDns(forwarderTimeoutMs: number): Promise<{ dns: RunningDns; port: number }> {
+  const port = await freePort();
+  const dns = await runDns(
+    {
+      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', dnsThreads: 1,
+      agentSocket: '/nonexistent/corral-test-agent.sock', dnsUpstream: [`127.0.0.1:${await freePort()}`],
+    },
+    makeLogger('dns', 'silent'),
+    { forwarder: { timeoutMs: forwarderTimeoutMs, rounds: 1 } },
+  );
+  return { dns, port };
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions } from '../api/options.js';
 import type { Allocation } from '../api/types.js';
-import { dig, endpoint, freePort, kdig, watchEvent } from './harness.js';
+import { dig, endpoint, freePort, kdig, startStandaloneDns, watchEvent } from './harness.js';
 import { runDns, type RunningDns } from './main.js';
 import { buildQuery } from './wire.js';
 
@@ -22,15 +22,7 @@ const PROD_CLIENT = '127.0.0.2';
 const DEV_CLIENT = '127.0.0.3';
 
 beforeAll(async () => {
-  port = await freePort();
-  dns = await runDns(
-    {
-      ...defaultOptions(), dnsListen: [`127.0.0.1:${port}`], adminListen: '127.0.0.1:0', dnsThreads: 1,
-      agentSocket: '/nonexistent/corral-test-agent.sock', dnsUpstream: [`127.0.0.1:${await freePort()}`],
-    },
-    makeLogger('dns', 'silent'),
-    { forwarder: { timeoutMs: 200, rounds: 1 } },
-  );
+  ({ dns, port } = await startStandaloneDns(200));
   dns.apply(watchEvent({
     revision: 5,
     snapshot: true,
