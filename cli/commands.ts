@@ -3,6 +3,7 @@ import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
 import type { Endpoint, EndpointReply, HealthCheck, ListReply, RotateKeysReply, ServiceReply, StatusReply } from '../api/types.js';
+import { duration } from '../agent/endpoints.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 import { ipamCommands } from './ipam.js';
 
@@ -67,9 +68,11 @@ function need(p: Parsed, n: number, usage: string): string[] {
 
 function durationMs(text: string | undefined, what: string): number {
   if (text === undefined) return 0;
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text);
-  if (!m) throw new UsageError(`${what} "${text}" is not a duration such as 500ms, 2s or 1m`);
-  return Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000));
+  try {
+    return duration(what, text);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }
 
 function colorsText(active: Record<string, number>): string {
