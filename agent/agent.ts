@@ -421,6 +421,7 @@ export class Agent implements EndpointSink, AgentOps {
       httpHosts: req.httpHosts.flatMap((h) => v.httpHosts('http host', h)),
       httpPath: v.httpPath('http path', req.httpPath || '/'),
       healthCheck: healthCheckFrom(req.healthCheck),
+      lbBalance: req.lbBalance ? v.balancePolicy('lb balance', req.lbBalance) : undefined,
     });
     await this.upsert(ep);
     return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(ep.id) ?? ep };

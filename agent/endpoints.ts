@@ -1,7 +1,7 @@
 // Building and validating Endpoint records, whatever their origin (Docker labels, `corral
 // register`, CNI). Every rejection names the field, the bad value and what is accepted.
 import { isIP } from 'node:net';
-import type { Endpoint, HealthCheck } from '../api/types.js';
+import { BALANCE_POLICIES, isBalancePolicy, type BalancePolicy, type Endpoint, type HealthCheck } from '../api/types.js';
 
 export class InvalidEndpoint extends Error {
   constructor(readonly field: string, readonly value: string, readonly accepted: string) {
@@ -56,6 +56,13 @@ export function httpPath(field: string, value: string): string {
   return v;
 }
 
+/** A load-balancing policy name (`corral.lb.balance`, `--lb-balance`), case and spaces ignored. */
+export function balancePolicy(field: string, value: string): BalancePolicy {
+  const v = value.trim().toLowerCase();
+  if (!isBalancePolicy(v)) throw new InvalidEndpoint(field, value, BALANCE_POLICIES.join(' or '));
+  return v;
+}
+
 export function address(field: string, value: string): string {
   const v = value.trim();
   if (!isIP(v)) throw new InvalidEndpoint(field, value, 'an IPv4 or IPv6 address');
@@ -84,6 +91,8 @@ export interface EndpointSpec {
   drainMs?: number;
   containerId?: string;
   containerName?: string;
+  /** Balancing policy the endpoint asks for; unset: the LB's --lb-balance. */
+  lbBalance?: BalancePolicy;
   /** Initial health: true unless an active check must pass first. */
   healthy?: boolean;
   healthReason?: string;
@@ -112,6 +121,7 @@ export function newEndpoint(s: EndpointSpec): Endpoint {
     containerId: s.containerId ?? '',
     containerName: s.containerName ?? '',
     draining: false,
+    lbBalance: s.lbBalance ? balancePolicy('lb balance', s.lbBalance) : '',
   };
 }
 

@@ -33,6 +33,21 @@ export interface Endpoint {
   containerId: string;
   containerName: string;
   draining: boolean;
+  /**
+   * Balancing policy this endpoint asks the LB to use for its service (label `corral.lb.balance`,
+   * `corral register --lb-balance`). '' — and absent, in records written before the field
+   * existed — means "the LB's --lb-balance".
+   */
+  lbBalance?: string;
+}
+
+/** The LB's balancing policies (`--lb-balance`, label `corral.lb.balance`). */
+export const BALANCE_POLICIES = ['round-robin', 'least-request'] as const;
+export type BalancePolicy = (typeof BALANCE_POLICIES)[number];
+
+/** True for a policy name the LB knows (records may carry others, from newer agents). */
+export function isBalancePolicy(value: unknown): value is BalancePolicy {
+  return value === 'round-robin' || value === 'least-request';
 }
 
 export interface Service {
@@ -108,6 +123,8 @@ export interface RegisterRequest {
   weight: number;
   healthCheck: HealthCheck | null;
   portName: string;
+  /** '' or absent: the LB's --lb-balance. */
+  lbBalance?: string;
 }
 export interface DeregisterRequest { service: string; namespace: string; address: string; port: number }
 export interface EndpointReply { revision: number; endpoint: Endpoint | null }

@@ -2,7 +2,7 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import type { Endpoint, EndpointReply, HealthCheck, ListReply, RotateKeysReply, ServiceReply, StatusReply } from '../api/types.js';
+import { BALANCE_POLICIES, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
 import { duration } from '../agent/endpoints.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 import { ipamCommands } from './ipam.js';
@@ -20,6 +20,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'health-interval', help: 'register: check interval (default 2s)' },
   { name: 'weight', help: 'register: endpoint weight (default 1)' },
   { name: 'port-name', help: 'register: SRV port name (default http)' },
+  { name: 'lb-balance', help: 'register: how the LB balances this service: round-robin or least-request (default: the LB\'s --lb-balance)' },
   { name: 'bin-dir', help: 'install-cni: CNI bin dir (default /opt/cni/bin)' },
   { name: 'conf-dir', help: 'install-cni: CNI config dir (default /etc/cni/net.d)' },
 ];
@@ -145,19 +146,21 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     },
   },
   register: {
-    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w]',
+    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w] [--lb-balance round-robin|least-request]',
     async run(p, c) {
       const [service, target] = need(p, 2, this.usage);
       const { address, port } = addrPort(target, 'register');
       const f = p.flags;
       const weight = f.has('weight') ? Number(f.get('weight')) : 0;
       if (f.has('weight') && !(Number.isInteger(weight) && weight >= 1)) throw new UsageError(`--weight "${f.get('weight')}" is not a whole number of 1 or more`);
+      const lbBalance = f.has('lb-balance') ? f.get('lb-balance')!.trim().toLowerCase() : '';
+      if (f.has('lb-balance') && !isBalancePolicy(lbBalance)) throw new UsageError(`--lb-balance "${f.get('lb-balance')}" is not ${BALANCE_POLICIES.join(' or ')}`);
       const healthCheck: HealthCheck | null = f.has('health-path') || p.bools.has('health-tcp')
         ? { path: f.get('health-path') ?? '', tcp: p.bools.has('health-tcp'), intervalMs: durationMs(f.get('health-interval'), '--health-interval'), timeoutMs: 0, rise: 0, fall: 0 }
         : null;
       const r = await unary<object, EndpointReply>(c, 'Register', {
         service, namespace: f.get('namespace') ?? 'default', address, port, color: f.get('color') ?? '',
-        httpHosts: f.has('http-host') ? [f.get('http-host')!] : [], httpPath: f.get('http-path') ?? '', weight, healthCheck, portName: f.get('port-name') ?? '',
+        httpHosts: f.has('http-host') ? [f.get('http-host')!] : [], httpPath: f.get('http-path') ?? '', weight, healthCheck, portName: f.get('port-name') ?? '', lbBalance,
       });
       out(p, r, `registered ${target} as ${r.endpoint?.service}.${r.endpoint?.namespace} (color ${r.endpoint?.color}) at revision ${r.revision}`);
     },

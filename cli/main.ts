@@ -21,6 +21,15 @@ Command flags:
 ${CLIENT_FLAGS.map((f) => `  ${(f.short ? `-${f.short}, --${f.name}` : `    --${f.name}`).padEnd(20)} ${f.help}`).join('\n')}
 `;
 
+/** `corral <command> --help`: its usage and the flags it reads (the common ones and its own). */
+function commandHelp(cmd: string): string {
+  const own = `${cmd}: `;
+  const flags = CLIENT_FLAGS.filter((f) => !/^[a-z-]+: /.test(f.help) || f.help.startsWith(own));
+  return `usage: corral ${commands[cmd]!.usage}\n\nFlags (each also as CORRAL_<FLAG> in the environment):\n${flags
+    .map((f) => `  ${(f.short ? `-${f.short}, --${f.name}` : `    --${f.name}`).padEnd(22)} ${f.help.startsWith(own) ? f.help.slice(own.length) : f.help}`)
+    .join('\n')}\n`;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === 'help' || cmd === '--help' || cmd === '-h') {
@@ -38,7 +47,14 @@ async function main(argv: string[]): Promise<number> {
     const opts = daemonOptions(p);
     return runDaemons(cmd === 'up' ? ['agent', 'dns', 'lb'] : [cmd], opts);
   }
-  if (cmd in commands) return runCommand(cmd, parseFlags(rest, CLIENT_FLAGS));
+  if (cmd in commands) {
+    const dashdash = rest.indexOf('--');
+    if (rest.slice(0, dashdash < 0 ? undefined : dashdash).some((a) => a === '--help' || a === '-h')) {
+      process.stdout.write(commandHelp(cmd));
+      return 0;
+    }
+    return runCommand(cmd, parseFlags(rest, CLIENT_FLAGS));
+  }
   throw new UsageError(`unknown command "${cmd}"; see \`corral help\``);
 }
 

@@ -36,7 +36,7 @@ describe('Docker labels', () => {
       id: `docker:n1:${ID}`, service: 'web', namespace: 'default', address: '10.77.0.5', port: 80, portName: 'http',
       color: 'default', weight: 1, healthy: true, healthReason: 'no health check', origin: 'docker', node: 'n1',
       httpHosts: [], httpPath: '/', healthCheck: null, deploy: 'manual', drainMs: 10_000,
-      containerId: ID, containerName: 'web-1', draining: false,
+      containerId: ID, containerName: 'web-1', draining: false, lbBalance: '',
     });
   });
 
@@ -69,14 +69,23 @@ describe('Docker labels', () => {
       'corral.health.fall': '4',
       'corral.deploy': 'auto',
       'corral.drain': '30s',
+      'corral.lb.balance': 'least-request',
       'com.docker.compose.project': 'x',
     }), 'n1')!;
     expect(ep).toMatchObject({
       service: 'api', namespace: 'prod', port: 8080, portName: 'grpc', httpHosts: ['api.example.com', '*.api.example.com'],
-      httpPath: '/v1', color: 'green', weight: 30, deploy: 'auto', drainMs: 30_000,
+      httpPath: '/v1', color: 'green', weight: 30, deploy: 'auto', drainMs: 30_000, lbBalance: 'least-request',
       healthCheck: { path: '/healthz', tcp: false, intervalMs: 500, timeoutMs: 250, rise: 3, fall: 4 },
       healthy: false, healthReason: 'waiting for the first health check',
     });
+  });
+
+  it('reads corral.lb.balance: round-robin or least-request, case and spaces ignored; absent means the LB\'s flag', () => {
+    const lb = (v?: string) => endpointFromContainer(container({ 'corral.service': 'web', ...(v === undefined ? {} : { 'corral.lb.balance': v }) }), 'n1')!.lbBalance;
+    expect(lb('round-robin')).toBe('round-robin');
+    expect(lb('least-request')).toBe('least-request');
+    expect(lb(' Least-Request ')).toBe('least-request');
+    expect(lb()).toBe('');
   });
 
   it('uses the health check defaults 2s, 1s, 2, 2 and supports a TCP check', () => {
@@ -134,6 +143,8 @@ describe('Docker labels', () => {
     ['tuning without check', { 'corral.health.interval': '5s' }, 'corral.health.interval', 'used only with corral.health.path or corral.health.tcp=true'],
     ['deploy', { 'corral.deploy': 'blue-green' }, 'corral.deploy', 'manual or auto'],
     ['drain', { 'corral.drain': 'forever' }, 'corral.drain', 'a duration such as 500ms, 2s or 1m'],
+    ['lb balance', { 'corral.lb.balance': 'least-connections' }, 'corral.lb.balance', 'round-robin or least-request'],
+    ['empty lb balance', { 'corral.lb.balance': '' }, 'corral.lb.balance', 'round-robin or least-request'],
     ['unknown', { 'corral.helth.path': '/' }, 'corral.helth.path', 'unknown label (a typo?); Corral reads corral.service, corral.namespace'],
   ];
   it.each(bad)('names the container, the label, the value and what is accepted: bad %s', (_what, labels, label, accepted) => {

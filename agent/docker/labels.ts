@@ -3,7 +3,7 @@
 // logs for that container, naming the container, the label, the bad value and what is accepted.
 import type { Endpoint } from '../../api/types.js';
 import {
-  dockerEndpointId, dnsLabel, duration, HEALTH_DEFAULTS, httpHosts, httpPath, InvalidEndpoint, newEndpoint,
+  balancePolicy, dockerEndpointId, dnsLabel, duration, HEALTH_DEFAULTS, httpHosts, httpPath, InvalidEndpoint, newEndpoint,
   port, positiveInt, type EndpointSpec,
 } from '../endpoints.js';
 
@@ -25,6 +25,7 @@ export const LABEL = {
   healthTcp: 'corral.health.tcp',
   deploy: 'corral.deploy',
   drain: 'corral.drain',
+  lbBalance: 'corral.lb.balance',
 } as const;
 
 const KNOWN = new Set<string>(Object.values(LABEL));
@@ -95,6 +96,7 @@ export function endpointSpecFromContainer(c: InspectedContainer, node: string): 
       healthCheck: healthCheck(get),
       deploy: opt(get(LABEL.deploy), deploy) ?? 'manual',
       drainMs: opt(get(LABEL.drain), (v) => duration(LABEL.drain, v)) ?? undefined,
+      lbBalance: opt(get(LABEL.lbBalance), (v) => balancePolicy(LABEL.lbBalance, v)),
       containerId: c.Id,
       containerName: name,
     };
