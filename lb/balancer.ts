@@ -1,12 +1,12 @@
 // Which endpoint of a service gets the next request, over the serving endpoints that
 // api/traffic.ts computes (so health, draining, the active colors and canary weights all come
-// from the same rule DNS uses). Two policies behind one interface, chosen by `--lb-balance`:
-// smooth weighted round robin (nginx's algorithm, the default) and least-request with the power
-// of two choices (Envoy's). Both skip endpoints this LB has ejected on its own (passive health),
+// from the same rule DNS uses). Two policies behind one interface, chosen per service by its
+// endpoints (label `corral.lb.balance`, `corral register --lb-balance`; routes.ts decides) and
+// otherwise by `--lb-balance`: smooth weighted round robin (nginx's algorithm, the default) and
+// least-request with the power of two choices (Envoy's). Both skip endpoints this LB has ejected on its own (passive health),
 // unless every endpoint is ejected: then they serve anyway (a guess beats a certain 503).
-import type { LbOptions } from '../api/options.js';
 import { servingEndpoints } from '../api/traffic.js';
-import type { Endpoint, Service } from '../api/types.js';
+import type { BalancePolicy, Endpoint, Service } from '../api/types.js';
 
 /** What this LB knows about one upstream origin, shared by every Peer object for it. */
 export interface PeerState {
@@ -24,7 +24,8 @@ export const standaloneState: PeerStateOf = () => ({ active: 0, ejected: false }
 
 /** One endpoint as the balancer sees it. `origin` is computed once per revision, not per request. */
 export interface Peer {
-  readonly endpoint: Endpoint;
+  /** The latest record of the endpoint (updated in place when only non-balancing fields change). */
+  endpoint: Endpoint;
   readonly origin: string;
   readonly weight: number;
   readonly state: PeerState;
@@ -33,8 +34,17 @@ export interface Peer {
 
 /** A balancing policy for one service. Callers see only this. */
 export interface Balancer {
+  readonly policy: BalancePolicy;
   /** Replace the peer set (called when a revision touches the service). */
   update(service: Service | undefined, endpoints: Endpoint[]): void;
+  /**
+   * Take over the peers of the balancer this one replaces (a service switching policy), before
+   * the first update: the same Peer objects, so their in-flight counts, round-robin scores and
+   * `pick(avoid)` identity of a request being retried carry over.
+   */
+  adopt(from: Balancer): void;
+  /** The current peers, in a stable order (read-only). */
+  readonly peers: readonly Peer[];
   /** The peer for the next request (another than `avoid` when there is one), or undefined when nothing serves. */
   pick(avoid?: Peer): Peer | undefined;
   readonly size: number;
@@ -45,33 +55,62 @@ export function originOf(ep: Endpoint): string {
   return ep.address.includes(':') ? `http://[${ep.address}]:${ep.port}` : `http://${ep.address}:${ep.port}`;
 }
 
-/** A balancer factory for the configured policy. */
-export function balancerFor(policy: LbOptions['balance'], stateOf: PeerStateOf = standaloneState): () => Balancer {
-  return policy === 'least-request' ? () => new LeastRequest(stateOf) : () => new SmoothWeightedRoundRobin(stateOf);
+/**
+ * Makes the balancer of one service: for the policy its endpoints ask for, or, called without
+ * one, for the LB's default (`--lb-balance`).
+ */
+export type BalancerFactory = (policy?: BalancePolicy) => Balancer;
+
+/** A balancer factory whose default is the configured policy (`--lb-balance`). */
+export function balancerFor(defaultPolicy: BalancePolicy, stateOf: PeerStateOf = standaloneState): BalancerFactory {
+  return (policy = defaultPolicy) => (policy === 'least-request' ? new LeastRequest(stateOf) : new SmoothWeightedRoundRobin(stateOf));
 }
 
 abstract class PeerSet {
-  protected peers: Peer[] = [];
+  abstract readonly policy: BalancePolicy;
+  protected list: Peer[] = [];
 
   constructor(protected readonly stateOf: PeerStateOf = standaloneState) {}
 
   get size(): number {
-    return this.peers.length;
+    return this.list.length;
+  }
+
+  get peers(): readonly Peer[] {
+    return this.list;
+  }
+
+  adopt(from: Balancer): void {
+    this.list = [...from.peers];
+    this.updated();
   }
 
   update(service: Service | undefined, endpoints: Endpoint[]): void {
-    // Keep each surviving endpoint's running score so a weight change does not restart the cycle.
-    const previous = new Map<string, number>();
-    for (const p of this.peers) previous.set(p.endpoint.id, p.current);
+    // A surviving endpoint keeps its Peer object when nothing the balancer uses changed (origin,
+    // weight, state), else its running score: a weight change does not restart the cycle, and a
+    // request being retried across a revision (or a policy switch) still recognizes its peer.
+    const previous = new Map<string, Peer>();
+    for (const p of this.list) previous.set(p.endpoint.id, p);
+    const standalone = this.stateOf === standaloneState;
     const next: Peer[] = [];
     for (const { endpoint, weight } of servingEndpoints(service, endpoints)) {
       if (!(weight > 0)) continue;
-      const origin = originOf(endpoint);
-      next.push({ endpoint, origin, weight, state: this.stateOf(origin, endpoint), current: previous.get(endpoint.id) ?? 0 });
+      const prev = previous.get(endpoint.id);
+      const origin = prev !== undefined && prev.endpoint === endpoint ? prev.origin : originOf(endpoint);
+      // Always asked: the LB's state registry also learns the origin's latest record (probe path).
+      let state = this.stateOf(origin, endpoint);
+      // A private state (tests) would start at zero in flight: keep the one the origin had.
+      if (standalone && prev !== undefined && prev.origin === origin) state = prev.state;
+      if (prev !== undefined && prev.origin === origin && prev.weight === weight && prev.state === state) {
+        prev.endpoint = endpoint; // the newest record of the same endpoint (a label or color changed)
+        next.push(prev);
+      } else {
+        next.push({ endpoint, origin, weight, state, current: prev?.current ?? 0 });
+      }
     }
     // Stable order makes the sequence reproducible for a given revision.
     next.sort((a, b) => (a.endpoint.id < b.endpoint.id ? -1 : a.endpoint.id > b.endpoint.id ? 1 : 0));
-    this.peers = next;
+    this.list = next;
     this.updated();
   }
 
@@ -79,8 +118,10 @@ abstract class PeerSet {
 }
 
 export class SmoothWeightedRoundRobin extends PeerSet implements Balancer {
+  readonly policy = 'round-robin';
+
   pick(avoid?: Peer): Peer | undefined {
-    const peers = this.peers;
+    const peers = this.list;
     const n = peers.length;
     if (n === 0) return undefined;
     if (n === 1) return peers[0];
@@ -114,18 +155,19 @@ export class SmoothWeightedRoundRobin extends PeerSet implements Balancer {
  * to its weight wins.
  */
 export class LeastRequest extends PeerSet implements Balancer {
+  readonly policy = 'least-request';
   /** Running sums of weights, for weighted draws. */
   private sums: Float64Array = new Float64Array(0);
 
   protected override updated(): void {
-    const sums = new Float64Array(this.peers.length);
+    const sums = new Float64Array(this.list.length);
     let t = 0;
-    for (let i = 0; i < this.peers.length; i++) sums[i] = t += this.peers[i]!.weight;
+    for (let i = 0; i < this.list.length; i++) sums[i] = t += this.list[i]!.weight;
     this.sums = sums;
   }
 
   pick(avoid?: Peer): Peer | undefined {
-    const peers = this.peers;
+    const peers = this.list;
     const n = peers.length;
     if (n === 0) return undefined;
     if (n === 1) return peers[0];

@@ -10,11 +10,15 @@
 //   request path is matched, before the query string, without decoding.
 // - Two services claiming the same host and path: the one whose "<ns>/<name>" sorts first wins,
 //   and a warning names both.
+//
+// Balancing: each service's balancer has the policy its endpoints ask for (`lbBalance`, from the
+// label `corral.lb.balance` or `corral register --lb-balance`), else the factory's default
+// (`--lb-balance`). See `askedPolicy` for endpoints that disagree.
 import type { Logger } from 'pino';
-import { serviceKey, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
-import { SmoothWeightedRoundRobin, originOf, type Balancer } from './balancer.js';
+import { isBalancePolicy, serviceKey, type BalancePolicy, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
+import { balancerFor, originOf, type Balancer, type BalancerFactory } from './balancer.js';
 
-const defaultBalancer = (): Balancer => new SmoothWeightedRoundRobin();
+const defaultBalancer: BalancerFactory = balancerFor('round-robin');
 
 /** What a lookup returns: a service and the balancer over its serving endpoints. */
 export interface RouteTarget {
@@ -35,11 +39,16 @@ class ServiceState implements RouteTarget {
   readonly endpoints = new Map<string, Endpoint>();
   /** Route keys ("host path") this service claims now, with their parts. */
   claims = new Map<string, [host: string, path: string]>();
+  /** The policy the endpoints ask for; undefined: the factory's default. */
+  asked: BalancePolicy | undefined = undefined;
+  /** The last disagreement among the endpoints that was logged ('' none), so it is logged once. */
+  conflict = '';
   constructor(
     readonly key: string,
     readonly namespace: string,
     readonly name: string,
-    readonly balancer: Balancer,
+    /** Replaced (not mutated into another policy) when the service's policy changes. */
+    public balancer: Balancer,
   ) {}
 }
 
@@ -130,15 +139,18 @@ export class RouteTable {
   constructor(
     private readonly log?: Logger,
     private readonly onOriginRemoved?: OriginRemoved,
-    private readonly newBalancer: () => Balancer = defaultBalancer,
+    private readonly newBalancer: BalancerFactory = defaultBalancer,
   ) {}
 
-  get stats(): { services: number; endpoints: number; routes: number; hosts: number } {
+  get stats(): { services: number; endpoints: number; routes: number; hosts: number; balancers: Record<BalancePolicy, number> } {
+    const balancers: Record<BalancePolicy, number> = { 'round-robin': 0, 'least-request': 0 };
+    for (const s of this.services.values()) balancers[s.balancer.policy]++;
     return {
       services: this.services.size,
       endpoints: this.endpointService.size,
       routes: this.routeCount,
       hosts: this.exact.size + this.wildcard.size,
+      balancers,
     };
   }
 
@@ -299,11 +311,63 @@ export class RouteTable {
     for (const [k, [host, path]] of state.claims) if (!next.has(k)) this.release(state, host, path);
     for (const [k, [host, path]] of next) if (!state.claims.has(k)) this.claim(state, host, path);
     state.claims = next;
+    const asked = this.askedPolicy(state, endpoints);
+    if (asked !== state.asked) {
+      state.asked = asked;
+      const replacement = this.newBalancer(asked);
+      if (replacement.policy !== state.balancer.policy) {
+        // A new object, swapped in with one assignment: a request picks from either the old or the
+        // new one, never a half-updated one. The peers (and their in-flight counts) carry over.
+        replacement.adopt(state.balancer);
+        this.log?.info({ service: state.key, policy: replacement.policy, was: state.balancer.policy, asked: asked ?? 'nothing (--lb-balance)' }, 'balancing policy of the service changed');
+        state.balancer = replacement;
+      }
+    }
     state.balancer.update(state.record, endpoints);
     // Only if the table still points at this object: a later upsert may have made a new one.
     if (state.endpoints.size === 0 && state.record === undefined && this.services.get(state.key) === state) {
       this.services.delete(state.key);
     }
+  }
+
+  /**
+   * The policy a service's endpoints ask for: the one most of them carry; endpoints that carry
+   * none (or one this LB does not know) have no say; a tie goes to the name that sorts first
+   * (least-request before round-robin). Undefined when none asks: the LB's --lb-balance. When they
+   * disagree, one warning names the service (again only if the disagreement changes).
+   */
+  private askedPolicy(state: ServiceState, endpoints: Endpoint[]): BalancePolicy | undefined {
+    let counts: Map<string, number> | undefined;
+    for (const ep of endpoints) {
+      const b = ep.lbBalance;
+      if (b) (counts ??= new Map()).set(b, (counts.get(b) ?? 0) + 1);
+    }
+    let best: BalancePolicy | undefined;
+    let conflict = '';
+    if (counts) {
+      let bestVotes = 0;
+      for (const [policy, n] of counts) {
+        if (isBalancePolicy(policy) && (n > bestVotes || (n === bestVotes && policy < best!))) {
+          best = policy;
+          bestVotes = n;
+        }
+      }
+      if (counts.size > 1 || best === undefined) {
+        conflict = [...counts].sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0)).map(([p, n]) => `${p}=${n}`).join(' ');
+      }
+    }
+    this.noteConflict(state, conflict, best);
+    return best;
+  }
+
+  private noteConflict(state: ServiceState, conflict: string, chosen: BalancePolicy | undefined): void {
+    if (conflict === state.conflict) return;
+    state.conflict = conflict;
+    if (!conflict) return;
+    this.log?.warn(
+      { service: state.key, asked: conflict, policy: chosen ?? 'the --lb-balance default' },
+      'endpoints of one service ask for different or unknown balancing policies (corral.lb.balance, corral register --lb-balance); using the one most of them ask for, ties to the name first in order; give them all the same value',
+    );
   }
 
   private hostRoutes(host: string, create: true): HostRoutes;
