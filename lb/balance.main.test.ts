@@ -3,7 +3,8 @@
 // `--lb-balance least-request`, real Node HTTP backends on 127.0.0.1, one of them slow.
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { Endpoint } from '../api/types.js';
+import { agentClient, grpc, unary } from '../api/grpc.js';
+import type { Endpoint, EndpointReply, RegisterRequest } from '../api/types.js';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
 import { Backend, startBackends } from './testbed.js';
 
@@ -112,6 +113,19 @@ describe('balancing policy per service (corral register --lb-balance)', () => {
     const r = await agent.cli(['register', 'web', '127.0.0.1:8080', '--lb-balance', 'least-connections']);
     expect(r.code).toBe(2);
     expect(r.stderr.trim()).toBe('corral: --lb-balance "least-connections" is not round-robin or least-request');
+    // The agent checks the gRPC request too (clients other than the CLI): INVALID_ARGUMENT.
+    const c = agentClient(agent.socket);
+    try {
+      const req: RegisterRequest = {
+        service: 'web', namespace: 'default', address: '127.0.0.1', port: 8080, color: '', httpHosts: [], httpPath: '',
+        weight: 0, healthCheck: null, portName: '', lbBalance: 'fastest',
+      };
+      const err = await unary<RegisterRequest, EndpointReply>(c, 'Register', req).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(err?.details).toBe('lb balance="fastest" is not valid: round-robin or least-request');
+    } finally {
+      c.close();
+    }
     const help = await agent.cli(['register', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/--lb-balance round-robin\|least-request/);
