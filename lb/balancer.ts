@@ -3,8 +3,9 @@
 // from the same rule DNS uses). Two policies behind one interface, chosen per service by its
 // endpoints (label `corral.lb.balance`, `corral register --lb-balance`; routes.ts decides) and
 // otherwise by `--lb-balance`: smooth weighted round robin (nginx's algorithm, the default) and
-// least-request with the power of two choices (Envoy's). Both skip endpoints this LB has ejected on its own (passive health),
-// unless every endpoint is ejected: then they serve anyway (a guess beats a certain 503).
+// least-request with the power of two choices (Envoy's). Both skip endpoints this LB has ejected
+// on its own (passive health), unless every endpoint is ejected: then they serve anyway (a guess
+// beats a certain 503).
 import { servingEndpoints } from '../api/traffic.js';
 import type { BalancePolicy, Endpoint, Service } from '../api/types.js';
 
