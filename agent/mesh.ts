@@ -18,6 +18,9 @@ import { overlayMtu, type WireGuardDevice } from './overlay/overlay.js';
 import type { Registry } from './registry/registry.js';
 
 const HEARTBEAT_MS = 5000;
+/** First wait before bringing back a device whose process died; doubles while it keeps dying. */
+const RESTORE_MIN_MS = 1000;
+const RESTORE_MAX_MS = 30_000;
 const KEEPALIVE_S = 25;
 /** A peer without a handshake for this long is reported by `corral status`. */
 export const HANDSHAKE_STALE_MS = 180_000;
@@ -41,6 +44,8 @@ export class Mesh {
   private rotation: NodeJS.Timeout | undefined;
   private lastPeers: PeerStatus[] = [];
   private stopped = false;
+  private restoreDelayMs = RESTORE_MIN_MS;
+  private restoreTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly registry: Registry,
@@ -73,10 +78,8 @@ export class Mesh {
     this.key = this.keys.current();
     this.next = this.keys.next();
     this.device = await wireGuardFor(m.overlay === 'kernel' || m.overlay === 'wireguard-go' ? m.overlay : 'auto', m.wgInterface, this.opts.runDir);
-    await this.device.up({ ifname: m.wgInterface, privateKey: this.key.privateKey, listenPort: m.wgPort });
-    // The gateway's one owner is the attach code (its bridge corral-gw), which CNI and Docker attachments share.
-    await ensureGateway(GATEWAY_LINK, this.gateway);
-    await routeOverlay({ ifname: m.wgInterface, mtu: this.mtu, gateway: this.gateway, clusterCidr: this.opts.clusterCidr });
+    this.device.onExit = (why) => this.deviceGone(why);
+    await this.deviceUp();
     // Peers left on a kept interface by the previous agent are adopted by public key.
     const existing = await this.device.peers();
     for (const h of this.catalog.hosts.values()) {
@@ -89,7 +92,7 @@ export class Mesh {
     }
     await this.sync();
     await this.publish();
-    this.heartbeat = setInterval(() => void this.enqueue(() => this.publish()), HEARTBEAT_MS);
+    this.heartbeat = setInterval(() => void this.enqueue(() => this.beat()), HEARTBEAT_MS);
     this.heartbeat.unref();
     if (m.keyRotationMs > 0) {
       this.rotation = setInterval(() => void this.rotateKeys().catch((err: Error) => this.log.error({ err: err.message }, 'scheduled key rotation failed')), m.keyRotationMs);
@@ -100,6 +103,7 @@ export class Mesh {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.restoreTimer);
     clearInterval(this.heartbeat);
     clearInterval(this.rotation);
     await this.queue.catch(() => {});
@@ -137,6 +141,49 @@ export class Mesh {
     });
     this.log.info({ previous, publicKey: this.key.publicKey, revision }, 'WireGuard key rotated');
     return { previousPublicKey: previous, publicKey: this.key.publicKey, revision, unconfirmed };
+  }
+
+  /** Interface up with this host's key and port, the gateway, and the cluster CIDR routed to it. */
+  private async deviceUp(): Promise<void> {
+    const m = this.opts.mesh;
+    await this.device!.up({ ifname: m.wgInterface, privateKey: this.key.privateKey, listenPort: m.wgPort });
+    // The gateway's one owner is the attach code (its bridge corral-gw), which CNI and Docker attachments share.
+    await ensureGateway(GATEWAY_LINK, this.gateway);
+    await routeOverlay({ ifname: m.wgInterface, mtu: this.mtu, gateway: this.gateway, clusterCidr: this.opts.clusterCidr });
+  }
+
+  /** The heartbeat: publish this host's record; a device that stopped answering is brought back first. */
+  private async beat(): Promise<void> {
+    try {
+      await this.refreshPeers();
+    } catch (err) {
+      // wireguard-go died while no agent was its parent (adopted from a previous agent), or hangs.
+      this.deviceGone(`does not answer (${(err as Error).message})`);
+      return;
+    }
+    await this.publish();
+  }
+
+  /** The device's process is gone: bring it back after a short wait (longer each time it keeps dying). */
+  private deviceGone(why: string): void {
+    if (this.stopped || this.restoreTimer) return;
+    const delay = this.restoreDelayMs;
+    this.log.warn({ interface: this.opts.mesh.wgInterface, overlay: this.kind, why, restartInMs: delay }, 'WireGuard device is gone; traffic to other hosts stops until it is back');
+    this.restoreTimer = setTimeout(() => {
+      void this.enqueue(async () => {
+        this.restoreTimer = undefined;
+        this.restoreDelayMs = Math.min(this.restoreDelayMs * 2, RESTORE_MAX_MS);
+        await this.deviceUp();
+        // A new interface has no peers: configure every one again.
+        this.applied.clear();
+        await this.sync();
+        await this.publish();
+        this.log.info({ interface: this.opts.mesh.wgInterface, peers: this.applied.size }, 'WireGuard device restored with its peers');
+        // Stable again for a while: the next failure starts from the short wait.
+        setTimeout(() => (this.restoreDelayMs = RESTORE_MIN_MS), RESTORE_MAX_MS * 2).unref();
+      }).catch(() => this.deviceGone('restart failed'));
+    }, delay);
+    this.restoreTimer.unref();
   }
 
   private unconfirmed(revision: number): string[] {

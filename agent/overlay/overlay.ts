@@ -36,6 +36,8 @@ export interface WireGuardDevice {
   close(): Promise<void>;
   /** Deletes the interface (tests, `--overlay off` after use). */
   destroy(): Promise<void>;
+  /** Set by the mesh: called when the device's process (wireguard-go) ends under the agent. */
+  onExit?: (why: string) => void;
 }
 
 export class OverlayError extends Error {}

@@ -1,6 +1,15 @@
-// WireGuard in userspace: the agent starts `wireguard-go <ifname>` (in the foreground, detached,
-// so it outlives an agent restart and traffic keeps flowing) and configures it over the
-// standard UAPI socket /var/run/wireguard/<ifname>.sock (text protocol, set=1 / get=1).
+// WireGuard in userspace: the agent starts `wireguard-go <ifname>` (in the foreground) and
+// configures it over the standard UAPI socket /var/run/wireguard/<ifname>.sock (text protocol,
+// set=1 / get=1). It outlives the agent: an agent that stops or is killed leaves it running, and
+// the next one adopts it with its peers.
+//
+// Where it runs: in a process group of its own (so a Ctrl-C or a signal to the agent's group does
+// not reach it) but in the agent's session. Not setsid(): with the kernel's autogroup scheduler
+// (CONFIG_SCHED_AUTOGROUP, on by default) every session is one scheduling group with an equal
+// CPU share, and a wireguard-go alone in its own session got ~20% less throughput than the same
+// wireguard-go in its launcher's session whenever the CPU was contended (test/bench/overlay.ts,
+// 2 cores: 0.77× → ~1× of the hand-made path). perl (Essential on Debian/Ubuntu) does the
+// setpgid before exec'ing wireguard-go, so the pid the agent holds is wireguard-go's own.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -13,9 +22,13 @@ export const UAPI_DIR = '/var/run/wireguard';
 const hex = (b64: string) => Buffer.from(b64, 'base64').toString('hex');
 const b64 = (hx: string) => Buffer.from(hx, 'hex').toString('base64');
 
+/** setpgid(0, 0), then exec the command; 127 when it cannot be exec'd. */
+const SETPGID_EXEC = 'setpgrp(0, 0); exec { $ARGV[0] } @ARGV or do { print STDERR "exec $ARGV[0]: $!\\n"; exit 127 }';
+
 export class WireGuardGo implements WireGuardDevice {
   readonly kind = 'wireguard-go';
   private ifname = '';
+  onExit?: (why: string) => void;
 
   /** runDir holds wireguard-go's pid file and log. */
   constructor(private readonly runDir: string) {}
@@ -104,8 +117,8 @@ export class WireGuardGo implements WireGuardDevice {
     const logFd = openSync(join(this.runDir, `wireguard-go-${this.ifname}.log`), 'a');
     let child;
     try {
-      child = spawn('wireguard-go', [this.ifname], {
-        detached: true,
+      const perl = existsSync('/usr/bin/perl');
+      child = spawn(perl ? '/usr/bin/perl' : 'wireguard-go', perl ? ['-e', SETPGID_EXEC, 'wireguard-go', this.ifname] : [this.ifname], {
         stdio: ['ignore', logFd, logFd],
         env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'error' },
       });
@@ -118,11 +131,13 @@ export class WireGuardGo implements WireGuardDevice {
     for (;;) {
       const err = await Promise.race([failed, new Promise<undefined>((r) => setTimeout(r, 20))]);
       if (err) throw new OverlayError(`cannot start wireguard-go: ${err.message}; install it (apt-get install wireguard-go) or use the kernel module`);
+      if (child.exitCode === 127) throw new OverlayError('cannot start wireguard-go: not found on PATH; install it (apt-get install wireguard-go) or use the kernel module');
       if (child.exitCode !== null) throw new OverlayError(`wireguard-go ${this.ifname} exited with ${child.exitCode}; see ${join(this.runDir, `wireguard-go-${this.ifname}.log`)}`);
       if (existsSync(this.socketPath) && (await this.answers())) break;
       if (Date.now() > deadline) throw new OverlayError(`wireguard-go ${this.ifname} did not open ${this.socketPath} within 5 s`);
     }
     writeFileSync(this.pidFile(), String(child.pid));
+    child.once('exit', (code, signal) => this.onExit?.(signal ? `killed by ${signal}` : `exited with ${code}`));
   }
 
   private async answers(): Promise<boolean> {

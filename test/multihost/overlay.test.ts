@@ -2,7 +2,8 @@
 // containers attached by corral-cni: the overlay as users see it.
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pings, startCluster, until, wgDump, wgPeers, type Cluster, type TestContainer } from '../support/cluster.js';
+import { readFileSync } from 'node:fs';
+import { pings, startCluster, until, wgDump, wgPeers, wgPid, type Cluster, type TestContainer } from '../support/cluster.js';
 
 const TTL = 3;
 const json = (s: string) => JSON.parse(s);
@@ -64,6 +65,25 @@ describe('multi-host WireGuard overlay over etcd', () => {
     for (const h of headers) expect(h).toMatch(/\.51820: UDP|\.51820 > .*UDP/);
     for (const h of headers) expect(h).not.toMatch(/ICMP/);
     expect(out.replace(/\s|0x[0-9a-f]+:/g, '')).not.toContain(pattern);
+  });
+
+  it('runs wireguard-go in a process group of its own, and brings it back with its peers when it dies', async () => {
+    const h1 = c.hosts[0]!;
+    const pid = wgPid(h1)!;
+    // /proc/PID/stat: "pid (comm) state ppid pgrp session ..."
+    const stat = (p: number) => readFileSync(`/proc/${p}/stat`, 'utf8').replace(/^.*\) /, '').split(' ').map(Number);
+    const [, , pgrp, session] = stat(pid);
+    expect(pgrp).toBe(pid); // a signal to the agent's group (Ctrl-C) does not reach it
+    expect(session).toBe(stat(h1.agent!.child.pid!)[3]); // the agent's session: the same scheduling autogroup
+    const t0 = Date.now();
+    process.kill(pid, 'SIGKILL');
+    await until(() => (wgPid(h1) ?? pid) !== pid, 15_000, 'a new wireguard-go on h1');
+    await until(async () => (await wgPeers(h1)) === 2, 10_000, 'h1 peers restored');
+    await until(() => pings(ctr[1]!, ctr[0]!.address), 10_000, 'h2 container -> h1 container');
+    await until(() => pings(ctr[0]!, ctr[2]!.address), 10_000, 'h1 container -> h3 container');
+    console.log(`wireguard-go killed: traffic back after ${Date.now() - t0} ms`);
+    expect(h1.agent!.logs()).toMatch(/WireGuard device is gone/);
+    expect(h1.agent!.logs()).toMatch(/WireGuard device restored with its peers/);
   });
 
   it('removes a dead host everywhere within the lease TTL plus 2 s, and restores it on restart', async () => {

@@ -155,7 +155,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
 }
 
 /** wireguard-go's pid, from the file the agent writes in its run dir. */
-function wgPid(h: TestHost): number | undefined {
+export function wgPid(h: TestHost): number | undefined {
   if (!h.agent) return undefined;
   try {
     return Number(readFileSync(join(h.agent.runDir, `wireguard-go-${h.ifname}.pid`), 'utf8').trim()) || undefined;
