@@ -343,6 +343,7 @@ export async function benchOverlay(): Promise<BenchSection> {
       notes: [
         `throughput per trial (Gbit/s, warm-up excluded): Corral container → container ${fmtRuns(runs.corral)}; by hand ${fmtRuns(runs.hand)}; Corral host → host ${fmtRuns(runs.corralHost)}; by hand ${fmtRuns(runs.handHost)}; plain veth ${fmtRuns(runs.veth)}`,
         `what the container hops (veth + forwarding on each side) leave of host → host, medians: by hand ${(hand2 / handHost2).toFixed(2)}×, Corral ${(ours2 / host2).toFixed(2)}×`,
+        'both wireguard-go pairs run in this benchmark\'s session (Corral\'s as a child of its agent, the anchor\'s started directly), so the kernel\'s autogroup scheduler treats them alike; a wireguard-go in a session of its own (setsid) got ~20% less here under the same load',
         'Corral\'s nftables table in each host namespace (forward-hook verdict map, a NAT postrouting chain and so conntrack) sees the anchor\'s forwarded packets too, since both share the host namespaces: the ratio does not charge Corral for those hooks',
         `new host, per trial (ms): agent start → ready ${agentStart.join(', ')}; ready → reachable ${fromReady.join(', ')}; of which after its CNI ADD returned ${fromAdd.join(', ')}`,
         `new endpoint → answered on both hosts, per trial (ms): ${dnsAll.join(', ')}`,
