@@ -207,8 +207,9 @@ export async function runDaemons(parts: Array<'agent' | 'dns' | 'lb'>, o: Daemon
     }
   } catch (err) {
     log.error({ err: (err as Error).message }, 'cannot start');
-    process.stderr.write(`corral: ${(err as Error).message}\n`);
     for (const r of running.reverse()) await r.close().catch(() => {});
+    // Last, after whatever closing the started parts logged: the one line a user reads.
+    process.stderr.write(`corral: ${(err as Error).message}\n`);
     return 1;
   }
   log.info({ parts }, 'running; stop with Ctrl-C');
