@@ -2,7 +2,7 @@
 // serves HTTP on --http-listen (and HTTPS on --https-listen when --tls-cert-dir has certificates)
 // and the admin endpoint on --admin-listen.
 import type { Server } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createTlsServer } from 'node:tls';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
@@ -61,7 +61,7 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
   try {
     port = await proxy.listen(opts.httpListen);
     if (certs && certs.size > 0) {
-      const https = proxy.serve(createHttpsServer({ ...proxy.serverOptions(), SNICallback: certs.sniCallback }));
+      const https = proxy.serve(createTlsServer({ SNICallback: certs.sniCallback }));
       httpsPort = await proxy.listen(o.httpsListen, https, '--https-listen');
     }
     admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, {

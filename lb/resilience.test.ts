@@ -4,11 +4,10 @@
 // sockets, curl and openssl.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer as createHttpsServer } from 'node:https';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -335,7 +334,7 @@ describe('protocols', () => {
     lb.apply(delta(2, { endpoints: [backendEndpoint(h, 'web', { httpHosts: ['web.test', '*.wild.test'] })] }));
     const certs = CertificateStore.load(dir);
     expect(certs.names.sort()).toEqual(['*.wild.test', 'web.test']);
-    const https = lb.proxy.serve(createHttpsServer({ ...lb.proxy.serverOptions(), SNICallback: certs.sniCallback }));
+    const https = lb.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback }));
     const port = await lb.proxy.listen('127.0.0.1:0', https);
     const cnFor = (servername: string) => new Promise<string>((resolve, reject) => {
       const t = tlsConnect({ port, host: '127.0.0.1', servername, rejectUnauthorized: false }, () => {
