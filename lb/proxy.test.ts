@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -351,5 +352,215 @@ describe('changes while requests are in flight', () => {
     lb.apply(snapshot(1, [backendEndpoint(a, 'web', { httpHosts: ['web.test'] }), backendEndpoint(b, 'web', { httpHosts: ['web.test'] })]));
     lb.apply(delta(2, { endpoints: [backendEndpoint(b, 'web', { httpHosts: ['web.test'], healthy: false })] }));
     expect(await tally(lb, 'web.test', 5)).toEqual({ 'a default': 5 });
+  });
+});
+
+/** A backend speaking raw HTTP/1.1: `answer` gets each request head (and the connection's count so far) and writes what it likes. */
+async function rawBackend(answer: (socket: Socket, head: string, nth: number) => void): Promise<{ port: number; connections: number; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const state = { port: 0, connections: 0, close: async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  } };
+  const server = createNetServer((socket) => {
+    state.connections++;
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let text = '';
+    let nth = 0;
+    socket.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+      let end: number;
+      while ((end = text.indexOf('\r\n\r\n')) >= 0) {
+        const head = text.slice(0, end);
+        text = text.slice(end + 4);
+        answer(socket, head, ++nth);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  state.port = (server.address() as AddressInfo).port;
+  return state;
+}
+
+/** Writes `bytes` on a fresh connection to the LB and collects what comes back until `done(text)` or the LB closes. */
+function exchange(port: number, bytes: string, done: (text: string) => boolean = () => false, ms = 3_000): Promise<{ text: string; closed: boolean; socket: Socket }> {
+  return new Promise((resolve) => {
+    const s = netConnect(port, '127.0.0.1');
+    let text = '';
+    let closed = false;
+    const finish = () => {
+      clearTimeout(timer);
+      resolve({ text, closed, socket: s });
+    };
+    const timer = setTimeout(finish, ms);
+    s.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+      if (done(text)) finish();
+    });
+    s.on('end', () => {
+      closed = true;
+      finish();
+    });
+    s.on('error', () => undefined);
+    s.write(bytes);
+  });
+}
+
+describe('HTTP/1.1 on the wire', () => {
+  const raws: Array<{ close: () => Promise<void> }> = [];
+  afterEach(async () => {
+    for (const r of raws.splice(0)) await r.close();
+  });
+  const pathOf = (head: string) => head.split(' ')[1]!;
+  const ok = (body: string, extra = '') => `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n${extra}\r\n${body}`;
+
+  async function lbTo(answer: Parameters<typeof rawBackend>[0]): Promise<{ port: number; connections: number }> {
+    const b = await rawBackend(answer);
+    raws.push(b);
+    lb = await new Lb().start();
+    lb.apply(snapshot(1, [endpoint({ service: 'raw', port: b.port, httpHosts: ['raw.test'] })]));
+    return b;
+  }
+
+  it('answers pipelined requests in order, on one connection', async () => {
+    await lbTo((s, head) => {
+      const p = pathOf(head);
+      // The first answer comes last: the LB must still answer in request order.
+      setTimeout(() => s.write(ok(p)), p === '/1' ? 100 : 0);
+    });
+    const three = ['/1', '/2', '/3'].map((p) => `GET ${p} HTTP/1.1\r\nHost: raw.test\r\n\r\n`).join('');
+    const r = await exchange(lb.port, three, (t) => t.endsWith('/3'));
+    expect(r.text.match(/\r\n\r\n\/\d/g)).toEqual(['\r\n\r\n/1', '\r\n\r\n/2', '\r\n\r\n/3']);
+    expect(r.closed).toBe(false);
+    r.socket.destroy();
+  });
+
+  it('passes a chunked response through to an HTTP/1.1 client (re-chunked, trailers dropped) and de-chunks it for HTTP/1.0', async () => {
+    await lbTo((s) => s.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-b: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n'));
+    const res = await get(lb, 'raw.test');
+    expect(res.status).toBe(200);
+    expect(res.body).toBe('hello world');
+    const one = await exchange(lb.port, 'GET / HTTP/1.1\r\nHost: raw.test\r\n\r\n', (t) => t.endsWith('0\r\n\r\n'));
+    expect(one.text.toLowerCase()).toContain('transfer-encoding: chunked\r\n');
+    expect(one.text).not.toContain('x-trailer');
+    one.socket.destroy();
+    const old = await exchange(lb.port, 'GET / HTTP/1.0\r\nHost: raw.test\r\n\r\n');
+    expect(old.closed).toBe(true);
+    const [head, body] = old.text.split('\r\n\r\n') as [string, string];
+    expect(head.toLowerCase()).not.toContain('transfer-encoding');
+    expect(head.toLowerCase()).toContain('connection: close');
+    expect(body).toBe('hello world');
+  });
+
+  it('passes a response without Content-Length, ended by the endpoint closing, and keeps the client connection', async () => {
+    const b = await lbTo((s, head) => {
+      s.end(`HTTP/1.1 200 OK\r\nx-path: ${pathOf(head)}\r\n\r\nuntil close ${pathOf(head)}`);
+    });
+    const r = await exchange(lb.port, 'GET /a HTTP/1.1\r\nHost: raw.test\r\n\r\n', (t) => t.endsWith('0\r\n\r\n'));
+    expect(r.text).toContain('until close /a');
+    expect(r.closed).toBe(false);
+    r.socket.write('GET /b HTTP/1.1\r\nHost: raw.test\r\n\r\n');
+    let more = '';
+    await new Promise<void>((resolve) => r.socket.on('data', (d: Buffer) => {
+      more += d.toString('latin1');
+      if (more.endsWith('0\r\n\r\n')) resolve();
+    }));
+    expect(more).toContain('until close /b');
+    r.socket.destroy();
+    expect(b.connections).toBe(2);
+  });
+
+  it('retries, without an error, a request on a reused keep-alive connection the endpoint closed as it was reused', async () => {
+    // Every connection answers one request, then closes on the next without answering.
+    const b = await lbTo((s, _head, nth) => {
+      if (nth === 1) s.write(ok('fresh'));
+      else s.destroy();
+    });
+    for (let i = 0; i < 5; i++) expect(await get(lb, 'raw.test')).toMatchObject({ status: 200, body: 'fresh' });
+    expect(b.connections).toBe(5);
+    // Not the endpoint's fault: no ejection counted for it (3 connection failures would eject).
+    expect(await lb.metrics.registry.metrics()).not.toMatch(/corral_lb_ejections_total\{/);
+  });
+
+  it('serves HTTP/1.0 clients: closes after the answer unless asked to keep alive', async () => {
+    await lbTo((s, head) => s.write(ok(pathOf(head))));
+    const close = await exchange(lb.port, 'GET /x HTTP/1.0\r\nHost: raw.test\r\n\r\n');
+    expect(close.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(close.text.toLowerCase()).toContain('connection: close');
+    expect(close.text.endsWith('/x')).toBe(true);
+    expect(close.closed).toBe(true);
+    const kept = await exchange(lb.port, 'GET /y HTTP/1.0\r\nHost: raw.test\r\nConnection: keep-alive\r\n\r\n', (t) => t.endsWith('/y'));
+    expect(kept.text.toLowerCase()).toContain('connection: keep-alive');
+    expect(kept.closed).toBe(false);
+    kept.socket.destroy();
+  });
+
+  it('drops 1xx answers of the endpoint and answers Expect: 100-continue itself', async () => {
+    await lbTo((s, head) => {
+      const m = /content-length: (\d+)/i.exec(head);
+      if (m) {
+        // Reads the body, then answers with it, after an Early Hints.
+        s.once('data', (d: Buffer) => s.write(`HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n${ok(d.toString('latin1'))}`));
+      } else {
+        s.write(`HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n${ok('hinted')}`);
+      }
+    });
+    const hinted = await get(lb, 'raw.test');
+    expect(hinted).toMatchObject({ status: 200, body: 'hinted' });
+    const r = await exchange(lb.port, 'POST / HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n', (t) => t.includes('100 Continue\r\n\r\n'));
+    expect(r.text).toBe('HTTP/1.1 100 Continue\r\n\r\n');
+    let rest = '';
+    const answered = new Promise<void>((resolve) => r.socket.on('data', (d: Buffer) => {
+      rest += d.toString('latin1');
+      if (rest.endsWith('abcde')) resolve();
+    }));
+    r.socket.write('abcde');
+    await answered;
+    expect(rest).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(rest).not.toContain('103');
+    r.socket.destroy();
+  });
+
+  it('answers HEAD without a body and reuses the connection afterwards', async () => {
+    const b = await lbTo((s, head) => s.write(head.startsWith('HEAD') ? 'HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n' : ok('after head!')));
+    const r = await request(lb.url('/'), { method: 'HEAD', headers: { host: 'raw.test' }, dispatcher: client });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers['content-length']).toBe('11');
+    expect(await r.body.text()).toBe('');
+    expect(await get(lb, 'raw.test')).toMatchObject({ status: 200, body: 'after head!' });
+    expect(b.connections).toBe(1);
+  });
+
+  it('forwards a chunked request body re-chunked, and a request head that arrives in pieces', async () => {
+    let seen = '';
+    // The raw backend splits at CRLFCRLF: the head first, then the chunked body up to its last chunk.
+    await lbTo((s, head, nth) => {
+      if (nth === 1) seen = head;
+      else s.write(ok(`${head}\r\n\r\n`));
+    });
+    const s = netConnect(lb.port, '127.0.0.1');
+    let text = '';
+    const got = new Promise<void>((resolve) => s.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+      if (text.endsWith('0\r\n\r\n')) resolve();
+    }));
+    const pieces = ['POST /c HTTP/1.1\r\nHo', 'st: raw.test\r\nTransfer-Encoding: chunked\r\n', '\r\n3;x=y\r\nabc\r', '\n0\r\nT: 1\r\n\r\n'];
+    for (const p of pieces) {
+      s.write(p);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await got;
+    s.destroy();
+    expect(seen.toLowerCase()).toContain('transfer-encoding: chunked');
+    expect(text.endsWith('3\r\nabc\r\n0\r\n\r\n')).toBe(true);
+  });
+
+  it('refuses a request head with bare LF line ends with 400 and closes', async () => {
+    await lbTo((s, head) => s.write(ok(pathOf(head))));
+    const r = await exchange(lb.port, 'GET / HTTP/1.1\nHost: raw.test\n\n');
+    expect(r.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(r.closed).toBe(true);
   });
 });
