@@ -122,6 +122,8 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   private buf: Buffer | null = null;
   reading = R_HEAD;
   private driving = false;
+  /** Bytes of this.buf already searched for the end of a head. */
+  private scanned = 0;
   /** performance.now() when the current head started arriving (or the connection was accepted); 0: idle. */
   headSince: number;
   idleSince = 0;
@@ -201,8 +203,22 @@ class ClientConnection implements UpstreamUser, ChunkSink {
       if (this.buf !== null) this.drive();
       return;
     }
-    this.buf = this.buf === null ? chunk : Buffer.concat([this.buf, chunk]);
+    this.buf = this.buf === null ? chunk : this.append(this.buf, chunk);
     this.drive();
+  }
+
+  /** A growing buffer for a head that arrives in pieces: amortized copies, not one concat per piece (a client sending a byte at a time). */
+  private acc: Buffer | null = null;
+  private append(buf: Buffer, chunk: Buffer): Buffer {
+    const need = buf.length + chunk.length;
+    let acc = this.acc;
+    if (acc === null || buf.buffer !== acc.buffer || buf.byteOffset !== acc.byteOffset || acc.length < need) {
+      acc = Buffer.allocUnsafe(Math.max(need, 2 * buf.length, 1024));
+      buf.copy(acc, 0);
+      this.acc = acc;
+    }
+    chunk.copy(acc, buf.length);
+    return acc.subarray(0, need);
   }
 
   /** Parse and act on what is buffered, as far as the state allows. */
@@ -239,13 +255,20 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     // RFC 9112 2.2: empty lines before a request line are ignored.
     while (from + 1 < buf.length && buf[from] === 13 && buf[from + 1] === 10) from += 2;
     const max = this.proxy.opts.maxHeaderBytes;
-    const end = headEnd(buf, from);
+    // Search only what was not searched before (minus a partial CRLFCRLF).
+    const end = headEnd(buf, Math.max(from, this.scanned - 3));
     if (end < 0) {
       if (buf.length - from > max) this.refuse(431, `request header fields too large (over ${max} bytes)\n`);
-      else if (hasBareLfEnd(buf, from)) this.refuse(400, 'bad request: bare LF in the header block\n');
-      else if (from > 0) this.buf = from === buf.length ? null : buf.subarray(from);
+      else if (hasBareLfEnd(buf, Math.max(from, this.scanned - 1))) this.refuse(400, 'bad request: bare LF in the header block\n');
+      else if (from > 0) {
+        this.buf = from === buf.length ? null : buf.subarray(from);
+        this.scanned = 0;
+      } else {
+        this.scanned = buf.length;
+      }
       return false;
     }
+    this.scanned = 0;
     if (end - from > max) {
       this.refuse(431, `request header fields too large (over ${max} bytes)\n`);
       return false;
@@ -486,9 +509,9 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   private onClientEnd(): void {
-    // The client half-closed: finish what is in flight, then close (net.Server does not allow half-open sockets).
-    if (this.resState === RS_NONE || this.resState === RS_DONE) this.socket.destroy();
-    else this.closeAfter = true;
+    // The client shut its side: like Node's server (httpAllowHalfOpen off), that is the client
+    // going away; a request in flight is aborted (onClientClose).
+    this.socket.destroy();
   }
 
   private onClientClose(): void {
@@ -561,6 +584,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   closeGracefully(): void {
     this.reading = R_CLOSED;
     this.buf = null;
+    this.acc = null;
     this.lingerUntil = performance.now() + LINGER_MS;
     if (this.pausedForUpstream || this.pausedForPipeline) this.socket.resume();
     if (!this.socket.destroyed) this.socket.end();
