@@ -236,7 +236,7 @@ export async function benchLb(): Promise<BenchSection> {
     return {
       title: 'HTTP load balancer: requests through one proxy to nginx',
       anchor: 'HAProxy 2.6 (nbthread 1, http-reuse always); also @fastify/http-proxy on the same Node',
-      conditions: `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s with keep-alive, GET / with Host bench.test, answer 17 bytes from nginx (1 worker, return 200, never the bottleneck); all on 127.0.0.1, sharing the same cores; best of two alternating runs each after a 2 s warm-up; \`corral lb\` is one Node process fed by a real \`corral agent\` (endpoints registered over gRPC)`,
+      conditions: `wrk -t1 -c${CONNECTIONS} -d${SECONDS}s with keep-alive, GET / with Host bench.test, answer 17 bytes from nginx (1 worker, return 200, never the bottleneck); all on 127.0.0.1, sharing the same cores; best of two alternating runs each after a 2 s warm-up; \`corral lb\` is one Node process serving on one thread (its HTTP/1.1 path on raw sockets), fed by a real \`corral agent\` (endpoints registered over gRPC); HAProxy runs nbthread 1`,
       rows: [
         { metric: 'requests/s vs HAProxy', ours: c.rps, anchor: h.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, h.rps), target: '≥ 0.6×', pass: c.rps >= 0.6 * h.rps },
         { metric: 'p99 latency vs HAProxy', ours: c.p99Ms, anchor: h.p99Ms, unit: 'ms', ratio: ratioLowerBetter(c.p99Ms, h.p99Ms), target: 'within 2× (≥ 0.5×)', pass: c.p99Ms <= 2 * h.p99Ms },
@@ -252,6 +252,7 @@ export async function benchLb(): Promise<BenchSection> {
         `ceiling of one Node process: a node:http server answering by itself (no proxying) did ${ceiling.rps.toFixed(0)} req/s (${ratioHigherBetter(ceiling.rps, h.rps).toFixed(2)}× HAProxy) at ${ceiling.cpuUs.toFixed(0)} µs CPU per request; a Node proxy parses and writes twice per request`,
         `with ${routes} routes corral used ${many.cpuUs.toFixed(0)} µs CPU per request (${c.cpuUs.toFixed(0)} µs with 1 route)`,
         'wrk, the proxy under test and nginx share the same cores; a proxy that is not measured is idle',
+        'threads serving requests: corral 1 (the main JS thread), HAProxy 1 (nbthread 1), fastify 1',
       ],
     };
   } finally {
