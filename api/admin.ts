@@ -5,8 +5,10 @@ import type { Registry as MetricsRegistry } from 'prom-client';
 import { parseHostPort } from './options.js';
 
 export interface AdminHandlers {
-  metrics: MetricsRegistry;
+  /** A registry, or anything that renders Prometheus text like one (the LB merges its threads'). */
+  metrics: Pick<MetricsRegistry, 'metrics' | 'contentType'>;
   ready(): boolean;
+  /** The status page; may be asynchronous (the LB asks its worker threads). */
   status(): unknown;
 }
 
@@ -25,7 +27,10 @@ export async function startAdmin(listen: string, h: AdminHandlers): Promise<Serv
         (err: Error) => res.writeHead(500).end(`${err.message}\n`),
       );
     } else if (path === '/' || path === '/status') {
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(h.status(), null, 2) + '\n');
+      Promise.resolve(h.status()).then(
+        (status) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status, null, 2) + '\n'),
+        (err: Error) => res.writeHead(500).end(`${err.message}\n`),
+      );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /healthz, /readyz, /metrics or /\n');
     }

@@ -65,6 +65,7 @@ export interface LbOptions {
   tlsCertDir: string;         // <host>.crt + <host>.key per Host; "" = no HTTPS
   httpsListen: string;        // used when tlsCertDir has certificates
   accessLog: boolean;         // one pino line per request
+  threads: number;            // threads serving HTTP(S) in the one lb process (SO_REUSEPORT); 0 = one per CPU
 }
 
 export const LB_DEFAULTS: LbOptions = {
@@ -79,6 +80,7 @@ export const LB_DEFAULTS: LbOptions = {
   tlsCertDir: '',
   httpsListen: ':443',
   accessLog: false,
+  threads: 0,
 };
 
 export const ADMIN_DEFAULTS = { agent: '127.0.0.1:9190', dns: '127.0.0.1:9191', lb: '127.0.0.1:9192' } as const;

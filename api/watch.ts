@@ -6,8 +6,13 @@ import { agentClient, grpc, unary } from './grpc.js';
 import type { WatchEvent } from './types.js';
 
 export interface WatchHandlers {
-  /** Apply one event to the data plane. Called in order; snapshot=true replaces everything. */
-  onEvent(ev: WatchEvent): void;
+  /**
+   * Apply one event to the data plane. Called in order; snapshot=true replaces everything.
+   * A returned promise delays the ack until it resolves (data planes that apply asynchronously,
+   * such as the LB's worker threads, so `corral status` never reports a revision too early);
+   * any other return value is ignored.
+   */
+  onEvent(ev: WatchEvent): unknown;
   /** Connection state changes, for readiness. */
   onConnected?(connected: boolean): void;
 }
@@ -48,10 +53,12 @@ export class AgentWatch {
         this.warned = false;
         this.handlers.onConnected?.(true);
       }
-      this.handlers.onEvent(ev);
+      const applied = this.handlers.onEvent(ev);
       this.revision = ev.revision;
       // Tell the agent what this component has applied, for `corral status`.
-      unary(this.client, 'Ack', { component: this.component, revision: ev.revision }, 5_000).catch(() => {});
+      const ack = () => void unary(this.client, 'Ack', { component: this.component, revision: ev.revision }, 5_000).catch(() => {});
+      if (!(applied instanceof Promise)) ack();
+      else applied.then(() => this.call === call && ack(), () => {});
     });
     const retry = (err?: Error) => {
       if (this.call !== call) return;

@@ -32,6 +32,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'lb-client-headers-timeout', help: 'lb: a client must send its request headers within this, else 408 (default 20s)' },
   { name: 'lb-max-body', help: 'lb: request body limit, then 413, e.g. 10m; 0 = none (default 0)' },
   { name: 'lb-max-header-size', help: 'lb: request header block limit, then 431 (default 16k)' },
+  { name: 'lb-threads', help: 'lb: threads serving HTTP(S) inside the one lb process (same port, SO_REUSEPORT), 1..64; 0 = one per CPU (default 0)' },
   { name: 'lb-access-log', boolean: true, help: 'lb: one log line per request (default off)' },
   { name: 'tls-cert-dir', help: 'lb: directory of <host>.crt + <host>.key (wildcards: _.example.com.crt); enables HTTPS' },
   { name: 'etcd-ca', help: 'etcd: CA certificate (PEM); enables TLS to etcd' },
@@ -120,6 +121,11 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   if (f.has('lb-max-body')) lb.maxBodyBytes = sizeFlag(f.get('lb-max-body')!, 'lb-max-body');
   if (f.has('lb-max-header-size')) lb.maxHeaderBytes = sizeFlag(f.get('lb-max-header-size')!, 'lb-max-header-size');
   if (p.bools.has('lb-access-log')) lb.accessLog = true;
+  if (f.has('lb-threads')) {
+    const n = Number(f.get('lb-threads'));
+    if (!Number.isInteger(n) || n < 0 || n > 64) throw new UsageError(`--lb-threads "${f.get('lb-threads')}" is not a whole number from 0 (one per CPU) to 64`);
+    lb.threads = n;
+  }
   if (f.has('tls-cert-dir')) lb.tlsCertDir = f.get('tls-cert-dir')!;
   if (f.has('https-listen')) lb.httpsListen = f.get('https-listen')!;
   const mesh = o.mesh;

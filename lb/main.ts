@@ -1,24 +1,18 @@
 // `corral lb`: watches the agent, keeps the route table and balancers at the registry's revision,
 // serves HTTP on --http-listen (and HTTPS on --https-listen when --tls-cert-dir has certificates)
-// and the admin endpoint on --admin-listen.
+// and the admin endpoint on --admin-listen. With --lb-threads above 1, worker threads serve the
+// same ports with stacks of their own (threads.ts); this thread keeps the watch and the admin.
 import type { Server } from 'node:http';
-import { createServer as createTlsServer } from 'node:tls';
+import { availableParallelism } from 'node:os';
+import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import { AgentWatch } from '../api/watch.js';
-import { balancerFor } from './balancer.js';
-import { LbMetrics } from './metrics.js';
-import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
-import { Proxy } from './proxy.js';
-import { RouteTable } from './routes.js';
-import { CertificateStore } from './tls.js';
-import { UpstreamPools } from './upstreams.js';
+import { closeFds, LbThread, LbWorkers, listenFd, reusePortListeners, type SharedListeners, type ThreadStats } from './threads.js';
 
 /** How long shutdown waits for in-flight requests before cutting them. */
 const SHUTDOWN_GRACE_MS = 10_000;
-/** Slack on top of a drained endpoint's drain time, for the LB seeing the revision a little late. */
-const DRAIN_SLACK_MS = 1_000;
 
 export interface RunningLb {
   close(): Promise<void>;
@@ -29,67 +23,99 @@ export interface RunningLb {
 
 export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb> {
   const o = { ...LB_DEFAULTS, ...opts.lb };
-  const metrics = new LbMetrics();
-  const pools = new UpstreamPools({
-    connectTimeoutMs: o.connectTimeoutMs,
-    headersTimeoutMs: o.headersTimeoutMs,
-    bodyTimeoutMs: 0,
-    keepAliveTimeoutMs: o.idleTimeoutMs,
-  }, log);
-  const outliers = new PassiveHealth(OUTLIER_DEFAULTS, metrics, log);
-  const routes = new RouteTable(log, (origin, last) => {
-    outliers.drop(origin);
-    // A drained endpoint has had its drain time already; one removed at once gets it now.
-    pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
-  }, balancerFor(o.balance, outliers.stateOf));
-  const proxy = new Proxy(routes, pools, metrics, log, o, outliers);
-  const certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
+  const main = new LbThread(0, o, log, true);
+  const { routes, proxy, certs } = main;
   if (certs && certs.size === 0) log.warn({ dir: o.tlsCertDir }, 'no <host>.crt + <host>.key pairs in --tls-cert-dir; HTTPS stays off');
+  const https = main.https();
 
-  const watch = new AgentWatch(opts.agentSocket, 'lb', {
-    onEvent(ev) {
-      routes.apply(ev);
-      metrics.appliedRevision.set(ev.revision);
-      if (ev.snapshot) log.info({ revision: ev.revision, ...routes.stats }, 'routes loaded from the agent');
-      else log.debug({ revision: ev.revision }, 'routes updated');
-    },
-  }, log);
-
+  let threads = o.threads > 0 ? o.threads : availableParallelism();
+  let workers: LbWorkers | undefined;
   let admin: Server | undefined;
   let port = 0;
   let httpsPort = 0;
+  let shared: { http: SharedListeners; https: SharedListeners | undefined } | undefined;
   try {
-    port = await proxy.listen(opts.httpListen);
-    if (certs && certs.size > 0) {
-      const https = proxy.serve(createTlsServer({ SNICallback: certs.sniCallback }));
-      httpsPort = await proxy.listen(o.httpsListen, https, '--https-listen');
+    if (threads > 1) {
+      try {
+        const http = await reusePortListeners(opts.httpListen, threads, '--http-listen');
+        try {
+          shared = { http, https: https ? await reusePortListeners(o.httpsListen, threads, '--https-listen') : undefined };
+        } catch (err) {
+          closeFds(http.fds);
+          throw err;
+        }
+      } catch (err) {
+        if (!(err as { unsupported?: boolean }).unsupported) throw err;
+        log.warn({ err: (err as Error).message, threads }, 'cannot share the HTTP port between threads (koffi or SO_REUSEPORT unavailable); serving on one thread');
+        threads = 1;
+      }
     }
-    admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, {
-      metrics: metrics.registry,
-      ready: () => routes.ready,
-      status: () => ({
-        component: 'lb',
-        httpListen: opts.httpListen,
-        port,
-        httpsPort,
-        certificates: certs?.names ?? [],
-        balance: o.balance,
-        agentSocket: opts.agentSocket,
-        connected: watch.connected,
-        revision: routes.revision,
-        ready: routes.ready,
-        ...routes.stats,
-        upstreamPools: pools.size,
-        ejected: outliers.ejectedCount,
-      }),
-    });
+    if (shared) {
+      const { http, https: tls } = shared;
+      try {
+        workers = await LbWorkers.start(o, opts.logLevel, http.fds.slice(1), tls?.fds.slice(1) ?? [], log);
+      } catch (err) {
+        closeFds([http.fds[0]!, ...(tls ? [tls.fds[0]!] : [])]);
+        throw err;
+      }
+      await listenFd(proxy.server, http.fds[0]!);
+      port = http.port;
+      if (https && tls) {
+        await listenFd(https, tls.fds[0]!);
+        httpsPort = tls.port;
+      }
+    } else {
+      port = await proxy.listen(opts.httpListen);
+      if (https) httpsPort = await proxy.listen(o.httpsListen, https, '--https-listen');
+    }
   } catch (err) {
-    outliers.close();
-    await proxy.close(0);
+    await Promise.all([main.close(0), workers?.close(0)]);
+    throw err;
+  }
+
+  const watch = new AgentWatch(opts.agentSocket, 'lb', {
+    onEvent(ev) {
+      main.apply(ev);
+      if (ev.snapshot) log.info({ revision: ev.revision, ...routes.stats }, 'routes loaded from the agent');
+      else log.debug({ revision: ev.revision }, 'routes updated');
+      // Acked to the agent only once every thread serves it: `corral status` must not claim a
+      // switch is applied while one thread still sends requests to the old color.
+      return workers?.apply(ev);
+    },
+  }, log);
+
+  const ready = () => routes.ready && (workers?.ready ?? true);
+  const metrics = workers === undefined ? main.metrics.registry : merged(main.metrics.registry, workers);
+  const status = async () => {
+    const all: ThreadStats[] = [main.stats(), ...((await workers?.stats()) ?? [])];
+    return {
+      component: 'lb',
+      httpListen: opts.httpListen,
+      port,
+      httpsPort,
+      certificates: certs?.names ?? [],
+      balance: o.balance,
+      agentSocket: opts.agentSocket,
+      connected: watch.connected,
+      // What every thread has applied.
+      revision: Math.min(...all.map((t) => t.revision)),
+      ready: ready(),
+      ...routes.stats,
+      upstreamPools: all.reduce((n, t) => n + t.upstreamPools, 0),
+      ejected: Math.max(...all.map((t) => t.ejected)),
+      threads: all.length,
+      requests: all.reduce((n, t) => n + t.requests, 0),
+      perThread: all,
+    };
+  };
+  try {
+    admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, { metrics, ready, status });
+  } catch (err) {
+    await Promise.all([main.close(0), workers?.close(0)]);
     throw err;
   }
   watch.start();
-  log.info({ http: opts.httpListen, port, https: httpsPort ? o.httpsListen : '', admin: opts.adminListen || ADMIN_DEFAULTS.lb, agent: opts.agentSocket, balance: o.balance }, 'load balancer listening');
+  log.info({ http: opts.httpListen, port, https: httpsPort ? o.httpsListen : '', admin: opts.adminListen || ADMIN_DEFAULTS.lb, agent: opts.agentSocket, balance: o.balance, threads }, 'load balancer listening');
 
   let closing: Promise<void> | undefined;
   const adminServer = admin;
@@ -101,10 +127,23 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
         watch.close();
         await new Promise<void>((resolve) => adminServer.close(() => resolve()));
         adminServer.closeAllConnections();
-        outliers.close();
-        await proxy.close(SHUTDOWN_GRACE_MS);
+        await Promise.all([main.close(SHUTDOWN_GRACE_MS), workers?.close(SHUTDOWN_GRACE_MS)]);
       })();
       return closing;
+    },
+  };
+}
+
+/** /metrics over every thread, fetched at scrape time; each metric merges by its `aggregator`. */
+function merged(own: Registry, workers: LbWorkers): Pick<Registry, 'metrics' | 'contentType'> {
+  return {
+    contentType: own.contentType,
+    async metrics() {
+      const [mine, theirs] = await Promise.all([own.getMetricsAsJSON(), workers.metrics()]);
+      // Node's process metrics come from this thread only: keep them as they are ('omit' would
+      // drop process_start_time_seconds, 'sum' is what they would get by default).
+      for (const m of mine) if (!m.name.startsWith('corral_lb_')) (m as { aggregator: string }).aggregator = 'first';
+      return AggregatorRegistry.aggregate([mine, ...theirs]).metrics();
     },
   };
 }

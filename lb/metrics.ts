@@ -78,6 +78,8 @@ function histogramMetric(name: string, help: string, series: Map<string, Seconds
 export class LbMetrics implements ProxyObserver, OutlierObserver {
   readonly registry = new Registry();
   readonly appliedRevision: Gauge;
+  /** Responses sent by this thread (all codes), for the status page's per-thread counts. */
+  answered = 0;
   /** Every requests_total series by its label values. */
   private readonly requests = new Map<string, Tally>();
   private readonly upstream = new Map<string, Seconds>();
@@ -88,8 +90,12 @@ export class LbMetrics implements ProxyObserver, OutlierObserver {
   private readonly byTarget = new WeakMap<RouteTarget, { codes: Map<number, Tally>; seconds: Seconds }>();
   private readonly unrouted = new Map<number, Tally>();
 
-  constructor() {
-    collectDefaultMetrics({ register: this.registry });
+  /**
+   * `processMetrics`: Node's default metrics (CPU, memory, event loop). Worker threads leave them
+   * out: most describe the whole process, and the main thread already reports them once.
+   */
+  constructor(processMetrics = true) {
+    if (processMetrics) collectDefaultMetrics({ register: this.registry });
     this.registry.registerMetric(counterMetric(
       'corral_lb_requests_total', 'HTTP requests answered by the load balancer, by service, color and status code', this.requests,
     ) as never);
@@ -100,6 +106,8 @@ export class LbMetrics implements ProxyObserver, OutlierObserver {
       name: 'corral_lb_applied_revision',
       help: 'Registry revision the load balancer has applied to its routes and backends',
       registers: [this.registry],
+      // Merging threads: the revision every thread has applied (what the agent is acked).
+      aggregator: 'min',
     });
     this.registry.registerMetric(counterMetric(
       'corral_lb_ejections_total', 'Endpoints this load balancer took out on its own (passive health), by reason: connect failures or 5xx in a row', this.ejections,
@@ -109,6 +117,8 @@ export class LbMetrics implements ProxyObserver, OutlierObserver {
       help: 'Whether this load balancer has an endpoint ejected now (1) until a probe passes',
       labelNames: ['namespace', 'service', 'endpoint'],
       registers: [this.registry],
+      // Merging threads (each has its own passive health): 1 while any thread has it ejected.
+      aggregator: 'max',
     });
   }
 
@@ -123,6 +133,7 @@ export class LbMetrics implements ProxyObserver, OutlierObserver {
   }
 
   response(target: RouteTarget | undefined, endpoint: Endpoint | undefined, code: number, upstreamSeconds: number): void {
+    this.answered++;
     if (target === undefined) {
       this.child(this.unrouted, code, '', '', '').value++;
       return;

@@ -1,0 +1,212 @@
+// `corral lb --lb-threads N` through the real bundled executable: several threads accept on the
+// same port (SO_REUSEPORT), each with its own routes fed by the one agent watch; /metrics and the
+// status page add the threads up; a revision is acked to the agent only once every thread has
+// applied it; shutdown lets in-flight requests on every thread finish and the process exits.
+import { Client, request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startDaemon, type Daemon } from '../test/support/corral.js';
+import { Backend, startBackends } from './testbed.js';
+
+const CONNECTIONS = 16;
+
+let agent: Daemon;
+let backends: Backend[] = [];
+let clients: Client[] = [];
+
+beforeAll(async () => {
+  agent = await startDaemon('agent');
+});
+
+afterAll(async () => {
+  await agent?.stop();
+});
+
+afterEach(async () => {
+  await Promise.all(clients.map((c) => c.destroy()));
+  clients = [];
+  await Promise.all(backends.map((b) => b.stop()));
+  backends = [];
+});
+
+interface Status {
+  revision: number;
+  ready: boolean;
+  threads: number;
+  requests: number;
+  perThread: Array<{ thread: number; requests: number; connections: number; revision: number; ready: boolean }>;
+}
+
+async function status(lb: Daemon): Promise<Status> {
+  const res = await request(`http://127.0.0.1:${lb.adminPort}/`);
+  return (await res.body.json()) as Status;
+}
+
+async function metricsTotal(lb: Daemon, svc: string): Promise<number> {
+  const text = await (await request(`http://127.0.0.1:${lb.adminPort}/metrics`)).body.text();
+  let n = 0;
+  for (const m of text.matchAll(new RegExp(`^corral_lb_requests_total\\{namespace="default",service="${svc}",[^}]*\\} (\\d+)$`, 'gm'))) n += Number(m[1]);
+  return n;
+}
+
+async function cli(args: string[]): Promise<string> {
+  const r = await agent.cli(args);
+  expect(r.code, `corral ${args.join(' ')}: ${r.stderr}`).toBe(0);
+  return r.stdout;
+}
+
+async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const last = await fn();
+    if (ok(last)) return last;
+    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** `CONNECTIONS` keep-alive connections to the LB, one request at a time on each. */
+function connectAll(lb: Daemon): Client[] {
+  clients = Array.from({ length: CONNECTIONS }, () => new Client(`http://127.0.0.1:${lb.httpPort}`, { pipelining: 1, keepAliveTimeout: 30_000 }));
+  return clients;
+}
+
+/** Requests sent through the LB, by Host. */
+const sentTo = new Map<string, number>();
+
+async function get(c: Client, host: string, path = '/'): Promise<{ status: number; body: string }> {
+  sentTo.set(host, (sentTo.get(host) ?? 0) + 1);
+  const res = await c.request({ method: 'GET', path, headers: { host } });
+  return { status: res.statusCode, body: (await res.body.text()).trim() };
+}
+
+describe('corral lb --lb-threads 2', () => {
+  let lb: Daemon;
+  let sent = 0;
+
+  beforeAll(async () => {
+    // The worker thread applies every event 300 ms late: an ack that did not wait for it would
+    // let requests after the ack reach the old color through that thread.
+    lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2'], env: { CORRAL_TEST_LB_WORKER_LAG_MS: '300' } });
+  });
+
+  afterAll(async () => {
+    expect(await lb?.stop()).toBe(0);
+  });
+
+  it('serves one port from both threads, and /metrics and the status page add them up', async () => {
+    backends = await startBackends(['b1', 'blue']);
+    const rev = JSON.parse(await cli(['register', 'web', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'web.test', '--color', 'blue', '--json'])) as { revision: number };
+    await until('every thread at the registration', () => status(lb), (s) => s.revision >= rev.revision);
+    const s0 = await status(lb);
+    expect(s0.threads).toBe(2);
+    expect(s0.perThread.map((t) => t.thread)).toEqual([0, 1]);
+    expect(s0.perThread.every((t) => t.ready && t.revision >= rev.revision)).toBe(true);
+    const conns = connectAll(lb);
+    // The kernel hashes each connection to one thread's socket: 16 connections all landing on one
+    // thread has a chance of 2^-15.
+    for (let round = 0; round < 20; round++) {
+      const answers = await Promise.all(conns.map((c) => get(c, 'web.test')));
+      sent += answers.length;
+      expect(answers.every((a) => a.status === 200 && a.body === 'b1 blue')).toBe(true);
+    }
+    const s = await status(lb);
+    expect(s.perThread.every((t) => t.requests > 0), JSON.stringify(s.perThread)).toBe(true);
+    expect(s.requests).toBe(sent);
+    expect(await metricsTotal(lb, 'web')).toBe(sent);
+    const text = await (await request(`http://127.0.0.1:${lb.adminPort}/metrics`)).body.text();
+    // Merged: one series per label set, the applied revision is the lowest thread's, and Node's
+    // process metrics appear once.
+    expect(text).toMatch(new RegExp(`^corral_lb_applied_revision ${s.revision}$`, 'm'));
+    expect(text.match(/^corral_lb_requests_total\{namespace="default",service="web",color="blue",code="200"\} /gm)).toHaveLength(1);
+    expect(text).toMatch(/^process_start_time_seconds \d+/m);
+    expect(text).toMatch(new RegExp(`^corral_lb_upstream_seconds_count\\{namespace="default",service="web"\\} ${sent}$`, 'm'));
+  });
+
+  it('acks `corral switch` to the agent only after both threads applied it: every request after the ack goes to the new color', async () => {
+    backends = await startBackends(['b1', 'blue'], ['g1', 'green']);
+    const [blue, green] = backends as [Backend, Backend];
+    await cli(['register', 'sw', `127.0.0.1:${blue.port}`, '--http-host', 'sw.test', '--color', 'blue']);
+    await cli(['register', 'sw', `127.0.0.1:${green.port}`, '--http-host', 'sw.test', '--color', 'green']);
+    const first = JSON.parse(await cli(['switch', 'sw', 'blue', '--json'])) as { revision: number };
+    await until('every thread has the service', () => status(lb), (st) => st.revision >= first.revision);
+    const conns = connectAll(lb);
+    await until('blue on every connection', () => Promise.all(conns.map((c) => get(c, 'sw.test'))), (a) => a.every((r) => r.body === 'b1 blue'));
+    let acked = false;
+    let stop = false;
+    const afterAck: string[] = [];
+    let total = 0;
+    // Every connection keeps asking while the switch happens and the ack arrives.
+    const load = Promise.all(conns.map(async (c) => {
+      while (!stop) {
+        const startedAfterAck = acked;
+        const r = await get(c, 'sw.test');
+        total++;
+        expect(r.status).toBe(200);
+        if (startedAfterAck) afterAck.push(r.body);
+      }
+    }));
+    await new Promise((r) => setTimeout(r, 200));
+    const sw = JSON.parse(await cli(['switch', 'sw', 'green', '--json'])) as { revision: number };
+    await until('the agent has the LB ack', async () => {
+      const st = JSON.parse(await cli(['status', '--json'])) as { components: Array<{ component: string; appliedRevision: number }> };
+      return st.components.find((c) => c.component === 'lb')?.appliedRevision ?? 0;
+    }, (r) => r >= sw.revision);
+    acked = true;
+    await new Promise((r) => setTimeout(r, 500));
+    stop = true;
+    await load;
+    expect(afterAck.length).toBeGreaterThan(CONNECTIONS);
+    expect(new Set(afterAck)).toEqual(new Set(['g1 green']));
+    expect(total).toBeGreaterThan(afterAck.length);
+    const st = await status(lb);
+    expect(st.perThread.every((t) => t.revision >= sw.revision)).toBe(true);
+    expect(await metricsTotal(lb, 'sw')).toBe(sentTo.get('sw.test'));
+  });
+});
+
+describe('corral lb shutdown with threads', () => {
+  it('stops accepting on every thread, finishes in-flight requests on each, then the process exits', async () => {
+    const lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2'] });
+    try {
+      backends = await startBackends(['s1']);
+      const rev = JSON.parse(await cli(['register', 'slow', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'slow.test', '--json'])) as { revision: number };
+      await until('every thread at the registration', () => status(lb), (s) => s.revision >= rev.revision);
+      const conns = connectAll(lb);
+      const slow = conns.map((c) => get(c, 'slow.test', '/slow?ms=1500'));
+      await until('all in flight', async () => backends[0]!.inFlight, (n) => n === CONNECTIONS);
+      const s = await status(lb);
+      expect(s.perThread.every((t) => t.connections > 0), JSON.stringify(s.perThread)).toBe(true);
+      const t0 = Date.now();
+      const code = lb.stop();
+      const answers = await Promise.all(slow);
+      expect(answers.map((a) => a.status)).toEqual(Array(CONNECTIONS).fill(200));
+      expect(await code).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(8_000);
+    } finally {
+      await lb.stop('SIGKILL');
+    }
+  });
+});
+
+describe('corral lb --lb-threads 1', () => {
+  it('serves on the main thread alone, as before threads', async () => {
+    const lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '1'] });
+    try {
+      backends = await startBackends(['one']);
+      const rev = JSON.parse(await cli(['register', 'single', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'single.test', '--json'])) as { revision: number };
+      await until('at the registration', () => status(lb), (s) => s.revision >= rev.revision);
+      const conns = connectAll(lb);
+      const answers = await Promise.all(conns.map((c) => get(c, 'single.test')));
+      expect(answers.every((a) => a.status === 200 && a.body === 'one default')).toBe(true);
+      const s = await status(lb);
+      expect(s.threads).toBe(1);
+      expect(s.perThread).toHaveLength(1);
+      expect(s.requests).toBe(CONNECTIONS);
+      expect(await metricsTotal(lb, 'single')).toBe(CONNECTIONS);
+      expect(lb.logs()).toMatch(/"threads":1/);
+      expect(await lb.stop()).toBe(0);
+    } finally {
+      await lb.stop('SIGKILL');
+    }
+  });
+});
