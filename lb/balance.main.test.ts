@@ -39,9 +39,9 @@ async function register(svc: string, b: Backend, extra: string[] = []): Promise<
   return (JSON.parse(await cli(['register', svc, `127.0.0.1:${b.port}`, '--http-host', `${svc}.test`, '--json', ...extra])) as { revision: number }).revision;
 }
 
-async function lbStatus(): Promise<{ revision: number; balance: string; balancers: Record<string, number> }> {
+async function lbStatus(): Promise<{ revision: number; balance: string; balancers: Record<string, number>; threads: number }> {
   const res = await request(`http://127.0.0.1:${lb.adminPort}/`, { dispatcher: client });
-  return JSON.parse(await res.body.text()) as { revision: number; balance: string; balancers: Record<string, number> };
+  return JSON.parse(await res.body.text()) as { revision: number; balance: string; balancers: Record<string, number>; threads: number };
 }
 
 async function untilApplied(revision: number): Promise<void> {
@@ -96,7 +96,7 @@ describe('balancing policy per service (corral register --lb-balance)', () => {
     expect(lrFast.requests).toBeGreaterThanOrEqual(25);
     // Round robin: an even split, whatever the load, in each thread of the LB (each has its own
     // balancer state, and the connections spread over them): off by at most one per thread.
-    const { threads } = (await lbStatus()) as { threads: number };
+    const { threads } = await lbStatus();
     expect(rrSlow.requests + rrFast.requests).toBe(30);
     expect(Math.abs(rrSlow.requests - rrFast.requests)).toBeLessThanOrEqual(threads === 1 ? 0 : threads);
 
