@@ -28,13 +28,21 @@ const HEADER = [
   '',
 ].join('\n');
 
-function renderSection(name: string, s: BenchSection): string {
+/** The machine's CPU tick counters (/proc/stat): total and steal (time the hypervisor gave to someone else). */
+function cpuTicks(): { total: number; steal: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  return { total: f.reduce((a, b) => a + b, 0), steal: f[7] ?? 0 };
+}
+
+function renderSection(name: string, s: BenchSection, stealPct: number): string {
   const lines = [
     `<!-- bench:${name} -->`,
     `## ${s.title}`,
     '',
     `Made by \`npm run bench -- ${name}\` (or \`npm run bench\`) on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ` +
       `${cpus().length} cores (${cpus()[0]?.model.trim() ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`,
+    `CPU steal during the run: ${stealPct.toFixed(1)}% of the machine's CPU time went to other guests of the hypervisor` +
+      (stealPct >= 5 ? ' — the machine ran slowed down: absolute numbers are low and ratios less trustworthy than usual.' : '.'),
     '',
     `Anchor: ${s.anchor}`,
     '',
@@ -65,7 +73,10 @@ for (const n of names) if (!benches[n]) throw new Error(`unknown benchmark "${n}
 const sections = existsSync(FILE) ? existingSections(readFileSync(FILE, 'utf8')) : new Map<string, string>();
 for (const n of names) {
   process.stderr.write(`bench: ${n}...\n`);
-  const text = renderSection(n, await benches[n]!());
+  const t0 = cpuTicks();
+  const section = await benches[n]!();
+  const t1 = cpuTicks();
+  const text = renderSection(n, section, t1.total > t0.total ? (100 * (t1.steal - t0.steal)) / (t1.total - t0.total) : 0);
   process.stderr.write(text + '\n\n');
   sections.set(n, text);
   // Written after every benchmark, so a later failure keeps what was measured.
