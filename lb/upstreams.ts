@@ -77,15 +77,25 @@ export class UpstreamConnection {
     port: number,
   ) {
     this.born = performance.now();
-    const s = connect({ host, port, noDelay: true });
+    // Reads land in one buffer shared by every upstream connection of this thread (no 64 KiB
+    // allocation and no Readable 'data' emission per read); what the proxy keeps is copied.
+    const s = connect({
+      host, port, noDelay: true,
+      onread: {
+        buffer: READ_BUFFER,
+        callback: (n: number, buf: Uint8Array) => {
+          const chunk = Buffer.allocUnsafe(n);
+          chunk.set(buf.subarray(0, n));
+          if (this.user !== null) this.user.onUpstreamData(chunk);
+          else s.destroy(); // bytes on an idle connection: it is not in a state we can reuse
+          return true;
+        },
+      },
+    });
     this.socket = s;
     // Listeners once per connection; they reach the request through `user`.
     s.on('connect', () => {
       this.connected = true;
-    });
-    s.on('data', (chunk: Buffer) => {
-      if (this.user !== null) this.user.onUpstreamData(chunk);
-      else s.destroy(); // bytes on an idle connection: it is not in a state we can reuse
     });
     s.on('end', () => {
       if (this.user !== null) this.user.onUpstreamEnd();
@@ -114,6 +124,9 @@ export class UpstreamConnection {
     if (!this.socket.destroyed) this.socket.destroy();
   }
 }
+
+/** The one read buffer of this thread's upstream connections (onread). */
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 export class UpstreamPool {
   private readonly idle: UpstreamConnection[] = [];
