@@ -46,6 +46,9 @@ function prefixEnd(prefix: string): Buffer {
 
 interface Current { value: string; modRevision: number; lease: string }
 
+/** How long calls must keep failing, with no success in between, before the registry counts as unreachable. */
+const FAIL_GRACE_MS = 2_000;
+
 export class EtcdRegistry implements Registry {
   readonly kind = 'etcd';
   private client: Etcd3 | undefined;
@@ -56,6 +59,9 @@ export class EtcdRegistry implements Registry {
   private readonly watchers = new Set<Watcher>();
   private state: RegistryHealth = { connected: false, error: 'not opened', sinceMs: 0 };
   private closed = false;
+  /** When calls started failing with no success since (0: the last call succeeded), and why. */
+  private failingSince = 0;
+  private failError = '';
   private readonly ttl: number;
   private readonly timeoutMs: number;
 
@@ -118,6 +124,12 @@ export class EtcdRegistry implements Registry {
   }
 
   health(): RegistryHealth {
+    // A failure counts once no call has succeeded for FAIL_GRACE_MS after it: one call that hit a
+    // dead member (or timed out on a starved machine) while the rest of the cluster answers is
+    // not "disconnected", and `corral status` would otherwise flap to STALE for a second.
+    if (this.state.connected && this.failingSince > 0 && Date.now() - this.failingSince >= FAIL_GRACE_MS) {
+      this.state = { connected: false, error: this.failError, sinceMs: this.state.sinceMs };
+    }
     return { ...this.state };
   }
 
@@ -268,10 +280,14 @@ export class EtcdRegistry implements Registry {
   }
 
   private ok(): void {
+    this.failingSince = 0;
+    // sinceMs of a connected registry: when it last answered.
     this.state = { connected: true, error: '', sinceMs: Date.now() };
   }
 
   private fail(err: Error): void {
-    if (this.state.connected) this.state = { connected: false, error: err.message, sinceMs: this.state.sinceMs };
+    if (!this.state.connected) return;
+    if (this.failingSince === 0) this.failingSince = Date.now();
+    this.failError = err.message;
   }
 }
