@@ -21,6 +21,8 @@ const HEARTBEAT_MS = 5000;
 /** First wait before bringing back a device whose process died; doubles while it keeps dying. */
 const RESTORE_MIN_MS = 1000;
 const RESTORE_MAX_MS = 30_000;
+/** How often a peer in the middle of a key rotation is checked for a handshake with its next key. */
+const ROTATION_POLL_MS = 100;
 const KEEPALIVE_S = 25;
 /** A peer without a handshake for this long is reported by `corral status`. */
 export const HANDSHAKE_STALE_MS = 180_000;
@@ -46,6 +48,7 @@ export class Mesh {
   private stopped = false;
   private restoreDelayMs = RESTORE_MIN_MS;
   private restoreTimer: NodeJS.Timeout | undefined;
+  private rotationPoll: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly registry: Registry,
@@ -104,6 +107,7 @@ export class Mesh {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.restoreTimer);
+    clearInterval(this.rotationPoll);
     clearInterval(this.heartbeat);
     clearInterval(this.rotation);
     await this.queue.catch(() => {});
@@ -207,7 +211,10 @@ export class Mesh {
     const want = new Map<string, AppliedPeer>();
     for (const h of this.catalog.hosts.values()) {
       if (h.name === this.node || !h.publicKey || !h.block || !h.underlay) continue;
-      want.set(h.name, { publicKey: h.publicKey, endpoint: endpointOf(h), block: h.block, next: h.nextPublicKey ?? '' });
+      const next = h.nextPublicKey ?? '';
+      // Already moved to its next key on the handshake (promoteRotated): the record will say so shortly.
+      const promoted = next !== '' && this.applied.get(h.name)?.publicKey === next;
+      want.set(h.name, { publicKey: promoted ? next : h.publicKey, endpoint: endpointOf(h), block: h.block, next: promoted ? '' : next });
     }
     // New and changed peers first, so a block moves between keys without a gap.
     let nextKeys = false;
@@ -233,8 +240,40 @@ export class Mesh {
       }
     }
     this.appliedRevision = Math.max(this.appliedRevision, revision);
+    this.watchRotations();
     // A rotating host waits for every peer to confirm its next key: say so now, not at the next heartbeat.
     if (nextKeys) await this.publish();
+  }
+
+  /** While a peer rotates, look for the first handshake with its next key every ROTATION_POLL_MS. */
+  private watchRotations(): void {
+    const rotating = [...this.applied.values()].some((a) => a.next !== '');
+    if (!rotating || this.stopped) {
+      clearInterval(this.rotationPoll);
+      this.rotationPoll = undefined;
+    } else if (this.rotationPoll === undefined) {
+      this.rotationPoll = setInterval(() => void this.enqueue(() => this.promoteRotated()), ROTATION_POLL_MS);
+      this.rotationPoll.unref();
+    }
+  }
+
+  /**
+   * A handshake with a peer's next key means that peer has switched to it (nobody else holds the
+   * private key): move its block to the new key at once instead of when its record arrives
+   * through the registry, which on a loaded machine takes long enough to drop packets.
+   */
+  private async promoteRotated(): Promise<void> {
+    if (![...this.applied.values()].some((a) => a.next !== '')) return this.watchRotations();
+    const states = await this.device!.peers();
+    for (const [name, a] of this.applied) {
+      if (a.next === '') continue;
+      if (!states.some((p) => p.publicKey === a.next && p.lastHandshakeMs > 0)) continue;
+      await this.device!.setPeer({ publicKey: a.next, endpoint: a.endpoint, allowedIps: [a.block], keepaliveS: KEEPALIVE_S });
+      await this.device!.removePeer(a.publicKey);
+      this.applied.set(name, { ...a, publicKey: a.next, next: '' });
+      this.log.info({ host: name, publicKey: a.next }, 'peer switched to its next key (handshake seen)');
+    }
+    this.watchRotations();
   }
 
   /** Writes this host's record (ephemeral: it leaves with the agent's lease). Returns its revision. */
