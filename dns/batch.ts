@@ -6,10 +6,8 @@
 // datagrams per call, each is answered by the same DnsServer code, and the replies go out in one
 // sendmmsg. Replies that wait for an upstream go out later with sendto(2).
 import type { Socket as UdpSocket } from 'node:dgram';
-import { createRequire } from 'node:module';
 import type { DnsServer } from './server.js';
-
-const require = createRequire(import.meta.url);
+import { libc } from '../api/libc.js';
 
 const BATCH = 64;
 /** Receive slot: a query larger than this (MSG_TRUNC) is dropped; no real DNS query is. */
@@ -51,9 +49,8 @@ export function batchSyscalls(): Sys | null {
   if (sys !== undefined) return sys;
   try {
     if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) throw new Error(`no struct layout for ${process.platform}/${process.arch}`);
-    const koffi = require('koffi') as typeof import('koffi');
-    const libc = koffi.load('libc.so.6');
-    const f = (decl: string) => libc.func(decl) as unknown as Fn;
+    const c = libc();
+    const f = (decl: string) => c.func<Fn>(decl);
     const s = {
       recvmmsg: f('int recvmmsg(int fd, uintptr_t vec, unsigned int vlen, int flags, void *timeout)'),
       sendmmsg: f('int sendmmsg(int fd, uintptr_t vec, unsigned int vlen, int flags)'),
@@ -63,8 +60,8 @@ export function batchSyscalls(): Sys | null {
       write: f('intptr_t write(int fd, void *buf, size_t len)'),
       close: f('int close(int fd)'),
       socket: f('int socket(int domain, int type, int protocol)'),
-      errno: () => koffi.errno(),
-      address: (b: Buffer) => Number(koffi.address(b)),
+      errno: c.errno,
+      address: c.address,
     } as unknown as Sys;
     sys = s;
   } catch (err) {
@@ -78,11 +75,7 @@ let dupFn: ((fd: number) => number) | undefined;
 
 /** dup(2): the workers need descriptors of their own, so closing one never closes another's. */
 export function dup(fd: number): number {
-  if (!dupFn) {
-    const koffi = require('koffi') as typeof import('koffi');
-    const libc = koffi.load('libc.so.6');
-    dupFn = libc.func('int dup(int fd)') as (fd: number) => number;
-  }
+  dupFn ??= libc().func<(fd: number) => number>('int dup(int fd)');
   const d = dupFn(fd);
   if (d < 0) throw new Error(`dup(${fd}) failed: too many open files?`);
   return d;

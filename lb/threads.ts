@@ -4,7 +4,6 @@
 // port with SO_REUSEPORT, so the kernel spreads new connections over the threads and nothing is
 // shared on the hot path. The agent watch and the admin endpoint stay on the main thread, which
 // forwards every watch event to the workers and acks a revision only once all have applied it.
-import { createRequire } from 'node:module';
 import { lookup } from 'node:dns/promises';
 import { isIP, type Server } from 'node:net';
 import { constants as osConstants } from 'node:os';
@@ -21,8 +20,7 @@ import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
 import { CertificateStore } from './tls.js';
 import { UpstreamPools } from './upstreams.js';
-
-const require = createRequire(import.meta.url);
+import { libc } from '../api/libc.js';
 
 /** Slack on top of a drained endpoint's drain time, for the LB seeing the revision a little late. */
 const DRAIN_SLACK_MS = 1_000;
@@ -129,9 +127,8 @@ function sockSyscalls(): SockSys | null {
   try {
     // The constants above are Linux's (the same on x64 and arm64).
     if (process.platform !== 'linux') throw new Error(`SO_REUSEPORT sockets are built for Linux, not ${process.platform}`);
-    const koffi = require('koffi') as typeof import('koffi');
-    const libc = koffi.load('libc.so.6');
-    const f = (decl: string) => libc.func(decl) as unknown;
+    const c = libc();
+    const f = (decl: string) => c.func<unknown>(decl);
     sockSys = {
       socket: f('int socket(int domain, int type, int protocol)'),
       setsockopt: f('int setsockopt(int fd, int level, int name, void *value, uint32_t len)'),
@@ -139,7 +136,7 @@ function sockSyscalls(): SockSys | null {
       listen: f('int listen(int fd, int backlog)'),
       getsockname: f('int getsockname(int fd, void *addr, void *len)'),
       close: f('int close(int fd)'),
-      errno: () => koffi.errno(),
+      errno: c.errno,
     } as SockSys;
   } catch (err) {
     sockSysError = (err as Error).message;

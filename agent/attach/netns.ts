@@ -4,20 +4,17 @@
 // all synchronously: no other JavaScript runs in between, and a socket keeps the namespace it
 // was created in. No `ip` process, no helper process per ADD.
 import { closeSync, openSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { createRtNetlink, type RtNetlinkSocket } from 'netlink';
+import { libc } from '../../api/libc.js';
 
 const CLONE_NEWNET = 0x40000000;
-const require = createRequire(import.meta.url);
 
 let setnsFn: ((fd: number, nstype: number) => number) | undefined;
 let hostFd: number | undefined;
 
 function setns(): (fd: number, nstype: number) => number {
   if (!setnsFn) {
-    const koffi = require('koffi') as typeof import('koffi');
-    const libc = koffi.load('libc.so.6');
-    setnsFn = libc.func('int setns(int fd, int nstype)') as (fd: number, nstype: number) => number;
+    setnsFn = libc().func<(fd: number, nstype: number) => number>('int setns(int fd, int nstype)');
     // The namespace this process lives in, to come back to.
     hostFd = openSync('/proc/self/ns/net', 'r');
   }
