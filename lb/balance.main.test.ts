@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import type { Endpoint, EndpointReply, RegisterRequest } from '../api/types.js';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from './testbed.js';
 
 let agent: Daemon;
 let lb: Daemon;
@@ -29,11 +29,7 @@ afterEach(async () => {
   backends = [];
 });
 
-async function cli(args: string[]): Promise<string> {
-  const r = await agent.cli(args);
-  expect(r.code, `corral ${args.join(' ')}: ${r.stderr}`).toBe(0);
-  return r.stdout;
-}
+const cli = (args: string[]): Promise<string> => cliOk(agent, args);
 
 async function register(svc: string, b: Backend, extra: string[] = []): Promise<number> {
   return (JSON.parse(await cli(['register', svc, `127.0.0.1:${b.port}`, '--http-host', `${svc}.test`, '--json', ...extra])) as { revision: number }).revision;

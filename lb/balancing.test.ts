@@ -1,23 +1,10 @@
 // Per-service balancing policy: what the endpoints ask for (label corral.lb.balance, `corral
 // register --lb-balance`), else the LB's --lb-balance; endpoints that disagree; a live switch.
-import { Writable } from 'node:stream';
-import { pino, type Logger } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { Endpoint } from '../api/types.js';
 import { balancerFor, LeastRequest, SmoothWeightedRoundRobin, type Peer, type PeerState, type PeerStateOf } from './balancer.js';
 import { RouteTable } from './routes.js';
-import { delta, endpoint, snapshot } from './testbed.js';
-
-function capturingLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-      cb();
-    },
-  });
-  return { log: pino({ level: 'debug' }, sink) as unknown as Logger, lines };
-}
+import { capturingLogger, delta, endpoint, snapshot } from './testbed.js';
 
 /** Like the LB's passive-health registry: one state object per origin, shared by every Peer for it. */
 function perOriginState(): PeerStateOf {

@@ -10,7 +10,8 @@ import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { freePort, startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from './testbed.js';
+import { untilOk } from '../test/support/until.js';
 
 const run = promisify(execFile);
 
@@ -47,22 +48,10 @@ async function get(path = '/', host = `${svc}.test`): Promise<{ status: number; 
   return { status: res.statusCode, body: (await res.body.text()).trim() };
 }
 
-async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: T;
-  for (;;) {
-    last = await fn();
-    if (ok(last)) return last;
-    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(last)}\n--- agent ---\n${agent.logs().slice(-2000)}\n--- lb ---\n${lb.logs().slice(-2000)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = <T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> =>
+  untilOk(what, fn, ok, { ms: timeoutMs, everyMs: 20, detail: () => `--- agent ---\n${agent.logs().slice(-2000)}\n--- lb ---\n${lb.logs().slice(-2000)}` });
 
-async function cli(args: string[]): Promise<string> {
-  const r = await agent.cli(args);
-  expect(r.code, `corral ${args.join(' ')}: ${r.stderr}`).toBe(0);
-  return r.stdout;
-}
+const cli = (args: string[]): Promise<string> => cliOk(agent, args);
 
 async function register(b: Backend, extra: string[] = []): Promise<number> {
   const out = JSON.parse(await cli(['register', svc, `127.0.0.1:${b.port}`, '--http-host', `${svc}.test`, '--color', b.color, '--json', ...extra])) as { revision: number };

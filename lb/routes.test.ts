@@ -1,20 +1,7 @@
-import { Writable } from 'node:stream';
-import { pino, type Logger } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { SmoothWeightedRoundRobin } from './balancer.js';
 import { RouteTable, normalizeHost, normalizePath } from './routes.js';
-import { delta, endpoint, service, snapshot } from './testbed.js';
-
-function capturingLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-      cb();
-    },
-  });
-  return { log: pino({ level: 'debug' }, sink) as unknown as Logger, lines };
-}
+import { capturingLogger, delta, endpoint, service, snapshot } from './testbed.js';
 
 const owner = (t: RouteTable, host: string, path = '/') => t.lookup(normalizeHost(host), path)?.key;
 

@@ -2,9 +2,12 @@
 // Not used by the product.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { Writable, type Duplex } from 'node:stream';
+import { pino, type Logger } from 'pino';
+import { expect } from 'vitest';
 import type { Endpoint, Service, WatchEvent } from '../api/types.js';
 import { emptyEvent } from '../api/types.js';
+import type { Daemon } from '../test/support/corral.js';
 
 /** A backend that answers with its own name and color; see `handle` for the paths it knows. */
 export class Backend {
@@ -173,4 +176,23 @@ export function snapshot(revision: number, endpoints: Endpoint[], services: Serv
 
 export function delta(revision: number, p: Partial<Omit<WatchEvent, 'revision' | 'snapshot'>>): WatchEvent {
   return { ...emptyEvent(revision, false), ...p };
+}
+
+/** A debug-level pino logger whose lines the test can read back as objects. */
+export function capturingLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+      cb();
+    },
+  });
+  return { log: pino({ level: 'debug' }, sink) as unknown as Logger, lines };
+}
+
+/** `corral <args>` against an agent; must exit 0. Its stdout. */
+export async function cliOk(agent: Daemon, args: string[]): Promise<string> {
+  const r = await agent.cli(args);
+  expect(r.code, `corral ${args.join(' ')}: ${r.stderr}`).toBe(0);
+  return r.stdout;
 }

@@ -5,7 +5,8 @@
 import { Client, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from './testbed.js';
+import { untilOk } from '../test/support/until.js';
 
 const CONNECTIONS = 16;
 
@@ -48,21 +49,10 @@ async function metricsTotal(lb: Daemon, svc: string): Promise<number> {
   return n;
 }
 
-async function cli(args: string[]): Promise<string> {
-  const r = await agent.cli(args);
-  expect(r.code, `corral ${args.join(' ')}: ${r.stderr}`).toBe(0);
-  return r.stdout;
-}
+const cli = (args: string[]): Promise<string> => cliOk(agent, args);
 
-async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const last = await fn();
-    if (ok(last)) return last;
-    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = <T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> =>
+  untilOk(what, fn, ok, { ms: timeoutMs, everyMs: 20 });
 
 /** `CONNECTIONS` keep-alive connections to the LB, one request at a time on each. */
 function connectAll(lb: Daemon): Client[] {

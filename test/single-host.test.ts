@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from './support/corral.js';
 import { startDockerd, TEST_IMAGE, type Dockerd } from './support/dockerd.js';
+import { untilOk } from './support/until.js';
 
 let docker: Dockerd;
 let up: Daemon;
@@ -30,16 +31,8 @@ async function get(host: string, path = '/'): Promise<{ status: number; body: st
   return { status, body: lines.join('\n').trim() };
 }
 
-async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: T | undefined;
-  for (;;) {
-    last = await fn();
-    if (ok(last)) return last;
-    if (Date.now() > end) throw new Error(`${what}: last value ${JSON.stringify(last)}\n--- corral log ---\n${up.logs().slice(-4000)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = <T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> =>
+  untilOk(what, fn, ok, { ms: timeoutMs, everyMs: 50, detail: () => `--- corral log ---\n${up.logs().slice(-4000)}` });
 
 async function bodies(host: string, n: number): Promise<Set<string>> {
   const seen = new Set<string>();
