@@ -63,6 +63,22 @@ function isExists(err: unknown): boolean {
   return errnoOf(err) === 'EEXIST';
 }
 
+/**
+ * The host end of a container's veth: up, with the /32 route to the container's address. Source =
+ * the gateway: what the host sends a container (DNS replies from a wildcard socket, health
+ * checks) comes from an address it has a route to.
+ */
+async function hostEndUp(host: RtNetlinkSocket, spec: { hostIfname: string; address: string; gateway: string }): Promise<rt.LinkMessage> {
+  const h = (await linkByName(host, spec.hostIfname))!;
+  await host.setLink({ index: h.data.index, change: { up: true }, flags: { up: true } });
+  await host.newRoute(
+    { family: AF_INET, dstLen: 32, table: 254, protocol: 'BOOT', scope: 'LINK', type: 'UNICAST' },
+    { dst: ip4(spec.address), oif: h.data.index, prefsrc: ip4(spec.gateway) },
+    { flags: FlagsNew.CREATE | FlagsNew.REPLACE },
+  );
+  return h;
+}
+
 /** Creates and configures both ends. On any failure, removes what it made and rethrows. */
 export async function attach(spec: AttachSpec): Promise<Attached> {
   const host = rtnetlinkHere();
@@ -81,14 +97,7 @@ export async function attach(spec: AttachSpec): Promise<Attached> {
     const linkinfo = bytes(ifla.formatInfo({ kind: 'veth', data: bytes(ifla.formatVethInfo({ peer })) }));
     await host.newLink({}, { ifname: spec.hostIfname, mtu: spec.mtu, linkinfo }, { flags: FlagsNew.CREATE | FlagsNew.EXCL });
     try {
-      const h = (await linkByName(host, spec.hostIfname))!;
-      await host.setLink({ index: h.data.index, change: { up: true }, flags: { up: true } });
-      await host.newRoute(
-        { family: AF_INET, dstLen: 32, table: 254, protocol: 'BOOT', scope: 'LINK', type: 'UNICAST' },
-        // Source = the gateway: what the host sends a container (DNS replies from a wildcard socket, health checks) comes from an address it has a route to.
-        { dst: ip4(spec.address), oif: h.data.index, prefsrc: ip4(spec.gateway) },
-        { flags: FlagsNew.CREATE | FlagsNew.REPLACE },
-      );
+      const h = await hostEndUp(host, spec);
       const c = await linkByName(inner, spec.ifname);
       if (!c) throw new Error(`veth end ${spec.ifname} did not appear in ${spec.netns}`);
       await inner.newAddress({ family: AF_INET, prefixlen: 32, index: c.data.index }, { local: ip4(spec.address), address: ip4(spec.address) }, { flags: FlagsNew.CREATE | FlagsNew.EXCL });
@@ -209,15 +218,8 @@ export async function vethPair(spec: { hostIfname: string; peerIfname: string; a
     const linkinfo = bytes(ifla.formatInfo({ kind: 'veth', data: bytes(ifla.formatVethInfo({ peer })) }));
     await host.newLink({}, { ifname: spec.hostIfname, mtu: spec.mtu, linkinfo }, { flags: FlagsNew.CREATE | FlagsNew.EXCL });
     try {
-      const h = (await linkByName(host, spec.hostIfname))!;
+      const h = await hostEndUp(host, spec);
       const c = (await linkByName(host, spec.peerIfname))!;
-      await host.setLink({ index: h.data.index, change: { up: true }, flags: { up: true } });
-      await host.newRoute(
-        { family: AF_INET, dstLen: 32, table: 254, protocol: 'BOOT', scope: 'LINK', type: 'UNICAST' },
-        // Source = the gateway: what the host sends a container (DNS replies from a wildcard socket, health checks) comes from an address it has a route to.
-        { dst: ip4(spec.address), oif: h.data.index, prefsrc: ip4(spec.gateway) },
-        { flags: FlagsNew.CREATE | FlagsNew.REPLACE },
-      );
       return { hostIfname: spec.hostIfname, hostMac: mac(h.attrs.address), mac: mac(c.attrs.address) };
     } catch (err) {
       const h = await linkByName(host, spec.hostIfname).catch(() => undefined);
