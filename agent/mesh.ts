@@ -156,7 +156,7 @@ export class Mesh {
     await routeOverlay({ ifname: m.wgInterface, mtu: this.mtu, gateway: this.gateway, clusterCidr: this.opts.clusterCidr });
   }
 
-  /** The heartbeat: publish this host's record; a device that stopped answering is brought back first. */
+  /** The heartbeat: read the peers' state and publish this host's record; a device that does not answer is brought back instead. */
   private async beat(): Promise<void> {
     try {
       await this.refreshPeers();
@@ -165,7 +165,7 @@ export class Mesh {
       this.deviceGone(`does not answer (${(err as Error).message})`);
       return;
     }
-    await this.publish();
+    await this.writeHost();
   }
 
   /** The device's process is gone: bring it back after a short wait (longer each time it keeps dying). */
@@ -246,9 +246,13 @@ export class Mesh {
   }
 
   /** While a peer rotates, look for the first handshake with its next key every ROTATION_POLL_MS. */
+  private rotating(): boolean {
+    for (const a of this.applied.values()) if (a.next !== '') return true;
+    return false;
+  }
+
   private watchRotations(): void {
-    const rotating = [...this.applied.values()].some((a) => a.next !== '');
-    if (!rotating || this.stopped) {
+    if (!this.rotating() || this.stopped) {
       clearInterval(this.rotationPoll);
       this.rotationPoll = undefined;
     } else if (this.rotationPoll === undefined) {
@@ -263,7 +267,7 @@ export class Mesh {
    * through the registry, which on a loaded machine takes long enough to drop packets.
    */
   private async promoteRotated(): Promise<void> {
-    if (![...this.applied.values()].some((a) => a.next !== '')) return this.watchRotations();
+    if (!this.rotating()) return this.watchRotations();
     const states = await this.device!.peers();
     for (const [name, a] of this.applied) {
       if (a.next === '') continue;
@@ -276,9 +280,14 @@ export class Mesh {
     this.watchRotations();
   }
 
-  /** Writes this host's record (ephemeral: it leaves with the agent's lease). Returns its revision. */
+  /** Reads the peers' state and writes this host's record. Returns its revision. */
   private async publish(): Promise<number> {
     await this.refreshPeers();
+    return this.writeHost();
+  }
+
+  /** Writes this host's record (ephemeral: it leaves with the agent's lease) with the peer states refreshPeers() last read. */
+  private async writeHost(): Promise<number> {
     const m = this.opts.mesh;
     const host: Host = {
       name: this.node,
