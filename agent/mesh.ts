@@ -41,7 +41,11 @@ export class Mesh {
   /** Peers as configured on the device, by host name. */
   private readonly applied = new Map<string, AppliedPeer>();
   appliedRevision = 0;
+  /** Device changes, one at a time. Registry writes never wait in it (see publish). */
   private queue: Promise<void> = Promise.resolve();
+  /** The record write in flight, and the one queued behind it (publish coalesces). */
+  private writing: Promise<number> | undefined;
+  private writeAgain: Promise<number> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private rotation: NodeJS.Timeout | undefined;
   private lastPeers: PeerStatus[] = [];
@@ -95,7 +99,7 @@ export class Mesh {
     }
     await this.sync();
     await this.publish();
-    this.heartbeat = setInterval(() => void this.enqueue(() => this.beat()), HEARTBEAT_MS);
+    this.heartbeat = setInterval(() => void this.beat(), HEARTBEAT_MS);
     this.heartbeat.unref();
     if (m.keyRotationMs > 0) {
       this.rotation = setInterval(() => void this.rotateKeys().catch((err: Error) => this.log.error({ err: err.message }, 'scheduled key rotation failed')), m.keyRotationMs);
@@ -111,6 +115,7 @@ export class Mesh {
     clearInterval(this.heartbeat);
     clearInterval(this.rotation);
     await this.queue.catch(() => {});
+    await Promise.allSettled([this.writing, this.writeAgain]);
     await this.device?.close();
   }
 
@@ -128,7 +133,7 @@ export class Mesh {
   async rotateKeys(): Promise<RotateKeysReply> {
     const previous = this.key.publicKey;
     this.next = this.keys.startRotation();
-    const published = await this.enqueue(() => this.publish());
+    const published = await this.publish();
     // Peers accept both keys once they have applied the revision that carries the next one.
     const deadline = Date.now() + 10_000;
     let unconfirmed = this.unconfirmed(published);
@@ -137,12 +142,12 @@ export class Mesh {
       unconfirmed = this.unconfirmed(published);
     }
     if (unconfirmed.length) this.log.warn({ hosts: unconfirmed }, 'switching keys before these hosts confirmed the next key: they reconnect once they see it');
-    const revision = await this.enqueue(async () => {
+    await this.enqueue(async () => {
       this.key = this.keys.finishRotation();
       this.next = undefined;
       await this.device!.setPrivateKey(this.key.privateKey);
-      return this.publish();
     });
+    const revision = await this.publish();
     this.log.info({ previous, publicKey: this.key.publicKey, revision }, 'WireGuard key rotated');
     return { previousPublicKey: previous, publicKey: this.key.publicKey, revision, unconfirmed };
   }
@@ -158,6 +163,7 @@ export class Mesh {
 
   /** The heartbeat: read the peers' state and publish this host's record; a device that does not answer is brought back instead. */
   private async beat(): Promise<void> {
+    if (this.stopped || this.restoreTimer) return;
     try {
       await this.refreshPeers();
     } catch (err) {
@@ -165,7 +171,7 @@ export class Mesh {
       this.deviceGone(`does not answer (${(err as Error).message})`);
       return;
     }
-    await this.writeHost();
+    await this.publish({ refreshed: true }).catch(() => {});
   }
 
   /** The device's process is gone: bring it back after a short wait (longer each time it keeps dying). */
@@ -181,7 +187,7 @@ export class Mesh {
         // A new interface has no peers: configure every one again.
         this.applied.clear();
         await this.sync();
-        await this.publish();
+        void this.publish().catch(() => {});
         this.log.info({ interface: this.opts.mesh.wgInterface, peers: this.applied.size }, 'WireGuard device restored with its peers');
         // Stable again for a while: the next failure starts from the short wait.
         setTimeout(() => (this.restoreDelayMs = RESTORE_MIN_MS), RESTORE_MAX_MS * 2).unref();
@@ -241,8 +247,9 @@ export class Mesh {
     }
     this.appliedRevision = Math.max(this.appliedRevision, revision);
     this.watchRotations();
-    // A rotating host waits for every peer to confirm its next key: say so now, not at the next heartbeat.
-    if (nextKeys) await this.publish();
+    // A rotating host waits for every peer to confirm its next key: say so now, not at the next
+    // heartbeat. Not awaited: device updates (the 100 ms rotation poll among them) must not wait for etcd.
+    if (nextKeys) void this.publish().catch(() => {});
   }
 
   /** While a peer rotates, look for the first handshake with its next key every ROTATION_POLL_MS. */
@@ -280,10 +287,27 @@ export class Mesh {
     this.watchRotations();
   }
 
-  /** Reads the peers' state and writes this host's record. Returns its revision. */
-  private async publish(): Promise<number> {
-    await this.refreshPeers();
-    return this.writeHost();
+  /**
+   * Reads the peers' state and writes this host's record; resolves with the revision of a write
+   * that started after the call. Outside the device queue: an etcd transaction under load can take
+   * a second, and a block move waiting behind it drops packets. Calls during a write share one
+   * write after it. A failed write is logged and rejects.
+   */
+  private publish(o: { refreshed?: boolean } = {}): Promise<number> {
+    if (this.writing) {
+      this.writeAgain ??= this.writing.catch(() => 0).then(() => {
+        this.writeAgain = undefined;
+        return this.publish();
+      });
+      return this.writeAgain;
+    }
+    const write = (async () => {
+      if (!o.refreshed) await this.refreshPeers();
+      return this.writeHost();
+    })();
+    this.writing = write.finally(() => (this.writing = undefined));
+    this.writing.catch((err: Error) => this.log.error({ err: err.message }, 'publishing this host\'s record failed; retried at the next heartbeat'));
+    return this.writing;
   }
 
   /** Writes this host's record (ephemeral: it leaves with the agent's lease) with the peer states refreshPeers() last read. */
