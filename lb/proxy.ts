@@ -25,6 +25,7 @@ import {
 } from './http1/head.js';
 import type { ProxyObserver } from './metrics.js';
 import type { PassiveHealth } from './outliers.js';
+import { adoptAccepted } from './reads.js';
 import { normalizeHost, type RouteTable, type RouteTarget } from './routes.js';
 import type { UpstreamConnection, UpstreamError, UpstreamPools, UpstreamUser } from './upstreams.js';
 
@@ -176,10 +177,20 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   /** Sinks for the two chunked decoders: request bodies go upstream, response bodies to the client. */
   private readonly responseSink: ChunkSink = { chunkData: (b, s, e) => this.responseChunk(b, s, e) };
 
+  /** Where the client's bytes go: the HTTP parser, or after an upgrade the spliced upstream. */
+  private sink: (chunk: Buffer) => void = (chunk) => this.onData(chunk);
+  /** Bytes after an upgrade that came before its upstream connected. */
+  private held: Buffer[] | null = null;
+
+  /**
+   * `socket` reads through onread (plain sockets: `adoptAccepted`, whose callback calls onBytes)
+   * or, when `dataEvents`, through 'data' events (TLS).
+   */
   constructor(
     readonly socket: Socket,
     private readonly proxy: Proxy,
     encrypted: boolean,
+    dataEvents: boolean,
   ) {
     this.headSince = performance.now();
     let client = socket.remoteAddress ?? '';
@@ -187,7 +198,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     this.client = client;
     this.proto = encrypted ? 'https' : 'http';
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (dataEvents) socket.on('data', (chunk: Buffer) => this.sink(chunk));
     socket.on('drain', () => this.onClientDrain());
     socket.on('end', () => this.onClientEnd());
     socket.on('error', () => undefined); // 'close' follows
@@ -195,6 +206,11 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   // ---- client side -------------------------------------------------------------------------
+
+  /** Bytes from the client (a copy this connection may keep). */
+  onBytes(chunk: Buffer): void {
+    this.sink(chunk);
+  }
 
   private onData(chunk: Buffer): void {
     if (this.reading === R_CLOSED) return; // closing: drop, so the answer already sent is not lost to a reset
@@ -829,12 +845,30 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     this.reading = R_CLOSED;
     this.lingerUntil = 0;
     this.resState = RS_DONE;
-    this.socket.removeAllListeners('data');
+    const held: Buffer[] = [];
+    this.held = held;
+    this.sink = (chunk) => held.push(chunk);
     this.socket.removeAllListeners('drain');
     this.socket.removeAllListeners('end');
     this.socket.removeAllListeners('close');
     this.proxy.connections.delete(this);
     return rest;
+  }
+
+  /**
+   * After takeOver: the client's bytes go to `upstream` (what came meanwhile first), with
+   * backpressure, and the client's end of stream ends it.
+   */
+  spliceInto(upstream: Socket): void {
+    const socket = this.socket;
+    const forward = (chunk: Buffer) => {
+      if (!upstream.write(chunk)) socket.pause();
+    };
+    for (const chunk of this.held ?? []) forward(chunk);
+    this.held = null;
+    this.sink = forward;
+    upstream.on('drain', () => socket.resume());
+    socket.on('end', () => upstream.end());
   }
 
   /** Idle between requests (closing the server closes these at once). */
@@ -875,7 +909,8 @@ export class Proxy {
   ) {
     this.opts = { ...PROXY_DEFAULTS, ...opts };
     this.access = this.opts.accessLog ? log?.child({ access: true }) : undefined;
-    this.server = this.serve(createServer());
+    // Accepted sockets wait unread until accept() moves them to onread reads.
+    this.server = this.serve(createServer({ pauseOnConnect: true }));
   }
 
   /** Serve on `server`: a net.Server (HTTP), or a tls.Server (HTTPS; create it with SNICallback from tls.ts). */
@@ -892,7 +927,14 @@ export class Proxy {
       socket.destroy();
       return;
     }
-    this.connections.add(new ClientConnection(socket, this, encrypted));
+    if (encrypted) {
+      this.connections.add(new ClientConnection(socket, this, true, true));
+      return;
+    }
+    let conn: ClientConnection | undefined;
+    const adopted = adoptAccepted(socket, (chunk) => conn!.onBytes(chunk));
+    conn = new ClientConnection(adopted, this, false, false);
+    this.connections.add(conn);
   }
 
   private startSweep(): void {
@@ -981,7 +1023,7 @@ export class Proxy {
         this.finish(conn, target, peer, code, start);
       });
       upstream.pipe(socket);
-      socket.pipe(upstream);
+      conn.spliceInto(upstream);
     });
     socket.on('close', () => {
       this.upgraded.delete(socket);

@@ -10,6 +10,7 @@
 // not reuse a connection the endpoint is about to close).
 import { connect, type Socket } from 'node:net';
 import type { Logger } from 'pino';
+import { onreadInto } from './reads.js';
 
 export interface UpstreamTimeouts {
   /** TCP connect to an endpoint. */
@@ -77,20 +78,13 @@ export class UpstreamConnection {
     port: number,
   ) {
     this.born = performance.now();
-    // Reads land in one buffer shared by every upstream connection of this thread (no 64 KiB
-    // allocation and no Readable 'data' emission per read); what the proxy keeps is copied.
+    // Reads through this thread's one buffer (reads.ts); what the proxy keeps is a copy.
     const s = connect({
       host, port, noDelay: true,
-      onread: {
-        buffer: READ_BUFFER,
-        callback: (n: number, buf: Uint8Array) => {
-          const chunk = Buffer.allocUnsafe(n);
-          chunk.set(buf.subarray(0, n));
-          if (this.user !== null) this.user.onUpstreamData(chunk);
-          else s.destroy(); // bytes on an idle connection: it is not in a state we can reuse
-          return true;
-        },
-      },
+      onread: onreadInto((chunk) => {
+        if (this.user !== null) this.user.onUpstreamData(chunk);
+        else s.destroy(); // bytes on an idle connection: it is not in a state we can reuse
+      }),
     });
     this.socket = s;
     // Listeners once per connection; they reach the request through `user`.
@@ -124,9 +118,6 @@ export class UpstreamConnection {
     if (!this.socket.destroyed) this.socket.destroy();
   }
 }
-
-/** The one read buffer of this thread's upstream connections (onread). */
-const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 export class UpstreamPool {
   private readonly idle: UpstreamConnection[] = [];
