@@ -2,13 +2,19 @@
 // same port (SO_REUSEPORT), each with its own routes fed by the one agent watch; /metrics and the
 // status page add the threads up; a revision is acked to the agent only once every thread has
 // applied it; shutdown lets in-flight requests on every thread finish and the process exits.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Client, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDaemon, type Daemon } from '../test/support/corral.js';
+import { freePort, startDaemon, type Daemon } from '../test/support/corral.js';
 import { Backend, cliOk, startBackends } from './testbed.js';
 import { untilOk } from '../test/support/until.js';
 
 const CONNECTIONS = 16;
+const run = promisify(execFile);
 
 let agent: Daemon;
 let backends: Backend[] = [];
@@ -174,6 +180,41 @@ describe('corral lb shutdown with threads', () => {
       expect(Date.now() - t0).toBeLessThan(8_000);
     } finally {
       await lb.stop('SIGKILL');
+    }
+  });
+});
+
+describe('corral lb --lb-threads 2 with HTTPS', () => {
+  it('terminates TLS on every thread, with the certificate for the Host (SNI)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'corral-lb-certs-'));
+    const httpsPort = await freePort();
+    const lb = { d: undefined as Daemon | undefined };
+    try {
+      await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=tls.test',
+        '-keyout', join(dir, 'tls.test.key'), '-out', join(dir, 'tls.test.crt')]);
+      lb.d = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2', '--tls-cert-dir', dir, '--https-listen', `127.0.0.1:${httpsPort}`] });
+      backends = await startBackends(['t1']);
+      const rev = JSON.parse(await cli(['register', 'tls', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'tls.test', '--json'])) as { revision: number };
+      await until('every thread at the registration', () => status(lb.d!), (s) => s.revision >= rev.revision);
+      const ca = readFileSync(join(dir, 'tls.test.crt'));
+      clients = Array.from({ length: CONNECTIONS }, () => new Client(`https://127.0.0.1:${httpsPort}`, { pipelining: 1, connect: { ca, servername: 'tls.test' } }));
+      let sent = 0;
+      for (let round = 0; round < 5; round++) {
+        const answers = await Promise.all(clients.map((c) => c.request({ method: 'GET', path: '/headers', headers: { host: 'tls.test' } }).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }))));
+        sent += answers.length;
+        for (const a of answers) {
+          expect(a.status).toBe(200);
+          expect((JSON.parse(a.body) as { headers: Record<string, string> }).headers['x-forwarded-proto']).toBe('https');
+        }
+      }
+      // 16 TLS connections hashed to two threads' sockets: all on one thread has a chance of 2^-15.
+      const s = await status(lb.d);
+      expect(s.perThread.every((t) => t.requests > 0), JSON.stringify(s.perThread)).toBe(true);
+      expect(s.requests).toBe(sent);
+      expect(await lb.d.stop()).toBe(0);
+    } finally {
+      await lb.d?.stop('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
