@@ -162,6 +162,54 @@ describe('routing', () => {
     expect(r.body).toContain('default/slow');
   });
 
+  it('cuts a response whose endpoint goes silent mid-body for the body timeout, and not one that keeps sending', async () => {
+    // A raw endpoint: /stall sends 10 of 100 body bytes and then nothing; /trickle sends all 100,
+    // 10 every 100 ms (1 s in all, three times the timeout, never silent for as long as it).
+    const raw = createNetServer((s) => {
+      s.on('error', () => undefined);
+      s.once('data', (d: Buffer) => {
+        const head = 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n';
+        if (d.toString('latin1').startsWith('GET /stall ')) {
+          s.write(`${head}0123456789`);
+          return;
+        }
+        s.write(head);
+        let n = 0;
+        const t = setInterval(() => {
+          s.write('0123456789');
+          if (++n === 10) clearInterval(t);
+        }, 100);
+        s.on('close', () => clearInterval(t));
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      lb = await new Lb({ bodyTimeoutMs: 300 }).start();
+      lb.apply(snapshot(1, [endpoint({ service: 'stall', address: '127.0.0.1', port: (raw.address() as AddressInfo).port, httpHosts: ['stall.test'] })]));
+      const t0 = Date.now();
+      const cut = await new Promise<string>((resolve) => {
+        const c = netConnect(lb.port, '127.0.0.1');
+        let text = '';
+        c.on('data', (d: Buffer) => (text += d.toString('latin1')));
+        c.on('error', () => undefined);
+        c.on('close', () => resolve(text));
+        c.write('GET /stall HTTP/1.1\r\nHost: stall.test\r\n\r\n');
+      });
+      const ms = Date.now() - t0;
+      expect(cut).toMatch(/^HTTP\/1\.1 200 /);
+      expect(cut.endsWith('\r\n\r\n0123456789')).toBe(true); // the head and the 10 bytes, then the cut
+      expect(ms).toBeGreaterThanOrEqual(300);
+      expect(ms).toBeLessThan(3_000);
+      const whole = await get(lb, 'stall.test', '/trickle');
+      expect(whole.status).toBe(200);
+      expect(whole.body).toBe('0123456789'.repeat(10));
+      // The proxy goes on serving.
+      expect((await get(lb, 'stall.test', '/trickle')).body).toHaveLength(100);
+    } finally {
+      await new Promise<void>((resolve) => raw.close(() => resolve()));
+    }
+  });
+
   it('answers 503 before the first snapshot', async () => {
     lb = await new Lb().start();
     const r = await get(lb, 'any.test');

@@ -517,6 +517,10 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
   }
 
+  waitsForBody(): boolean {
+    return this.resState === RS_BODY && !this.upstreamPaused;
+  }
+
   onUpstreamDrain(): void {
     if (this.pausedForUpstream) {
       this.pausedForUpstream = false;

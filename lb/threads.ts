@@ -52,7 +52,8 @@ export class LbThread {
     const pools = (this.pools = new UpstreamPools({
       connectTimeoutMs: o.connectTimeoutMs,
       headersTimeoutMs: o.headersTimeoutMs,
-      bodyTimeoutMs: 0,
+      // An upstream silent mid-response for the idle timeout is cut, like HAProxy's `timeout server`.
+      bodyTimeoutMs: o.idleTimeoutMs,
       keepAliveTimeoutMs: o.idleTimeoutMs,
     }, log));
     const outliers = (this.outliers = new PassiveHealth(OUTLIER_DEFAULTS, this.metrics, log));

@@ -17,7 +17,7 @@ export interface UpstreamTimeouts {
   connectTimeoutMs: number;
   /** From sending the request to the upstream's response headers (504 when exceeded). */
   headersTimeoutMs: number;
-  /** Between two body chunks from the upstream; 0 = none (long polls, server-sent events). Not enforced (kept for the options' shape). */
+  /** A response body that gets no byte from the upstream for this long is cut (the client's read pace aside); 0 = none. */
   bodyTimeoutMs: number;
   /** Idle upstream connection lifetime, capped by the upstream's own Keep-Alive hint. */
   keepAliveTimeoutMs: number;
@@ -26,7 +26,7 @@ export interface UpstreamTimeouts {
 export const UPSTREAM_DEFAULTS: UpstreamTimeouts = {
   connectTimeoutMs: 5_000,
   headersTimeoutMs: 60_000,
-  bodyTimeoutMs: 0,
+  bodyTimeoutMs: 60_000,
   keepAliveTimeoutMs: 30_000,
 };
 
@@ -49,6 +49,8 @@ export interface UpstreamUser {
   /** The connection failed or was closed (after onUpstreamEnd too, when the user is still attached). */
   onUpstreamError(err: UpstreamError): void;
   onUpstreamDrain(): void;
+  /** Receiving a response body and ready for more (not holding the upstream back for a slow client). */
+  waitsForBody(): boolean;
 }
 
 /** Socket error codes that mean "this connection failed", for messages and passive health. */
@@ -71,6 +73,10 @@ export class UpstreamConnection {
   /** The endpoint's Keep-Alive timeout hint in ms, -1 none. */
   hintMs = -1;
   closed = false;
+  /** Reads so far, and what the sweep saw last (-1: not watching): the body timeout without a clock read per read. */
+  reads = 0;
+  readsSeen = -1;
+  quietSince = 0;
 
   constructor(
     readonly pool: UpstreamPool,
@@ -82,6 +88,7 @@ export class UpstreamConnection {
     const s = connect({
       host, port, noDelay: true,
       onread: onreadInto((chunk) => {
+        this.reads++;
         if (this.user !== null) this.user.onUpstreamData(chunk);
         else s.destroy(); // bytes on an idle connection: it is not in a state we can reuse
       }),
@@ -190,8 +197,17 @@ export class UpstreamPool {
       if (!conn.connected) {
         if (now - conn.born > t.connectTimeoutMs) conn.destroy(new UpstreamError('CONNECT_TIMEOUT', `connect timed out after ${t.connectTimeoutMs} ms`));
       } else if (conn.user !== null) {
-        if (conn.waitingSince !== 0 && now - conn.waitingSince > t.headersTimeoutMs) {
-          conn.destroy(new UpstreamError('HEADERS_TIMEOUT', `no response headers within ${t.headersTimeoutMs} ms`));
+        if (conn.waitingSince !== 0) {
+          if (now - conn.waitingSince > t.headersTimeoutMs) conn.destroy(new UpstreamError('HEADERS_TIMEOUT', `no response headers within ${t.headersTimeoutMs} ms`));
+        } else if (t.bodyTimeoutMs > 0 && conn.user.waitsForBody()) {
+          if (conn.reads !== conn.readsSeen) {
+            conn.readsSeen = conn.reads;
+            conn.quietSince = now;
+          } else if (now - conn.quietSince > t.bodyTimeoutMs) {
+            conn.destroy(new UpstreamError('BODY_TIMEOUT', `the response body stalled: no byte for ${t.bodyTimeoutMs} ms`));
+          }
+        } else {
+          conn.readsSeen = -1;
         }
       } else if (now > conn.idleUntil) {
         conn.destroy();
@@ -243,7 +259,7 @@ export class UpstreamPools {
     if (this.sweeper !== undefined) return;
     const t = this.timeouts;
     // Fine enough for the shortest timeout, never busier than 20 times a second.
-    const every = Math.max(50, Math.min(1_000, Math.min(t.connectTimeoutMs, t.headersTimeoutMs, t.keepAliveTimeoutMs) / 4));
+    const every = Math.max(50, Math.min(1_000, Math.min(t.connectTimeoutMs, t.headersTimeoutMs, t.keepAliveTimeoutMs, t.bodyTimeoutMs || Infinity) / 4));
     this.sweeper = setInterval(() => {
       const now = performance.now();
       for (const pool of this.pools.values()) pool.sweep(now);
