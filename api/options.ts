@@ -57,7 +57,7 @@ export interface LbOptions {
   balance: 'round-robin' | 'least-request';
   connectTimeoutMs: number;   // upstream TCP connect
   headersTimeoutMs: number;   // upstream response headers (504 when exceeded)
-  idleTimeoutMs: number;      // idle keep-alive, client side and upstream side
+  idleTimeoutMs: number;      // idle keep-alive, client side and upstream side; an upstream silent mid-response
   requestTimeoutMs: number;   // a client must send its whole request within this (408)
   clientHeadersTimeoutMs: number; // a client must send its request headers within this (408)
   maxBodyBytes: number;       // request body limit (413); 0 = none

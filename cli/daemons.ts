@@ -27,7 +27,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'lb-balance', help: 'lb: round-robin (smooth weighted, default) or least-request (power of two choices)' },
   { name: 'lb-connect-timeout', help: 'lb: upstream connect timeout (default 5s)' },
   { name: 'lb-headers-timeout', help: 'lb: upstream response headers timeout, then 504 (default 60s)' },
-  { name: 'lb-idle-timeout', help: 'lb: idle keep-alive connections, client and upstream side (default 60s)' },
+  { name: 'lb-idle-timeout', help: 'lb: idle keep-alive connections, client and upstream side, and an upstream silent mid-response (default 60s)' },
   { name: 'lb-request-timeout', help: 'lb: a client must send its whole request within this, else 408 (default 300s)' },
   { name: 'lb-client-headers-timeout', help: 'lb: a client must send its request headers within this, else 408 (default 20s)' },
   { name: 'lb-max-body', help: 'lb: request body limit, then 413, e.g. 10m; 0 = none (default 0)' },
