@@ -3,7 +3,7 @@
 // status page add the threads up; a revision is acked to the agent only once every thread has
 // applied it; shutdown lets in-flight requests on every thread finish and the process exits.
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -185,13 +185,25 @@ describe('corral lb shutdown with threads', () => {
 });
 
 describe('corral lb --lb-threads 2 with HTTPS', () => {
-  it('terminates TLS on every thread, with the certificate for the Host (SNI)', async () => {
+  it('terminates TLS on every thread, with the certificate for the Host (SNI), and picks up changed certificates without a restart', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'corral-lb-certs-'));
     const httpsPort = await freePort();
     const lb = { d: undefined as Daemon | undefined };
+    const pair = (name: string) => run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', `/CN=${name}`,
+      '-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.crt`)]);
+    /** CONNECTIONS new connections trusting only `name`'s current certificate, one request each: all must answer. */
+    const everyThreadServes = async (name: string): Promise<boolean> => {
+      const ca = readFileSync(join(dir, `${name}.crt`));
+      const fresh = Array.from({ length: CONNECTIONS }, () => new Client(`https://127.0.0.1:${httpsPort}`, { pipelining: 1, connect: { ca, servername: name } }));
+      try {
+        const codes = await Promise.all(fresh.map((c) => c.request({ method: 'GET', path: '/', headers: { host: name } }).then(async (r) => (await r.body.text(), r.statusCode), () => 0)));
+        return codes.every((c) => c === 200);
+      } finally {
+        await Promise.all(fresh.map((c) => c.destroy()));
+      }
+    };
     try {
-      await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=tls.test',
-        '-keyout', join(dir, 'tls.test.key'), '-out', join(dir, 'tls.test.crt')]);
+      await pair('tls.test');
       lb.d = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2', '--tls-cert-dir', dir, '--https-listen', `127.0.0.1:${httpsPort}`] });
       backends = await startBackends(['t1']);
       const rev = JSON.parse(await cli(['register', 'tls', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'tls.test', '--json'])) as { revision: number };
@@ -211,6 +223,22 @@ describe('corral lb --lb-threads 2 with HTTPS', () => {
       const s = await status(lb.d);
       expect(s.perThread.every((t) => t.requests > 0), JSON.stringify(s.perThread)).toBe(true);
       expect(s.requests).toBe(sent);
+
+      // A new pair: served on every thread once the directory settles, without a restart.
+      await cli(['register', 'tls2', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'other.test']);
+      await pair('other.test');
+      await until('other.test on every thread', () => everyThreadServes('other.test'), (ok) => ok);
+      // A replaced pair (new key): new connections get the new certificate.
+      await pair('tls.test');
+      await until('the new tls.test on every thread', () => everyThreadServes('tls.test'), (ok) => ok);
+      expect(((await (await request(`http://127.0.0.1:${lb.d.adminPort}/`)).body.json()) as { certificates: string[] }).certificates).toEqual(['other.test', 'tls.test']);
+      // A bad pair: refused as a whole with one error naming it; the previous set stays in use.
+      writeFileSync(join(dir, 'bad.test.crt'), 'not a certificate\n');
+      writeFileSync(join(dir, 'bad.test.key'), 'not a key\n');
+      await until('the refusal logged', async () => lb.d!.logs(), (l) => l.split('\n').some((line) => line.includes('TLS certificates not reloaded') && line.includes('bad.test.crt')));
+      expect(await everyThreadServes('tls.test')).toBe(true);
+      expect(await everyThreadServes('other.test')).toBe(true);
+      expect(lb.d.logs()).toMatch(/TLS certificates reloaded/);
       expect(await lb.d.stop()).toBe(0);
     } finally {
       await lb.d?.stop('SIGKILL');

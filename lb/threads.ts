@@ -66,10 +66,16 @@ export class LbThread {
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
   }
 
-  /** The HTTPS server, when there are certificates. */
-  https(): TlsServer | undefined {
-    if (!this.certs || this.certs.size === 0) return undefined;
-    return this.proxy.serve(createTlsServer({ SNICallback: this.certs.sniCallback }));
+  /** The HTTPS server, when there are certificates; from then on the directory is watched (each thread reloads its own store, the main thread logs). */
+  https(log: Logger): TlsServer | undefined {
+    const certs = this.certs;
+    if (!certs || certs.size === 0) return undefined;
+    certs.watch((r) => {
+      if (this.thread !== 0) return;
+      if (r.ok) log.info({ dir: certs.dir, certificates: r.names }, 'TLS certificates reloaded');
+      else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
+    });
+    return this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback }));
   }
 
   apply(ev: WatchEvent): void {
@@ -91,6 +97,7 @@ export class LbThread {
 
   async close(graceMs: number): Promise<void> {
     this.outliers.close();
+    this.certs?.close();
     await this.proxy.close(graceMs);
   }
 }
@@ -440,7 +447,7 @@ async function runWorker(setup: Setup): Promise<void> {
   const t = new LbThread(setup.thread, setup.opts, log, false);
   await listenFd(t.proxy.server, setup.httpFd);
   if (setup.httpsFd >= 0) {
-    const https = t.https();
+    const https = t.https(log);
     if (https) await listenFd(https, setup.httpsFd);
   }
   // Tests only: a worker that applies events late shows whether acks wait for every thread.
