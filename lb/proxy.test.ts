@@ -320,6 +320,24 @@ describe('forwarding', () => {
     expect(rest).toBe('second chunk');
   });
 
+  it('does not time out an endpoint that waits for the rest of a request body, even past the body timeout', async () => {
+    backends = await startBackends(['echo']);
+    const [echo] = backends as [Backend];
+    lb = await new Lb({ bodyTimeoutMs: 300 }).start();
+    lb.apply(snapshot(1, [backendEndpoint(echo, 'echo', { httpHosts: ['echo.test'] })]));
+    const body = new PassThrough();
+    body.write('first chunk;');
+    const res = await request(lb.url('/echo'), { method: 'POST', headers: { host: 'echo.test' }, body, dispatcher: client });
+    const it = res.body[Symbol.asyncIterator]();
+    expect(String((await it.next()).value)).toBe('first chunk;');
+    // The endpoint has answered its head and is silent: it waits for the client, not the reverse.
+    await new Promise((r) => setTimeout(r, 900));
+    body.end('second chunk');
+    let rest = '';
+    for (let n = await it.next(); !n.done; n = await it.next()) rest += String(n.value);
+    expect(rest).toBe('second chunk');
+  });
+
   it('stops the upstream request when the client goes away', async () => {
     backends = await startBackends(['s']);
     const [s] = backends as [Backend];

@@ -518,7 +518,9 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   waitsForBody(): boolean {
-    return this.resState === RS_BODY && !this.upstreamPaused;
+    // Not while the request body is still going up (an endpoint may answer only once it has it;
+    // --lb-request-timeout bounds that part), nor while a slow client holds the upstream back.
+    return this.resState === RS_BODY && this.reading !== R_BODY && !this.upstreamPaused;
   }
 
   onUpstreamDrain(): void {

@@ -49,7 +49,7 @@ export interface UpstreamUser {
   /** The connection failed or was closed (after onUpstreamEnd too, when the user is still attached). */
   onUpstreamError(err: UpstreamError): void;
   onUpstreamDrain(): void;
-  /** Receiving a response body and ready for more (not holding the upstream back for a slow client). */
+  /** Receiving a response body after the whole request went up, and ready for more (not holding the upstream back for a slow client). */
   waitsForBody(): boolean;
 }
 
