@@ -12,7 +12,7 @@
 // No per-request objects or closures; timeouts are one periodic sweep over the connections.
 import { STATUS_CODES } from 'node:http';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { Server as TlsServer } from 'node:tls';
+import { Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { LB_DEFAULTS, parseHostPort } from '../api/options.js';
 import type { Endpoint } from '../api/types.js';
@@ -25,6 +25,7 @@ import {
 } from './http1/head.js';
 import type { ProxyObserver } from './metrics.js';
 import type { PassiveHealth } from './outliers.js';
+import { H2Front } from './h2.js';
 import { adoptAccepted } from './reads.js';
 import { normalizeHost, type RouteTable, type RouteTarget } from './routes.js';
 import type { UpstreamConnection, UpstreamError, UpstreamPools, UpstreamUser } from './upstreams.js';
@@ -904,6 +905,8 @@ export class Proxy {
   private sweeper: NodeJS.Timeout | undefined;
   /** Sockets handed over to upgraded (WebSocket) connections, cut at shutdown. */
   private readonly upgraded = new Set<Socket>();
+  /** HTTP/2 sessions of TLS clients that chose "h2" (made with the first TLS server). */
+  private h2: H2Front | undefined;
 
   constructor(
     readonly routes: RouteTable,
@@ -921,7 +924,13 @@ export class Proxy {
 
   /** Serve on `server`: a net.Server (HTTP), or a tls.Server (HTTPS; create it with SNICallback from tls.ts). */
   serve<S extends Server>(server: S): S {
-    if (server instanceof TlsServer) server.on('secureConnection', (socket: Socket) => this.accept(socket, true));
+    if (server instanceof TlsServer) {
+      this.h2 ??= new H2Front((stream) => this.accept(stream, true), this.opts.idleTimeoutMs);
+      server.on('secureConnection', (socket: TLSSocket) => {
+        if (socket.alpnProtocol === 'h2' && !this.closing) this.h2!.take(socket);
+        else this.accept(socket, true);
+      });
+    }
     else server.on('connection', (socket: Socket) => this.accept(socket, false));
     this.servers.push(server);
     this.startSweep();
@@ -972,6 +981,7 @@ export class Proxy {
   /** Stop accepting; let in-flight requests finish for up to `graceMs`, then cut what is left. */
   async close(graceMs = 10_000): Promise<void> {
     this.closing = true;
+    this.h2?.close();
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))));
     for (const c of this.connections) if (c.idle) c.socket.destroy();
     let timer: NodeJS.Timeout | undefined;
@@ -980,6 +990,7 @@ export class Proxy {
     clearTimeout(timer);
     for (const c of this.connections) c.socket.destroy();
     for (const s of this.upgraded) s.destroy();
+    this.h2?.destroy();
     await closed;
     if (this.sweeper !== undefined) clearInterval(this.sweeper);
     this.sweeper = undefined;

@@ -219,6 +219,11 @@ describe('corral lb --lb-threads 2 with HTTPS', () => {
           expect((JSON.parse(a.body) as { headers: Record<string, string> }).headers['x-forwarded-proto']).toBe('https');
         }
       }
+      // A browser-like client offered h2 gets it (ALPN), through the same routes.
+      const h2 = await run('curl', ['-sS', '--http2', '--noproxy', '*', '--cacert', join(dir, 'tls.test.crt'), '--resolve', `tls.test:${httpsPort}:127.0.0.1`,
+        '-o', '/dev/null', '-w', '%{http_version} %{http_code}', `https://tls.test:${httpsPort}/headers`]);
+      expect(h2.stdout).toBe('2 200');
+      sent++;
       // 16 TLS connections hashed to two threads' sockets: all on one thread has a chance of 2^-15.
       const s = await status(lb.d);
       expect(s.perThread.every((t) => t.requests > 0), JSON.stringify(s.perThread)).toBe(true);

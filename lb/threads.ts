@@ -75,7 +75,8 @@ export class LbThread {
       if (r.ok) log.info({ dir: certs.dir, certificates: r.names }, 'TLS certificates reloaded');
       else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
     });
-    return this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback }));
+    // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
+    return this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'] }));
   }
 
   apply(ev: WatchEvent): void {

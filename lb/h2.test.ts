@@ -1,0 +1,237 @@
+// HTTP/2 clients (ALPN h2 on the HTTPS listener) through the real proxy to real HTTP/1.1
+// backends, with Node's own http2 client: headers both ways, bodies with and without a length in
+// both directions, many streams on one connection, the LB's own answers, a client that resets a
+// stream, an endpoint that dies mid-body, HEAD, and shutdown with a stream in flight.
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect as h2connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { requestHead } from './h2.js';
+import { LbMetrics } from './metrics.js';
+import { Proxy } from './proxy.js';
+import { RouteTable } from './routes.js';
+import { Backend, backendEndpoint, endpoint, snapshot, startBackends } from './testbed.js';
+import { CertificateStore } from './tls.js';
+import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
+
+const run = promisify(execFile);
+
+let dir = '';
+let ca: Buffer;
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'corral-h2-certs-'));
+  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=*.h2.test',
+    '-keyout', join(dir, '_.h2.test.key'), '-out', join(dir, '_.h2.test.crt')]);
+  ca = readFileSync(join(dir, '_.h2.test.crt'));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The real proxy with an HTTPS listener offering h2 and http/1.1, fed watch events directly. */
+class Lb {
+  readonly pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000 });
+  readonly routes = new RouteTable(undefined, (origin) => this.pools.retire(origin));
+  readonly metrics = new LbMetrics();
+  readonly proxy = new Proxy(this.routes, this.pools, this.metrics);
+  port = 0;
+  async start(): Promise<this> {
+    const certs = CertificateStore.load(dir);
+    const https = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'] }));
+    this.port = await this.proxy.listen('127.0.0.1:0', https);
+    return this;
+  }
+}
+
+let lb: Lb | undefined;
+let backends: Backend[] = [];
+let sessions: ClientHttp2Session[] = [];
+afterEach(async () => {
+  for (const s of sessions) s.destroy();
+  sessions = [];
+  await lb?.proxy.close(1_000);
+  lb = undefined;
+  await Promise.all(backends.map((b) => b.stop()));
+  backends = [];
+});
+
+function session(l: Lb, servername = 'web.h2.test'): ClientHttp2Session {
+  const s = h2connect(`https://127.0.0.1:${l.port}`, { ca, servername });
+  s.on('error', () => undefined);
+  sessions.push(s);
+  return s;
+}
+
+interface Answer { status: number; headers: IncomingHttpHeaders; body: Buffer; error?: string }
+
+/** One request on a session; the body as given (a Buffer is sent whole, then the stream ends). */
+function exchange(s: ClientHttp2Session, headers: OutgoingHttpHeaders, body?: Buffer): Promise<Answer> {
+  return new Promise((resolve) => {
+    const req = s.request({ ':authority': 'web.h2.test', ...headers }, { endStream: body === undefined });
+    let status = 0;
+    let got: IncomingHttpHeaders = {};
+    const parts: Buffer[] = [];
+    req.on('response', (h) => {
+      status = Number(h[':status']);
+      got = h;
+    });
+    req.on('data', (d: Buffer) => parts.push(d));
+    req.on('end', () => resolve({ status, headers: got, body: Buffer.concat(parts) }));
+    req.on('error', (err: Error & { code?: string }) => resolve({ status, headers: got, body: Buffer.concat(parts), error: err.code ?? err.message }));
+    if (body !== undefined) req.end(body);
+  });
+}
+
+describe('HTTP/2 clients', () => {
+  it('turns h2 requests into HTTP/1.1 for the endpoint and its answer back into h2, headers both ways', async () => {
+    backends = await startBackends(['a']);
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] })]));
+    const s = session(lb);
+    const r = await exchange(s, { ':path': '/headers?x=1', cookie: ['a=1', 'b=2'], 'x-custom': 'yes' });
+    expect(r.status).toBe(200);
+    expect(r.headers['x-backend']).toBe('a');
+    // hop-by-hop fields of the endpoint's answer stay behind (h2 forbids them, too)
+    expect(r.headers['x-hop-response']).toBeUndefined();
+    expect(r.headers['proxy-agent']).toBeUndefined();
+    const seen = JSON.parse(r.body.toString()) as { url: string; headers: Record<string, string> };
+    expect(seen.url).toBe('/headers?x=1');
+    expect(seen.headers.host).toBe('web.h2.test');
+    expect(seen.headers.cookie).toBe('a=1; b=2');
+    expect(seen.headers['x-custom']).toBe('yes');
+    expect(seen.headers['x-forwarded-proto']).toBe('https');
+    expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
+    expect(seen.headers.forwarded).toBe('for=127.0.0.1;host="web.h2.test";proto=https');
+    // HEAD: the headers, no body
+    const head = await exchange(s, { ':method': 'HEAD', ':path': '/' });
+    expect(head.status).toBe(200);
+    expect(head.body.length).toBe(0);
+    expect(lb.metrics.answered).toBe(2);
+  });
+
+  it('streams request and response bodies with and without a length, 4 MiB each way, intact', async () => {
+    backends = await startBackends(['echo']);
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] })]));
+    const s = session(lb);
+    const payload = randomBytes(4 << 20);
+    const digest = createHash('sha256').update(payload).digest('hex');
+    // No content-length: sent to the endpoint chunked; /echo answers chunked, decoded back to h2 DATA.
+    const chunked = await exchange(s, { ':method': 'POST', ':path': '/echo' }, payload);
+    expect(chunked.status).toBe(200);
+    expect(createHash('sha256').update(chunked.body).digest('hex')).toBe(digest);
+    const sized = await exchange(s, { ':method': 'PUT', ':path': '/echo', 'content-length': String(payload.length) }, payload);
+    expect(sized.status).toBe(200);
+    expect(createHash('sha256').update(sized.body).digest('hex')).toBe(digest);
+  });
+
+  it('serves 60 concurrent streams on one connection, balanced over the endpoints', async () => {
+    backends = await startBackends(['a'], ['b'], ['c']);
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, backends.map((b) => backendEndpoint(b, 'web', { httpHosts: ['web.h2.test'] }))));
+    const s = session(lb);
+    const answers = await Promise.all(Array.from({ length: 60 }, () => exchange(s, { ':path': '/slow?ms=100' })));
+    expect(answers.map((a) => a.status)).toEqual(Array(60).fill(200));
+    const by: Record<string, number> = {};
+    for (const a of answers) by[a.body.toString().split(' ')[0]!] = (by[a.body.toString().split(' ')[0]!] ?? 0) + 1;
+    expect(by).toEqual({ a: 20, b: 20, c: 20 });
+  });
+
+  it("gives the LB's own answers as h2 responses: 404 for an unknown host, 503 for a service without endpoints", async () => {
+    backends = await startBackends(['a']);
+    lb = await new Lb().start();
+    const ep = backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] });
+    lb.routes.apply(snapshot(1, [ep, { ...ep, id: 'x', address: '127.0.0.2', healthy: false, httpHosts: ['down.h2.test'], service: 'down' }]));
+    const s = session(lb);
+    const nf = await exchange(s, { ':authority': 'nope.h2.test', ':path': '/x' });
+    expect(nf.status).toBe(404);
+    expect(nf.body.toString()).toContain('no route for host "nope.h2.test"');
+    const down = await exchange(s, { ':authority': 'down.h2.test', ':path': '/' });
+    expect(down.status).toBe(503);
+    // the connection goes on serving
+    expect((await exchange(s, { ':path': '/' })).status).toBe(200);
+  });
+
+  it('stops the upstream request when the client resets its stream', async () => {
+    backends = await startBackends(['s']);
+    const [b] = backends as [Backend];
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(b, 'web', { httpHosts: ['web.h2.test'] })]));
+    const s = session(lb);
+    const arrived = b.nextArrival();
+    const req = s.request({ ':authority': 'web.h2.test', ':path': '/slow?ms=5000' });
+    req.on('error', () => undefined);
+    await arrived;
+    expect(b.inFlight).toBe(1);
+    req.close(constants.NGHTTP2_CANCEL);
+    const t0 = Date.now();
+    while (b.inFlight > 0 && Date.now() - t0 < 2_000) await new Promise((r) => setTimeout(r, 20));
+    expect(b.inFlight).toBe(0);
+    expect((await exchange(s, { ':path': '/' })).status).toBe(200);
+  });
+
+  it('resets the stream when the endpoint dies mid-body, and the connection serves the next one', async () => {
+    const raw = createNetServer((c) => {
+      c.on('error', () => undefined);
+      c.once('data', () => {
+        c.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789');
+        setTimeout(() => c.destroy(), 50);
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      backends = await startBackends(['ok']);
+      lb = await new Lb().start();
+      lb.routes.apply(snapshot(1, [
+        endpoint({ service: 'dies', address: '127.0.0.1', port: (raw.address() as AddressInfo).port, httpHosts: ['dies.h2.test'] }),
+        backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] }),
+      ]));
+      const s = session(lb);
+      const cut = await exchange(s, { ':authority': 'dies.h2.test', ':path': '/' });
+      expect(cut.status).toBe(200);
+      expect(cut.body.toString()).toBe('0123456789');
+      expect(cut.error).toBe('ERR_HTTP2_STREAM_ERROR'); // reset, not a clean end: the client knows it is short
+      expect((await exchange(s, { ':path': '/' })).status).toBe(200);
+    } finally {
+      await new Promise<void>((resolve) => raw.close(() => resolve()));
+    }
+  });
+
+  it('lets a stream in flight finish when the proxy shuts down, and accepts no new ones', async () => {
+    backends = await startBackends(['s']);
+    const [b] = backends as [Backend];
+    const l = (lb = await new Lb().start());
+    l.routes.apply(snapshot(1, [backendEndpoint(b, 'web', { httpHosts: ['web.h2.test'] })]));
+    const s = session(l);
+    const arrived = b.nextArrival();
+    const slow = exchange(s, { ':path': '/slow?ms=500' });
+    await arrived;
+    const closed = l.proxy.close(5_000);
+    lb = undefined;
+    // GOAWAY: the session takes no new stream.
+    await new Promise((r) => setTimeout(r, 100));
+    let refused: string | undefined;
+    try {
+      const late = await exchange(s, { ':path': '/' });
+      if (late.status === 0) refused = late.error;
+    } catch (err) {
+      refused = (err as { code?: string }).code;
+    }
+    expect(refused).toMatch(/GOAWAY|REFUSED|STREAM/);
+    const r = await slow;
+    expect(r.status).toBe(200);
+    expect(r.body.toString()).toBe('s default\n');
+    await closed;
+  });
+});
+
+describe('h2 request heads for HTTP/1.1', () => {
+  it('keeps end-to-end fields, joins cookies, drops connection-specific ones, and says how the body is framed', () => {
+    const head = requestHead({ ':method': 'POST', ':path': '/p?q', ':authority': 'a.test', ':scheme': 'https', cookie: 'x=1; y=2', te: 'trailers', accept: ['text/plain', 'text/html'] } as never, true);
+    expect(head).toBe('POST /p?q HTTP/1.1\r\nhost: a.test\r\ncookie: x=1; y=2\r\naccept: text/plain\r\naccept: text/html\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n');
+  });
+});
