@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { requestHead } from './h2.js';
+import { MAX_STREAMS, requestHead } from './h2.js';
 import { LbMetrics } from './metrics.js';
 import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
@@ -93,6 +93,7 @@ describe('HTTP/2 clients', () => {
     lb.routes.apply(snapshot(1, [backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] })]));
     const s = session(lb);
     const r = await exchange(s, { ':path': '/headers?x=1', cookie: ['a=1', 'b=2'], 'x-custom': 'yes' });
+    expect(s.remoteSettings.maxConcurrentStreams).toBe(MAX_STREAMS);
     expect(r.status).toBe(200);
     expect(r.headers['x-backend']).toBe('a');
     // hop-by-hop fields of the endpoint's answer stay behind (h2 forbids them, too)

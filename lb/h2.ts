@@ -11,6 +11,9 @@ import { Duplex } from 'node:stream';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder, chunkSizeLine, LAST_CHUNK, type ChunkSink } from './http1/chunked.js';
 import { F_CONTENT_LENGTH, headEnd, isHopByHop, parseResponseHead, ResponseHead } from './http1/head.js';
 
+/** Streams one client connection may have open at once. */
+export const MAX_STREAMS = 100;
+
 /** Request headers that are not passed on as HTTP/1.1 fields (h2 forbids the connection-specific ones anyway). */
 const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'expect', 'http2-settings']);
 
@@ -212,7 +215,9 @@ class StreamSocket extends Duplex implements ChunkSink {
 
 /** HTTP/2 sessions on TLS connections that chose "h2"; every stream goes to `serve` as an in-memory HTTP/1.1 connection. */
 export class H2Front {
-  private readonly server = createH2cServer();
+  // Each stream holds an upstream request: at most 100 at once per connection (HAProxy's default;
+  // Node's would be unlimited).
+  private readonly server = createH2cServer({ settings: { maxConcurrentStreams: MAX_STREAMS } });
   private readonly sessions = new Set<ServerHttp2Session>();
 
   constructor(
