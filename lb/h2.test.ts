@@ -153,6 +153,9 @@ describe('HTTP/2 clients', () => {
     expect(nf.body.toString()).toContain('no route for host "nope.h2.test"');
     const down = await exchange(s, { ':authority': 'down.h2.test', ':path': '/' });
     expect(down.status).toBe(503);
+    // answered before the upload is read: the answer arrives, the rest of the body is dropped
+    const early = await exchange(s, { ':authority': 'nope.h2.test', ':method': 'POST', ':path': '/up' }, randomBytes(1 << 20));
+    expect(early.status).toBe(404);
     // the connection goes on serving
     expect((await exchange(s, { ':path': '/' })).status).toBe(200);
   });

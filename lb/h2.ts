@@ -56,6 +56,8 @@ class StreamSocket extends Duplex implements ChunkSink {
   /** The h2 stream is over (answered, reset or gone): nothing more is written to it. */
   private over = false;
   private blocked = false;
+  /** The exchange is over on the HTTP/1.1 side: what the client still uploads is dropped. */
+  private eof = false;
 
   constructor(
     private readonly stream: ServerHttp2Stream,
@@ -78,6 +80,7 @@ class StreamSocket extends Duplex implements ChunkSink {
 
   /** Request bytes for ClientConnection; pauses the h2 stream while it is not reading. */
   feed(chunk: Buffer | string): void {
+    if (this.eof || this.destroyed) return;
     if (!this.push(chunk)) this.stream.pause();
   }
 
@@ -99,6 +102,7 @@ class StreamSocket extends Duplex implements ChunkSink {
       else this.endStream();
     }
     cb();
+    this.eof = true;
     this.push(null); // and the in-memory connection is done: ClientConnection lets it go
   }
 
