@@ -54,6 +54,8 @@ export class EtcdRegistry implements Registry {
   private client: Etcd3 | undefined;
   private lease: Lease | undefined;
   private leaseId: Promise<string> | undefined;
+  /** A reattach loop is running (one at most: every lease it fails to grant is 'lost' too). */
+  private reattaching = false;
   /** Ephemeral keys this process wrote, re-attached to a new lease when the old one is lost. */
   private readonly ephemeral = new Map<string, string>();
   private readonly watchers = new Set<Watcher>();
@@ -243,9 +245,13 @@ export class EtcdRegistry implements Registry {
     lease.on('lost', () => {
       if (this.closed || this.lease !== lease) return;
       this.leaseId = undefined;
-      void this.reattach();
+      if (!this.reattaching) void this.reattach();
     });
-    this.leaseId = lease.grant().then((id) => String(id));
+    // etcd3's grant() resolves with the error when the grant fails (it does not reject).
+    this.leaseId = lease.grant().then((id: unknown) => {
+      if (id instanceof Error) throw id;
+      return String(id);
+    });
     this.leaseId.catch(() => {
       if (this.lease === lease) this.leaseId = undefined;
     });
@@ -254,17 +260,22 @@ export class EtcdRegistry implements Registry {
 
   /** After the lease was lost (etcd unreachable longer than the TTL): a new lease, same records. */
   private async reattach(): Promise<void> {
-    for (let delay = 200; !this.closed; delay = Math.min(delay * 2, 3000)) {
-      try {
-        const id = await this.leaseID();
-        if (this.ephemeral.size === 0) return;
-        await this.rpc(() => this.kv().txn({
-          success: [...this.ephemeral].map(([k, v]) => ({ request_put: { key: Buffer.from(k), value: Buffer.from(v), lease: id } })),
-        }));
-        return;
-      } catch {
-        await new Promise((r) => setTimeout(r, delay).unref());
+    this.reattaching = true;
+    try {
+      for (let delay = 200; !this.closed; delay = Math.min(delay * 2, 3000)) {
+        try {
+          const id = await this.leaseID();
+          if (this.ephemeral.size === 0) return;
+          await this.rpc(() => this.kv().txn({
+            success: [...this.ephemeral].map(([k, v]) => ({ request_put: { key: Buffer.from(k), value: Buffer.from(v), lease: id } })),
+          }));
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, delay).unref());
+        }
       }
+    } finally {
+      this.reattaching = false;
     }
   }
 

@@ -1,5 +1,6 @@
 // Two hosts over a three-member etcd: losing one member changes nothing users see; losing all
 // of etcd leaves every agent serving the last state (overlay, endpoints) and saying it is stale.
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pings, startCluster, until, wgPeers, wgPid, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
 
@@ -66,6 +67,32 @@ describe('the mesh when etcd members fail', () => {
     // the last state is still served: endpoints, hosts, peers, and the data path
     expect((await cliJson(c.hosts[1]!, ['endpoints', 'api'])).endpoints).toHaveLength(1);
     expect(await wgPeers(c.hosts[1]!)).toBe(1);
+    expect(await pings(ctr[1]!, ctr[0]!.address)).toBe(true);
+  });
+
+  it('stays idle and answers while etcd stays down past the lease TTL, and puts its records back when etcd returns', async () => {
+    // etcd is gone since the previous test; the agents lose their leases 2 × TTL (10 s) after it.
+    await new Promise((r) => setTimeout(r, 12_000));
+    const h2 = c.hosts[1]!;
+    const pid = h2.agent!.child.pid!;
+    const cpu = () => readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ').map(Number).slice(11, 13).reduce((a, b) => a + b, 0);
+    const before = cpu();
+    await new Promise((r) => setTimeout(r, 5_000));
+    const used = (cpu() - before) / 100; // clock ticks (100 per second) to seconds
+    console.log(`agent CPU with etcd down past the lease TTL: ${used.toFixed(2)} s in 5 s`);
+    // Each lost lease used to start another retry loop: the agent climbed to 100-270% CPU and took
+    // up to 10 s to answer the CLI.
+    expect(used).toBeLessThan(0.5);
+    const t0 = Date.now();
+    expect((await cliJson(h2, ['endpoints', 'api'])).endpoints).toHaveLength(1);
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    // etcd back: new leases, the same records; both hosts see each other and the endpoint again.
+    await Promise.all(c.etcd.members.map((m) => m.start()));
+    for (const h of c.hosts) {
+      await until(async () => (await cliJson(h, ['status'])).registryConnected === true, 20_000, `${h.name} reconnected`);
+      await until(async () => (await cliJson(h, ['hosts'])).hosts.length === 2, 20_000, `${h.name} sees both hosts`);
+    }
+    await until(async () => (await cliJson(h2, ['endpoints', 'api'])).endpoints.length === 1, 20_000, 'the endpoint registered on h1, seen on h2');
     expect(await pings(ctr[1]!, ctr[0]!.address)).toBe(true);
   });
 });
