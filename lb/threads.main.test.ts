@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { Client, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -202,6 +203,14 @@ describe('corral lb --lb-threads 2 with HTTPS', () => {
         await Promise.all(fresh.map((c) => c.destroy()));
       }
     };
+    /** The certificate's CN a client without SNI gets (Node sends none when connecting to an IP). */
+    const noSniCn = () => new Promise<string>((resolve, reject) => {
+      const t = tlsConnect({ port: httpsPort, host: '127.0.0.1', rejectUnauthorized: false }, () => {
+        resolve(String(t.getPeerCertificate().subject.CN));
+        t.destroy();
+      });
+      t.on('error', reject);
+    });
     try {
       await pair('tls.test');
       lb.d = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2', '--tls-cert-dir', dir, '--https-listen', `127.0.0.1:${httpsPort}`] });
@@ -219,6 +228,7 @@ describe('corral lb --lb-threads 2 with HTTPS', () => {
           expect((JSON.parse(a.body) as { headers: Record<string, string> }).headers['x-forwarded-proto']).toBe('https');
         }
       }
+      expect(await noSniCn()).toBe('tls.test');
       // A browser-like client offered h2 gets it (ALPN), through the same routes.
       const h2 = await run('curl', ['-sS', '--http2', '--noproxy', '*', '--cacert', join(dir, 'tls.test.crt'), '--resolve', `tls.test:${httpsPort}:127.0.0.1`,
         '-o', '/dev/null', '-w', '%{http_version} %{http_code}', `https://tls.test:${httpsPort}/headers`]);
@@ -233,6 +243,8 @@ describe('corral lb --lb-threads 2 with HTTPS', () => {
       await cli(['register', 'tls2', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'other.test']);
       await pair('other.test');
       await until('other.test on every thread', () => everyThreadServes('other.test'), (ok) => ok);
+      // the fallback (first by name) follows the directory too
+      await until('the new fallback', () => noSniCn(), (cn) => cn === 'other.test');
       // A replaced pair (new key): new connections get the new certificate.
       await pair('tls.test');
       await until('the new tls.test on every thread', () => everyThreadServes('tls.test'), (ok) => ok);

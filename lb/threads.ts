@@ -70,13 +70,16 @@ export class LbThread {
   https(log: Logger): TlsServer | undefined {
     const certs = this.certs;
     if (!certs || certs.size === 0) return undefined;
+    // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
+    // The server's own certificate is the fallback one: clients without SNI get it.
+    const server = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
     certs.watch((r) => {
+      if (r.ok) server.setSecureContext(certs.defaultPair());
       if (this.thread !== 0) return;
       if (r.ok) log.info({ dir: certs.dir, certificates: r.names }, 'TLS certificates reloaded');
       else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
     });
-    // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
-    return this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'] }));
+    return server;
   }
 
   apply(ev: WatchEvent): void {

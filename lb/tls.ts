@@ -17,6 +17,8 @@ interface CertSet {
   exact: Map<string, SecureContext>;
   wildcard: Map<string, SecureContext>;
   fallback: SecureContext | undefined;
+  /** The fallback's files: the server's own certificate, for clients that send no SNI. */
+  fallbackPair: { cert: Buffer; key: Buffer } | undefined;
   names: string[];
 }
 
@@ -24,7 +26,7 @@ export type ReloadResult = { ok: true; names: string[] } | { ok: false; error: s
 
 /** Reads every <name>.crt that has a <name>.key beside it; throws one line naming a bad pair. */
 function readSet(dir: string): CertSet {
-  const set: CertSet = { exact: new Map(), wildcard: new Map(), fallback: undefined, names: [] };
+  const set: CertSet = { exact: new Map(), wildcard: new Map(), fallback: undefined, fallbackPair: undefined, names: [] };
   let files: string[];
   try {
     files = readdirSync(dir).sort();
@@ -37,8 +39,10 @@ function readSet(dir: string): CertSet {
     const base = f.slice(0, -4);
     if (!have.has(`${base}.key`)) throw new Error(`--tls-cert-dir ${dir}: ${f} has no ${base}.key beside it`);
     let ctx: SecureContext;
+    let pair: { cert: Buffer; key: Buffer };
     try {
-      ctx = createSecureContext({ cert: readFileSync(join(dir, f)), key: readFileSync(join(dir, `${base}.key`)) });
+      pair = { cert: readFileSync(join(dir, f)), key: readFileSync(join(dir, `${base}.key`)) };
+      ctx = createSecureContext(pair);
     } catch (err) {
       throw new Error(`--tls-cert-dir ${dir}: cannot use ${f} with ${base}.key: ${(err as Error).message}`);
     }
@@ -46,7 +50,10 @@ function readSet(dir: string): CertSet {
     if (name.startsWith('_.')) set.wildcard.set(name.slice(2), ctx);
     else set.exact.set(name, ctx);
     set.names.push(name.startsWith('_.') ? `*.${name.slice(2)}` : name);
-    set.fallback ??= ctx;
+    if (set.fallback === undefined) {
+      set.fallback = ctx;
+      set.fallbackPair = pair;
+    }
   }
   return set;
 }
@@ -71,6 +78,11 @@ export class CertificateStore {
 
   get size(): number {
     return this.set.names.length;
+  }
+
+  /** cert + key for the TLS server's own context: what a client without SNI gets (SNICallback only runs with SNI). */
+  defaultPair(): { cert: Buffer; key: Buffer } | Record<string, never> {
+    return this.set.fallbackPair ?? {};
   }
 
   /** Reads the directory again; the new set replaces the old only when every pair loads and there is at least one. */
