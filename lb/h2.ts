@@ -134,7 +134,7 @@ class StreamSocket extends Duplex implements ChunkSink {
 
   /** The HTTP/1.1 response head → h2 headers; false when it could not be read. */
   private respond(buf: Buffer, end: number): boolean {
-    const h = new ResponseHead();
+    const h = RES;
     if (parseResponseHead(buf, 0, end, h) !== 0 || h.status < 200) {
       // Our own HTTP/1.1 side wrote it: this does not happen short of a bug. Reset, do not guess.
       this.over = true;
@@ -178,8 +178,10 @@ class StreamSocket extends Duplex implements ChunkSink {
       case BODY_LENGTH: {
         const n = Math.min(this.left, chunk.length);
         this.left -= n;
-        this.data(n === chunk.length ? chunk : chunk.subarray(0, n));
-        if (this.left === 0) this.endStream();
+        const piece = n === chunk.length ? chunk : chunk.subarray(0, n);
+        // The last piece goes with the end of the stream: one DATA frame with END_STREAM.
+        if (this.left === 0) this.endStream(piece);
+        else this.data(piece);
         return;
       }
       case BODY_CHUNKED: {
@@ -210,10 +212,11 @@ class StreamSocket extends Duplex implements ChunkSink {
     if (!this.stream.write(b)) this.blocked = true;
   }
 
-  private endStream(): void {
+  private endStream(last?: Buffer): void {
     if (this.over) return;
     this.over = true;
-    this.stream.end();
+    if (last !== undefined && last.length > 0) this.stream.end(last);
+    else this.stream.end();
   }
 }
 
@@ -271,3 +274,5 @@ export class H2Front {
 }
 
 const CRLF = Buffer.from('\r\n', 'latin1');
+/** One parse target per thread (its field tables are large): heads are parsed and read synchronously. */
+const RES = new ResponseHead();

@@ -36,7 +36,7 @@ function ms(text: string): number {
 }
 
 /** utime + stime of a process, in seconds. */
-function cpuSeconds(pid: number | undefined): number {
+export function cpuSeconds(pid: number | undefined): number {
   if (pid === undefined) return NaN;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -81,7 +81,7 @@ function better(a: WrkResult, b: WrkResult): WrkResult {
 }
 
 /** Starts a long-running child and waits until `ready(port)` answers. */
-async function startChild(cmd: string, args: string[], port: number, what: string, env: Record<string, string> = {}): Promise<ChildProcess> {
+export async function startChild(cmd: string, args: string[], port: number, what: string, env: Record<string, string> = {}): Promise<ChildProcess> {
   const child = spawn(cmd, args, { env: { ...childEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d: Buffer) => (log += d));
@@ -99,7 +99,7 @@ async function startChild(cmd: string, args: string[], port: number, what: strin
   }
 }
 
-async function stopChild(child: ChildProcess | undefined): Promise<void> {
+export async function stopChild(child: ChildProcess | undefined): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
@@ -108,7 +108,7 @@ async function stopChild(child: ChildProcess | undefined): Promise<void> {
   clearTimeout(t);
 }
 
-function nginxConf(dir: string, port: number): string {
+export function nginxConf(dir: string, port: number): string {
   for (const d of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, d), { recursive: true });
   return `worker_processes 1;
 daemon off;

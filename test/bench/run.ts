@@ -9,6 +9,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   'docker-to-serving': async () => (await import('./docker-to-serving.js')).benchDockerToServing(),
   cni: async () => (await import('./cni.js')).benchCni(),
   lb: async () => (await import('./lb.js')).benchLb(),
+  'lb-h2': async () => (await import('./lb-h2.js')).benchLbH2(),
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
 };
 

@@ -1,0 +1,141 @@
+// HTTP/2 over TLS: h2load through `corral lb --lb-threads 1` (each h2 stream translated to an
+// HTTP/1.1 exchange upstream, lb/h2.ts) versus HAProxy (nbthread 1, `bind … ssl alpn h2,http/1.1`,
+// http-reuse always), both in front of the same nginx. No issue sets a target for it: reported so
+// that the cost of the translation is known. Two alternating runs each, the better one kept.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { agentClient, unary } from '../../api/grpc.js';
+import type { EndpointReply, RegisterRequest } from '../../api/types.js';
+import { childEnv, freePort, startDaemon, type Daemon } from '../support/corral.js';
+import { cpuSeconds, nginxConf, startChild, stopChild } from './lb.js';
+import type { BenchSection } from './report.js';
+import { ratioHigherBetter, ratioLowerBetter } from './report.js';
+
+const SECONDS = 8;
+const CONNECTIONS = 32;
+const STREAMS = 4; // concurrent streams per connection
+
+interface H2Result { rps: number; meanMs: number; succeeded: number; failed: number; cpuUs: number }
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d));
+    child.stderr.on('data', (d: Buffer) => (out += d));
+    child.once('error', reject);
+    child.once('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out}`))));
+  });
+}
+
+/** h2load against https://127.0.0.1:port/ with :authority bench.test (no SNI: the proxy's default certificate). */
+async function h2load(port: number, seconds: number, pid?: number): Promise<H2Result> {
+  const cpu0 = cpuSeconds(pid);
+  const out = await run('h2load', ['-D', String(seconds), '-c', String(CONNECTIONS), '-m', String(STREAMS), '-t', '1', '-H', ':authority: bench.test', `https://127.0.0.1:${port}/`]);
+  const cpu = cpuSeconds(pid) - cpu0;
+  if (!/Application protocol: h2/.test(out)) throw new Error(`h2load did not speak h2 to port ${port}:\n${out}`);
+  const rps = Number(/finished in [^,]+, ([\d.]+) req\/s/.exec(out)?.[1] ?? NaN);
+  const req = /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed/.exec(out);
+  const mean = /time for request:\s+\S+\s+\S+\s+(\S+)/.exec(out)?.[1] ?? '';
+  const meanMs = mean.endsWith('us') ? parseFloat(mean) / 1000 : mean.endsWith('ms') ? parseFloat(mean) : parseFloat(mean) * 1000;
+  const succeeded = Number(req?.[4] ?? 0);
+  return { rps, meanMs, succeeded, failed: Number(req?.[5] ?? 0), cpuUs: (cpu * 1e6) / Math.max(1, succeeded) };
+}
+
+async function untilHttps(port: number, what: string, child?: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child && child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
+    const ok = await run('curl', ['-sk', '--http2', '-o', '/dev/null', '-w', '%{http_code}', '-H', 'host: bench.test', `https://127.0.0.1:${port}/`]).then((c) => c === '200', () => false);
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not answer HTTPS on ${port}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function benchLbH2(): Promise<BenchSection> {
+  const dir = mkdtempSync(join(tmpdir(), 'corral-bench-h2-'));
+  let nginx: ChildProcess | undefined;
+  let haproxy: ChildProcess | undefined;
+  let agent: Daemon | undefined;
+  let lb: Daemon | undefined;
+  try {
+    const certs = join(dir, 'certs');
+    await run('mkdir', ['-p', certs]);
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=bench.test',
+      '-keyout', join(certs, 'bench.test.key'), '-out', join(certs, 'bench.test.crt')]);
+    const pem = join(dir, 'haproxy.pem');
+    writeFileSync(pem, Buffer.concat([readFileSync(join(certs, 'bench.test.crt')), readFileSync(join(certs, 'bench.test.key'))]), { mode: 0o600 });
+
+    const nginxPort = await freePort();
+    writeFileSync(join(dir, 'nginx.conf'), nginxConf(dir, nginxPort));
+    nginx = await startChild('nginx', ['-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], nginxPort, 'nginx');
+
+    const haproxyPort = await freePort();
+    writeFileSync(join(dir, 'haproxy.cfg'), `global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:${haproxyPort} ssl crt ${pem} alpn h2,http/1.1
+  default_backend be
+backend be
+  http-reuse always
+  server nginx 127.0.0.1:${nginxPort}
+`);
+    haproxy = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { env: childEnv(), stdio: ['ignore', 'ignore', 'ignore'] });
+    await untilHttps(haproxyPort, 'haproxy', haproxy);
+
+    agent = await startDaemon('agent', { args: ['--log-level', 'warn'] });
+    const lbHttps = await freePort();
+    lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--log-level', 'warn', '--lb-threads', '1', '--tls-cert-dir', certs, '--https-listen', `127.0.0.1:${lbHttps}`] });
+    const client = agentClient(agent.socket);
+    try {
+      await unary<RegisterRequest, EndpointReply>(client, 'Register', {
+        service: 'bench', namespace: 'default', address: '127.0.0.1', port: nginxPort, color: '', httpHosts: ['bench.test'], httpPath: '/',
+        weight: 1, healthCheck: null, portName: '',
+      });
+    } finally {
+      client.close();
+    }
+    await untilHttps(lbHttps, 'corral lb');
+
+    const hp = haproxy.pid;
+    const cp = lb.child.pid;
+    for (const port of [haproxyPort, lbHttps]) await h2load(port, 2);
+    let h = await h2load(haproxyPort, SECONDS, hp);
+    let c = await h2load(lbHttps, SECONDS, cp);
+    const better = (a: H2Result, b: H2Result) => (a.rps >= b.rps ? a : b);
+    h = better(h, await h2load(haproxyPort, SECONDS, hp));
+    c = better(c, await h2load(lbHttps, SECONDS, cp));
+
+    return {
+      title: 'HTTP/2 over TLS through the load balancer to nginx',
+      anchor: 'HAProxy 2.6 (nbthread 1, bind ssl alpn h2,http/1.1, http-reuse always)',
+      conditions: `h2load -D ${SECONDS} -c ${CONNECTIONS} -m ${STREAMS} -t 1 (TLS 1.3, ALPN h2, :authority bench.test), GET / answered with 17 bytes by nginx (1 worker) over HTTP/1.1 keep-alive; \`corral lb --lb-threads 1\` (one thread, like nbthread 1) fed by a real \`corral agent\`; all on 127.0.0.1 sharing the same cores; better of two alternating runs each after a 2 s warm-up`,
+      rows: [
+        { metric: 'requests/s vs HAProxy', ours: c.rps, anchor: h.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, h.rps) },
+        { metric: 'mean time per request vs HAProxy', ours: c.meanMs, anchor: h.meanMs, unit: 'ms', ratio: ratioLowerBetter(c.meanMs, h.meanMs) },
+        { metric: 'CPU per request vs HAProxy (user + system)', ours: c.cpuUs, anchor: h.cpuUs, unit: 'µs', ratio: ratioLowerBetter(c.cpuUs, h.cpuUs) },
+      ],
+      notes: [
+        `failed requests: corral ${c.failed} of ${c.succeeded + c.failed}, HAProxy ${h.failed} of ${h.succeeded + h.failed}`,
+        'no target: no issue sets one for HTTP/2; corral parses each request twice (h2, then the HTTP/1.1 it is turned into), HAProxy once',
+      ],
+    };
+  } finally {
+    await lb?.stop();
+    await agent?.stop();
+    await stopChild(haproxy);
+    await stopChild(nginx);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
