@@ -25,7 +25,7 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
   const o = { ...LB_DEFAULTS, ...opts.lb };
   const main = new LbThread(0, o, log, true);
   const { routes, proxy, certs } = main;
-  if (certs && certs.size === 0) log.warn({ dir: o.tlsCertDir }, 'no <host>.crt + <host>.key pairs in --tls-cert-dir; HTTPS stays off');
+  if (certs && certs.size === 0) log.warn({ dir: o.tlsCertDir }, 'no <host>.crt + <host>.key pair in --tls-cert-dir yet; HTTPS answers once one is there');
   const https = main.https(log);
 
   let threads = o.threads > 0 ? o.threads : availableParallelism();

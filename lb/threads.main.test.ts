@@ -264,6 +264,36 @@ describe('corral lb --lb-threads 2 with HTTPS', () => {
   });
 });
 
+describe('corral lb with an empty --tls-cert-dir', () => {
+  it('listens for HTTPS anyway and serves it once the first pair is written (certificates issued after the start)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'corral-lb-certs-'));
+    const httpsPort = await freePort();
+    const lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2', '--tls-cert-dir', dir, '--https-listen', `127.0.0.1:${httpsPort}`] });
+    try {
+      backends = await startBackends(['late']);
+      const rev = JSON.parse(await cli(['register', 'late', `127.0.0.1:${backends[0]!.port}`, '--http-host', 'late.test', '--json'])) as { revision: number };
+      await until('every thread at the registration', () => status(lb), (s) => s.revision >= rev.revision);
+      expect(lb.logs()).toMatch(/no <host>\.crt \+ <host>\.key pair in --tls-cert-dir yet/);
+      const curl = () => run('curl', ['-sS', '--noproxy', '*', '--cacert', join(dir, 'late.test.crt'), '--resolve', `late.test:${httpsPort}:127.0.0.1`, '-o', '/dev/null', '-w', '%{http_code}', `https://late.test:${httpsPort}/`])
+        .then((r) => r.stdout, (e: { stderr?: string }) => `failed: ${e.stderr ?? ''}`);
+      // Listening, but no certificate to offer yet: the handshake fails (curl has no CA file either).
+      expect(await curl()).toMatch(/^failed/);
+      await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=late.test',
+        '-keyout', join(dir, 'late.test.key'), '-out', join(dir, 'late.test.crt')]);
+      await until('HTTPS answers with the new pair', curl, (out) => out === '200');
+      // every thread: 16 connections, each must answer
+      const ca = readFileSync(join(dir, 'late.test.crt'));
+      clients = Array.from({ length: CONNECTIONS }, () => new Client(`https://127.0.0.1:${httpsPort}`, { pipelining: 1, connect: { ca, servername: 'late.test' } }));
+      const codes = await until('all connections answered', () => Promise.all(clients.map((c) => c.request({ method: 'GET', path: '/', headers: { host: 'late.test' } }).then(async (r) => (await r.body.text(), r.statusCode), () => 0))), (cs) => cs.every((c) => c === 200));
+      expect(codes).toHaveLength(CONNECTIONS);
+      expect(await lb.stop()).toBe(0);
+    } finally {
+      await lb.stop('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('corral lb --lb-threads 1', () => {
   it('serves on the main thread alone, as before threads', async () => {
     const lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '1'] });

@@ -66,10 +66,14 @@ export class LbThread {
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
   }
 
-  /** The HTTPS server, when there are certificates; from then on the directory is watched (each thread reloads its own store, the main thread logs). */
+  /**
+   * The HTTPS server, with --tls-cert-dir; the directory is watched (each thread reloads its own
+   * store, the main thread logs). Without a pair yet, handshakes fail until one is written there
+   * (certificates issued after the LB started, as ACME clients do).
+   */
   https(log: Logger): TlsServer | undefined {
     const certs = this.certs;
-    if (!certs || certs.size === 0) return undefined;
+    if (!certs) return undefined;
     // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
     // The server's own certificate is the fallback one: clients without SNI get it.
     const server = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));

@@ -93,7 +93,7 @@ export class CertificateStore {
     } catch (err) {
       return { ok: false, error: (err as Error).message };
     }
-    if (next.names.length === 0) return { ok: false, error: `--tls-cert-dir ${this.dir}: no <host>.crt + <host>.key pair left` };
+    if (next.names.length === 0) return { ok: false, error: `--tls-cert-dir ${this.dir}: no <host>.crt + <host>.key pair${this.set.names.length ? ' left' : ' yet'}` };
     this.set = next;
     return { ok: true, names: next.names };
   }
