@@ -6,10 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agentClient, unary } from '../../api/grpc.js';
-import type { EndpointReply, RegisterRequest } from '../../api/types.js';
+import { agentClient } from '../../api/grpc.js';
 import { childEnv, freePort, startDaemon, type Daemon } from '../support/corral.js';
-import { cpuSeconds, nginxConf, startChild, stopChild } from './lb.js';
+import { cpuSeconds, haproxyConf, nginxConf, registerRoute, startChild, stopChild } from './lb.js';
 import type { BenchSection } from './report.js';
 import { ratioHigherBetter, ratioLowerBetter } from './report.js';
 
@@ -74,23 +73,7 @@ export async function benchLbH2(): Promise<BenchSection> {
     nginx = await startChild('nginx', ['-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], nginxPort, 'nginx');
 
     const haproxyPort = await freePort();
-    writeFileSync(join(dir, 'haproxy.cfg'), `global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:${haproxyPort} ssl crt ${pem} alpn h2,http/1.1
-  default_backend be
-backend be
-  http-reuse always
-  server nginx 127.0.0.1:${nginxPort}
-`);
+    writeFileSync(join(dir, 'haproxy.cfg'), haproxyConf(haproxyPort, nginxPort, ` ssl crt ${pem} alpn h2,http/1.1`));
     haproxy = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { env: childEnv(), stdio: ['ignore', 'ignore', 'ignore'] });
     await untilHttps(haproxyPort, 'haproxy', haproxy);
 
@@ -99,10 +82,7 @@ backend be
     lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--log-level', 'warn', '--lb-threads', '1', '--tls-cert-dir', certs, '--https-listen', `127.0.0.1:${lbHttps}`] });
     const client = agentClient(agent.socket);
     try {
-      await unary<RegisterRequest, EndpointReply>(client, 'Register', {
-        service: 'bench', namespace: 'default', address: '127.0.0.1', port: nginxPort, color: '', httpHosts: ['bench.test'], httpPath: '/',
-        weight: 1, healthCheck: null, portName: '',
-      });
+      await registerRoute(client, nginxPort, 'bench', 'bench.test', '/');
     } finally {
       client.close();
     }

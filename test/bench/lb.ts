@@ -132,7 +132,8 @@ http {
 `;
 }
 
-function haproxyConf(port: number, backend: number): string {
+/** HAProxy, one thread, in front of nginx on `backend`; `bind` adds to the frontend's bind line (TLS). */
+export function haproxyConf(port: number, backend: number, bind = ''): string {
   return `global
   nbthread 1
   maxconn 4000
@@ -144,7 +145,7 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:${port}
+  bind 127.0.0.1:${port}${bind}
   default_backend be
 backend be
   http-reuse always
@@ -167,6 +168,14 @@ await app.listen({ port: Number(process.env.PORT), host: '127.0.0.1' });
 `;
 
 const FASTIFY_DIR = join(process.cwd(), 'node_modules', '.corral-bench-lb');
+
+/** Registers nginx on `port` as `service` with a route for host + path, over the agent's gRPC API. */
+export function registerRoute(client: ReturnType<typeof agentClient>, port: number, service: string, host: string, path: string): Promise<EndpointReply> {
+  return unary<RegisterRequest, EndpointReply>(client, 'Register', {
+    service, namespace: 'default', address: '127.0.0.1', port, color: '', httpHosts: [host], httpPath: path,
+    weight: 1, healthCheck: null, portName: '',
+  });
+}
 
 export async function benchLb(): Promise<BenchSection> {
   const dir = mkdtempSync(join(tmpdir(), 'corral-bench-lb-'));
@@ -200,11 +209,7 @@ export async function benchLb(): Promise<BenchSection> {
     lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--log-level', 'warn'] });
     lb1 = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--log-level', 'warn', '--lb-threads', '1'] });
     const client = agentClient(agent.socket);
-    const register = (service: string, host: string, path: string) =>
-      unary<RegisterRequest, EndpointReply>(client, 'Register', {
-        service, namespace: 'default', address: '127.0.0.1', port: nginxPort, color: '', httpHosts: [host], httpPath: path,
-        weight: 1, healthCheck: null, portName: '',
-      });
+    const register = (service: string, host: string, path: string) => registerRoute(client, nginxPort, service, host, path);
     const lbPort = lb.httpPort;
     await register('bench', 'bench.test', '/');
     const lb1Port = lb1.httpPort;
