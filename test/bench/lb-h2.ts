@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentClient } from '../../api/grpc.js';
 import { childEnv, freePort, startDaemon, type Daemon } from '../support/corral.js';
-import { cpuSeconds, haproxyConf, nginxConf, registerRoute, startChild, stopChild } from './lb.js';
+import { cpuSeconds } from '../support/proc.js';
+import { haproxyConf, nginxConf, registerRoute, startChild, stopChild } from './lb.js';
 import type { BenchSection } from './report.js';
 import { ratioHigherBetter, ratioLowerBetter } from './report.js';
 

@@ -5,12 +5,13 @@
 // second `corral lb` at its default --lb-threads (one per CPU) is reported beside it (no target).
 // Each contender is measured twice, alternating, and keeps its better run (these machines are shared).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentClient, unary } from '../../api/grpc.js';
 import type { EndpointReply, RegisterRequest } from '../../api/types.js';
 import { childEnv, freePort, startDaemon, type Daemon } from '../support/corral.js';
+import { cpuSeconds } from '../support/proc.js';
 import type { BenchSection } from './report.js';
 import { ratioHigherBetter, ratioLowerBetter } from './report.js';
 
@@ -35,17 +36,6 @@ function ms(text: string): number {
   return m[2] === 'us' ? n / 1000 : m[2] === 's' ? n * 1000 : n;
 }
 
-/** utime + stime of a process, in seconds. */
-export function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
-  } catch {
-    return NaN;
-  }
-}
 
 async function wrk(port: number, seconds = SECONDS, pid?: number): Promise<WrkResult> {
   const cpu0 = cpuSeconds(pid);

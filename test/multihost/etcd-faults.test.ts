@@ -1,7 +1,7 @@
 // Two hosts over a three-member etcd: losing one member changes nothing users see; losing all
 // of etcd leaves every agent serving the last state (overlay, endpoints) and saying it is stale.
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cpuSeconds } from '../support/proc.js';
 import { pings, startCluster, until, wgPeers, wgPid, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
 
 /** `corral <args> --json` on a host; a failed command fails with its exit code, stderr and the agent's log, not a JSON error. */
@@ -75,10 +75,9 @@ describe('the mesh when etcd members fail', () => {
     await new Promise((r) => setTimeout(r, 12_000));
     const h2 = c.hosts[1]!;
     const pid = h2.agent!.child.pid!;
-    const cpu = () => readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ').map(Number).slice(11, 13).reduce((a, b) => a + b, 0);
-    const before = cpu();
+    const before = cpuSeconds(pid);
     await new Promise((r) => setTimeout(r, 5_000));
-    const used = (cpu() - before) / 100; // clock ticks (100 per second) to seconds
+    const used = cpuSeconds(pid) - before;
     console.log(`agent CPU with etcd down past the lease TTL: ${used.toFixed(2)} s in 5 s`);
     // Each lost lease used to start another retry loop: the agent climbed to 100-270% CPU and took
     // up to 10 s to answer the CLI.

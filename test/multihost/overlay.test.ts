@@ -2,7 +2,7 @@
 // containers attached by corral-cni: the overlay as users see it.
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { procStat } from '../support/proc.js';
 import { pings, startCluster, until, wgDump, wgPeers, wgPid, type Cluster, type TestContainer } from '../support/cluster.js';
 
 const TTL = 3;
@@ -74,11 +74,9 @@ describe('multi-host WireGuard overlay over etcd', () => {
   it('runs wireguard-go in a process group of its own, and brings it back with its peers when it dies', async () => {
     const h1 = c.hosts[0]!;
     const pid = wgPid(h1)!;
-    // /proc/PID/stat: "pid (comm) state ppid pgrp session ..."
-    const stat = (p: number) => readFileSync(`/proc/${p}/stat`, 'utf8').replace(/^.*\) /, '').split(' ').map(Number);
-    const [, , pgrp, session] = stat(pid);
+    const [, , pgrp, session] = procStat(pid);
     expect(pgrp).toBe(pid); // a signal to the agent's group (Ctrl-C) does not reach it
-    expect(session).toBe(stat(h1.agent!.child.pid!)[3]); // the agent's session: the same scheduling autogroup
+    expect(session).toBe(procStat(h1.agent!.child.pid!)[3]); // the agent's session: the same scheduling autogroup
     const t0 = Date.now();
     process.kill(pid, 'SIGKILL');
     await until(() => (wgPid(h1) ?? pid) !== pid, 15_000, 'a new wireguard-go on h1');
