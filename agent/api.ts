@@ -6,7 +6,7 @@ import { agentServiceDefinition, grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import type {
   AckRequest, DeregisterRequest, ListReply, ListRequest, RegisterRequest, RollbackRequest,
-  StatusReply, SwitchRequest, CniReply, RotateKeysReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
+  StatusReply, SwitchRequest, HostsReply, HostsRequest, CniReply, RotateKeysReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
 } from '../api/types.js';
 import { ColorError } from './colors.js';
 import { InvalidEndpoint } from './endpoints.js';
@@ -15,12 +15,13 @@ export class NotFound extends Error {}
 
 /** What the API needs from the agent. */
 export interface AgentOps {
-  snapshot(): WatchEvent;
-  subscribe(fn: (ev: WatchEvent) => void): () => void;
+  /** Sends the first events of a watch, then every later one; returns the unsubscribe. */
+  watch(req: WatchRequest, send: (ev: WatchEvent) => void): () => void;
+  hosts(req: HostsRequest): Promise<HostsReply>;
   list(req: ListRequest): Promise<ListReply>;
   status(): StatusReply;
   ack(component: string, revision: number): void;
-  watching(component: string, delta: 1 | -1): void;
+  watching(component: string, delta: 1 | -1, kinds?: string[]): void;
   register(req: RegisterRequest): Promise<EndpointReply>;
   deregister(req: DeregisterRequest): Promise<EndpointReply>;
   switchColor(req: SwitchRequest): Promise<ServiceReply>;
@@ -60,9 +61,8 @@ export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): 
   server.addService(agentServiceDefinition(), {
     Watch: (call: grpc.ServerWritableStream<WatchRequest, WatchEvent>) => {
       const component = call.request.component || 'unknown';
-      ops.watching(component, 1);
-      call.write(ops.snapshot());
-      const unsubscribe = ops.subscribe((ev) => call.write(ev));
+      ops.watching(component, 1, call.request.kinds);
+      const unsubscribe = ops.watch(call.request, (ev) => call.write(ev));
       const done = () => {
         unsubscribe();
         ops.watching(component, -1);
@@ -84,6 +84,7 @@ export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): 
     Cni: unaryHandler(log, 'Cni', (req: CniRequest) => ops.cni(req)),
     IpamGc: unaryHandler(log, 'IpamGc', () => ops.ipamGc()),
     RotateKeys: unaryHandler(log, 'RotateKeys', () => ops.rotateKeys()),
+    Hosts: unaryHandler(log, 'Hosts', (req: HostsRequest) => ops.hosts(req)),
   });
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
   rmSync(socketPath, { force: true });

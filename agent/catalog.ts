@@ -1,7 +1,14 @@
 // The agent's typed view of the registry: keys <-> records, and registry batches turned into
 // the WatchEvents that DNS, LB and the CLI consume. One revision per batch, as the registry made it.
+//
+// Every value is untrusted (another host, an operator's etcdctl, a bug may have written it):
+// a record is served only if it passes its schema (api/records.ts), its key names it, and — for
+// a host — the block it claims is leased to it. A record that fails is not served (a valid one it
+// replaced is withdrawn) and reported once per key, not once per event.
+import { IPv4CidrRange } from 'ip-num';
 import type { Allocation, Endpoint, Host, Service, WatchEvent } from '../api/types.js';
 import { emptyEvent, serviceKey } from '../api/types.js';
+import { InvalidRecord, MAX_RECORD_BYTES, type RecordKind, RecordRules, writerOf } from '../api/records.js';
 import type { KvBatch, RangeResult } from './registry/registry.js';
 
 export const PREFIX = '/corral/';
@@ -9,64 +16,88 @@ const EP = '/corral/endpoints/';
 const SVC = '/corral/services/';
 const HOST = '/corral/hosts/';
 const ALLOC = '/corral/allocations/';
+const BLOCK = '/corral/blocks/';
+/** Host status reports: outside PREFIX, so no watch (agent, DNS, LB) receives them. */
+export const STATUS = '/corral-status/';
 
 export const keys = {
   endpoint: (id: string) => EP + id,
   service: (ns: string, name: string) => SVC + serviceKey(ns, name),
   host: (name: string) => HOST + name,
   allocation: (address: string) => ALLOC + address,
+  status: (name: string) => STATUS + name,
 };
+
+/** A record the catalog does not serve, reported once per key. */
+export interface Problem {
+  key: string;
+  field: string;
+  problem: string;
+  writer: string;
+}
+
+export type ProblemSink = (p: Problem) => void;
+
+interface BlockClaim { node: string; range: IPv4CidrRange; modRevision: number }
 
 export class Catalog {
   revision = 0;
   readonly endpoints = new Map<string, Endpoint>();
   readonly services = new Map<string, Service>();   // "<ns>/<name>"
+  /** Hosts whose record is valid and whose block is leased to them. */
   readonly hosts = new Map<string, Host>();
   readonly allocations = new Map<string, Allocation>(); // by address
   /** modRevision per key, for compare-and-swap transactions. */
   readonly modRevisions = new Map<string, number>();
+  /** Keys not served, and why (one entry per key). */
+  readonly problems = new Map<string, Problem>();
+  readonly rules: RecordRules;
+  /** Valid host records, served or not (a host waits in here until its block lease is seen). */
+  private readonly hostRecords = new Map<string, Host>();
+  /** Block leases by key; the older of two overlapping leases wins. */
+  private readonly blocks = new Map<string, BlockClaim>();
+  /** Block -> node for the leases that won. */
+  private granted = new Map<string, string>();
+
+  constructor(clusterCidr = '10.42.0.0/16', private readonly onProblem: ProblemSink = () => {}) {
+    this.rules = new RecordRules(clusterCidr);
+  }
 
   load(r: RangeResult): WatchEvent {
     this.endpoints.clear();
     this.services.clear();
     this.hosts.clear();
+    this.hostRecords.clear();
+    this.blocks.clear();
     this.allocations.clear();
     this.modRevisions.clear();
     this.revision = r.revision;
+    const scratch = emptyEvent(r.revision, true);
     for (const kv of r.kvs) {
       this.modRevisions.set(kv.key, kv.modRevision);
-      this.put(kv.key, kv.value);
+      this.put(kv.key, kv.value, kv.modRevision, scratch);
     }
+    this.grantBlocks();
+    this.reviewHosts(scratch);
     return this.snapshot();
   }
 
   apply(b: KvBatch): WatchEvent {
     const ev = emptyEvent(b.revision, false);
+    let blocksChanged = false;
     for (const e of b.events) {
+      if (e.key.startsWith(BLOCK)) blocksChanged = true;
       if (e.type === 'put') {
         this.modRevisions.set(e.key, b.revision);
-        const rec = this.put(e.key, e.value);
-        if (rec?.kind === 'endpoint') ev.endpoints.push(rec.value);
-        else if (rec?.kind === 'service') ev.services.push(rec.value);
-        else if (rec?.kind === 'host') ev.hosts.push(rec.value);
-        else if (rec?.kind === 'allocation') ev.allocations.push(rec.value);
+        this.put(e.key, e.value, b.revision, ev);
       } else {
         this.modRevisions.delete(e.key);
-        if (e.key.startsWith(EP)) {
-          const id = e.key.slice(EP.length);
-          if (this.endpoints.delete(id)) ev.deletedEndpoints.push(id);
-        } else if (e.key.startsWith(SVC)) {
-          const k = e.key.slice(SVC.length);
-          if (this.services.delete(k)) ev.deletedServices.push(k);
-        } else if (e.key.startsWith(HOST)) {
-          const k = e.key.slice(HOST.length);
-          if (this.hosts.delete(k)) ev.deletedHosts.push(k);
-        } else if (e.key.startsWith(ALLOC)) {
-          const k = e.key.slice(ALLOC.length);
-          if (this.allocations.delete(k)) ev.deletedAllocations.push(k);
-        }
+        this.problems.delete(e.key);
+        this.drop(e.key, ev);
       }
     }
+    if (blocksChanged) this.grantBlocks();
+    this.reviewHosts(ev);
     this.revision = b.revision;
     return ev;
   }
@@ -86,38 +117,167 @@ export class Catalog {
     return out;
   }
 
-  private put(key: string, value: string):
-    | { kind: 'endpoint'; value: Endpoint }
-    | { kind: 'service'; value: Service }
-    | { kind: 'host'; value: Host }
-    | { kind: 'allocation'; value: Allocation }
-    | undefined {
+  /**
+   * Throws InvalidRecord when a value this host is about to write would not be served: writers
+   * and readers share one schema, so a bug here is caught at the source, not on every other host.
+   */
+  check(key: string, value: string): void {
+    const kind = kindOf(key);
+    if (!kind || kind === 'block') return;
+    if (value.length > MAX_RECORD_BYTES[kind]) throw new InvalidRecord('record', `${value.length} bytes, at most ${MAX_RECORD_BYTES[kind]} for a ${kind} record`);
+    this.accept(kind, key, JSON.parse(value), 0, emptyEvent(0, false), false);
+  }
+
+  /** The node a block is leased to ('' when no lease names it). */
+  blockOwner(block: string): string {
+    return this.granted.get(block) ?? '';
+  }
+
+  private put(key: string, value: string, modRevision: number, ev: WatchEvent): void {
+    const kind = kindOf(key);
+    if (!kind) return;
     let parsed: unknown;
     try {
-      parsed = JSON.parse(value);
-    } catch {
-      return undefined; // a record we cannot read is not served; the registry keeps it as it is
+      if (value.length > MAX_RECORD_BYTES[kind]) throw new InvalidRecord('record', `${value.length} bytes, at most ${MAX_RECORD_BYTES[kind]} for a ${kind} record`);
+      try {
+        parsed = JSON.parse(value);
+      } catch {
+        throw new InvalidRecord('record', 'not JSON');
+      }
+      this.accept(kind, key, parsed, modRevision, ev);
+      // A host's block problem is settled by reviewHosts, after the whole batch.
+      if (this.problems.get(key)?.field !== 'block' || (kind !== 'host' && kind !== 'block')) this.problems.delete(key);
+    } catch (err) {
+      if (!(err instanceof InvalidRecord)) throw err;
+      this.drop(key, ev);
+      this.report({ key, field: err.field, problem: err.problem, writer: writerOf(parsed) });
     }
-    if (key.startsWith(EP)) {
-      const ep = parsed as Endpoint;
-      this.endpoints.set(key.slice(EP.length), ep);
-      return { kind: 'endpoint', value: ep };
-    }
-    if (key.startsWith(SVC)) {
-      const s = parsed as Service;
-      this.services.set(key.slice(SVC.length), s);
-      return { kind: 'service', value: s };
-    }
-    if (key.startsWith(HOST)) {
-      const h = parsed as Host;
-      this.hosts.set(key.slice(HOST.length), h);
-      return { kind: 'host', value: h };
-    }
-    if (key.startsWith(ALLOC)) {
-      const a = parsed as Allocation;
-      this.allocations.set(key.slice(ALLOC.length), a);
-      return { kind: 'allocation', value: a };
-    }
-    return undefined;
   }
+
+  /** Validates a parsed record for its key and, with store, serves it. */
+  private accept(kind: RecordKind, key: string, parsed: unknown, modRevision: number, ev: WatchEvent, store = true): void {
+    const r = this.rules;
+    switch (kind) {
+      case 'endpoint': {
+        const ep = r.endpoint(parsed);
+        named(ep.id, key.slice(EP.length), 'id');
+        if (!store) return;
+        this.endpoints.set(ep.id, ep);
+        ev.endpoints.push(ep);
+        return;
+      }
+      case 'service': {
+        const s = r.service(parsed);
+        named(serviceKey(s.namespace, s.name), key.slice(SVC.length), 'namespace/name');
+        if (!store) return;
+        this.services.set(serviceKey(s.namespace, s.name), s);
+        ev.services.push(s);
+        return;
+      }
+      case 'host': {
+        const h = r.host(parsed);
+        named(h.name, key.slice(HOST.length), 'name');
+        if (!store) return;
+        this.hostRecords.set(h.name, h);
+        return; // served by reviewHosts once its block checks out
+      }
+      case 'allocation': {
+        const a = r.allocation(parsed);
+        named(a.address, key.slice(ALLOC.length), 'address');
+        if (!store) return;
+        this.allocations.set(a.address, a);
+        ev.allocations.push(a);
+        return;
+      }
+      case 'block': {
+        const l = r.blockLease(parsed);
+        named(l.block.replace('/', '_'), key.slice(BLOCK.length), 'block');
+        if (!store) return;
+        this.blocks.set(key, { node: l.node, range: IPv4CidrRange.fromCidr(l.block), modRevision });
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  /** Withdraws whatever the key served. */
+  private drop(key: string, ev: WatchEvent): void {
+    if (key.startsWith(EP)) {
+      const id = key.slice(EP.length);
+      if (this.endpoints.delete(id)) ev.deletedEndpoints.push(id);
+    } else if (key.startsWith(SVC)) {
+      const k = key.slice(SVC.length);
+      if (this.services.delete(k)) ev.deletedServices.push(k);
+    } else if (key.startsWith(HOST)) {
+      this.hostRecords.delete(key.slice(HOST.length));
+    } else if (key.startsWith(ALLOC)) {
+      const k = key.slice(ALLOC.length);
+      if (this.allocations.delete(k)) ev.deletedAllocations.push(k);
+    } else if (key.startsWith(BLOCK)) {
+      this.blocks.delete(key);
+    }
+  }
+
+  private report(p: Problem): void {
+    const old = this.problems.get(p.key);
+    this.problems.set(p.key, p);
+    if (!old || old.field !== p.field || old.problem !== p.problem) this.onProblem(p);
+  }
+
+  /** Overlapping block leases: the older (lower revision) wins; the other is reported. */
+  private grantBlocks(): void {
+    const claims = [...this.blocks].sort((a, b) => a[1].modRevision - b[1].modRevision || (a[0] < b[0] ? -1 : 1));
+    const won: Array<[string, BlockClaim]> = [];
+    const granted = new Map<string, string>();
+    for (const [key, c] of claims) {
+      const clash = won.find(([, w]) => w.range.contains(c.range) || c.range.contains(w.range));
+      if (clash) {
+        this.report({ key, field: 'block', problem: `${c.range.toCidrString()} overlaps ${clash[1].range.toCidrString()}, leased earlier to ${clash[1].node}`, writer: c.node });
+        continue;
+      }
+      if (this.problems.get(key)?.field === 'block') this.problems.delete(key);
+      won.push([key, c]);
+      granted.set(c.range.toCidrString(), c.node);
+    }
+    this.granted = granted;
+  }
+
+  /** Serves the host records whose block is leased to them; withdraws the rest. */
+  private reviewHosts(ev: WatchEvent): void {
+    for (const [name, h] of this.hostRecords) {
+      const key = HOST + name;
+      const owner = h.block ? this.blockOwner(h.block) : name;
+      if (owner !== name) {
+        this.report({ key, field: 'block', problem: owner ? `${h.block} is leased to ${owner}` : `no lease names ${h.block}`, writer: name });
+        if (this.hosts.delete(name)) ev.deletedHosts.push(name);
+        continue;
+      }
+      if (this.problems.get(key)?.field === 'block') this.problems.delete(key);
+      const cur = this.hosts.get(name);
+      if (cur !== h) {
+        this.hosts.set(name, h);
+        if (!ev.snapshot) ev.hosts.push(h);
+      }
+    }
+    for (const name of this.hosts.keys()) {
+      if (!this.hostRecords.has(name)) {
+        this.hosts.delete(name);
+        ev.deletedHosts.push(name);
+      }
+    }
+  }
+}
+
+function kindOf(key: string): RecordKind | undefined {
+  if (key.startsWith(EP)) return 'endpoint';
+  if (key.startsWith(SVC)) return 'service';
+  if (key.startsWith(HOST)) return 'host';
+  if (key.startsWith(ALLOC)) return 'allocation';
+  if (key.startsWith(BLOCK)) return 'block';
+  return undefined;
+}
+
+function named(inRecord: string, inKey: string, field: string): void {
+  if (inRecord !== inKey) throw new InvalidRecord(field, `"${inRecord.slice(0, 80)}" does not match its key ("${inKey.slice(0, 80)}")`);
 }

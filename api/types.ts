@@ -57,19 +57,37 @@ export interface Service {
   previous: Record<string, number>;
 }
 
+/**
+ * One host of the cluster, as every peer must know it. Written only when one of these fields
+ * changes: liveness is the registry lease, and per-peer state lives in HostStatus.
+ */
 export interface Host {
   name: string;
   block: string;
   underlay: string;
   publicKey: string;
-  appliedRevision: number;
   version: string;
-  heartbeatMs: number;
   wgPort: number;
   nextPublicKey: string;
-  peers: PeerStatus[];
   mtu: number;
   overlay: string;
+}
+
+/**
+ * A host's report of how it is doing, outside the watched records (nobody's data plane acts on
+ * it): what it has applied and a summary of its peers. Fixed size, whatever the fleet's size.
+ */
+export interface HostStatus {
+  name: string;
+  appliedRevision: number;
+  reportedMs: number;
+  version: string;
+  peers: number;
+  handshaken: number;
+  stale: number;
+  /** The peer with the oldest handshake ('' when none), and that handshake (0 = never). */
+  worstPeer: string;
+  worstHandshakeMs: number;
 }
 
 export interface PeerStatus {
@@ -93,7 +111,12 @@ export interface Allocation {
   name: string;
 }
 
-export interface WatchRequest { component: string }
+/** Record kinds a watcher can ask for. */
+export const RECORD_KINDS = ['endpoints', 'services', 'hosts', 'allocations'] as const;
+export type RecordKindName = (typeof RECORD_KINDS)[number];
+
+/** kinds empty: every kind. fromRevision > 0: resume after it if the agent still has the history. */
+export interface WatchRequest { component: string; kinds?: string[]; fromRevision?: number }
 
 export interface WatchEvent {
   revision: number;
@@ -111,6 +134,19 @@ export interface WatchEvent {
 export interface AckRequest { component: string; revision: number }
 export interface ListRequest { namespace: string; service: string }
 export interface ListReply { revision: number; endpoints: Endpoint[]; services: Service[]; hosts: Host[]; allocations: Allocation[] }
+
+export interface HostsRequest { host: string }
+/** One host: its record, its last status report (null before the first), and this host's own view of it as a peer. */
+export interface HostRow { host: Host; status: HostStatus | null; peer: PeerStatus | null }
+export interface HostsReply {
+  revision: number;
+  node: string;
+  rows: HostRow[];
+  /** With a host named: that host's full peer list when it is this host (peers are read where they live). */
+  peers: PeerStatus[];
+  /** Records not served, and block conflicts, one line each. */
+  problems: string[];
+}
 
 export interface RegisterRequest {
   service: string;
@@ -154,6 +190,8 @@ export interface StatusReply {
   peers: PeerStatus[];
   block: string;
   publicKey: string;
+  /** Registry records this agent does not serve (invalid, or conflicting), one line each. */
+  problems: string[];
 }
 
 export interface CniRequest { command: string; containerId: string; netns: string; ifname: string; args: string; config: Buffer }

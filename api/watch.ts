@@ -1,9 +1,11 @@
 // The client side of the agent's watch stream, as DNS, LB and the CLI use it: a snapshot, then
-// deltas, each tagged with the registry revision. Reconnects with backoff; after a reconnect
-// the agent sends a fresh snapshot, so consumers must replace (not merge) on snapshot=true.
+// deltas, each tagged with the registry revision, carrying only the record kinds asked for.
+// Reconnects with backoff and asks to resume after the last revision it saw: the agent then sends
+// only what changed since (when it still has it), else a fresh snapshot, so consumers must
+// replace (not merge) on snapshot=true.
 import type { Logger } from 'pino';
 import { agentClient, grpc, unary } from './grpc.js';
-import type { WatchEvent } from './types.js';
+import type { RecordKindName, WatchEvent } from './types.js';
 
 export interface WatchHandlers {
   /**
@@ -15,6 +17,8 @@ export interface WatchHandlers {
   onEvent(ev: WatchEvent): unknown;
   /** Connection state changes, for readiness. */
   onConnected?(connected: boolean): void;
+  /** The record kinds this consumer serves from (default: all); no event carries the others. */
+  kinds?: RecordKindName[];
 }
 
 export class AgentWatch {
@@ -43,7 +47,7 @@ export class AgentWatch {
 
   private open(): void {
     if (this.closed) return;
-    const call = this.client.Watch({ component: this.component }) as grpc.ClientReadableStream<WatchEvent>;
+    const call = this.client.Watch({ component: this.component, kinds: this.handlers.kinds ?? [], fromRevision: this.revision }) as grpc.ClientReadableStream<WatchEvent>;
     this.call = call;
     call.on('data', (ev: WatchEvent) => {
       if (!this.connected) {

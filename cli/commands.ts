@@ -2,7 +2,7 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import { BALANCE_POLICIES, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
+import { BALANCE_POLICIES, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
 import { duration } from '../agent/endpoints.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 import { ipamCommands } from './ipam.js';
@@ -95,23 +95,50 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
         `docker     ${s.dockerConnected ? 'connected' : `not connected: ${s.dockerError}`}`,
         `services   ${s.services}, endpoints ${s.endpoints} (${s.healthyEndpoints} serving)`,
         ...(comps.length ? comps.map((x, i) => `${i === 0 ? 'components ' : '           '}${x}`) : ['components none watching']),
+        ...s.problems.slice(0, PEER_LINES).map((x, i) => `${i === 0 ? 'problems   ' : '           '}${x}`),
+        ...(s.problems.length > PEER_LINES ? [`           and ${s.problems.length - PEER_LINES} more (\`corral status --json\`)`] : []),
       ].join('\n'));
     },
   },
   hosts: {
-    usage: 'hosts [--json]',
+    usage: 'hosts [<host>] [--json]',
     async run(p, c) {
-      const l = await unary<object, ListReply>(c, 'List', { namespace: '', service: '' });
+      if (p.args.length > 1) throw new UsageError(`usage: corral ${this.usage}`);
+      const r = await unary<object, HostsReply>(c, 'Hosts', { host: p.args[0] ?? '' });
       const now = Date.now();
-      // Each host's view of its peers: the oldest handshake it reports, and who it has never reached.
-      const handshakes = (h: ListReply['hosts'][number]) => {
-        const others = l.hosts.filter((o) => o.name !== h.name && o.publicKey);
-        if (!h.publicKey) return '-';
-        if (others.length === 0) return 'no peers';
-        const seen = new Map((h.peers ?? []).map((x) => [x.host, Number(x.lastHandshakeMs)]));
-        return others.map((o) => `${o.name}:${seen.get(o.name) ? `${Math.round((now - seen.get(o.name)!) / 1000)}s` : 'never'}`).join(',');
-      };
-      out(p, { revision: l.revision, hosts: l.hosts }, table([['HOST', 'BLOCK', 'UNDERLAY', 'APPLIED', 'HANDSHAKES (ago)', 'VERSION', 'LAST SEEN'], ...l.hosts.map((h) => [h.name, h.block || '-', h.underlay || '-', String(h.appliedRevision), handshakes(h), h.version, new Date(Number(h.heartbeatMs)).toISOString()])]) + `revision ${l.revision}`);
+      const ago = (ms: number) => (ms ? `${Math.max(0, Math.round((now - ms) / 1000))}s ago` : 'never');
+      const problems = r.problems.map((x) => `problem: ${x}`);
+      if (!p.args[0]) {
+        // One line per host, whatever the fleet's size: its peers summed up, the worst one named.
+        const peersText = (row: HostRow) => {
+          const st = row.status;
+          if (!row.host.publicKey) return '-';
+          if (!st) return 'no report yet';
+          if (st.peers === 0) return 'no peers';
+          return `${st.handshaken}/${st.peers}${st.stale ? `, ${st.stale} stale` : ''}${st.worstPeer ? `, oldest ${st.worstPeer} ${ago(Number(st.worstHandshakeMs))}` : ''}`;
+        };
+        out(p, r, table([['HOST', 'BLOCK', 'UNDERLAY', 'APPLIED', 'PEERS (handshaken)', 'VERSION', 'REPORTED'], ...r.rows.map((row) => [
+          row.host.name + (row.host.name === r.node ? ' (this host)' : ''), row.host.block || '-', row.host.underlay || '-',
+          row.status ? String(row.status.appliedRevision) : '-', peersText(row), row.host.version || '-', row.status ? ago(Number(row.status.reportedMs)) : '-',
+        ])]) + [`revision ${r.revision}; \`corral hosts <host>\` for one host`, ...problems].join('\n'));
+        return;
+      }
+      const row = r.rows[0]!;
+      const h = row.host;
+      const st = row.status;
+      const lines = [
+        `host       ${h.name}${h.name === r.node ? ' (this host)' : ''}, corral ${h.version || '?'}`,
+        `block      ${h.block || '-'}, underlay ${h.underlay ? `${h.underlay}:${h.wgPort}` : '-'}, ${h.overlay || 'no overlay'}${h.mtu ? `, MTU ${h.mtu}` : ''}`,
+        `key        ${h.publicKey || '-'}${h.nextPublicKey ? ` (rotating to ${h.nextPublicKey})` : ''}`,
+        st ? `report     ${ago(Number(st.reportedMs))}: applied revision ${st.appliedRevision}, ${st.handshaken}/${st.peers} peers handshaken, ${st.stale} stale` : 'report     none yet',
+      ];
+      if (h.name === r.node) {
+        lines.push(...(r.peers.length ? table([['PEER', 'ENDPOINT', 'HANDSHAKE', 'RX', 'TX'], ...r.peers.map((x) => [x.host, x.endpoint || '-', ago(Number(x.lastHandshakeMs)), String(x.rxBytes), String(x.txBytes)])]).trimEnd().split('\n') : ['peers      none']));
+      } else {
+        lines.push(row.peer ? `from here  ${row.peer.endpoint || '?'}, handshake ${ago(Number(row.peer.lastHandshakeMs))}, rx ${row.peer.rxBytes} tx ${row.peer.txBytes}` : 'from here  not a peer of this host');
+        lines.push(`           its own peer list: \`corral hosts ${h.name}\` on ${h.name} (peer state is read where it lives)`);
+      }
+      out(p, r, [...lines, ...problems].join('\n'));
     },
   },
   services: {
@@ -215,14 +242,20 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
   ...ipamCommands,
 };
 
+/** Peers listed one per line up to this many; beyond, a count (`corral hosts <this host>` lists them all). */
+const PEER_LINES = 10;
+
 /** `corral status` lines for the overlay's peers; a peer without a handshake in 3 minutes is named. */
 function peerLines(s: StatusReply): string[] {
   const now = Date.now();
   const stale = s.peers.filter((x) => !Number(x.lastHandshakeMs) || now - Number(x.lastHandshakeMs) > 180_000);
-  const lines = s.peers.map((x) => `${x.host} at ${x.endpoint || '?'}: ${Number(x.lastHandshakeMs) ? `handshake ${Math.round((now - Number(x.lastHandshakeMs)) / 1000)}s ago` : 'no handshake yet'}`);
+  const lines = s.peers.length > PEER_LINES
+    ? [`${s.peers.length} peers, ${s.peers.length - stale.length} handshook within 3 minutes (\`corral hosts ${s.node}\` lists them)`]
+    : s.peers.map((x) => `${x.host} at ${x.endpoint || '?'}: ${Number(x.lastHandshakeMs) ? `handshake ${Math.round((now - Number(x.lastHandshakeMs)) / 1000)}s ago` : 'no handshake yet'}`);
+  const named = stale.slice(0, PEER_LINES).map((x) => x.host).join(', ') + (stale.length > PEER_LINES ? ` and ${stale.length - PEER_LINES} more` : '');
   return [
     ...(lines.length ? lines.map((x, i) => `${i === 0 ? 'peers      ' : '           '}${x}`) : ['peers      none']),
-    stale.length ? `warning    no handshake within 3 minutes: ${stale.map((x) => x.host).join(', ')}` : `           every peer handshook within 3 minutes`,
+    stale.length ? `warning    no handshake within 3 minutes: ${named}` : `           every peer handshook within 3 minutes`,
   ];
 }
 

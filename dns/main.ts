@@ -200,6 +200,8 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
       }),
     });
     watch = new AgentWatch(opts.agentSocket, 'dns', {
+      // Hosts: this node's record gives the block gateway to listen on; allocations: PTR and client namespaces.
+      kinds: ['endpoints', 'services', 'hosts', 'allocations'],
       onEvent: (ev) => {
         const first = !zone.synced;
         apply(ev);

@@ -74,6 +74,7 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
   }
 
   const watch = new AgentWatch(opts.agentSocket, 'lb', {
+    kinds: ['endpoints', 'services'],
     onEvent(ev) {
       main.apply(ev);
       if (ev.snapshot) log.info({ revision: ev.revision, ...routes.stats }, 'routes loaded from the agent');

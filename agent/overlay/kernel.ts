@@ -2,10 +2,12 @@
 // the `wg` generic-netlink family of the `netlink` package. Chosen when the module is present.
 import { AttrStream, createRtNetlink, createWireGuard, FlagsNew, ifla, type wg } from 'netlink';
 import { linkByName } from './link.js';
-import { OverlayError, type DeviceConfig, type PeerConfig, type PeerState, type WireGuardDevice } from './overlay.js';
+import { OverlayError, type DeviceConfig, type PeerChange, type PeerState, type WireGuardDevice } from './overlay.js';
 
 const AF_INET = 2;
 const AF_INET6 = 10;
+/** Peers per netlink set message. */
+const KERNEL_PEERS_PER_MESSAGE = 32;
 
 function sockaddr(endpoint: string): Buffer {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(endpoint);
@@ -103,20 +105,21 @@ export class KernelWireGuard implements WireGuardDevice {
     await this.set({ privateKey: key });
   }
 
-  async setPeer(p: PeerConfig): Promise<void> {
-    await this.set({
-      peers: [{
-        publicKey: Buffer.from(p.publicKey, 'base64'),
-        ...(p.endpoint ? { endpoint: sockaddr(p.endpoint) } : {}),
-        persistentKeepaliveInterval: p.keepaliveS ?? 0,
-        flags: { replaceAllowedIps: true },
-        allowedIps: p.allowedIps.map(allowedIp),
-      }],
-    });
-  }
-
-  async removePeer(publicKey: string): Promise<void> {
-    await this.set({ peers: [{ publicKey: Buffer.from(publicKey, 'base64'), flags: { removeMe: true } }] });
+  async setPeers(changes: PeerChange[]): Promise<void> {
+    // Chunks keep each netlink message well under the socket's size limit (wg(8) splits too).
+    for (let i = 0; i < changes.length; i += KERNEL_PEERS_PER_MESSAGE) {
+      await this.set({
+        peers: changes.slice(i, i + KERNEL_PEERS_PER_MESSAGE).map((p) => ('remove' in p
+          ? { publicKey: Buffer.from(p.publicKey, 'base64'), flags: { removeMe: true } }
+          : {
+            publicKey: Buffer.from(p.publicKey, 'base64'),
+            ...(p.endpoint ? { endpoint: sockaddr(p.endpoint) } : {}),
+            persistentKeepaliveInterval: p.keepaliveS ?? 0,
+            flags: { replaceAllowedIps: true },
+            allowedIps: p.allowedIps.map(allowedIp),
+          })),
+      });
+    }
   }
 
   async peers(): Promise<PeerState[]> {

@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, c
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { linkExists } from './link.js';
-import { OverlayError, type DeviceConfig, type PeerConfig, type PeerState, type WireGuardDevice } from './overlay.js';
+import { OverlayError, type DeviceConfig, type PeerChange, type PeerState, type WireGuardDevice } from './overlay.js';
 
 export const UAPI_DIR = '/var/run/wireguard';
 
@@ -47,15 +47,19 @@ export class WireGuardGo implements WireGuardDevice {
     await this.uapiSet([`private_key=${key.toString('hex')}`]);
   }
 
-  async setPeer(p: PeerConfig): Promise<void> {
-    const lines = [`public_key=${hex(p.publicKey)}`];
-    if (p.endpoint) lines.push(`endpoint=${p.endpoint}`);
-    lines.push(`persistent_keepalive_interval=${p.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...p.allowedIps.map((a) => `allowed_ip=${a}`));
+  async setPeers(changes: PeerChange[]): Promise<void> {
+    if (changes.length === 0) return;
+    const lines: string[] = [];
+    for (const c of changes) {
+      lines.push(`public_key=${hex(c.publicKey)}`);
+      if ('remove' in c) {
+        lines.push('remove=true');
+        continue;
+      }
+      if (c.endpoint) lines.push(`endpoint=${c.endpoint}`);
+      lines.push(`persistent_keepalive_interval=${c.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...c.allowedIps.map((a) => `allowed_ip=${a}`));
+    }
     await this.uapiSet(lines);
-  }
-
-  async removePeer(publicKey: string): Promise<void> {
-    await this.uapiSet([`public_key=${hex(publicKey)}`, 'remove=true']);
   }
 
   async peers(): Promise<PeerState[]> {

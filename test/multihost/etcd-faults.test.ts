@@ -33,7 +33,7 @@ describe('the mesh when etcd members fail', () => {
     await new Promise((r) => setTimeout(r, 6000));
     for (const h of c.hosts) {
       expect(await wgPeers(h)).toBe(1);
-      expect((await cliJson(h, ['hosts'])).hosts).toHaveLength(2);
+      expect((await cliJson(h, ['hosts'])).rows).toHaveLength(2);
       expect((await cliJson(h, ['status'])).registryConnected).toBe(true);
     }
     expect(await pings(ctr[0]!, ctr[1]!.address)).toBe(true);
@@ -89,7 +89,7 @@ describe('the mesh when etcd members fail', () => {
     await Promise.all(c.etcd.members.map((m) => m.start()));
     for (const h of c.hosts) {
       await until(async () => (await cliJson(h, ['status'])).registryConnected === true, 20_000, `${h.name} reconnected`);
-      await until(async () => (await cliJson(h, ['hosts'])).hosts.length === 2, 20_000, `${h.name} sees both hosts`);
+      await until(async () => (await cliJson(h, ['hosts'])).rows.length === 2, 20_000, `${h.name} sees both hosts`);
     }
     await until(async () => (await cliJson(h2, ['endpoints', 'api'])).endpoints.length === 1, 20_000, 'the endpoint registered on h1, seen on h2');
     expect(await pings(ctr[1]!, ctr[0]!.address)).toBe(true);

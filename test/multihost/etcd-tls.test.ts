@@ -28,7 +28,7 @@ describe('etcd over TLS', () => {
       const s = json((await h.agent!.cli(['status', '--json'])).stdout);
       expect(s.registry).toBe('etcd');
       expect(s.registryConnected).toBe(true);
-      expect(json((await h.agent!.cli(['hosts', '--json'])).stdout).hosts).toHaveLength(2);
+      expect(json((await h.agent!.cli(['hosts', '--json'])).stdout).rows).toHaveLength(2);
     }
   });
 

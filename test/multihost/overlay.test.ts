@@ -22,10 +22,10 @@ describe('multi-host WireGuard overlay over etcd', () => {
   it('gives each host its own block and a peer for every other host', async () => {
     await until(async () => {
       const l = json((await c.hosts[0]!.agent!.cli(['hosts', '--json'])).stdout);
-      return l.hosts.length === 3 && l.hosts.every((h: { publicKey: string; block: string }) => h.publicKey && h.block);
+      return l.rows.length === 3 && l.rows.every((r: { host: { publicKey: string; block: string } }) => r.host.publicKey && r.host.block);
     }, 10_000, 'three hosts published');
     const l = json((await c.hosts[0]!.agent!.cli(['hosts', '--json'])).stdout);
-    const blocks = l.hosts.map((h: { block: string }) => h.block);
+    const blocks = l.rows.map((r: { host: { block: string } }) => r.host.block);
     expect(new Set(blocks).size).toBe(3);
     for (const h of c.hosts) {
       const s = json((await h.agent!.cli(['status', '--json'])).stdout);
@@ -44,8 +44,15 @@ describe('multi-host WireGuard overlay over etcd', () => {
         await until(() => pings(a, b.address), 10_000, `${a.host.name} -> ${b.host.name}`);
       }
     }
-    const hosts = await c.hosts[0]!.agent!.cli(['hosts']);
-    expect(hosts.stdout).toMatch(/HANDSHAKES/);
+    // One line per host (its peers summed up from its last report), and one host's full peer list where it lives.
+    const hosts = (await c.hosts[0]!.agent!.cli(['hosts'])).stdout;
+    expect(hosts).toMatch(/^HOST +BLOCK +UNDERLAY +APPLIED +PEERS \(handshaken\)/);
+    expect(hosts.split('\n').filter((x) => /^h\d/.test(x))).toHaveLength(3);
+    await until(async () => {
+      const one = (await c.hosts[0]!.agent!.cli(['hosts', 'h1'])).stdout;
+      return /^h2 +\S+ +\d+s ago/m.test(one) && /^h3 +\S+ +\d+s ago/m.test(one);
+    }, 10_000, 'h1 lists both peers with a handshake');
+    expect((await c.hosts[0]!.agent!.cli(['hosts', 'h2'])).stdout).toMatch(/from here +\S+, handshake \d+s ago/);
     await until(async () => /every peer handshook within 3 minutes/.test((await c.hosts[0]!.agent!.cli(['status'])).stdout), 10_000, 'status reports handshakes');
   });
 
@@ -105,7 +112,7 @@ describe('multi-host WireGuard overlay over etcd', () => {
     expect(gone).toBeLessThan((TTL + 2) * 1000);
     for (const h of c.hosts.slice(0, 2)) {
       const l = json((await h.agent!.cli(['hosts', '--json'])).stdout);
-      expect(l.hosts.map((x: { name: string }) => x.name).sort()).toEqual(['h1', 'h2']);
+      expect(l.rows.map((x: { host: { name: string } }) => x.host.name).sort()).toEqual(['h1', 'h2']);
     }
     await h3.start();
     const after = json((await h3.agent!.cli(['status', '--json'])).stdout);

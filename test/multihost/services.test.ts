@@ -50,7 +50,7 @@ describe('services across hosts over the overlay', () => {
   it('gives containers the overlay MTU (underlay 1500 − 60) in the interface and the CNI result', async () => {
     const h2 = c.hosts[1]!;
     const status = json((await h2.agent!.cli(['hosts', '--json'])).stdout);
-    expect(status.hosts.find((h: { name: string }) => h.name === 'h2').mtu).toBe(1440);
+    expect(status.rows.find((r: { host: { name: string } }) => r.host.name === 'h2').host.mtu).toBe(1440);
     const b = backends[0]!;
     const ifaces = b.result.interfaces ?? [];
     expect(ifaces.length).toBe(2);

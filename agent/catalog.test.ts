@@ -1,0 +1,166 @@
+import { describe, expect, it } from 'vitest';
+import { Catalog, type Problem } from './catalog.js';
+import type { KvBatch } from './registry/registry.js';
+
+const KEY = 'FAKEkeyFAKEkeyFAKEkeyFAKEkeyFAKEkeyFAKEkeyA=';
+
+function endpoint(id: string, over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    id, service: 'web', namespace: 'default', address: '10.42.0.5', port: 80, portName: 'http', color: 'blue', weight: 1,
+    healthy: true, healthReason: 'no health check', origin: 'manual', node: 'h1', httpHosts: ['web.test'], httpPath: '/',
+    healthCheck: null, deploy: 'manual', drainMs: 10000, containerId: '', containerName: '', draining: false, lbBalance: '', ...over,
+  };
+}
+
+function host(name: string, block: string, over: Record<string, unknown> = {}): Record<string, unknown> {
+  return { name, block, underlay: '10.99.0.1', publicKey: KEY, nextPublicKey: '', version: '0.1.0', wgPort: 51820, mtu: 1420, overlay: 'wireguard-go', ...over };
+}
+
+function lease(block: string, node: string): string {
+  return JSON.stringify({ block, node, sinceMs: 1 });
+}
+
+let rev = 0;
+function batch(...events: Array<[string, unknown] | [string]>): KvBatch {
+  rev += 1;
+  return {
+    revision: rev,
+    events: events.map((e) => (e.length === 1
+      ? { type: 'delete' as const, key: e[0] }
+      : { type: 'put' as const, key: e[0], value: typeof e[1] === 'string' ? e[1] : JSON.stringify(e[1]) })),
+  };
+}
+
+function catalog(): { c: Catalog; problems: Problem[] } {
+  const problems: Problem[] = [];
+  return { c: new Catalog('10.42.0.0/16', (p) => problems.push(p)), problems };
+}
+
+describe('registry records from other hosts are validated on read', () => {
+  it('does not serve a null endpoint, names the key, and keeps serving the others', () => {
+    const { c, problems } = catalog();
+    const ev = c.apply(batch(['/corral/endpoints/x', 'null'], ['/corral/endpoints/good', endpoint('good')]));
+    expect(ev.endpoints.map((e) => e.id)).toEqual(['good']);
+    expect([...c.endpoints.keys()]).toEqual(['good']);
+    expect(problems).toEqual([{ key: '/corral/endpoints/x', field: 'record', problem: 'not a JSON object', writer: '' }]);
+  });
+
+  it.each([
+    ['a missing field', endpoint('e', { address: undefined }), 'address', 'missing'],
+    ['a wrong type', endpoint('e', { port: '80' }), 'port', 'not a whole number'],
+    ['a port out of range', endpoint('e', { port: 70000 }), 'port', '70000 is outside 1..65535'],
+    ['a name that is no DNS label', endpoint('e', { service: 'Web_1' }), 'service', '"Web_1" is not a DNS label (a-z, 0-9, "-")'],
+    ['an address that is none', endpoint('e', { address: '10.42.0.300' }), 'address', '"10.42.0.300" is not an IPv4 or IPv6 address'],
+    ['a weight out of range', endpoint('e', { weight: -1 }), 'weight', '-1 is outside 1..1000'],
+    ['an id that is not its key', endpoint('other'), 'id', '"other" does not match its key ("e")'],
+    ['too many host names', endpoint('e', { httpHosts: Array.from({ length: 40 }, (_, i) => `h${i}.test`) }), 'httpHosts', 'not a list of at most 32 host names'],
+    ['a bad health check', endpoint('e', { healthCheck: { path: 'x', tcp: false, intervalMs: 1000, timeoutMs: 500, rise: 1, fall: 1 } }), 'healthCheck.path', '"x" does not start with "/"'],
+  ])('refuses an endpoint with %s', (_what, rec, field, problem) => {
+    const { c, problems } = catalog();
+    c.apply(batch(['/corral/endpoints/e', rec]));
+    expect(c.endpoints.size).toBe(0);
+    expect(problems).toEqual([{ key: '/corral/endpoints/e', field, problem, writer: 'h1' }]);
+  });
+
+  it('refuses an oversized record before parsing it', () => {
+    const { c, problems } = catalog();
+    c.apply(batch(['/corral/endpoints/e', JSON.stringify(endpoint('e', { healthReason: 'x'.repeat(3_000_000) }))]));
+    expect(c.endpoints.size).toBe(0);
+    expect(problems[0]).toMatchObject({ key: '/corral/endpoints/e', field: 'record' });
+    expect(problems[0]!.problem).toMatch(/bytes, at most 16384 for a endpoint record/);
+  });
+
+  it('withdraws a served record that is overwritten by a bad one, and serves it again once fixed', () => {
+    const { c } = catalog();
+    c.apply(batch(['/corral/endpoints/e', endpoint('e')]));
+    const bad = c.apply(batch(['/corral/endpoints/e', '{"id":']));
+    expect(bad.deletedEndpoints).toEqual(['e']);
+    expect(c.problems.get('/corral/endpoints/e')?.problem).toBe('not JSON');
+    const fixed = c.apply(batch(['/corral/endpoints/e', endpoint('e')]));
+    expect(fixed.endpoints.map((e) => e.id)).toEqual(['e']);
+    expect(c.problems.size).toBe(0);
+  });
+
+  it('warns once per key, not once per event', () => {
+    const { c, problems } = catalog();
+    for (let i = 0; i < 5; i++) c.apply(batch(['/corral/endpoints/e', endpoint('e', { port: 0 })]));
+    expect(problems).toHaveLength(1);
+    c.apply(batch(['/corral/endpoints/e', endpoint('e', { port: 'x' })]));
+    expect(problems).toHaveLength(2); // a different problem is a new warning
+    c.apply(batch(['/corral/endpoints/e']));
+    expect(c.problems.size).toBe(0);
+  });
+
+  it('fills fields older writers left out with their defaults', () => {
+    const { c } = catalog();
+    const rec = endpoint('e');
+    delete rec.lbBalance;
+    delete rec.portName;
+    c.apply(batch(['/corral/endpoints/e', rec]));
+    expect(c.endpoints.get('e')).toMatchObject({ lbBalance: '', portName: 'http' });
+  });
+
+  it('refuses services with colors or weights out of shape, and allocations outside the cluster CIDR', () => {
+    const { c, problems } = catalog();
+    c.apply(batch(
+      ['/corral/services/default/web', { namespace: 'default', name: 'web', active: { blue: 1000 }, previous: {} }],
+      ['/corral/services/default/api', { namespace: 'default', name: 'api', active: { 'Bad Color': 100 }, previous: {} }],
+      ['/corral/services/default/ok', { namespace: 'default', name: 'ok', active: { blue: 100 }, previous: {} }],
+      ['/corral/allocations/8.8.8.8', { address: '8.8.8.8', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
+      ['/corral/allocations/10.42.0.9', { address: '10.42.0.9', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
+    ));
+    expect([...c.services.keys()]).toEqual(['default/ok']);
+    expect([...c.allocations.keys()]).toEqual(['10.42.0.9']);
+    expect(problems.map((p) => `${p.key} ${p.field}`)).toEqual([
+      '/corral/services/default/web active.blue',
+      '/corral/services/default/api active',
+      '/corral/allocations/8.8.8.8 address',
+    ]);
+  });
+
+  it('refuses a host whose key is no WireGuard key or whose block is outside the cluster', () => {
+    const { c, problems } = catalog();
+    c.apply(batch(
+      ['/corral/blocks/10.42.1.0_24', lease('10.42.1.0/24', 'h1')],
+      ['/corral/hosts/h1', host('h1', '10.42.1.0/24', { publicKey: 'not-a-key' })],
+      ['/corral/hosts/h2', host('h2', '0.0.0.0/0')],
+    ));
+    expect(c.hosts.size).toBe(0);
+    expect(problems.map((p) => `${p.key} ${p.field}`)).toEqual(['/corral/hosts/h1 publicKey', '/corral/hosts/h2 block']);
+  });
+
+  it('serves a host only with the block leased to it; of two overlapping leases the older wins and the other is reported', () => {
+    const { c, problems } = catalog();
+    c.apply(batch(['/corral/blocks/10.42.1.0_24', lease('10.42.1.0/24', 'h1')], ['/corral/hosts/h1', host('h1', '10.42.1.0/24')]));
+    expect([...c.hosts.keys()]).toEqual(['h1']);
+    // h2 claims h1's block in its own record, and leases a /23 that covers it.
+    const ev = c.apply(batch(['/corral/blocks/10.42.0.0_23', lease('10.42.0.0/23', 'h2')], ['/corral/hosts/h2', host('h2', '10.42.1.0/24')]));
+    expect(ev.hosts).toEqual([]);
+    expect([...c.hosts.keys()]).toEqual(['h1']);
+    expect(c.blockOwner('10.42.1.0/24')).toBe('h1');
+    expect(problems.map((p) => `${p.key}: ${p.problem}`)).toEqual([
+      '/corral/blocks/10.42.0.0_23: 10.42.0.0/23 overlaps 10.42.1.0/24, leased earlier to h1',
+      '/corral/hosts/h2: 10.42.1.0/24 is leased to h1',
+    ]);
+    // h1 goes: its lease stays, so h2 still does not get the block by claiming it.
+    const gone = c.apply(batch(['/corral/hosts/h1']));
+    expect(gone.deletedHosts).toEqual(['h1']);
+    expect(c.hosts.size).toBe(0);
+  });
+
+  it('serves a host whose lease arrives in the same snapshot, whatever the key order', () => {
+    const { c } = catalog();
+    const ev = c.load({ revision: 7, kvs: [
+      { key: '/corral/hosts/h1', value: JSON.stringify(host('h1', '10.42.3.0/24')), modRevision: 6 },
+      { key: '/corral/blocks/10.42.3.0_24', value: lease('10.42.3.0/24', 'h1'), modRevision: 5 },
+    ] });
+    expect(ev.hosts.map((h) => h.name)).toEqual(['h1']);
+  });
+
+  it('lets the agent check what it writes with the same schema', () => {
+    const { c } = catalog();
+    expect(() => c.check('/corral/endpoints/e', JSON.stringify(endpoint('e', { port: 0 })))).toThrow(/port: 0 is outside 1..65535/);
+    expect(() => c.check('/corral/endpoints/e', JSON.stringify(endpoint('e')))).not.toThrow();
+    expect(c.endpoints.size).toBe(0);
+  });
+});

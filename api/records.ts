@@ -1,0 +1,222 @@
+// One schema per registry record kind, shared by the writers (the agent builds records that pass
+// it) and the readers (the catalog serves only records that pass it). Records come from other
+// hosts: treat them as untrusted input, like packets and labels. A check returns the record with
+// defaults filled in for fields that older writers left out, or the first field that is wrong.
+import { isIP } from 'node:net';
+import { IPv4CidrRange } from 'ip-num';
+import type { Allocation, Endpoint, HealthCheck, Host, HostStatus, Service } from './types.js';
+
+/** Largest value the catalog parses, per kind (a Host record stays well under 2 KB). */
+export const MAX_RECORD_BYTES = { endpoint: 16_384, service: 8_192, host: 2_048, status: 2_048, allocation: 2_048, block: 512 } as const;
+export type RecordKind = keyof typeof MAX_RECORD_BYTES;
+
+export class InvalidRecord extends Error {
+  constructor(readonly field: string, readonly problem: string) {
+    super(`${field}: ${problem}`);
+  }
+}
+
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const HOSTNAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+/** Node names: hostnames as `hostname` prints them (letters, digits, ".", "_", "-"). */
+const NODE = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+const WG_KEY = /^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/;
+
+type Obj = Record<string, unknown>;
+
+function object(v: unknown, field: string): Obj {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidRecord(field, 'not a JSON object');
+  return v as Obj;
+}
+
+function str(o: Obj, field: string, max: number, opt?: { dflt?: string; re?: RegExp; what?: string }): string {
+  const v = o[field] ?? opt?.dflt;
+  if (typeof v !== 'string') throw new InvalidRecord(field, v === undefined ? 'missing' : `not a string (${typeof v})`);
+  if (v.length > max) throw new InvalidRecord(field, `${v.length} characters, at most ${max}`);
+  if (opt?.re && !(opt.dflt !== undefined && v === opt.dflt) && !opt.re.test(v)) throw new InvalidRecord(field, `"${v.slice(0, 80)}" is not ${opt.what}`);
+  return v;
+}
+
+function int(o: Obj, field: string, min: number, max: number, dflt?: number): number {
+  const v = o[field] ?? dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new InvalidRecord(field, v === undefined ? 'missing' : 'not a whole number');
+  if (v < min || v > max) throw new InvalidRecord(field, `${v} is outside ${min}..${max}`);
+  return v;
+}
+
+function bool(o: Obj, field: string, dflt?: boolean): boolean {
+  const v = o[field] ?? dflt;
+  if (typeof v !== 'boolean') throw new InvalidRecord(field, v === undefined ? 'missing' : 'not true or false');
+  return v;
+}
+
+function label(o: Obj, field: string, dflt?: string): string {
+  return str(o, field, 63, { dflt, re: LABEL, what: 'a DNS label (a-z, 0-9, "-")' });
+}
+
+function node(o: Obj, field: string): string {
+  return str(o, field, 253, { re: NODE, what: 'a host name' });
+}
+
+function ip(o: Obj, field: string, opt: { empty?: boolean } = {}): string {
+  const v = str(o, field, 45, opt.empty ? { dflt: '' } : {});
+  if (v === '' && opt.empty) return v;
+  if (!isIP(v)) throw new InvalidRecord(field, `"${v}" is not an IPv4 or IPv6 address`);
+  return v;
+}
+
+function wgKey(o: Obj, field: string): string {
+  return str(o, field, 44, { dflt: '', re: WG_KEY, what: 'a WireGuard key (44 characters of base64, 32 bytes)' });
+}
+
+/** The cluster CIDR that blocks and allocations must fall inside. */
+export class RecordRules {
+  private readonly cluster: IPv4CidrRange;
+
+  constructor(readonly clusterCidr: string) {
+    this.cluster = IPv4CidrRange.fromCidr(clusterCidr);
+  }
+
+  /** A CIDR inside the cluster CIDR, as its canonical string. */
+  block(v: string, field: string): IPv4CidrRange {
+    let r: IPv4CidrRange;
+    try {
+      r = IPv4CidrRange.fromCidr(v);
+    } catch {
+      throw new InvalidRecord(field, `"${v.slice(0, 80)}" is not an IPv4 CIDR`);
+    }
+    if (r.toCidrString() !== v) throw new InvalidRecord(field, `"${v}" is not a network address (${r.toCidrString()} is)`);
+    if (!this.cluster.contains(r)) throw new InvalidRecord(field, `${v} is outside the cluster CIDR ${this.clusterCidr}`);
+    return r;
+  }
+
+  inCluster(address: string): boolean {
+    if (isIP(address) !== 4) return false;
+    return this.cluster.contains(IPv4CidrRange.fromCidr(`${address}/32`));
+  }
+
+  endpoint(v: unknown): Endpoint {
+    const o = object(v, 'record');
+    const hc = o.healthCheck === null || o.healthCheck === undefined ? null : healthCheck(object(o.healthCheck, 'healthCheck'));
+    const hosts = o.httpHosts ?? [];
+    if (!Array.isArray(hosts) || hosts.length > 32) throw new InvalidRecord('httpHosts', 'not a list of at most 32 host names');
+    for (const h of hosts) if (typeof h !== 'string' || h.length > 253 || !HOSTNAME.test(h)) throw new InvalidRecord('httpHosts', `"${String(h).slice(0, 80)}" is not a host name`);
+    const lbBalance = str(o, 'lbBalance', 32, { dflt: '' });
+    return {
+      id: str(o, 'id', 512, { re: /^[\x21-\x7e]+$/, what: 'an id of printable characters' }),
+      service: label(o, 'service'),
+      namespace: label(o, 'namespace'),
+      address: ip(o, 'address'),
+      port: int(o, 'port', 1, 65535),
+      portName: label(o, 'portName', 'http'),
+      color: label(o, 'color', 'default'),
+      weight: int(o, 'weight', 1, 1000, 1),
+      healthy: bool(o, 'healthy'),
+      healthReason: str(o, 'healthReason', 1024, { dflt: '' }),
+      origin: str(o, 'origin', 32, { re: /^[a-z0-9-]+$/, what: 'an origin name' }),
+      node: node(o, 'node'),
+      httpHosts: hosts as string[],
+      httpPath: str(o, 'httpPath', 1024, { dflt: '/', re: /^\/[^\s?#]*$/, what: 'a path prefix starting with "/"' }),
+      healthCheck: hc,
+      deploy: str(o, 'deploy', 16, { dflt: 'manual', re: /^(manual|auto)$/, what: 'manual or auto' }),
+      drainMs: int(o, 'drainMs', 0, 3_600_000, 10_000),
+      containerId: str(o, 'containerId', 256, { dflt: '' }),
+      containerName: str(o, 'containerName', 256, { dflt: '' }),
+      draining: bool(o, 'draining', false),
+      lbBalance,
+    };
+  }
+
+  service(v: unknown): Service {
+    const o = object(v, 'record');
+    return { namespace: label(o, 'namespace'), name: label(o, 'name'), active: colors(o, 'active'), previous: colors(o, 'previous') };
+  }
+
+  host(v: unknown): Host {
+    const o = object(v, 'record');
+    const block = str(o, 'block', 18, { dflt: '' });
+    if (block) this.block(block, 'block');
+    return {
+      name: node(o, 'name'),
+      block,
+      underlay: ip(o, 'underlay', { empty: true }),
+      publicKey: wgKey(o, 'publicKey'),
+      nextPublicKey: wgKey(o, 'nextPublicKey'),
+      version: str(o, 'version', 64, { dflt: '' }),
+      wgPort: int(o, 'wgPort', 0, 65535, 0),
+      mtu: int(o, 'mtu', 0, 65535, 0),
+      overlay: str(o, 'overlay', 16, { dflt: '', re: /^(kernel|wireguard-go)$/, what: 'kernel or wireguard-go' }),
+    };
+  }
+
+  status(v: unknown): HostStatus {
+    const o = object(v, 'record');
+    return {
+      name: node(o, 'name'),
+      appliedRevision: int(o, 'appliedRevision', 0, Number.MAX_SAFE_INTEGER),
+      reportedMs: int(o, 'reportedMs', 0, Number.MAX_SAFE_INTEGER),
+      version: str(o, 'version', 64, { dflt: '' }),
+      peers: int(o, 'peers', 0, 1_000_000, 0),
+      handshaken: int(o, 'handshaken', 0, 1_000_000, 0),
+      stale: int(o, 'stale', 0, 1_000_000, 0),
+      worstPeer: str(o, 'worstPeer', 253, { dflt: '', re: NODE, what: 'a host name' }),
+      worstHandshakeMs: int(o, 'worstHandshakeMs', 0, Number.MAX_SAFE_INTEGER, 0),
+    };
+  }
+
+  allocation(v: unknown): Allocation {
+    const o = object(v, 'record');
+    const address = ip(o, 'address');
+    if (!this.inCluster(address)) throw new InvalidRecord('address', `${address} is outside the cluster CIDR ${this.clusterCidr}`);
+    return {
+      address,
+      namespace: label(o, 'namespace'),
+      containerId: str(o, 'containerId', 256, { dflt: '' }),
+      ifname: str(o, 'ifname', 64, { dflt: '' }),
+      node: node(o, 'node'),
+      sinceMs: int(o, 'sinceMs', 0, Number.MAX_SAFE_INTEGER, 0),
+      name: str(o, 'name', 253, { dflt: '' }),
+    };
+  }
+
+  blockLease(v: unknown): { block: string; node: string; sinceMs: number } {
+    const o = object(v, 'record');
+    const block = str(o, 'block', 18);
+    this.block(block, 'block');
+    return { block, node: node(o, 'node'), sinceMs: int(o, 'sinceMs', 0, Number.MAX_SAFE_INTEGER, 0) };
+  }
+}
+
+function healthCheck(o: Obj): HealthCheck | null {
+  const hc: HealthCheck = {
+    path: str(o, 'path', 1024, { dflt: '' }),
+    tcp: bool(o, 'tcp', false),
+    intervalMs: int(o, 'intervalMs', 100, 3_600_000),
+    timeoutMs: int(o, 'timeoutMs', 10, 3_600_000),
+    rise: int(o, 'rise', 1, 100),
+    fall: int(o, 'fall', 1, 100),
+  };
+  if (hc.path && !hc.path.startsWith('/')) throw new InvalidRecord('healthCheck.path', `"${hc.path.slice(0, 80)}" does not start with "/"`);
+  return hc.tcp || hc.path ? hc : null;
+}
+
+function colors(o: Obj, field: string): Record<string, number> {
+  const m = object(o[field] ?? {}, field);
+  const out: Record<string, number> = {};
+  const entries = Object.entries(m);
+  if (entries.length > 64) throw new InvalidRecord(field, `${entries.length} colors, at most 64`);
+  for (const [c, w] of entries) {
+    if (!LABEL.test(c)) throw new InvalidRecord(field, `color "${c.slice(0, 80)}" is not a DNS label`);
+    if (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 100) throw new InvalidRecord(`${field}.${c}`, 'not a whole number from 0 to 100');
+    out[c] = w;
+  }
+  return out;
+}
+
+/** Who wrote a record, as far as the record says (for warnings); '' when it does not say. */
+export function writerOf(v: unknown): string {
+  if (typeof v !== 'object' || v === null) return '';
+  const o = v as Obj;
+  const w = typeof o.node === 'string' ? o.node : typeof o.name === 'string' ? o.name : '';
+  return NODE.test(w) ? w : '';
+}
