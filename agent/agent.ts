@@ -37,6 +37,8 @@ interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeo
 
 /** Recent watch events kept for consumers that reconnect (they resume instead of taking a snapshot). */
 const WATCH_HISTORY = 4096;
+/** Problem lines in `corral status` and `corral hosts` (a registry full of junk must not make the reply huge). */
+const PROBLEM_LINES = 100;
 
 export class Agent implements EndpointSink, AgentOps {
   readonly catalog: Catalog;
@@ -445,8 +447,17 @@ export class Agent implements EndpointSink, AgentOps {
     };
   }
 
+  /** Records not served, one line each, the first PROBLEM_LINES by key and a count of the rest. */
   private problemLines(): string[] {
-    return [...this.catalog.problems.values()].map((p) => `${p.key}: ${p.field}: ${p.problem} (written by ${p.writer || 'unknown'})`).sort();
+    const all = this.catalog.problems;
+    const lines: string[] = [];
+    for (const p of all.values()) {
+      lines.push(`${p.key}: ${p.field}: ${p.problem} (written by ${p.writer || 'unknown'})`);
+      if (lines.length === PROBLEM_LINES) break;
+    }
+    lines.sort();
+    if (all.size > PROBLEM_LINES) lines.push(`... and ${all.size - PROBLEM_LINES} more records not served (the agent's log names each once)`);
+    return lines;
   }
 
   /** `corral hosts`: every host's record with its last status report, read on demand (nobody watches reports). */
