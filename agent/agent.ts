@@ -93,6 +93,7 @@ export class Agent implements EndpointSink, AgentOps {
     await this.registry.open();
     this.loadFrom(await this.registry.range(PREFIX));
     this.watchRegistry();
+    this.registry.maintain?.(this.node, this.log.child({ part: 'registry' }));
     await this.cleanupAfterRestart();
     const block = await leaseBlock(this.registry, this.opts.clusterCidr, this.node);
     await this.startAttachments(block);

@@ -1,6 +1,8 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEtcd, type EtcdCluster } from '../../test/support/etcd.js';
+import { pino } from 'pino';
+import { Compactor, COMPACTOR_KEY } from './compaction.js';
 import { EtcdRegistry, parseEtcdSpec } from './etcd.js';
 import type { Registry } from './registry.js';
 import { registrySuite, until } from './registry.suite.js';
@@ -36,6 +38,29 @@ describe('etcd registry', () => {
       await (r as EtcdRegistry).compact(rev);
       return r;
     },
+  });
+
+  it('lets one agent of the fleet compact history to one interval ago, and another take over when it goes', async () => {
+    const log = pino({ level: 'silent' });
+    const a = await client({ leaseTtlS: 2 });
+    const b = await client();
+    const ca = new Compactor(a as EtcdRegistry, 'a', 60_000, log);
+    const cb = new Compactor(b as EtcdRegistry, 'b', 60_000, log);
+    await a.txn([{ put: '/corral/services/default/web', value: '1' }]);
+    const first = (await a.range('/')).revision;
+    expect(await ca.round()).toBe(true);   // takes the post, remembers the revision
+    expect(await cb.round()).toBe(false);  // the post is held: only a read
+    await a.txn([{ put: '/corral/services/default/web', value: '2' }]);
+    expect(await ca.round()).toBe(true);   // compacts to the revision of the previous round
+    expect(ca.compactions).toBe(1);
+    await expect(admin.kv.range({ key: Buffer.from('/corral/services/default/web'), revision: String(first - 1) })).rejects.toThrow(/compacted/);
+    expect((await admin.kv.range({ key: Buffer.from('/corral/services/default/web'), revision: String(first) })).kvs[0]!.value.toString()).toBe('1');
+    // The compacting agent dies: its post goes with its lease, and another agent takes it.
+    (a as EtcdRegistry).compactor = undefined;
+    await a.close();
+    await until(async () => (await admin.get(COMPACTOR_KEY).string()) === null, 8000);
+    expect(await cb.round()).toBe(true);
+    expect(await admin.get(COMPACTOR_KEY).string()).toBe('b');
   });
 
   it('parses --registry etcd:// lists and says what it accepts', () => {

@@ -7,6 +7,8 @@ import { readFileSync } from 'node:fs';
 import { Etcd3, type IOptions, type Lease, type Watcher } from 'etcd3';
 import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, RegistryHealth, TxnOp } from './registry.js';
 import { RegistryError } from './registry.js';
+import type { Logger } from '../../api/log.js';
+import { Compactor } from './compaction.js';
 
 export interface EtcdTls {
   ca: string;     // PEM file paths
@@ -20,6 +22,8 @@ export interface EtcdOptions {
   leaseTtlS?: number;          // default 10
   /** How long an RPC may wait for a reachable member before failing (default 5 s). */
   rpcTimeoutMs?: number;
+  /** How often history is compacted, and how much is kept (default 5 min). */
+  compactEveryMs?: number;
 }
 
 /** "etcd://h1:2379,h2:2379" -> ["h1:2379", "h2:2379"]; throws with what is accepted. */
@@ -66,6 +70,7 @@ export class EtcdRegistry implements Registry {
   private failError = '';
   private readonly ttl: number;
   private readonly timeoutMs: number;
+  compactor: Compactor | undefined;
 
   constructor(private readonly opts: EtcdOptions) {
     this.ttl = opts.leaseTtlS ?? 10;
@@ -115,8 +120,15 @@ export class EtcdRegistry implements Registry {
     return undefined;
   }
 
+  /** One agent of the fleet compacts etcd's history (compaction.ts). */
+  maintain(node: string, log: Logger): void {
+    this.compactor ??= new Compactor(this, node, this.opts.compactEveryMs ?? 300_000, log);
+    this.compactor.start();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
+    this.compactor?.stop();
     for (const w of this.watchers) void w.cancel().catch(() => {});
     this.watchers.clear();
     // A clean stop leaves the ephemeral records to expire with the lease: a restart within the

@@ -1,5 +1,6 @@
 // The registry seam: a revisioned key-value store, the shape etcd has. Two implementations:
 // embedded (one host, state on disk) and etcd (many hosts). Callers never branch on which.
+import type { Logger } from '../../api/log.js';
 
 export interface KeyValue {
   key: string;
@@ -55,6 +56,11 @@ export interface Registry {
   watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void;
   /** Whether the registry can be reached now; when not, what this process holds is stale. */
   health(): RegistryHealth;
+  /**
+   * Starts what keeps the store healthy over time, shared with the other hosts (etcd: one elected
+   * agent compacts old revisions); the embedded registry bounds its own history and needs none.
+   */
+  maintain?(node: string, log: Logger): void;
 }
 
 export interface RegistryHealth {
