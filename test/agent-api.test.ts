@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentClient, grpc } from '../api/grpc.js';
 import { AgentWatch } from '../api/watch.js';
 import type { WatchEvent } from '../api/types.js';
 import { corral, startDaemon, type Daemon } from './support/corral.js';
@@ -99,6 +100,46 @@ for (const registry of ['embedded', 'etcd'] as const) describe(`corral agent API
       await until(async () => json((await agent.cli(['status', '--json'])).stdout).components.some((c: { component: string; appliedRevision: number }) => c.component === 'test' && c.appliedRevision >= r.revision));
     } finally {
       w.close();
+    }
+  });
+
+  it('sends a watcher only the record kinds it asks for, and resumes a watch after its last revision without a snapshot', async () => {
+    const client = agentClient(agent.socket);
+    // The first events of a raw watch, until one at `until` arrives.
+    const firstEvents = (req: object, atRevision: number) => new Promise<WatchEvent[]>((resolve, reject) => {
+      const got: WatchEvent[] = [];
+      const call = client.Watch(req) as grpc.ClientReadableStream<WatchEvent>;
+      call.on('data', (ev: WatchEvent) => {
+        got.push(ev);
+        if (ev.revision >= atRevision) {
+          call.cancel();
+          resolve(got);
+        }
+      });
+      call.on('error', (err: grpc.ServiceError) => err.code !== grpc.status.CANCELLED && reject(err));
+    });
+    try {
+      const all = json((await agent.cli(['status', '--json'])).stdout).revision as number;
+      const [full] = await firstEvents({ component: 'cli' }, 0);
+      expect(full!.snapshot).toBe(true);
+      expect(full!.hosts.map((h) => h.name)).toContain(json((await agent.cli(['status', '--json'])).stdout).node);
+      const [lbView] = await firstEvents({ component: 'cli', kinds: ['endpoints', 'services'] }, 0);
+      expect(lbView).toMatchObject({ snapshot: true, revision: all, hosts: [], allocations: [] });
+      expect(lbView!.endpoints.length).toBeGreaterThan(0);
+
+      const r1 = json((await agent.cli(['register', 'resume1', '127.0.0.21:80', '--json'])).stdout).revision as number;
+      const r2 = json((await agent.cli(['register', 'resume2', '127.0.0.22:80', '--json'])).stdout).revision as number;
+      const resumed = await firstEvents({ component: 'cli', kinds: ['endpoints', 'services'], fromRevision: r1 }, r2);
+      expect(resumed).toHaveLength(1);
+      expect(resumed[0]).toMatchObject({ snapshot: false, revision: r2 });
+      expect(resumed[0]!.endpoints.map((e) => e.service)).toEqual(['resume2']);
+      // Nothing changed since: one empty event at the current revision says "in sync".
+      expect(await firstEvents({ component: 'cli', fromRevision: r2 }, r2)).toEqual([expect.objectContaining({ snapshot: false, revision: r2, endpoints: [], services: [] })]);
+      // A revision the agent never had (another registry, or history gone): a snapshot.
+      const [fresh] = await firstEvents({ component: 'cli', fromRevision: r2 + 1_000_000 }, 0);
+      expect(fresh!.snapshot).toBe(true);
+    } finally {
+      client.close();
     }
   });
 
