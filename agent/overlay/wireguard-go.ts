@@ -18,6 +18,8 @@ import { linkExists } from './link.js';
 import { OverlayError, type DeviceConfig, type PeerChange, type PeerState, type WireGuardDevice } from './overlay.js';
 
 export const UAPI_DIR = '/var/run/wireguard';
+const UAPI_TIMEOUT_MS = 3000;
+const UAPI_MS_PER_PEER = 20;
 
 const hex = (b64: string) => Buffer.from(b64, 'base64').toString('hex');
 const b64 = (hx: string) => Buffer.from(hx, 'hex').toString('base64');
@@ -154,15 +156,18 @@ export class WireGuardGo implements WireGuardDevice {
   }
 
   private async uapiSet(lines: string[]): Promise<void> {
-    await this.uapi(`set=1\n${lines.join('\n')}\n\n`);
+    // wireguard-go starts a handshake for each peer it is given (~3.5 ms each on 2 shared cores):
+    // a batch of 1,000 takes seconds, so the deadline grows with the batch.
+    const peers = lines.reduce((n, l) => (l.startsWith('public_key=') ? n + 1 : n), 0);
+    await this.uapi(`set=1\n${lines.join('\n')}\n\n`, UAPI_TIMEOUT_MS + peers * UAPI_MS_PER_PEER);
   }
 
   /** One request on a fresh connection; resolves with the reply once "errno=N" and the blank line arrive. */
-  private uapi(request: string): Promise<string> {
+  private uapi(request: string, timeoutMs = UAPI_TIMEOUT_MS): Promise<string> {
     return new Promise((resolve, reject) => {
       const sock = connect(this.socketPath);
       let buf = '';
-      const timer = setTimeout(() => sock.destroy(new Error('UAPI timeout')), 3000);
+      const timer = setTimeout(() => sock.destroy(new Error(`UAPI timeout after ${timeoutMs} ms`)), timeoutMs);
       sock.setEncoding('utf8');
       sock.on('connect', () => sock.write(request));
       sock.on('data', (d: string) => {
