@@ -12,7 +12,7 @@ import type {
   Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
   RollbackRequest, RotateKeysReply, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
-import { emptyEvent, RECORD_KINDS, serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type RecordKindName, type WatchRequest } from '../api/types.js';
+import { serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
 import { InvalidRecord, MAX_RECORD_BYTES } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
@@ -29,27 +29,20 @@ import * as v from './endpoints.js';
 import { AutoDeploy } from './deploy.js';
 import { HealthChecker } from './health.js';
 import { Mesh } from './mesh.js';
+import { Watchers } from './watchers.js';
 import { registryFor } from './registry/index.js';
 import type { Registry, TxnOp } from './registry/registry.js';
 import type { EndpointSink } from './sink.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
 
-/** Recent watch events kept for consumers that reconnect (they resume instead of taking a snapshot). */
-const WATCH_HISTORY = 4096;
 /** Problem lines in `corral status` and `corral hosts` (a registry full of junk must not make the reply huge). */
 const PROBLEM_LINES = 100;
 
 export class Agent implements EndpointSink, AgentOps {
   readonly catalog: Catalog;
-  /** Events after historyFloor, in order: what a reconnecting watcher can resume from. */
-  private readonly history: WatchEvent[] = [];
-  private historyFloor = 0;
-  /** The newest revision that carried records of each kind (for which revision a filtered watcher has effectively applied). */
-  private readonly lastRevisionOf = new Map<RecordKindName, number>();
+  private readonly watchers: Watchers;
   private readonly registry: Registry;
-  private readonly subscribers = new Set<(ev: WatchEvent) => void>();
-  private readonly components = new Map<string, { applied: number; watchers: number; kinds: readonly RecordKindName[] }>();
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
   private readonly revisionWaiters = new Set<RevisionWaiter>();
   private readonly health: HealthChecker;
@@ -68,6 +61,7 @@ export class Agent implements EndpointSink, AgentOps {
   constructor(private readonly opts: DaemonOptions, private readonly log: Logger) {
     const m = opts.mesh;
     this.catalog = new Catalog(opts.clusterCidr, (p) => log.warn({ key: p.key, field: p.field, problem: p.problem, writer: p.writer || 'unknown' }, 'registry record not served: it is invalid or conflicts with an older one'));
+    this.watchers = new Watchers(this.catalog);
     this.registry = registryFor(opts.registry, opts.stateDir, { leaseTtlS: m.leaseTtlS, tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined });
     this.health = new HealthChecker(this, log);
     this.deploy = new AutoDeploy(this, log);
@@ -142,9 +136,7 @@ export class Agent implements EndpointSink, AgentOps {
 
   private loadFrom(r: Awaited<ReturnType<Registry['range']>>): WatchEvent {
     const ev = this.catalog.load(r);
-    this.history.length = 0;
-    this.historyFloor = ev.revision;
-    for (const k of RECORD_KINDS) this.lastRevisionOf.set(k, ev.revision);
+    this.watchers.reset(ev.revision);
     this.revisionGauge.set(ev.revision);
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
@@ -217,12 +209,7 @@ export class Agent implements EndpointSink, AgentOps {
   }
 
   private broadcast(ev: WatchEvent): void {
-    if (!ev.snapshot) {
-      this.history.push(ev);
-      if (this.history.length > WATCH_HISTORY) this.historyFloor = this.history.shift()!.revision;
-      for (const k of RECORD_KINDS) if (carries(ev, k)) this.lastRevisionOf.set(k, ev.revision);
-    }
-    for (const fn of this.subscribers) fn(ev);
+    this.watchers.broadcast(ev);
   }
 
   /** Endpoints this node left draining, or Docker endpoints it can no longer see, go now. */
@@ -365,55 +352,16 @@ export class Agent implements EndpointSink, AgentOps {
 
   // ---- AgentOps (the gRPC API) ----
 
-  /**
-   * A watch: the first events (a snapshot, or the deltas after fromRevision when the history still
-   * holds them, closed by one at the current revision), then every later event, each cut to the
-   * asked kinds; events with nothing of those kinds are not sent.
-   */
   watch(req: WatchRequest, send: (ev: WatchEvent) => void): () => void {
-    const kinds = watchKinds(req.kinds);
-    const from = req.fromRevision ?? 0;
-    if (from > 0 && from >= this.historyFloor && from <= this.catalog.revision) {
-      let last = 0;
-      for (const ev of this.history) {
-        if (ev.revision <= from) continue;
-        const cut = only(ev, kinds);
-        if (cut) send(cut);
-        last = ev.revision;
-      }
-      if (last !== this.catalog.revision) send(emptyEvent(this.catalog.revision, false));
-    } else {
-      send(only(this.catalog.snapshot(), kinds)!);
-    }
-    const fn = (ev: WatchEvent) => {
-      const cut = only(ev, kinds);
-      if (cut) send(cut);
-    };
-    this.subscribers.add(fn);
-    return () => this.subscribers.delete(fn);
+    return this.watchers.watch(req, send);
   }
 
   ack(component: string, revision: number): void {
-    const c = this.components.get(component) ?? { applied: 0, watchers: 0, kinds: RECORD_KINDS };
-    c.applied = Math.max(c.applied, revision);
-    this.components.set(component, c);
+    this.watchers.ack(component, revision);
   }
 
   watching(component: string, delta: 1 | -1, kinds?: string[]): void {
-    const c = this.components.get(component) ?? { applied: 0, watchers: 0, kinds: RECORD_KINDS };
-    c.watchers = Math.max(0, c.watchers + delta);
-    if (delta > 0) c.kinds = watchKinds(kinds);
-    this.components.set(component, c);
-  }
-
-  /**
-   * What a component has applied, as a registry revision: a watcher that has applied every event
-   * of its kinds serves the current revision, although revisions of other kinds never reach it.
-   */
-  private effectiveApplied(c: { applied: number; kinds: readonly RecordKindName[] }): number {
-    let relevant = 0;
-    for (const k of c.kinds) relevant = Math.max(relevant, this.lastRevisionOf.get(k) ?? 0);
-    return c.applied >= relevant ? Math.max(c.applied, this.catalog.revision) : c.applied;
+    this.watchers.watching(component, delta, kinds);
   }
 
   async list(req: ListRequest): Promise<ListReply> {
@@ -437,7 +385,7 @@ export class Agent implements EndpointSink, AgentOps {
       registry: this.registry.kind,
       revision: this.catalog.revision,
       appliedRevision: this.mesh ? this.mesh.appliedRevision : this.catalog.revision,
-      components: [...this.components].filter(([c]) => c !== 'cli').map(([component, c]) => ({ component, appliedRevision: this.effectiveApplied(c), connected: c.watchers > 0 })),
+      components: this.watchers.status(),
       dockerConnected: this.docker?.connected ?? false,
       dockerError: this.docker ? (this.docker.lastError ?? '') : this.opts.dockerSocket ? `no Docker socket at ${this.opts.dockerSocket}` : 'Docker disabled',
       services: this.catalog.services.size,
@@ -582,30 +530,4 @@ function healthCheckFrom(hc: HealthCheck | null): HealthCheck | null {
     rise: hc.rise || v.HEALTH_DEFAULTS.rise,
     fall: hc.fall || v.HEALTH_DEFAULTS.fall,
   };
-}
-
-function watchKinds(kinds: string[] | undefined): readonly RecordKindName[] {
-  if (!kinds || kinds.length === 0) return RECORD_KINDS;
-  return RECORD_KINDS.filter((k) => kinds.includes(k));
-}
-
-function carries(ev: WatchEvent, k: RecordKindName): boolean {
-  switch (k) {
-    case 'endpoints': return ev.endpoints.length > 0 || ev.deletedEndpoints.length > 0;
-    case 'services': return ev.services.length > 0 || ev.deletedServices.length > 0;
-    case 'hosts': return ev.hosts.length > 0 || ev.deletedHosts.length > 0;
-    case 'allocations': return ev.allocations.length > 0 || ev.deletedAllocations.length > 0;
-  }
-}
-
-/** The event cut to these kinds; undefined for a delta that carries none of them. */
-function only(ev: WatchEvent, kinds: readonly RecordKindName[]): WatchEvent | undefined {
-  if (kinds.length === RECORD_KINDS.length) return ev;
-  if (!ev.snapshot && !kinds.some((k) => carries(ev, k))) return undefined;
-  const out = emptyEvent(ev.revision, ev.snapshot);
-  if (kinds.includes('endpoints')) [out.endpoints, out.deletedEndpoints] = [ev.endpoints, ev.deletedEndpoints];
-  if (kinds.includes('services')) [out.services, out.deletedServices] = [ev.services, ev.deletedServices];
-  if (kinds.includes('hosts')) [out.hosts, out.deletedHosts] = [ev.hosts, ev.deletedHosts];
-  if (kinds.includes('allocations')) [out.allocations, out.deletedAllocations] = [ev.allocations, ev.deletedAllocations];
-  return out;
 }
