@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
 import { Netns, run } from '../test/support/netns.js';
-import { parseDigOutput, type DigResult } from './harness.js';
+import { parseDigOutput, type DigResult } from '../test/support/dns.js';
 import { blockGateway } from './gateways.js';
 
 let agent: Daemon;

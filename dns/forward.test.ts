@@ -4,7 +4,7 @@ import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions, type DaemonOptions } from '../api/options.js';
-import { dig, freePort, kdig, startUnbound, type Unbound } from './harness.js';
+import { dig, freePort, kdig, startUnbound, type Unbound } from '../test/support/dns.js';
 import { runDns, type RunningDns } from './main.js';
 import { buildQuery, parseQuery, PARSE_OK, Query } from './wire.js';
 

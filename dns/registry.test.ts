@@ -4,7 +4,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
-import { freePort } from './harness.js';
+import { freePort } from '../test/support/dns.js';
 import { buildQuery, skipName, TYPE } from './wire.js';
 
 let agent: Daemon;

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import type { Endpoint, EndpointReply, RegisterRequest } from '../api/types.js';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, cliOk, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from '../test/support/lb.js';
 
 let agent: Daemon;
 let lb: Daemon;

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { freePort, startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, cliOk, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from '../test/support/lb.js';
 import { untilOk } from '../test/support/until.js';
 
 const run = promisify(execFile);

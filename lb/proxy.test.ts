@@ -9,7 +9,7 @@ import type { WatchEvent } from '../api/types.js';
 import { LbMetrics } from './metrics.js';
 import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, deadPort, delta, endpoint, service, snapshot, startBackends } from './testbed.js';
+import { Backend, backendEndpoint, deadPort, delta, endpoint, service, snapshot, startBackends } from '../test/support/lb.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 
 const run = promisify(execFile);

@@ -18,7 +18,7 @@ import { LbMetrics } from './metrics.js';
 import { PassiveHealth } from './outliers.js';
 import { Proxy, type ProxyOptions } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, endpoint, snapshot, delta, startBackends } from './testbed.js';
+import { Backend, backendEndpoint, endpoint, snapshot, delta, startBackends } from '../test/support/lb.js';
 import { CertificateStore } from './tls.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 

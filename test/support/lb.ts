@@ -5,9 +5,9 @@ import type { AddressInfo } from 'node:net';
 import { Writable, type Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { expect } from 'vitest';
-import type { Endpoint, Service, WatchEvent } from '../api/types.js';
-import { emptyEvent } from '../api/types.js';
-import type { Daemon } from '../test/support/corral.js';
+import type { Endpoint, Service, WatchEvent } from '../../api/types.js';
+import { emptyEvent } from '../../api/types.js';
+import type { Daemon } from './corral.js';
 
 /** A backend that answers with its own name and color; see `handle` for the paths it knows. */
 export class Backend {
