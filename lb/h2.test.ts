@@ -16,7 +16,8 @@ import { MAX_STREAMS, requestHead } from './h2.js';
 import { LbMetrics } from './metrics.js';
 import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, endpoint, snapshot, startBackends } from '../test/support/lb.js';
+import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
+import { endpoint, snapshot } from '../test/support/records.js';
 import { CertificateStore } from './tls.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 

@@ -9,7 +9,8 @@ import type { WatchEvent } from '../api/types.js';
 import { LbMetrics } from './metrics.js';
 import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, deadPort, delta, endpoint, service, snapshot, startBackends } from '../test/support/lb.js';
+import { Backend, backendEndpoint, deadPort, startBackends } from '../test/support/lb.js';
+import { delta, endpoint, service, snapshot } from '../test/support/records.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 
 const run = promisify(execFile);

@@ -18,7 +18,8 @@ import { LbMetrics } from './metrics.js';
 import { PassiveHealth } from './outliers.js';
 import { Proxy, type ProxyOptions } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, endpoint, snapshot, delta, startBackends } from '../test/support/lb.js';
+import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
+import { delta, endpoint, snapshot } from '../test/support/records.js';
 import { CertificateStore } from './tls.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 

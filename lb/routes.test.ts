@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { SmoothWeightedRoundRobin } from './balancer.js';
 import { RouteTable, normalizeHost, normalizePath } from './routes.js';
-import { capturingLogger, delta, endpoint, service, snapshot } from '../test/support/lb.js';
+import { capturingLogger } from '../test/support/lb.js';
+import { delta, endpoint, service, snapshot } from '../test/support/records.js';
 
 const owner = (t: RouteTable, host: string, path = '/') => t.lookup(normalizeHost(host), path)?.key;
 

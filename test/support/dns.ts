@@ -5,8 +5,6 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Endpoint, WatchEvent } from '../../api/types.js';
-import { emptyEvent } from '../../api/types.js';
 import { makeLogger } from '../../api/log.js';
 import { defaultOptions } from '../../api/options.js';
 import { childEnv, freePort } from './corral.js';
@@ -129,24 +127,6 @@ export async function startUnbound(localData: string[], opts: { localZones?: str
   }
   await stop();
   throw new Error(`unbound did not start: ${stderr}`);
-}
-
-/** An endpoint record as the agent would send it. */
-export function endpoint(over: Partial<Endpoint> & { address: string }): Endpoint {
-  const service = over.service ?? 'web';
-  const namespace = over.namespace ?? 'default';
-  const port = over.port ?? 8080;
-  return {
-    id: `manual:${namespace}:${service}:${over.address}:${port}`,
-    service, namespace, port,
-    portName: 'http', color: 'default', weight: 1, healthy: true, healthReason: '', origin: 'manual', node: 'test',
-    httpHosts: [], httpPath: '/', healthCheck: null, deploy: 'manual', drainMs: 0, containerId: '', containerName: '', draining: false,
-    ...over,
-  };
-}
-
-export function watchEvent(over: Partial<WatchEvent>): WatchEvent {
-  return { ...emptyEvent(1, false), ...over };
 }
 
 /**
