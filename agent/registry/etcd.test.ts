@@ -3,7 +3,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEtcd, type EtcdCluster } from '../../test/support/etcd.js';
 import { EtcdRegistry, parseEtcdSpec } from './etcd.js';
 import type { Registry } from './registry.js';
-import { registrySuite, until } from './registry.suite.js';
+import { until } from '../../test/support/until.js';
+import { registrySuite } from './registry.suite.js';
+
+/** Watch and connection state, polled closely. */
+const SOON = { ms: 10_000, everyMs: 20 };
 
 describe('etcd registry', () => {
   let etcd: EtcdCluster;
@@ -58,7 +62,7 @@ describe('etcd registry', () => {
     watcher.watch('/corral/', base, (b) => b.events.forEach((e) => e.type === 'delete' && deleted.push(e.key)), () => {});
     const t0 = Date.now();
     await dying.close(); // like kill -9: the lease is not revoked, it runs out
-    await until(() => deleted.includes('/corral/hosts/h1'), 8000);
+    await until('the dead client\'s record deleted', () => deleted.includes('/corral/hosts/h1'), { ms: 8000, everyMs: 20 });
     expect(Date.now() - t0).toBeLessThan(2000 + 2000);
     expect((await watcher.range('/corral/')).kvs.map((k) => k.key)).toEqual(['/corral/services/default/web']);
   });
@@ -71,7 +75,7 @@ describe('etcd registry', () => {
     expect(lease).not.toBe('0');
     await admin.leaseClient.leaseRevoke({ ID: lease });
     expect((await admin.get('/corral/hosts/h1').string())).toBeNull();
-    await until(async () => (await admin.get('/corral/hosts/h1').string()) === '{"name":"h1"}', 8000);
+    await until('the record back', async () => (await admin.get('/corral/hosts/h1').string()) === '{"name":"h1"}', { ms: 8000, everyMs: 20 });
     expect((await admin.kv.range({ key: Buffer.from('/corral/hosts/h1') })).kvs[0]!.lease).not.toBe(lease);
   });
 
@@ -82,9 +86,9 @@ describe('etcd registry', () => {
     let reset = false;
     r.watch('/corral/', base, (b) => seen.push(b.revision), () => (reset = true));
     const rev1 = (await r.txn([{ put: '/corral/a', value: '1' }]))!;
-    await until(() => seen.includes(rev1));
+    await until('the first put seen', () => seen.includes(rev1), SOON);
     await etcd.members[0]!.stop();
-    await until(() => !r.health().connected, 10_000).catch(async () => {
+    await until('disconnected', () => !r.health().connected, SOON).catch(async () => {
       await r.range('/').catch(() => {}); // an RPC notices the loss even before the stream does
       expect(r.health().connected).toBe(false);
     });
@@ -92,9 +96,9 @@ describe('etcd registry', () => {
     await etcd.members[0]!.start();
     const other = await client();
     const rev2 = (await other.txn([{ put: '/corral/b', value: '2' }]))!;
-    await until(() => seen.includes(rev2), 15_000);
+    await until('the put made while it was down seen', () => seen.includes(rev2), { ms: 15_000, everyMs: 20 });
     expect(seen).toEqual([rev1, rev2]);
     expect(reset).toBe(false);
-    await until(() => r.health().connected);
+    await until('connected again', () => r.health().connected, SOON);
   });
 });
