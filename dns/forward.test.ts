@@ -176,10 +176,8 @@ describe('upstream health', () => {
       for (let i = 0; i < 3; i++) expect((await dig(port, `n${i}.example.test`, 'A')).answer.map((a) => a.data)).toEqual([`127.0.1.${i}`]);
       expect(flaky.asked.filter((n) => n.startsWith('n'))).toHaveLength(3);
       expect(await metricsOf(dns)).toContain(`corral_dns_upstream_up{upstream="127.0.0.1:${flaky.port}"} 0`);
-      // Now skipped: answered at once by unbound, the silent one is not asked.
-      const t0 = performance.now();
+      // Now skipped: unbound answers, and the silent one is not asked.
       expect((await dig(port, 'n3.example.test', 'A')).answer.map((a) => a.data)).toEqual(['127.0.1.3']);
-      expect(performance.now() - t0).toBeLessThan(300);
       expect(flaky.asked.filter((n) => n.startsWith('n'))).toHaveLength(3);
       // It recovers: the next probe (1 s after it went down) gets a reply and it is used again.
       flaky.mode = 'answer';
