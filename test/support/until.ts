@@ -15,7 +15,8 @@ export interface UntilOptions {
  * counts as "not yet". Past `ms`, fails naming what it waited for and the last error.
  */
 export async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, o: UntilOptions = {}): Promise<T> {
-  const deadline = Date.now() + (o.ms ?? 15_000);
+  const ms = o.ms ?? 15_000;
+  const deadline = Date.now() + ms;
   let lastError: unknown;
   for (;;) {
     try {
@@ -27,7 +28,7 @@ export async function until<T>(what: string, fn: () => T | undefined | false | P
     }
     if (Date.now() > deadline) {
       const last = lastError === undefined ? '' : ` (last error: ${(lastError as Error).message ?? String(lastError)})`;
-      throw new Error(`timed out after ${o.ms ?? 15_000} ms waiting for ${what}${last}${o.detail ? `\n${await o.detail()}` : ''}`);
+      throw new Error(`timed out after ${ms} ms waiting for ${what}${last}${o.detail ? `\n${await o.detail()}` : ''}`);
     }
     await new Promise((r) => setTimeout(r, o.everyMs ?? 200));
   }
