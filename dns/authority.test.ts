@@ -5,7 +5,8 @@ import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions } from '../api/options.js';
-import { dig, endpoint, freePort, kdig, watchEvent } from './harness.js';
+import { dig, freePort, kdig } from '../test/support/dns.js';
+import { endpoint, watchEvent } from '../test/support/records.js';
 import { runDns, type RunningDns } from './main.js';
 import { buildQuery } from './wire.js';
 

@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
 import { Netns, run } from '../test/support/netns.js';
-import { parseDigOutput, type DigResult } from './harness.js';
+import { parseDigOutput, type DigResult } from '../test/support/dns.js';
+import { until } from '../test/support/until.js';
 import { blockGateway } from './gateways.js';
 
 let agent: Daemon;
@@ -60,11 +61,10 @@ describe('block gateway listener', () => {
     const before = await digFrom(`${prefix}.20`, gateway, 53, 'web.default.corral.internal', 'A');
     expect(before.status).toBe('NONE'); // no route, nothing listening
     await host.exec('ip', ['addr', 'add', `${gateway}/24`, 'dev', 'vdh']);
-    const deadline = Date.now() + 10_000;
-    let r: DigResult;
-    do {
-      r = await digFrom(`${prefix}.20`, gateway, 53, 'web.default.corral.internal', 'A', '+time=1');
-    } while (r.status !== 'NOERROR' && Date.now() < deadline);
+    const r = await until('an answer on the new gateway address', async () => {
+      const d = await digFrom(`${prefix}.20`, gateway, 53, 'web.default.corral.internal', 'A', '+time=1');
+      return d.status === 'NOERROR' ? d : undefined;
+    }, { ms: 10_000, everyMs: 100 });
     expect(r.answer.map((a) => a.data)).toEqual([`${prefix}.50`]);
     const tcp = await digFrom(`${prefix}.20`, gateway, 53, 'web.default.corral.internal', 'A', '+tcp');
     expect(tcp.answer.map((a) => a.data)).toEqual([`${prefix}.50`]);

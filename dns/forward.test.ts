@@ -4,7 +4,8 @@ import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions, type DaemonOptions } from '../api/options.js';
-import { dig, freePort, kdig, startUnbound, type Unbound } from './harness.js';
+import { dig, freePort, kdig, startUnbound, type Unbound } from '../test/support/dns.js';
+import { until } from '../test/support/until.js';
 import { runDns, type RunningDns } from './main.js';
 import { buildQuery, parseQuery, PARSE_OK, Query } from './wire.js';
 
@@ -175,18 +176,12 @@ describe('upstream health', () => {
       for (let i = 0; i < 3; i++) expect((await dig(port, `n${i}.example.test`, 'A')).answer.map((a) => a.data)).toEqual([`127.0.1.${i}`]);
       expect(flaky.asked.filter((n) => n.startsWith('n'))).toHaveLength(3);
       expect(await metricsOf(dns)).toContain(`corral_dns_upstream_up{upstream="127.0.0.1:${flaky.port}"} 0`);
-      // Now skipped: answered at once by unbound, the silent one is not asked.
-      const t0 = performance.now();
+      // Now skipped: unbound answers, and the silent one is not asked.
       expect((await dig(port, 'n3.example.test', 'A')).answer.map((a) => a.data)).toEqual(['127.0.1.3']);
-      expect(performance.now() - t0).toBeLessThan(300);
       expect(flaky.asked.filter((n) => n.startsWith('n'))).toHaveLength(3);
       // It recovers: the next probe (1 s after it went down) gets a reply and it is used again.
       flaky.mode = 'answer';
-      const deadline = Date.now() + 5000;
-      while (!(await metricsOf(dns)).includes(`corral_dns_upstream_up{upstream="127.0.0.1:${flaky.port}"} 1`)) {
-        expect(Date.now()).toBeLessThan(deadline);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await until('the upstream up again', async () => (await metricsOf(dns)).includes(`corral_dns_upstream_up{upstream="127.0.0.1:${flaky.port}"} 1`), { ms: 5_000, everyMs: 100 });
       expect(flaky.asked).toContain(''); // the probe: ". NS"
       expect((await dig(port, 'n4.example.test', 'A')).answer.map((a) => a.data)).toEqual(['127.0.0.99']);
     } finally {

@@ -5,7 +5,8 @@
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dig, endpoint, kdig, startStandaloneDns, watchEvent } from './harness.js';
+import { dig, kdig, startStandaloneDns } from '../test/support/dns.js';
+import { endpoint, watchEvent } from '../test/support/records.js';
 import type { RunningDns } from './main.js';
 import { buildQuery, TYPE } from './wire.js';
 

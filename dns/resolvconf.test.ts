@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corralCni } from '../test/support/cni.js';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
 import { Netns } from '../test/support/netns.js';
+import { until } from '../test/support/until.js';
 
 let host: Netns;
 let agent: Daemon;
@@ -69,13 +70,11 @@ describe('resolution through the CNI-provided resolv.conf', () => {
     expect(prod.nameserver).toMatch(/^10\.42\.\d+\.1$/);
 
     // DNS binds the gateway once the agent has brought it up (at the first ADD): wait for it.
-    const deadline = Date.now() + 15_000;
-    let r = await nslookup(prod, 'web');
-    while (!r.ok && Date.now() < deadline) {
-      await new Promise((res) => setTimeout(res, 300));
-      r = await nslookup(prod, 'web');
-    }
-    expect(r.ok, r.out).toBe(true);
+    const r = await until('DNS on the gateway', async () => {
+      const l = await nslookup(prod, 'web');
+      if (!l.ok) throw new Error(l.out);
+      return l;
+    }, { ms: 15_000, everyMs: 300 });
     expect(answers(r.out), r.out).toEqual(['10.42.0.200']);
     expect(answers((await nslookup(dev, 'web')).out)).toEqual(['10.42.0.201']);
 

@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions } from '../api/options.js';
 import type { Allocation } from '../api/types.js';
-import { dig, endpoint, freePort, kdig, startStandaloneDns, watchEvent } from './harness.js';
+import { dig, freePort, kdig, startStandaloneDns } from '../test/support/dns.js';
+import { endpoint, watchEvent } from '../test/support/records.js';
 import { runDns, type RunningDns } from './main.js';
 import { buildQuery } from './wire.js';
 

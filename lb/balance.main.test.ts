@@ -6,7 +6,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import type { Endpoint, EndpointReply, RegisterRequest } from '../api/types.js';
 import { startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, cliOk, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from '../test/support/lb.js';
+import { untilOk } from '../test/support/until.js';
 
 let agent: Daemon;
 let lb: Daemon;
@@ -40,12 +41,8 @@ async function lbStatus(): Promise<{ revision: number; balance: string; balancer
   return JSON.parse(await res.body.text()) as { revision: number; balance: string; balancers: Record<string, number>; threads: number };
 }
 
-async function untilApplied(revision: number): Promise<void> {
-  const end = Date.now() + 10_000;
-  while ((await lbStatus()).revision < revision) {
-    if (Date.now() > end) throw new Error(`lb did not apply revision ${revision}\n--- lb ---\n${lb.logs().slice(-2000)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+function untilApplied(revision: number): Promise<unknown> {
+  return untilOk(`lb applied revision ${revision}`, lbStatus, (st) => st.revision >= revision, { ms: 10_000, everyMs: 20, detail: () => `--- lb ---\n${lb.logs().slice(-2000)}` });
 }
 
 /**

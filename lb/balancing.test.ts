@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import type { Endpoint } from '../api/types.js';
 import { balancerFor, LeastRequest, SmoothWeightedRoundRobin, type Peer, type PeerState, type PeerStateOf } from './balancer.js';
 import { RouteTable } from './routes.js';
-import { capturingLogger, delta, endpoint, snapshot } from './testbed.js';
+import { capturingLogger } from '../test/support/lb.js';
+import { delta, endpoint, snapshot } from '../test/support/records.js';
 
 /** Like the LB's passive-health registry: one state object per origin, shared by every Peer for it. */
 function perOriginState(): PeerStateOf {

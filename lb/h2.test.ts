@@ -16,7 +16,9 @@ import { MAX_STREAMS, requestHead } from './h2.js';
 import { LbMetrics } from './metrics.js';
 import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, endpoint, snapshot, startBackends } from './testbed.js';
+import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
+import { endpoint, snapshot } from '../test/support/records.js';
+import { until } from '../test/support/until.js';
 import { CertificateStore } from './tls.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 
@@ -172,9 +174,7 @@ describe('HTTP/2 clients', () => {
     await arrived;
     expect(b.inFlight).toBe(1);
     req.close(constants.NGHTTP2_CANCEL);
-    const t0 = Date.now();
-    while (b.inFlight > 0 && Date.now() - t0 < 2_000) await new Promise((r) => setTimeout(r, 20));
-    expect(b.inFlight).toBe(0);
+    await until('the backend\'s request cut', () => b.inFlight === 0, { ms: 2_000, everyMs: 20 });
     expect((await exchange(s, { ':path': '/' })).status).toBe(200);
   });
 

@@ -9,7 +9,9 @@ import type { WatchEvent } from '../api/types.js';
 import { LbMetrics } from './metrics.js';
 import { Proxy } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, deadPort, delta, endpoint, service, snapshot, startBackends } from './testbed.js';
+import { Backend, backendEndpoint, deadPort, startBackends } from '../test/support/lb.js';
+import { delta, endpoint, service, snapshot } from '../test/support/records.js';
+import { until } from '../test/support/until.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 
 const run = promisify(execFile);
@@ -146,8 +148,7 @@ describe('routing', () => {
     // The uploader's connection, whose body the proxy abandoned, is closed by the proxy rather than
     // left hanging until shutdown (only the test client's connection stays open).
     const open = () => new Promise<number>((resolve) => lb.proxy.server.getConnections((_e, n) => resolve(n)));
-    const t0 = Date.now();
-    while ((await open()) > 1 && Date.now() - t0 < 500) await new Promise((r) => setTimeout(r, 20));
+    await until('the uploader\'s connection closed', async () => (await open()) <= 1, { ms: 500, everyMs: 20 });
     expect(await open()).toBe(1);
     await uploader.destroy();
   });
@@ -350,9 +351,8 @@ describe('forwarding', () => {
     expect(s.inFlight).toBe(1);
     ac.abort();
     await expect(pending).rejects.toThrow();
-    const t0 = Date.now();
-    while (s.inFlight > 0 && Date.now() - t0 < 2_000) await new Promise((r) => setTimeout(r, 20));
-    expect(s.inFlight).toBe(0); // the backend saw its connection go long before its 5 s answer
+    // The backend sees its connection go long before its 5 s answer.
+    await until('the backend\'s request cut', () => s.inFlight === 0, { ms: 2_000, everyMs: 20 });
   });
 
   it('reuses keep-alive connections to the backend', async () => {

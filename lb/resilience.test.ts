@@ -18,7 +18,9 @@ import { LbMetrics } from './metrics.js';
 import { PassiveHealth } from './outliers.js';
 import { Proxy, type ProxyOptions } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, endpoint, snapshot, delta, startBackends } from './testbed.js';
+import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
+import { delta, endpoint, snapshot } from '../test/support/records.js';
+import { until } from '../test/support/until.js';
 import { CertificateStore } from './tls.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
 
@@ -87,14 +89,8 @@ async function tally(lb: Lb, n: number): Promise<Record<string, number>> {
   return counts;
 }
 
-async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await ok()) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+/** How these tests poll the proxy's own state. */
+const SOON = { ms: 5_000, everyMs: 25 };
 
 /** Sends raw bytes on a fresh connection; resolves with everything read until the LB closes it. */
 function raw(port: number, bytes: string | Buffer, opts: { keepOpenMs?: number } = {}): Promise<{ text: string; closed: boolean }> {
@@ -145,7 +141,7 @@ describe('passive health (this LB ejects on its own)', () => {
     expect(metrics).toMatch(/corral_lb_ejections_total\{namespace="default",service="web",endpoint="127\.0\.0\.1:\d+",reason="5xx"\} 1/);
     expect(metrics).toMatch(/corral_lb_ejected\{namespace="default",service="web",endpoint="127\.0\.0\.1:\d+"\} 1/);
     a.failWith = 0;
-    await until('a probed back in', () => lb.outliers.ejectedCount === 0);
+    await until('a probed back in', () => lb.outliers.ejectedCount === 0, SOON);
     expect(await tally(lb, 4)).toEqual({ '200 a default': 2, '200 b default': 2 });
   });
 
@@ -160,7 +156,7 @@ describe('passive health (this LB ejects on its own)', () => {
     const again = new Backend('a');
     await again.start(portA);
     cleanups.push(() => again.stop());
-    await until('a back', () => lb.outliers.ejectedCount === 0);
+    await until('a back', () => lb.outliers.ejectedCount === 0, SOON);
     expect(await tally(lb, 4)).toEqual({ '200 a default': 2, '200 b default': 2 });
   });
 
@@ -204,10 +200,10 @@ describe('retries', () => {
       }
     };
     const workers = Array.from({ length: 16 }, worker);
-    await until('warm load', () => served > 500, 10_000);
+    await until('warm load', () => served > 500, { ms: 10_000, everyMs: 25 });
     one.child.kill('SIGKILL');
     const killedAt = served;
-    await until('load after the kill', () => served > killedAt + 1_000, 15_000);
+    await until('load after the kill', () => served > killedAt + 1_000, { ms: 15_000, everyMs: 25 });
     stop = true;
     await Promise.all(workers);
     expect(errors).toEqual([]);
@@ -306,14 +302,14 @@ describe('protocols', () => {
     let got = '';
     s.on('data', (d: Buffer) => (got += d.toString('latin1')));
     s.write('GET /chat HTTP/1.1\r\nHost: web.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
-    await until('101', () => got.includes('\r\n\r\n'));
+    await until('101', () => got.includes('\r\n\r\n'), SOON);
     expect(got).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
     expect(got.toLowerCase()).toContain('x-backend: ws');
     got = '';
     s.write('ping-1');
-    await until('echo', () => got === 'ping-1');
+    await until('echo', () => got === 'ping-1', SOON);
     s.write('ping-2');
-    await until('echo 2', () => got === 'ping-1ping-2');
+    await until('echo 2', () => got === 'ping-1ping-2', SOON);
     const seen = ws.upgrades[0]!;
     expect(seen.url).toBe('/chat');
     expect(seen.headers['upgrade']).toBe('websocket');

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { SmoothWeightedRoundRobin } from './balancer.js';
 import { RouteTable, normalizeHost, normalizePath } from './routes.js';
-import { capturingLogger, delta, endpoint, service, snapshot } from './testbed.js';
+import { capturingLogger } from '../test/support/lb.js';
+import { delta, endpoint, service, snapshot } from '../test/support/records.js';
 
 const owner = (t: RouteTable, host: string, path = '/') => t.lookup(normalizeHost(host), path)?.key;
 
@@ -136,7 +137,7 @@ describe('route table', () => {
     expect(target.balancer.pick()).toBeUndefined();
   });
 
-  it('looks up among thousands of routes in time independent of their number', () => {
+  it('finds the right route among 10,000', () => {
     const t = new RouteTable();
     const eps = [];
     for (let i = 0; i < 5000; i++) {
@@ -146,12 +147,7 @@ describe('route table', () => {
     expect(t.stats.routes).toBe(10_000);
     expect(owner(t, 'h42.example.com', '/p542/x/deep/path')).toBe('default/s542');
     expect(owner(t, 'a.b.w7.test', '/p1607/x')).toBe('default/s1607');
-    const start = performance.now();
-    let hits = 0;
-    for (let i = 0; i < 100_000; i++) if (t.lookup('h42.example.com', '/p542/x/a/b/c/d')) hits++;
-    const perLookupUs = ((performance.now() - start) * 1000) / 100_000;
-    expect(hits).toBe(100_000);
-    expect(perLookupUs).toBeLessThan(20); // a scan over 10 000 routes would be far slower
+    // The cost of a lookup among many routes is measured by test/bench/lb.ts (1,000 routes against one).
   });
 });
 

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { Client, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startDaemon, type Daemon } from '../test/support/corral.js';
-import { Backend, cliOk, startBackends } from './testbed.js';
+import { Backend, cliOk, startBackends } from '../test/support/lb.js';
 import { untilOk } from '../test/support/until.js';
 
 const CONNECTIONS = 16;

@@ -9,8 +9,11 @@ import { AgentWatch } from '../api/watch.js';
 import type { WatchEvent } from '../api/types.js';
 import { corral, startDaemon, type Daemon } from './support/corral.js';
 import { startEtcd, type EtcdCluster } from './support/etcd.js';
+import { until } from './support/until.js';
 
 const json = (s: string) => JSON.parse(s);
+/** The agent's own state, polled closely. */
+const SOON = { ms: 5_000, everyMs: 20 };
 
 for (const registry of ['embedded', 'etcd'] as const) describe(`corral agent API and CLI (${registry} registry)`, () => {
   let agent: Daemon;
@@ -87,17 +90,17 @@ for (const registry of ['embedded', 'etcd'] as const) describe(`corral agent API
     const w = new AgentWatch(agent.socket, 'test', { onEvent: (ev) => events.push(ev) });
     w.start();
     try {
-      await until(() => events.length >= 1);
+      await until('the snapshot', () => events.length >= 1, SOON);
       expect(events[0]!.snapshot).toBe(true);
       expect(events[0]!.endpoints.map((e) => e.service)).toContain('api');
       const r = json((await agent.cli(['register', 'cache', '127.0.0.9:6379', '--json'])).stdout);
-      await until(() => events.some((e) => e.revision === r.revision));
+      await until('the delta', () => events.some((e) => e.revision === r.revision), SOON);
       const delta = events.find((e) => e.revision === r.revision)!;
       expect(delta.snapshot).toBe(false);
       expect(delta.endpoints.map((e) => e.address)).toEqual(['127.0.0.9']);
       expect(delta.services.map((s) => s.name)).toEqual(['cache']);
       // status shows what the watching component has applied
-      await until(async () => json((await agent.cli(['status', '--json'])).stdout).components.some((c: { component: string; appliedRevision: number }) => c.component === 'test' && c.appliedRevision >= r.revision));
+      await until('status shows the watcher applied it', async () => json((await agent.cli(['status', '--json'])).stdout).components.some((c: { component: string; appliedRevision: number }) => c.component === 'test' && c.appliedRevision >= r.revision), SOON);
     } finally {
       w.close();
     }
@@ -177,11 +180,3 @@ describe('corral agent restarts', () => {
     }
   });
 });
-
-async function until(cond: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

@@ -31,6 +31,28 @@ async function runWeb(name: string, labels: Record<string, string>): Promise<voi
   await docker.exec(['run', '-d', '--name', name, ...l, TEST_IMAGE, 'sh', '-c', script]);
 }
 
+/**
+ * Like runWeb, but its health check (a CGI at /cgi-bin/health) passes only the first `passes`
+ * probes, then fails until /w/ok exists: the container fails on its own schedule, counted in
+ * the agent's own probes, whatever the test's `docker exec` and CLI calls cost.
+ */
+async function runWebFailingAfter(name: string, passes: number, labels: Record<string, string>): Promise<void> {
+  const l = Object.entries({ ...labels, 'corral.health.path': '/cgi-bin/health' }).flatMap(([k, v]) => ['-l', `${k}=${v}`]);
+  const health = [
+    '#!/bin/sh',
+    'n=$(( $(cat /w/probes 2>/dev/null || echo 0) + 1 )); echo $n > /w/probes',
+    `if [ $n -le ${passes} ] || [ -e /w/ok ]; then printf "Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nok\\\\n"; else printf "Status: 503 Service Unavailable\\\\r\\\\nContent-Type: text/plain\\\\r\\\\n\\\\r\\\\nsick\\\\n"; fi`,
+  ].join('\n');
+  const script = [
+    'mkdir -p /w/cgi-bin',
+    `echo ${name} > /w/index.html`,
+    `printf '${health}\n' > /w/cgi-bin/health`,
+    'chmod +x /w/cgi-bin/health',
+    'exec httpd -f -p 8080 -h /w',
+  ].join(' && ');
+  await docker.exec(['run', '-d', '--name', name, ...l, TEST_IMAGE, 'sh', '-c', script]);
+}
+
 async function get(host: string, path = '/', timeoutS = 5): Promise<{ status: number; body: string }> {
   const r = await docker.netns.exec('curl', ['-s', '-m', String(timeoutS), '-H', `Host: ${host}`, '-w', '\n%{http_code}', `http://127.0.0.1:${up.httpPort}${path}`]);
   const lines = r.stdout.trimEnd().split('\n');
@@ -47,9 +69,11 @@ async function service(name: string): Promise<{ active: Record<string, number>; 
   return (JSON.parse(r.stdout) as { services: Array<{ name: string; active: Record<string, number>; previous: Record<string, number> }> }).services.find((s) => s.name === name);
 }
 
-async function endpoints(name: string): Promise<Array<{ containerName: string; healthy: boolean; draining: boolean; color: string }>> {
+interface ListedEndpoint { containerName: string; healthy: boolean; healthReason: string; draining: boolean; color: string }
+
+async function endpoints(name: string): Promise<ListedEndpoint[]> {
   const r = await up.cli(['endpoints', name, '--json']);
-  return r.code === 0 ? (JSON.parse(r.stdout) as { endpoints: Array<{ containerName: string; healthy: boolean; draining: boolean; color: string }> }).endpoints : [];
+  return r.code === 0 ? (JSON.parse(r.stdout) as { endpoints: ListedEndpoint[] }).endpoints : [];
 }
 
 async function bodies(host: string, n: number): Promise<Set<string>> {
@@ -90,19 +114,18 @@ describe('corral.deploy=auto', () => {
   });
 
   it('keeps traffic where it is when an endpoint of the new color fails within the promotion window', async () => {
-    // After the rollback above v1 is active and v2 has been seen; v3 is the new deployment.
-    await runWeb('app-v3', labels('v3'));
-    await until('v3 healthy', () => endpoints('app'), (eps) => eps.some((e) => e.containerName === 'app-v3' && e.healthy));
-    // The window (4 s) started when v3 became healthy; the check fails twice within 2 s of this.
-    await docker.exec(['exec', 'app-v3', 'rm', '/w/health']);
-    await until('v3 unhealthy', () => endpoints('app'), (eps) => eps.some((e) => e.containerName === 'app-v3' && !e.healthy));
-    // Well past the window: still v1.
+    // After the rollback above v1 is active and v2 has been seen; v3 is the new deployment. Its
+    // check passes twice (rise 2: healthy, the 4 s window starts) and fails the next two probes
+    // (fall 2: unhealthy 2 s into the window, 1 s interval).
+    await runWebFailingAfter('app-v3', 2, labels('v3'));
+    await until('the agent gives up on v3', async () => up.logs(), (log) => /not promoting color v3/.test(log), 30_000);
+    expect((await endpoints('app')).find((e) => e.containerName === 'app-v3')).toMatchObject({ healthy: false, healthReason: expect.stringContaining('503') });
+    // Past the end of the window: still v1.
     await new Promise((r) => setTimeout(r, 4_500));
     expect((await service('app'))?.active).toEqual({ v1: 100 });
     expect(await bodies('app.test', 3)).toEqual(new Set(['200 app-v1']));
-    expect(up.logs()).toMatch(/not promoting color v3/);
     // It does not get promoted later when it recovers: a failed deployment needs a redeploy.
-    await docker.exec(['exec', 'app-v3', 'sh', '-c', 'echo ok > /w/health']);
+    await docker.exec(['exec', 'app-v3', 'touch', '/w/ok']);
     await until('v3 healthy again', () => endpoints('app'), (eps) => eps.some((e) => e.containerName === 'app-v3' && e.healthy));
     await new Promise((r) => setTimeout(r, 4_500));
     expect((await service('app'))?.active).toEqual({ v1: 100 });

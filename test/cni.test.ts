@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from './support/corral.js';
 import { corralCni, REFERENCE_PLUGINS, runPlugin } from './support/cni.js';
 import { Netns } from './support/netns.js';
+import { until } from './support/until.js';
 
 let host: Netns;
 let agent: Daemon;
@@ -18,15 +19,6 @@ async function container(): Promise<Netns> {
   const ns = await Netns.create('corral-c');
   made.push(ns);
   return ns;
-}
-
-async function until<T>(fn: () => Promise<T | undefined>, ms = 5000): Promise<T | undefined> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined || Date.now() > deadline) return v;
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 async function ping(from: Netns, to: string): Promise<boolean> {
@@ -168,7 +160,7 @@ describe('corral-cni', () => {
       expect((await host.exec('iptables-save', ['-t', 'nat'])).stdout).toMatch(new RegExp(`--dport 18080 .*-j DNAT --to-destination ${webIp.replace(/\./g, '\\.')}:8080`));
       // Traffic through the host port: from another container (PREROUTING) and from the host itself (OUTPUT), to the host's gateway address.
       const viaPort = (ns: Netns) => ns.exec('busybox', ['timeout', '5', 'wget', '-q', '-O', '-', 'http://10.42.0.1:18080/']).then((r) => r.stdout, (e: Error) => e.message);
-      await until(async () => (await ping(web, '10.42.0.1')) || undefined);
+      await until('the web container reaches its gateway', () => ping(web, '10.42.0.1'), { ms: 5_000, everyMs: 100 });
       expect(await viaPort(client)).toBe('hello from corral\n');
       expect(await viaPort(host)).toBe('hello from corral\n');
     } finally {
@@ -200,7 +192,7 @@ describe('corral-cni', () => {
       const rn = await corralCni('ADD', { containerId: 'masq-off', netns: n.path, ifname: 'eth0' }, { ...conf, ipMasq: false });
       expect([rm.code, rn.code]).toEqual([0, 0]);
       const who = (ns: Netns) => ns.exec('busybox', ['timeout', '5', 'wget', '-q', '-O', '-', 'http://10.200.0.2:8081/cgi-bin/who']).then((r) => r.stdout.trim().replace(/^\[::ffff:(.*)\]$/, '$1'), (e: Error) => e.message);
-      await until(async () => ((await who(m)) === '10.200.0.1' ? true : undefined));
+      await until('the outside server sees the masqueraded address', async () => (await who(m)) === '10.200.0.1', { ms: 5_000, everyMs: 100 });
       expect(await who(m)).toBe('10.200.0.1');
       expect(await who(n)).toBe(rn.out.ips[0].address.split('/')[0]);
       const masqAddr = rm.out.ips[0].address.split('/')[0];

@@ -4,6 +4,7 @@ import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Endpoint } from '../../api/types.js';
 import { startDockerd, TEST_IMAGE, type Dockerd } from '../../test/support/dockerd.js';
+import { until } from '../../test/support/until.js';
 import type { EndpointSink } from '../sink.js';
 import { DockerSource } from './source.js';
 
@@ -55,25 +56,11 @@ function capture(): { log: pino.Logger; lines: LogLine[] } {
 }
 const warnings = (lines: LogLine[]): LogLine[] => lines.filter((l) => l.level === 40);
 
-async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+/** How these tests poll what the source told the sink. */
+const SOON = { ms: 20_000, everyMs: 25 };
 /** wget from inside dockerd's netns, retried briefly while httpd binds. */
-async function httpGet(url: string): Promise<string> {
-  for (let i = 0; ; i++) {
-    try {
-      return (await dockerd.netns.exec('wget', ['-qO-', '-T', '2', url])).stdout;
-    } catch (err) {
-      if (i >= 20) throw err;
-      await sleep(100);
-    }
-  }
+function httpGet(url: string): Promise<string> {
+  return until(`${url} answers`, async () => (await dockerd.netns.exec('wget', ['-qO-', '-T', '2', url])).stdout, { ms: 5_000, everyMs: 100 });
 }
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -116,7 +103,7 @@ describe('DockerSource', () => {
     const web = await run({ 'corral.service': 'web', 'corral.port': '8080', 'corral.color': 'blue' }, ['--name', 'web-1']);
     await run({}, ['--name', 'plain']);
     const { src, sink, lines } = source();
-    const sync = await until('first sync', () => sink.ofOp('sync')[0]);
+    const sync = await until('first sync', () => sink.ofOp('sync')[0], SOON);
     expect(sync).toEqual({ op: 'sync', origin: 'docker', ids: [epId(web)] });
     expect(sink.endpoints.get(epId(web))).toMatchObject({
       service: 'web', namespace: 'default', address: await ipOf(web), port: 8080, color: 'blue', origin: 'docker',
@@ -130,9 +117,9 @@ describe('DockerSource', () => {
 
   it('registers a container started later at its address and drains, then removes, it on docker stop', async () => {
     const { src, sink } = source();
-    await until('connected', () => src.connected);
+    await until('connected', () => src.connected, SOON);
     const id = await run({ 'corral.service': 'api', 'corral.port': '8080', 'corral.namespace': 'prod' });
-    const up = await until('upsert', () => sink.ofOp('upsert').find((c) => c.id === epId(id)));
+    const up = await until('upsert', () => sink.ofOp('upsert').find((c) => c.id === epId(id)), SOON);
     const ip = await ipOf(id);
     expect(up.endpoint).toMatchObject({ service: 'api', namespace: 'prod', address: ip, port: 8080, healthy: true });
     // The registered address really serves.
@@ -146,7 +133,7 @@ describe('DockerSource', () => {
     expect(sink.endpoints.get(epId(id))?.draining).toBe(false);
 
     await dockerd.exec(['stop', '-t', '1', id]);
-    await until('removed', () => !sink.endpoints.has(epId(id)));
+    await until('removed', () => !sink.endpoints.has(epId(id)), SOON);
     const removes = sink.ofOp('remove').filter((c) => c.id === epId(id));
     // kill -> drain first; die -> gone at once.
     expect(removes).toEqual([
@@ -157,14 +144,14 @@ describe('DockerSource', () => {
 
   it('logs one warning for a container with a wrong label and keeps registering the others', async () => {
     const { src, sink, lines } = source();
-    await until('connected', () => src.connected);
+    await until('connected', () => src.connected, SOON);
     const bad = await run({ 'corral.service': 'web', 'corral.port': 'http' }, ['--name', 'bad-port']);
     const good = await run({ 'corral.service': 'web', 'corral.port': '8080' }, ['--name', 'good']);
-    await until('good registered', () => sink.endpoints.get(epId(good)));
+    await until('good registered', () => sink.endpoints.get(epId(good)), SOON);
     // Restarting the bad container and a re-sync do not repeat the warning.
     await dockerd.exec(['restart', '-t', '0', bad]);
     const good2 = await run({ 'corral.service': 'web', 'corral.port': '8080' });
-    await until('second good registered', () => sink.endpoints.get(epId(good2)));
+    await until('second good registered', () => sink.endpoints.get(epId(good2)), SOON);
     await src.idle();
 
     const warned = warnings(lines);
@@ -178,29 +165,29 @@ describe('DockerSource', () => {
 
   it('keeps a container with a Docker HEALTHCHECK unhealthy until Docker says healthy', async () => {
     const { src, sink } = source();
-    await until('connected', () => src.connected);
+    await until('connected', () => src.connected, SOON);
     const id = await run({ 'corral.service': 'checked', 'corral.port': '8080' }, [
       '--health-cmd', 'test -f /tmp/ready', '--health-interval', '1s', '--health-retries', '1', '--health-timeout', '1s',
     ]);
-    const up = await until('upsert', () => sink.ofOp('upsert').find((c) => c.id === epId(id)));
+    const up = await until('upsert', () => sink.ofOp('upsert').find((c) => c.id === epId(id)), SOON);
     expect(up.endpoint).toMatchObject({ healthy: false, healthReason: 'docker health: starting' });
     // Docker's check fails: still not healthy.
-    await until('docker says unhealthy', () => sink.endpoints.get(epId(id))?.healthReason === 'docker health: unhealthy');
+    await until('docker says unhealthy', () => sink.endpoints.get(epId(id))?.healthReason === 'docker health: unhealthy', SOON);
     expect(sink.endpoints.get(epId(id))!.healthy).toBe(false);
 
     await dockerd.exec(['exec', id, 'touch', '/tmp/ready']);
-    await until('healthy', () => sink.endpoints.get(epId(id))?.healthy);
+    await until('healthy', () => sink.endpoints.get(epId(id))?.healthy, SOON);
     expect(sink.ofOp('setHealth').filter((c) => c.id === epId(id)).at(-1)).toMatchObject({ healthy: true, reason: 'docker health: healthy' });
   });
 
   it('retries while Docker is away, says so once, and re-syncs when it is back', async () => {
     const id = await run({ 'corral.service': 'sticky', 'corral.port': '8080' }, ['--restart', 'always', '--stop-timeout', '1']);
     const { src, sink, lines } = source();
-    await until('first sync', () => sink.ofOp('sync').length === 1 && src.connected);
+    await until('first sync', () => sink.ofOp('sync').length === 1 && src.connected, SOON);
     expect(sink.endpoints.has(epId(id))).toBe(true);
 
     await dockerd.stopDaemon();
-    await until('disconnected', () => !src.connected);
+    await until('disconnected', () => !src.connected, SOON);
     expect(src.lastError).toBeTruthy();
     await sleep(2500); // several retries (capped at 1s here)
     expect(src.connected).toBe(false);
@@ -209,8 +196,8 @@ describe('DockerSource', () => {
     expect(lost[0]!.msg).toMatch(/^lost Docker; retrying/);
 
     await dockerd.startDaemon();
-    await until('re-synced', () => src.connected && sink.ofOp('sync').length >= 2, 30_000);
-    await until('container back', () => sink.endpoints.get(epId(id)));
+    await until('re-synced', () => src.connected && sink.ofOp('sync').length >= 2, { ...SOON, ms: 30_000 });
+    await until('container back', () => sink.endpoints.get(epId(id)), SOON);
     expect(sink.endpoints.get(epId(id))).toMatchObject({ address: await ipOf(id), healthy: true, draining: false });
     expect(src.lastError).toBeUndefined();
     expect(lines.filter((l) => l.msg === 'connected to Docker again; containers re-synced')).toHaveLength(1);
@@ -219,7 +206,7 @@ describe('DockerSource', () => {
 
   it('reports a missing Docker socket as its status and keeps retrying', async () => {
     const { src, lines } = source(join(dockerd.dir, 'nope.sock'));
-    await until('error', () => src.lastError);
+    await until('error', () => src.lastError, SOON);
     expect(src.connected).toBe(false);
     expect(src.lastError).toBe(`no Docker socket at ${join(dockerd.dir, 'nope.sock')}`);
     await sleep(500);

@@ -23,7 +23,7 @@ describe('wireguard-go device', () => {
     runDir = mkdtempSync(join(tmpdir(), 'corral-wg-'));
     // Started inside the netns (its TUN lives there); the device adopts it by its UAPI socket.
     wg = ns.spawn('wireguard-go', [ifname], { stdio: 'ignore', env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'silent' } });
-    await until('wireguard-go socket', async () => (existsSync(join(UAPI_DIR, `${ifname}.sock`)) ? true : undefined), 10_000);
+    await until('wireguard-go socket', () => existsSync(join(UAPI_DIR, `${ifname}.sock`)), { ms: 10_000 });
     dev = new WireGuardGo(runDir);
     await dev.up({ ifname, privateKey: generateKeyPair().privateKey, listenPort: 0 });
   });

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentClient, unary } from '../../api/grpc.js';
 import type { EndpointReply, RegisterRequest } from '../../api/types.js';
-import { dig, startUnbound } from '../../dns/harness.js';
+import { dig, startUnbound } from '../support/dns.js';
 import { childEnv, startDaemon } from '../support/corral.js';
 import type { BenchSection } from './report.js';
 import { ratioHigherBetter, ratioLowerBetter } from './report.js';

@@ -4,7 +4,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pings, startCluster, until, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
+import { until } from '../support/until.js';
 
 const INTERVAL_S = 4;
 
@@ -14,7 +15,7 @@ describe('scheduled key rotation', () => {
   beforeAll(async () => {
     c = await startCluster({ hosts: 2, leaseTtlS: 5, agentArgs: ['--key-rotation', `${INTERVAL_S}s`] });
     for (const h of c.hosts) ctr.push(await c.container(h));
-    await until(() => pings(ctr[0]!, ctr[1]!.address), 15_000, 'overlay up');
+    await until('overlay up', () => pings(ctr[0]!, ctr[1]!.address), { ms: 15_000, everyMs: 100 });
   });
   afterAll(async () => {
     await c?.close();
@@ -54,6 +55,6 @@ describe('scheduled key rotation', () => {
     expect(readFileSync(`/proc/${pid}/comm`, 'utf8').trim()).toBe('wireguard-go');
     await h.kill();
     // gone from the process table: not running, and reaped (a zombie keeps its /proc entry)
-    await until(() => { try { readFileSync(`/proc/${pid}/stat`); return false; } catch { return true; } }, 3000, `wireguard-go ${pid} reaped`);
+    await until(`wireguard-go ${pid} reaped`, () => { try { readFileSync(`/proc/${pid}/stat`); return false; } catch { return true; } }, { ms: 3000, everyMs: 100 });
   });
 });

@@ -3,7 +3,8 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { procStat } from '../support/proc.js';
-import { pings, startCluster, until, wgDump, wgPeers, wgPid, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, startCluster, wgDump, wgPeers, wgPid, type Cluster, type TestContainer } from '../support/cluster.js';
+import { until } from '../support/until.js';
 
 const TTL = 3;
 const json = (s: string) => JSON.parse(s);
@@ -20,10 +21,10 @@ describe('multi-host WireGuard overlay over etcd', () => {
   });
 
   it('gives each host its own block and a peer for every other host', async () => {
-    await until(async () => {
+    await until('three hosts published', async () => {
       const l = json((await c.hosts[0]!.agent!.cli(['hosts', '--json'])).stdout);
       return l.rows.length === 3 && l.rows.every((r: { host: { publicKey: string; block: string } }) => r.host.publicKey && r.host.block);
-    }, 10_000, 'three hosts published');
+    }, { ms: 10_000, everyMs: 100 });
     const l = json((await c.hosts[0]!.agent!.cli(['hosts', '--json'])).stdout);
     const blocks = l.rows.map((r: { host: { block: string } }) => r.host.block);
     expect(new Set(blocks).size).toBe(3);
@@ -32,8 +33,8 @@ describe('multi-host WireGuard overlay over etcd', () => {
       expect(s.overlay).toBe('wireguard-go');
       // Connected is the last etcd call's outcome: one keep-alive that timed out on a starved
       // machine flips it until the next one succeeds (lease TTL 3 s here: within a second).
-      await until(async () => json((await h.agent!.cli(['status', '--json'])).stdout).registryConnected === true, 10_000, `${h.name} connected to etcd`);
-      await until(async () => json((await h.agent!.cli(['status', '--json'])).stdout).peers.length === 2, 10_000, `${h.name} has two peers`);
+      await until(`${h.name} connected to etcd`, async () => json((await h.agent!.cli(['status', '--json'])).stdout).registryConnected === true, { ms: 10_000, everyMs: 100 });
+      await until(`${h.name} has two peers`, async () => json((await h.agent!.cli(['status', '--json'])).stdout).peers.length === 2, { ms: 10_000, everyMs: 100 });
     }
   });
 
@@ -41,19 +42,19 @@ describe('multi-host WireGuard overlay over etcd', () => {
     for (const a of ctr) {
       for (const b of ctr) {
         if (a === b) continue;
-        await until(() => pings(a, b.address), 10_000, `${a.host.name} -> ${b.host.name}`);
+        await until(`${a.host.name} -> ${b.host.name}`, () => pings(a, b.address), { ms: 10_000, everyMs: 100 });
       }
     }
     // One line per host (its peers summed up from its last report), and one host's full peer list where it lives.
     const hosts = (await c.hosts[0]!.agent!.cli(['hosts'])).stdout;
     expect(hosts).toMatch(/^HOST +BLOCK +UNDERLAY +APPLIED +PEERS \(handshaken\)/);
     expect(hosts.split('\n').filter((x) => /^h\d/.test(x))).toHaveLength(3);
-    await until(async () => {
+    await until('h1 lists both peers with a handshake', async () => {
       const one = (await c.hosts[0]!.agent!.cli(['hosts', 'h1'])).stdout;
       return /^h2 +\S+ +\d+s ago/m.test(one) && /^h3 +\S+ +\d+s ago/m.test(one);
-    }, 10_000, 'h1 lists both peers with a handshake');
+    }, { ms: 10_000, everyMs: 100 });
     expect((await c.hosts[0]!.agent!.cli(['hosts', 'h2'])).stdout).toMatch(/from here +\S+, handshake \d+s ago/);
-    await until(async () => /every peer handshook within 3 minutes/.test((await c.hosts[0]!.agent!.cli(['status'])).stdout), 10_000, 'status reports handshakes');
+    await until('status reports handshakes', async () => /every peer handshook within 3 minutes/.test((await c.hosts[0]!.agent!.cli(['status'])).stdout), { ms: 10_000, everyMs: 100 });
   });
 
   it('shows only WireGuard UDP on the underlay, never the payload', async () => {
@@ -86,10 +87,10 @@ describe('multi-host WireGuard overlay over etcd', () => {
     expect(session).toBe(procStat(h1.agent!.child.pid!)[3]); // the agent's session: the same scheduling autogroup
     const t0 = Date.now();
     process.kill(pid, 'SIGKILL');
-    await until(() => (wgPid(h1) ?? pid) !== pid, 15_000, 'a new wireguard-go on h1');
-    await until(async () => (await wgPeers(h1)) === 2, 10_000, 'h1 peers restored');
-    await until(() => pings(ctr[1]!, ctr[0]!.address), 10_000, 'h2 container -> h1 container');
-    await until(() => pings(ctr[0]!, ctr[2]!.address), 10_000, 'h1 container -> h3 container');
+    await until('a new wireguard-go on h1', () => (wgPid(h1) ?? pid) !== pid, { ms: 15_000, everyMs: 100 });
+    await until('h1 peers restored', async () => (await wgPeers(h1)) === 2, { ms: 10_000, everyMs: 100 });
+    await until('h2 container -> h1 container', () => pings(ctr[1]!, ctr[0]!.address), { ms: 10_000, everyMs: 100 });
+    await until('h1 container -> h3 container', () => pings(ctr[0]!, ctr[2]!.address), { ms: 10_000, everyMs: 100 });
     console.log(`wireguard-go killed: traffic back after ${Date.now() - t0} ms`);
     expect(h1.agent!.logs()).toMatch(/WireGuard device is gone/);
     expect(h1.agent!.logs()).toMatch(/WireGuard device restored with its peers/);
@@ -103,9 +104,9 @@ describe('multi-host WireGuard overlay over etcd', () => {
     // Measured on the data plane itself (each host's WireGuard peers) and in etcd, polled cheaply.
     const hostKey = Buffer.from('/corral/hosts/h3').toString('base64');
     await Promise.all([
-      ...c.hosts.slice(0, 2).map((h) => until(async () => (await wgPeers(h)) === 1, (TTL + 6) * 1000, `h3's peer gone from ${h.name}`)),
+      ...c.hosts.slice(0, 2).map((h) => until(`h3's peer gone from ${h.name}`, async () => (await wgPeers(h)) === 1, { ms: (TTL + 6) * 1000, everyMs: 100 })),
       // etcd's own answer, through its HTTP gateway on the underlay
-      until(async () => !(await c.underlay.exec('curl', ['-sf', '-m', '1', '-X', 'POST', '-d', JSON.stringify({ key: hostKey }), `${c.etcd.members[0]!.clientUrl}/v3/kv/range`])).stdout.includes('"kvs"'), (TTL + 6) * 1000, 'h3 record gone'),
+      until('h3 record gone', async () => !(await c.underlay.exec('curl', ['-sf', '-m', '1', '-X', 'POST', '-d', JSON.stringify({ key: hostKey }), `${c.etcd.members[0]!.clientUrl}/v3/kv/range`])).stdout.includes('"kvs"'), { ms: (TTL + 6) * 1000, everyMs: 100 }),
     ]);
     const gone = Date.now() - t0;
     console.log(`dead host removed everywhere after ${gone} ms (lease TTL ${TTL} s)`);
@@ -118,8 +119,8 @@ describe('multi-host WireGuard overlay over etcd', () => {
     const after = json((await h3.agent!.cli(['status', '--json'])).stdout);
     expect(after.block).toBe(before.block);
     expect(after.publicKey).toBe(before.publicKey);
-    await until(() => pings(ctr[0]!, ctr[2]!.address), 15_000, 'h1 container -> h3 container after restart');
-    await until(() => pings(ctr[2]!, ctr[1]!.address), 15_000, 'h3 container -> h2 container after restart');
+    await until('h1 container -> h3 container after restart', () => pings(ctr[0]!, ctr[2]!.address), { ms: 15_000, everyMs: 100 });
+    await until('h3 container -> h2 container after restart', () => pings(ctr[2]!, ctr[1]!.address), { ms: 15_000, everyMs: 100 });
   });
 
   it('rotates a key under a running ping losing at most one handshake', async () => {
@@ -137,7 +138,7 @@ describe('multi-host WireGuard overlay over etcd', () => {
     const lost = Number(m![1]) - Number(m![2]);
     console.log(`key rotation: ${lost} of ${m![1]} pings lost (50 ms interval)`);
     expect(lost).toBeLessThanOrEqual(3);
-    await until(() => pings(ctr[2]!, ctr[1]!.address), 10_000, 'h3 -> h2 with the new key').catch(async (err) => {
+    await until('h3 -> h2 with the new key', () => pings(ctr[2]!, ctr[1]!.address), { ms: 10_000, everyMs: 100 }).catch(async (err) => {
       console.log('h2', await wgDump(c.hosts[1]!), 'h3', await wgDump(c.hosts[2]!), c.hosts[2]!.agent!.logs());
       throw err;
     });

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../support/corral.js';
-import { pings, startCluster, until, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
+import { until } from '../support/until.js';
 
 const json = (s: string) => JSON.parse(s);
 
@@ -38,7 +39,7 @@ describe('services across hosts over the overlay', () => {
     lb = await startDaemon('lb', { netns: h1.ns.name, args: ['--agent-socket', h1.agent!.socket] });
     daemons.push(lb);
     // the overlay is up: h1 reaches the backends on h2
-    for (const b of backends) await until(() => pings(h1, b.address), 15_000, `h1 -> ${b.address}`);
+    for (const b of backends) await until(`h1 -> ${b.address}`, () => pings(h1, b.address), { ms: 15_000, everyMs: 100 });
   });
   afterAll(async () => {
     for (const d of daemons) await d.stop().catch(() => {});
@@ -68,7 +69,7 @@ describe('services across hosts over the overlay', () => {
     }
     const want = backends.map((b) => b.address).sort();
     const dig = async () => (await h1.ns.exec('dig', ['+short', '+time=1', '+tries=1', '-p', String(dns.dnsPort), '@127.0.0.1', 'web.default.corral.internal', 'A'])).stdout.trim().split('\n').filter(Boolean).sort();
-    await until(async () => JSON.stringify(await dig()) === JSON.stringify(want), 10_000, 'h1 DNS answers both h2 backends');
+    await until('h1 DNS answers both h2 backends', async () => JSON.stringify(await dig()) === JSON.stringify(want), { ms: 10_000, everyMs: 100 });
     expect(await dig()).toEqual(want);
     // and PTR for the remote container's address
     const ptr = (await h1.ns.exec('dig', ['+short', '-p', String(dns.dnsPort), '@127.0.0.1', '-x', backends[0]!.address])).stdout;
@@ -78,7 +79,7 @@ describe('services across hosts over the overlay', () => {
   it('balances requests on h1 over both backends on h2, through the overlay', async () => {
     const h1 = c.hosts[0]!;
     const get = async (path = '/') => (await h1.ns.exec('curl', ['-sf', '-m', '5', '-H', 'Host: web.test', `http://127.0.0.1:${lb.httpPort}${path}`])).stdout;
-    await until(async () => /on h2/.test(await get()), 10_000, 'h1 LB routes web.test');
+    await until('h1 LB routes web.test', async () => /on h2/.test(await get()), { ms: 10_000, everyMs: 100 });
     const seen = new Map<string, number>();
     for (let i = 0; i < 10; i++) {
       const body = (await get()).trim();
@@ -97,9 +98,9 @@ describe('services across hosts over the overlay', () => {
     const r = await h2.agent!.cli(['deregister', 'web', `${backends[1]!.address}:8080`]);
     expect(r.code, r.stderr).toBe(0);
     // draining (default 10 s) keeps it in the LB for in-flight requests; DNS drops it at once
-    await until(async () => (await h1.ns.exec('dig', ['+short', '-p', String(dns.dnsPort), '@127.0.0.1', 'web.default.corral.internal'])).stdout.trim() === backends[0]!.address, 5_000, 'h1 DNS drops the deregistered backend');
+    await until('h1 DNS drops the deregistered backend', async () => (await h1.ns.exec('dig', ['+short', '-p', String(dns.dnsPort), '@127.0.0.1', 'web.default.corral.internal'])).stdout.trim() === backends[0]!.address, { ms: 5_000, everyMs: 100 });
     const get = async () => (await h1.ns.exec('curl', ['-sf', '-m', '5', '-H', 'Host: web.test', `http://127.0.0.1:${lb.httpPort}/`])).stdout.trim();
-    await until(async () => (await get()) === 'backend 0 on h2' && (await get()) === 'backend 0 on h2', 5_000, 'h1 LB stops sending new requests to it');
+    await until('h1 LB stops sending new requests to it', async () => (await get()) === 'backend 0 on h2' && (await get()) === 'backend 0 on h2', { ms: 5_000, everyMs: 100 });
     for (let i = 0; i < 4; i++) expect(await get()).toBe('backend 0 on h2');
   });
 });

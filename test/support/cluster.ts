@@ -15,6 +15,7 @@ import { startDaemon, type Daemon } from './corral.js';
 import { startEtcd, type EtcdCluster } from './etcd.js';
 import { Netns, run } from './netns.js';
 import { makePki, type TestPki } from './tls.js';
+import { until } from './until.js';
 
 export interface TestHost {
   name: string;
@@ -112,7 +113,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
             } catch {
               // gone already
             }
-            await until(() => !existsSync(`/proc/${pid}`), 3000, `wireguard-go ${pid} reaped`).catch(() => {});
+            await until(`wireguard-go ${pid} reaped`, () => !existsSync(`/proc/${pid}`), { ms: 3000, everyMs: 100 }).catch(() => {});
           }
           await h.agent?.stop('SIGKILL');
           await ns.exec('ip', ['link', 'del', ifname]).catch(() => {});
@@ -189,20 +190,6 @@ export function wgDump(h: TestHost): Promise<string> {
 /** Number of peers wireguard-go holds on a host (0 when it does not answer). */
 export async function wgPeers(h: TestHost): Promise<number> {
   return ((await wgDump(h).catch(() => '')).match(/^public_key=/gm) ?? []).length;
-}
-
-/** Polls until cond holds (bounded). */
-export async function until(cond: () => boolean | Promise<boolean>, timeoutMs: number, what = 'condition'): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      if (await cond()) return Date.now() - t0;
-    } catch {
-      // not yet
-    }
-    if (Date.now() - t0 > timeoutMs) throw new Error(`${what} not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** One ping from a container to an address; true when answered. */

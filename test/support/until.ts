@@ -1,12 +1,36 @@
-// Polling for a condition in tests: resolves with the first value `fn` returns that is not
-// undefined (errors count as "not yet"), or fails naming what it waited for.
-export async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
+// Polling for a condition in tests, the one way every test waits for state it cannot be told
+// about: a bounded wait that fails naming what it waited for, never a fixed sleep.
+
+export interface UntilOptions {
+  /** Give up after this long (default 15 s: generous, so a busy CI machine does not fail it). */
+  ms?: number;
+  /** Wait this long between tries (default 200 ms). */
+  everyMs?: number;
+  /** More to say when it gives up, e.g. a daemon's log. */
+  detail?: () => string | Promise<string>;
+}
+
+/**
+ * Resolves with the first value `fn` returns that is neither undefined nor false; an error
+ * counts as "not yet". Past `ms`, fails naming what it waited for and the last error.
+ */
+export async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, o: UntilOptions = {}): Promise<T> {
+  const ms = o.ms ?? 15_000;
   const deadline = Date.now() + ms;
+  let lastError: unknown;
   for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+      lastError = undefined;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      const last = lastError === undefined ? '' : ` (last error: ${(lastError as Error).message ?? String(lastError)})`;
+      throw new Error(`timed out after ${ms} ms waiting for ${what}${last}${o.detail ? `\n${await o.detail()}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, o.everyMs ?? 200));
   }
 }
 

@@ -1,13 +1,13 @@
-// Test bed for the load balancer's tests: real HTTP backends on 127.0.0.1 and registry records.
+// Test bed for the load balancer's tests: real HTTP backends on 127.0.0.1 and their records.
 // Not used by the product.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable, type Duplex } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { expect } from 'vitest';
-import type { Endpoint, Service, WatchEvent } from '../api/types.js';
-import { emptyEvent } from '../api/types.js';
-import type { Daemon } from '../test/support/corral.js';
+import type { Endpoint } from '../../api/types.js';
+import type { Daemon } from './corral.js';
+import { endpoint } from './records.js';
 
 /** A backend that answers with its own name and color; see `handle` for the paths it knows. */
 export class Backend {
@@ -135,47 +135,9 @@ export async function deadPort(): Promise<number> {
   return port;
 }
 
-/** A registry endpoint record with the defaults the agent fills in. */
-export function endpoint(p: Partial<Endpoint> & { service: string; port: number }): Endpoint {
-  const namespace = p.namespace ?? 'default';
-  const address = p.address ?? '127.0.0.1';
-  return {
-    id: p.id ?? `manual:${namespace}:${p.service}:${address}:${p.port}`,
-    namespace,
-    address,
-    portName: 'http',
-    color: 'default',
-    weight: 1,
-    healthy: true,
-    healthReason: '',
-    origin: 'manual',
-    node: 'test',
-    httpHosts: [],
-    httpPath: '',
-    healthCheck: null,
-    deploy: 'manual',
-    drainMs: 10_000,
-    containerId: '',
-    containerName: '',
-    draining: false,
-    ...p,
-  };
-}
-
+/** The record of a test backend: its port and color, an id naming it. */
 export function backendEndpoint(b: Backend, service: string, p: Partial<Endpoint> = {}): Endpoint {
   return endpoint({ service, port: b.port, color: b.color, id: `manual:default:${service}:${b.name}`, ...p });
-}
-
-export function service(name: string, active: Record<string, number>, namespace = 'default'): Service {
-  return { namespace, name, active, previous: {} };
-}
-
-export function snapshot(revision: number, endpoints: Endpoint[], services: Service[] = []): WatchEvent {
-  return { ...emptyEvent(revision, true), endpoints, services };
-}
-
-export function delta(revision: number, p: Partial<Omit<WatchEvent, 'revision' | 'snapshot'>>): WatchEvent {
-  return { ...emptyEvent(revision, false), ...p };
 }
 
 /** A debug-level pino logger whose lines the test can read back as objects. */
