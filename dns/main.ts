@@ -9,6 +9,7 @@ import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, parseHostPort, type DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { AgentWatch } from '../api/watch.js';
+import type { SpawnWorker } from '../api/workers.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { batchSupport } from './batch.js';
@@ -29,14 +30,21 @@ export interface RunningDns {
   forwarder: Forwarder;
   server: DnsServer;
   limiter: RateLimiter;
-  /** Applies one watch event (what the agent stream does; tests feed events here). */
-  apply(ev: WatchEvent): void;
+  /** Applies one watch event (what the agent stream does; tests feed events here); resolves once every thread answers from it. */
+  apply(ev: WatchEvent): Promise<void>;
 }
 
 const RCODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(RCODE).map(([k, v]) => [v, k]));
 RCODE_NAMES[16] = 'BADVERS';
 
-export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forwarder?: ForwarderOptions; tcpIdleMs?: number } = {}): Promise<RunningDns> {
+export interface DnsTuning {
+  forwarder?: ForwarderOptions;
+  tcpIdleMs?: number;
+  /** How worker threads are started (tests run them from the TypeScript source). */
+  spawnWorker?: SpawnWorker;
+}
+
+export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning = {}): Promise<RunningDns> {
   const zone = new Zone(opts.dnsDomain, opts.dnsTtl);
   const answers = new AnswerCache(zone);
   const metrics = new Registry();
@@ -61,7 +69,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   let workers: UdpWorkers | null = null;
   if (threads > 1) {
     const { onUpstream: _, ...forwarderTuning } = tuning.forwarder ?? {};
-    workers = await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads, batch }, log);
+    workers = await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads, batch }, log, tuning.spawnWorker);
   }
   // "gateway:PORT" entries follow this node's block (gateways.ts); the rest are fixed addresses.
   const listen = opts.dnsListen.map((l) => ({ text: l, ...parseHostPort(l, '--dns-listen') }));
@@ -163,11 +171,13 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     },
   });
 
-  const apply = (ev: WatchEvent) => {
+  const apply = (ev: WatchEvent): Promise<void> => {
     zone.apply(ev);
-    workers?.apply(ev);
+    const everyThread = workers ? workers.apply(ev) : Promise.resolve();
     gateways.apply(ev);
+    return everyThread;
   };
+  const ready = () => zone.synced && (workers?.ready ?? true);
   let listeners: BoundListener[] = [];
   let admin: HttpServer | undefined;
   let watch: AgentWatch | undefined;
@@ -183,11 +193,11 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     listeners = await server.listen();
     admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.dns, {
       metrics,
-      ready: () => zone.synced,
+      ready,
       status: () => ({
         component: 'dns',
         domain: zone.domain,
-        ready: zone.synced,
+        ready: ready(),
         agentConnected: watch?.connected ?? false,
         zone: zone.stats(),
         listeners: server.bound(),
@@ -202,8 +212,11 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
     watch = new AgentWatch(opts.agentSocket, 'dns', {
       onEvent: (ev) => {
         const first = !zone.synced;
-        apply(ev);
+        const applied = apply(ev);
         if (first && ev.snapshot) log.info(zone.stats(), 'DNS ready: first snapshot applied');
+        // Acked to the agent only once every thread answers from it: `corral status` must not
+        // claim a change is served while a worker thread still answers the old records.
+        return applied;
       },
     }, log);
     watch.start();
