@@ -7,8 +7,12 @@
 // threads do with serveWorker() and starts them with WorkerPool.start() from the same module.
 // In api/ because dns/ and lb/ both run on it, and components share code only through api/.
 import { isMainThread, parentPort, Worker, workerData, type WorkerOptions } from 'node:worker_threads';
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
 import type { Logger } from './log.js';
 import type { WatchEvent } from './types.js';
+
+/** A thread's prom-client registry as JSON (what crosses to the main thread at scrape time). */
+export type JsonMetrics = Array<MetricObjectWithValues<MetricValue<string>>>;
 
 /** How long a question (and a stop, beyond its grace time) may take before the thread is skipped. */
 const ASK_TIMEOUT_MS = 2_000;
@@ -240,4 +244,21 @@ export function serveWorker<Setup, Q extends Questions<Q>>(kind: string, start: 
     });
     port.postMessage({ t: 'ready' } satisfies FromWorker);
   });
+}
+
+/**
+ * /metrics over every thread, fetched at scrape time: each metric merges by its `aggregator`
+ * (counters and histograms add up). Metrics only this thread has (Node's process metrics, the
+ * main thread's own gauges) are kept as they are: 'omit' would drop process_start_time_seconds.
+ */
+export function mergedMetrics(own: Registry, theirs: () => Promise<JsonMetrics[]>): Pick<Registry, 'metrics' | 'contentType'> {
+  return {
+    contentType: own.contentType,
+    async metrics() {
+      const [mine, others] = await Promise.all([own.getMetricsAsJSON(), theirs()]);
+      const shared = new Set(others.flatMap((t) => t.map((m) => m.name)));
+      for (const m of mine) if (!shared.has(m.name)) (m as { aggregator: string }).aggregator = 'first';
+      return AggregatorRegistry.aggregate([mine, ...others]).metrics();
+    },
+  };
 }

@@ -1,10 +1,11 @@
-// Batched UDP for every thread (server.ts, workers.ts): recvmmsg(2)/sendmmsg(2) through koffi on
-// the thread's own dup(2) of an IPv4 listener's descriptor, instead of Node's one-datagram-at-a-time
-// dgram path. The descriptor shares O_NONBLOCK with the main thread's socket, so readiness comes
-// from poll(2) run off the event loop (a koffi async call on libuv's thread pool) on the socket
-// and an eventfd (to wake it for close); then recvmmsg(MSG_DONTWAIT) drains up to BATCH
-// datagrams per call, each is answered by the same UdpAnswerer (DnsServer), and the replies go out in one
-// sendmmsg. Replies that wait for an upstream go out later with sendto(2).
+// Batched UDP for every thread (server.ts, workers.ts): recvmmsg(2)/sendmmsg(2) through koffi
+// on the thread's own dup(2) of an IPv4 listener's descriptor, instead of Node's
+// one-datagram-at-a-time dgram path. The descriptor shares O_NONBLOCK with the main thread's
+// socket, so readiness comes from poll(2) run off the event loop (a koffi async call on libuv's
+// thread pool) on the socket and an eventfd (to wake it for close); then recvmmsg(MSG_DONTWAIT)
+// drains up to BATCH datagrams per call, each is answered by the same UdpAnswerer (DnsServer),
+// and the replies go out in one sendmmsg. Replies that wait for an upstream go out later with
+// sendto(2).
 import type { Socket as UdpSocket } from 'node:dgram';
 import { AF_INET, SOCKADDR_IN, syscalls, syscallsError, writeSockaddr, type Syscalls } from '../api/libc.js';
 
@@ -289,7 +290,7 @@ export class BatchedUdp {
 
   private sendOne(out: Buffer, port: number, address: string): void {
     if (this.closed) return;
-    if (address.split('.').length !== 4) return;
+    if (address.includes(':')) return; // IPv4 sockets only
     writeSockaddr(this.to, AF_INET, address, port);
     this.s.sendto(this.fd, out, out.length, MSG_DONTWAIT, this.to, NAME);
   }

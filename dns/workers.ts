@@ -9,10 +9,11 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { makeLogger, type Logger } from '../api/log.js';
 import type { DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
-import { serveWorker, WorkerPool, type SpawnWorker, type WorkerThread } from '../api/workers.js';
+import { serveWorker, WorkerPool, type JsonMetrics, type SpawnWorker, type WorkerThread } from '../api/workers.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { Forwarder, type ForwarderOptions, type Upstream } from './forward.js';
+import { DnsMetrics } from './metrics.js';
 import { RateLimiter } from './ratelimit.js';
 import { BatchedUdp, dup, probeBatch, udpFd } from './batch.js';
 import { DnsServer, literalLookup, type UdpShare } from './server.js';
@@ -29,22 +30,14 @@ interface Setup {
   batch: boolean;
 }
 
-/** What a worker reports at scrape time (counters since it started; durations since the last report). */
-export interface WorkerStats {
-  counts: Array<{ qtype: number; rcode: number; count: number }>;
-  cacheHits: number;
-  limited: number;
-  refused: number;
-  upstreamSeconds: number[];
-}
-
 /** What the main thread asks a worker. */
 interface UdpThreadAnswers {
   /** Read this socket too (fd: the worker's own dup of it). */
   attach(m: { key: string; fd: number; ipv6: boolean }): void;
   /** Stop reading it; answered once the worker's copy is closed. */
   detach(key: string): Promise<void>;
-  stats(): WorkerStats;
+  /** Its metrics registry as prom-client JSON, merged into /metrics by the main thread. */
+  metrics(): Promise<JsonMetrics>;
 }
 
 /** The main thread's side: the pool of UDP threads, told about every socket the server binds. */
@@ -95,9 +88,9 @@ export class UdpWorkers implements UdpShare {
     await this.pool.ask('detach', key);
   }
 
-  /** Each worker's counters, for /metrics. */
-  stats(): Promise<WorkerStats[]> {
-    return this.pool.ask('stats');
+  /** Each worker's metrics, for /metrics. */
+  metrics(): Promise<JsonMetrics[]> {
+    return this.pool.ask('metrics');
   }
 
   /** Batched sockets have a poll in flight on the thread pool: each worker stops them before it ends. */
@@ -112,18 +105,14 @@ function udpThread(setup: Setup): WorkerThread<UdpThreadAnswers> {
   const log = makeLogger('dns', opts.logLevel).child({ component: 'dns', thread: 'udp-worker' });
   const zone = new Zone(opts.dnsDomain, opts.dnsTtl);
   const answers = new AnswerCache(zone);
-  let upstreamSeconds: number[] = [];
-  const forwarder = new Forwarder(setup.upstreams, {
-    ...setup.forwarder,
-    onUpstream: (s) => {
-      if (upstreamSeconds.length < 100_000) upstreamSeconds.push(s);
-    },
-  });
+  const metrics = new DnsMetrics();
+  const forwarder = new Forwarder(setup.upstreams, { ...setup.forwarder, onUpstream: (s) => metrics.upstreamSeconds.observe(s) });
   const acl = new RecursionAcl({ clusterCidr: opts.clusterCidr, allow: opts.dnsAllow, isAllocated: (a) => zone.namespaceOf(a) !== undefined });
   zone.onChange(() => acl.reset());
   // A client's datagrams spread over the threads: each thread allows its share of the limit.
   const limiter = new RateLimiter(opts.dnsRateLimit / setup.threads, Math.max(1, opts.dnsRateLimit / setup.threads));
   const server = new DnsServer(zone, answers, forwarder, { listen: [], udpPayload: opts.dnsUdpSize, acl, limiter, log });
+  metrics.count({ server, answers, forwarder, limiter });
   const sockets = new Map<string, { close(): Promise<void> }>();
   let warnedBatch = false;
 
@@ -159,13 +148,7 @@ function udpThread(setup: Setup): WorkerThread<UdpThreadAnswers> {
         sockets.delete(key);
         await sock?.close();
       },
-      stats: () => {
-        const stats: WorkerStats = {
-          counts: [...server.counts.entries()], cacheHits: answers.hits + forwarder.hits, limited: limiter.limited, refused: server.refused, upstreamSeconds,
-        };
-        upstreamSeconds = [];
-        return stats;
-      },
+      metrics: () => metrics.registry.getMetricsAsJSON(),
     },
     stop: async () => {
       const all = [...sockets.values()];

@@ -4,12 +4,11 @@
 // same ports with stacks of their own (workers.ts); this thread keeps the watch and the admin.
 import type { Server } from 'node:http';
 import { availableParallelism } from 'node:os';
-import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import { AgentWatch } from '../api/watch.js';
-import type { SpawnWorker } from '../api/workers.js';
+import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { closeFds, listenFd, reusePortListeners, type SharedListeners } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
 import { startLbWorkers, type LbWorkers } from './workers.js';
@@ -93,7 +92,8 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
   }, log);
 
   const ready = () => routes.ready && (workers?.ready ?? true);
-  const metrics = workers === undefined ? main.metrics.registry : merged(main.metrics.registry, workers);
+  const threadsMetrics = workers;
+  const metrics = threadsMetrics === undefined ? main.metrics.registry : mergedMetrics(main.metrics.registry, () => threadsMetrics.ask('metrics'));
   const status = async () => {
     const all: ThreadStats[] = [main.stats(), ...((await workers?.ask('stats')) ?? [])];
     return {
@@ -138,20 +138,6 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
         await Promise.all([main.close(SHUTDOWN_GRACE_MS), workers?.close(SHUTDOWN_GRACE_MS)]);
       })();
       return closing;
-    },
-  };
-}
-
-/** /metrics over every thread, fetched at scrape time; each metric merges by its `aggregator`. */
-function merged(own: Registry, workers: LbWorkers): Pick<Registry, 'metrics' | 'contentType'> {
-  return {
-    contentType: own.contentType,
-    async metrics() {
-      const [mine, theirs] = await Promise.all([own.getMetricsAsJSON(), workers.ask('metrics')]);
-      // Node's process metrics come from this thread only: keep them as they are ('omit' would
-      // drop process_start_time_seconds, 'sum' is what they would get by default).
-      for (const m of mine) if (!m.name.startsWith('corral_lb_')) (m as { aggregator: string }).aggregator = 'first';
-      return AggregatorRegistry.aggregate([mine, ...theirs]).metrics();
     },
   };
 }

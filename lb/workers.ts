@@ -3,16 +3,13 @@
 // (listeners.ts), so nothing is shared on the hot path. The main thread keeps the agent watch
 // and the admin endpoint, forwards every watch event through the pool (api/workers.ts) and acks
 // a revision only once every thread has applied it.
-import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { makeLogger, type Logger } from '../api/log.js';
 import type { LbOptions } from '../api/options.js';
-import { serveWorker, WorkerPool, type SpawnWorker, type WorkerThread } from '../api/workers.js';
+import { serveWorker, WorkerPool, type JsonMetrics, type SpawnWorker, type WorkerThread } from '../api/workers.js';
 import { closeFds, listenFd } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
 
 const KIND = 'corral-lb-worker';
-
-export type JsonMetrics = Array<MetricObjectWithValues<MetricValue<string>>>;
 
 interface Setup {
   opts: LbOptions;
