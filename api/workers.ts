@@ -3,8 +3,9 @@
 // endpoint; the pool starts the threads (each reports ready once it serves), hands every watch
 // event to every thread and resolves only when all have applied it (the agent is acked then, so
 // `corral status` never shows a revision one thread does not serve yet), asks every thread a
-// question with a timeout (status, metrics), and stops them. A component's module says what its
-// threads do with serveWorker() and starts them with WorkerPool.start() from the same module.
+// question with a timeout (status, metrics: mergedMetrics adds theirs up), and stops them. A
+// component's module says what its threads do with serveWorker() and starts them with
+// WorkerPool.start() from the same module.
 // In api/ because dns/ and lb/ both run on it, and components share code only through api/.
 import { isMainThread, parentPort, Worker, workerData, type WorkerOptions } from 'node:worker_threads';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
@@ -14,8 +15,10 @@ import type { WatchEvent } from './types.js';
 /** A thread's prom-client registry as JSON (what crosses to the main thread at scrape time). */
 export type JsonMetrics = Array<MetricObjectWithValues<MetricValue<string>>>;
 
-/** How long a question (and a stop, beyond its grace time) may take before the thread is skipped. */
+/** How long a question may take before the thread is skipped. */
 const ASK_TIMEOUT_MS = 2_000;
+/** How long a stop may take beyond its grace time. */
+const STOP_SLACK_MS = 5_000;
 
 /** What a component's threads answer, by name: functions of at most one argument. */
 export type Questions<Q> = { [K in keyof Q]: (arg: never) => unknown };
@@ -160,7 +163,7 @@ export class WorkerPool<Setup, Q extends Questions<Q>> {
 
   /** Each thread stops (finishing its work for up to graceMs), then the threads are ended. */
   async close(graceMs = 0): Promise<void> {
-    await Promise.all(this.live().map((s) => this.send(s, { t: 'stop', id: this.nextId++, graceMs }, graceMs + ASK_TIMEOUT_MS)));
+    await Promise.all(this.live().map((s) => this.send(s, { t: 'stop', id: this.nextId++, graceMs }, graceMs + STOP_SLACK_MS)));
     await Promise.all(this.threads.map((s) => s.worker.terminate().catch(() => 0)));
     for (const s of this.threads) s.alive = false;
     for (const w of this.waiting.splice(0)) w.resolve();
