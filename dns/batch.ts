@@ -1,13 +1,13 @@
-// Batched UDP for the worker threads (workers.ts): recvmmsg(2)/sendmmsg(2) through koffi on the
-// worker's dup(2) of an IPv4 listener's descriptor, instead of Node's one-datagram-at-a-time
-// dgram path. The descriptor shares O_NONBLOCK with the main thread's socket, so readiness comes
-// from poll(2) run off the event loop (a koffi async call on libuv's thread pool) on the socket
-// and an eventfd (to wake it for close); then recvmmsg(MSG_DONTWAIT) drains up to BATCH
-// datagrams per call, each is answered by the same DnsServer code, and the replies go out in one
-// sendmmsg. Replies that wait for an upstream go out later with sendto(2).
+// Batched UDP for every thread (server.ts, workers.ts): recvmmsg(2)/sendmmsg(2) through koffi
+// on the thread's own dup(2) of an IPv4 listener's descriptor, instead of Node's
+// one-datagram-at-a-time dgram path. The descriptor shares O_NONBLOCK with the main thread's
+// socket, so readiness comes from poll(2) run off the event loop (a koffi async call on libuv's
+// thread pool) on the socket and an eventfd (to wake it for close); then recvmmsg(MSG_DONTWAIT)
+// drains up to BATCH datagrams per call, each is answered by the same UdpAnswerer (DnsServer),
+// and the replies go out in one sendmmsg. Replies that wait for an upstream go out later with
+// sendto(2).
 import type { Socket as UdpSocket } from 'node:dgram';
-import type { DnsServer } from './server.js';
-import { libc } from '../api/libc.js';
+import { AF_INET, SOCKADDR_IN, syscalls, syscallsError, writeSockaddr, type Syscalls } from '../api/libc.js';
 
 const BATCH = 64;
 /** Receive slot: a query larger than this (MSG_TRUNC) is dropped; no real DNS query is. */
@@ -16,7 +16,7 @@ const SLOT = 4096;
 const OUT_SLOT = 4096 + 512;
 const MMSG = 64; // sizeof(struct mmsghdr) on LP64: msghdr (56) + msg_len (4) + padding
 const IOV = 16;
-const NAME = 16; // sizeof(struct sockaddr_in)
+const NAME = SOCKADDR_IN;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
 const EAGAIN = 11;
@@ -27,56 +27,25 @@ const EFD_CLOEXEC = 0o2000000;
 /** poll timeout: only a backstop, close() wakes the poll through the eventfd. */
 const POLL_MS = 1000;
 
-type Fn = (...args: never[]) => number;
-interface Sys {
-  recvmmsg(fd: number, vec: number, vlen: number, flags: number, timeout: null): number;
-  sendmmsg(fd: number, vec: number, vlen: number, flags: number): number;
-  sendto(fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number): number;
-  poll: { async(fds: number, nfds: number, timeout: number, cb: (err: unknown, r: number) => void): void };
-  eventfd(init: number, flags: number): number;
-  write(fd: number, buf: Buffer, len: number): number;
-  close(fd: number): number;
-  socket(domain: number, type: number, protocol: number): number;
-  errno(): number;
-  address(b: Buffer): number;
+/** Where a reply that waited for an upstream goes (a dgram socket, or a batch's sendto). */
+export interface UdpSender {
+  send(out: Buffer, port: number, address: string): void;
 }
 
-let sys: Sys | null | undefined;
-let sysError = '';
-
-/** The syscalls, or null (batchSupport() says why) when koffi or libc cannot provide them. */
-export function batchSyscalls(): Sys | null {
-  if (sys !== undefined) return sys;
-  try {
-    if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) throw new Error(`no struct layout for ${process.platform}/${process.arch}`);
-    const c = libc();
-    const f = (decl: string) => c.func<Fn>(decl);
-    const s = {
-      recvmmsg: f('int recvmmsg(int fd, uintptr_t vec, unsigned int vlen, int flags, void *timeout)'),
-      sendmmsg: f('int sendmmsg(int fd, uintptr_t vec, unsigned int vlen, int flags)'),
-      sendto: f('intptr_t sendto(int fd, void *buf, size_t len, int flags, void *addr, uint32_t addrlen)'),
-      poll: f('int poll(uintptr_t fds, unsigned long nfds, int timeout)'),
-      eventfd: f('int eventfd(unsigned int initval, int flags)'),
-      write: f('intptr_t write(int fd, void *buf, size_t len)'),
-      close: f('int close(int fd)'),
-      socket: f('int socket(int domain, int type, int protocol)'),
-      errno: c.errno,
-      address: c.address,
-    } as unknown as Sys;
-    sys = s;
-  } catch (err) {
-    sysError = (err as Error).message;
-    sys = null;
-  }
-  return sys;
+/** Who answers a datagram (DnsServer): the one thing a batch needs of the server. */
+export interface UdpAnswerer {
+  /**
+   * The reply to one UDP query if it is ready now; null when it is dropped or waits for an
+   * upstream (then `later` sends it). `msg` may be reused by the caller once this returns.
+   */
+  answerUdp(msg: Buffer, client: string, port: number, later: UdpSender): Buffer | null;
 }
-
-let dupFn: ((fd: number) => number) | undefined;
 
 /** dup(2): the workers need descriptors of their own, so closing one never closes another's. */
 export function dup(fd: number): number {
-  dupFn ??= libc().func<(fd: number) => number>('int dup(int fd)');
-  const d = dupFn(fd);
+  const s = syscalls();
+  if (!s) throw new Error(syscallsError());
+  const d = s.dup(fd);
   if (d < 0) throw new Error(`dup(${fd}) failed: too many open files?`);
   return d;
 }
@@ -99,7 +68,7 @@ export function udpFd(sock: UdpSocket): number {
  * stays open, and owns its descriptor) and a BatchedUdp reads a dup of it. Null if Node's
  * internals or the syscalls are not there (the caller keeps Node's reading).
  */
-export function batchDgram(sock: UdpSocket, server: DnsServer, onError: (msg: string) => void): { batch: BatchedUdp | null; why: string } {
+export function batchDgram(sock: UdpSocket, server: UdpAnswerer, onError: (msg: string) => void): { batch: BatchedUdp | null; why: string } {
   const handle = udpHandle(sock);
   if (typeof handle?.fd !== 'number' || handle.fd < 0 || typeof handle.recvStop !== 'function') return { batch: null, why: 'cannot find the descriptor of the UDP socket' };
   const why = probeBatch(handle.fd);
@@ -109,7 +78,7 @@ export function batchDgram(sock: UdpSocket, server: DnsServer, onError: (msg: st
   try {
     batch = new BatchedUdp(fd, server, onError);
   } catch (err) {
-    batchSyscalls()?.close(fd);
+    syscalls()?.close(fd);
     return { batch: null, why: (err as Error).message };
   }
   handle.recvStop.call(handle);
@@ -122,9 +91,9 @@ let support: string | undefined;
 /** '' when batching works here (koffi, libc and the kernel's recvmmsg/sendmmsg, tried once on a scratch socket), else why not. */
 export function batchSupport(): string {
   if (support !== undefined) return support;
-  const s = batchSyscalls();
-  if (!s) return (support = sysError);
-  const fd = s.socket(2 /* AF_INET */, 2 /* SOCK_DGRAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
+  const s = syscalls();
+  if (!s) return (support = syscallsError());
+  const fd = s.socket(AF_INET, 2 /* SOCK_DGRAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
   if (fd < 0) return (support = `socket failed (errno ${s.errno()})`);
   support = probeBatch(fd);
   s.close(fd);
@@ -133,8 +102,8 @@ export function batchSupport(): string {
 
 /** Checks that the kernel has recvmmsg/sendmmsg (vlen 0 receives nothing): '' or why not. */
 export function probeBatch(fd: number): string {
-  const s = batchSyscalls();
-  if (!s) return sysError;
+  const s = syscalls();
+  if (!s) return syscallsError();
   const vec = Buffer.alloc(MMSG);
   const addr = s.address(vec);
   if (s.recvmmsg(fd, addr, 0, MSG_DONTWAIT, null) < 0 && s.errno() !== EAGAIN) return `recvmmsg failed (errno ${s.errno()})`;
@@ -144,7 +113,7 @@ export function probeBatch(fd: number): string {
 
 /** One IPv4 UDP descriptor served in batches. Owns fd: closes it on close(). */
 export class BatchedUdp {
-  private readonly s: Sys;
+  private readonly s: Syscalls;
   // Every buffer below is allocated once; the kernel reads and writes them through raw addresses.
   private readonly recvData = Buffer.allocUnsafeSlow(BATCH * SLOT);
   private readonly recvNames = Buffer.allocUnsafeSlow(BATCH * NAME);
@@ -171,9 +140,9 @@ export class BatchedUdp {
   /** For replies that waited for an upstream. */
   readonly later = { send: (out: Buffer, port: number, address: string) => this.sendOne(out, port, address) };
 
-  constructor(private readonly fd: number, private readonly server: DnsServer, private readonly onError: (msg: string) => void) {
-    const s = batchSyscalls();
-    if (!s) throw new Error(sysError);
+  constructor(private readonly fd: number, private readonly server: UdpAnswerer, private readonly onError: (msg: string) => void) {
+    const s = syscalls();
+    if (!s) throw new Error(syscallsError());
     this.s = s;
     this.wake = s.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.wake < 0) throw new Error(`eventfd failed (errno ${s.errno()})`);
@@ -283,7 +252,7 @@ export class BatchedUdp {
     for (let i = 0; i < n; i++) {
       const m = i * MMSG;
       if (vec.readInt32LE(m + 48) & MSG_TRUNC) continue;
-      if (vec.readUInt32LE(m + 8) !== NAME || names.readUInt16LE(i * NAME) !== 2 /* AF_INET */) continue;
+      if (vec.readUInt32LE(m + 8) !== NAME || names.readUInt16LE(i * NAME) !== AF_INET) continue;
       const len = vec.readUInt32LE(m + 56);
       const a = i * NAME;
       const port = (names[a + 2]! << 8) | names[a + 3]!;
@@ -321,14 +290,9 @@ export class BatchedUdp {
 
   private sendOne(out: Buffer, port: number, address: string): void {
     if (this.closed) return;
-    const parts = address.split('.');
-    if (parts.length !== 4) return;
-    const to = this.to;
-    to.fill(0);
-    to.writeUInt16LE(2, 0);
-    to.writeUInt16BE(port, 2);
-    for (let k = 0; k < 4; k++) to[4 + k] = Number(parts[k]);
-    this.s.sendto(this.fd, out, out.length, MSG_DONTWAIT, to, NAME);
+    if (address.includes(':')) return; // IPv4 sockets only
+    writeSockaddr(this.to, AF_INET, address, port);
+    this.s.sendto(this.fd, out, out.length, MSG_DONTWAIT, this.to, NAME);
   }
 }
 

@@ -3,21 +3,21 @@
 import type { Server as HttpServer } from 'node:http';
 import { availableParallelism } from 'node:os';
 import type { AddressInfo } from 'node:net';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, parseHostPort, type DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { AgentWatch } from '../api/watch.js';
+import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { batchSupport } from './batch.js';
 import { Forwarder, parseUpstream, resolvConfUpstreams, type ForwarderOptions, type Upstream } from './forward.js';
 import { GatewayListeners } from './gateways.js';
+import { DnsMetrics } from './metrics.js';
 import { RateLimiter } from './ratelimit.js';
 import { DnsServer, type BoundListener } from './server.js';
 import { UdpWorkers } from './workers.js';
-import { RCODE, TYPE_NAMES } from './wire.js';
 import { Zone } from './zone.js';
 
 export interface RunningDns {
@@ -29,25 +29,23 @@ export interface RunningDns {
   forwarder: Forwarder;
   server: DnsServer;
   limiter: RateLimiter;
-  /** Applies one watch event (what the agent stream does; tests feed events here). */
-  apply(ev: WatchEvent): void;
+  /** Applies one watch event (what the agent stream does; tests feed events here); resolves once every thread answers from it. */
+  apply(ev: WatchEvent): Promise<void>;
 }
 
-const RCODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(RCODE).map(([k, v]) => [v, k]));
-RCODE_NAMES[16] = 'BADVERS';
+export interface DnsTuning {
+  forwarder?: ForwarderOptions;
+  tcpIdleMs?: number;
+  /** How worker threads are started (tests run them from the TypeScript source). */
+  spawnWorker?: SpawnWorker;
+}
 
-export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forwarder?: ForwarderOptions; tcpIdleMs?: number } = {}): Promise<RunningDns> {
+export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning = {}): Promise<RunningDns> {
   const zone = new Zone(opts.dnsDomain, opts.dnsTtl);
   const answers = new AnswerCache(zone);
-  const metrics = new Registry();
-  const upstreamSeconds = new Histogram({
-    name: 'corral_dns_upstream_seconds',
-    help: 'Time of one exchange with an upstream resolver',
-    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-    registers: [metrics],
-  });
+  const metrics = new DnsMetrics();
   const upstreams = chooseUpstreams(opts, log);
-  const forwarder = new Forwarder(upstreams, { ...tuning.forwarder, onUpstream: (s) => upstreamSeconds.observe(s) });
+  const forwarder = new Forwarder(upstreams, { ...tuning.forwarder, onUpstream: (s) => metrics.upstreamSeconds.observe(s) });
   const acl = new RecursionAcl({ clusterCidr: opts.clusterCidr, allow: opts.dnsAllow, isAllocated: (a) => zone.namespaceOf(a) !== undefined });
   zone.onChange(() => acl.reset());
   // UDP threads: this one plus workers reading the same sockets (workers.ts). Each thread
@@ -58,11 +56,8 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   const noBatch = batchSupport();
   const batch = noBatch === '';
   if (!batch) log.warn({ err: noBatch }, 'DNS cannot batch UDP (recvmmsg/sendmmsg through koffi unavailable); one datagram at a time through Node dgram');
-  let workers: UdpWorkers | null = null;
-  if (threads > 1) {
-    const { onUpstream: _, ...forwarderTuning } = tuning.forwarder ?? {};
-    workers = await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads, batch }, log);
-  }
+  const { onUpstream: _, ...forwarderTuning } = tuning.forwarder ?? {};
+  const workers = threads > 1 ? await UdpWorkers.start(threads - 1, { opts, upstreams, forwarder: forwarderTuning, threads, batch }, log, tuning.spawnWorker) : null;
   // "gateway:PORT" entries follow this node's block (gateways.ts); the rest are fixed addresses.
   const listen = opts.dnsListen.map((l) => ({ text: l, ...parseHostPort(l, '--dns-listen') }));
   const server = new DnsServer(zone, answers, forwarder, {
@@ -77,97 +72,16 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   });
   const gateways = new GatewayListeners(opts.nodeName, listen.filter((l) => l.host === 'gateway').map((l) => l.port), server, log);
 
-  // Counters live as plain numbers in each thread; a scrape sums them.
-  const totals = async () => {
-    const all = [{
-      counts: [...server.counts.entries()], cacheHits: answers.hits + forwarder.hits, limited: limiter.limited, refused: server.refused, upstreamSeconds: [] as number[],
-    }, ...(workers ? await workers.stats() : [])];
-    for (const w of all) for (const s of w.upstreamSeconds) upstreamSeconds.observe(s);
-    const counts = new Map<string, number>();
-    for (const w of all) {
-      for (const { qtype, rcode, count } of w.counts) {
-        const k = `${TYPE_NAMES[qtype] ?? String(qtype)}\0${RCODE_NAMES[rcode] ?? String(rcode)}`;
-        counts.set(k, (counts.get(k) ?? 0) + count);
-      }
-    }
-    const sum = (f: (w: (typeof all)[number]) => number) => all.reduce((n, w) => n + f(w), 0);
-    return { counts, cacheHits: sum((w) => w.cacheHits), limited: sum((w) => w.limited), refused: sum((w) => w.refused) };
-  };
-  // One scrape asks the workers once, whichever metric collects first.
-  let scrape: Promise<Awaited<ReturnType<typeof totals>>> | null = null;
-  const current = () => {
-    scrape ??= totals().finally(() => setImmediate(() => (scrape = null)));
-    return scrape;
-  };
+  metrics.count({ server, answers, forwarder, limiter });
+  metrics.mainThread(forwarder, zone);
 
-  new Counter({
-    name: 'corral_dns_queries_total',
-    help: 'DNS queries answered, by query type and response code',
-    labelNames: ['qtype', 'rcode'] as const,
-    registers: [metrics],
-    async collect() {
-      const t = await current();
-      this.reset();
-      for (const [k, count] of t.counts) {
-        const [qtype, rcode] = k.split('\0') as [string, string];
-        this.inc({ qtype, rcode }, count);
-      }
-    },
-  });
-  new Counter({
-    name: 'corral_dns_cache_hits_total',
-    help: 'Queries answered from a cache (pre-encoded authoritative answers and forwarded answers)',
-    registers: [metrics],
-    async collect() {
-      const t = await current();
-      this.reset();
-      this.inc(t.cacheHits);
-    },
-  });
-  new Counter({
-    name: 'corral_dns_rate_limited_total',
-    help: 'Queries dropped (UDP) or refused (TCP) because their client was over --dns-rate-limit',
-    registers: [metrics],
-    async collect() {
-      const t = await current();
-      this.reset();
-      this.inc(t.limited);
-    },
-  });
-  new Counter({
-    name: 'corral_dns_recursion_refused_total',
-    help: 'Queries for names outside the Corral domain refused because the client is outside the cluster and host',
-    registers: [metrics],
-    async collect() {
-      const t = await current();
-      this.reset();
-      this.inc(t.refused);
-    },
-  });
-  new Gauge({
-    name: 'corral_dns_upstream_up',
-    help: 'Whether an upstream resolver is in use (0 while it is skipped after repeated failures)',
-    labelNames: ['upstream'] as const,
-    registers: [metrics],
-    collect() {
-      this.reset();
-      for (const u of forwarder.health()) this.set({ upstream: u.upstream }, u.up ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'corral_dns_applied_revision',
-    help: 'Registry revision this DNS server answers from',
-    registers: [metrics],
-    collect() {
-      this.set(zone.revision);
-    },
-  });
-
-  const apply = (ev: WatchEvent) => {
+  const apply = (ev: WatchEvent): Promise<void> => {
     zone.apply(ev);
-    workers?.apply(ev);
+    const everyThread = workers ? workers.apply(ev) : Promise.resolve();
     gateways.apply(ev);
+    return everyThread;
   };
+  const ready = () => zone.synced && (workers?.ready ?? true);
   let listeners: BoundListener[] = [];
   let admin: HttpServer | undefined;
   let watch: AgentWatch | undefined;
@@ -182,12 +96,13 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
   try {
     listeners = await server.listen();
     admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.dns, {
-      metrics,
-      ready: () => zone.synced,
+      // Every thread's counters, merged at scrape time.
+      metrics: workers ? mergedMetrics(metrics.registry, () => workers.metrics()) : metrics.registry,
+      ready,
       status: () => ({
         component: 'dns',
         domain: zone.domain,
-        ready: zone.synced,
+        ready: ready(),
         agentConnected: watch?.connected ?? false,
         zone: zone.stats(),
         listeners: server.bound(),
@@ -204,8 +119,11 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: { forward
       kinds: ['endpoints', 'services', 'hosts', 'allocations'],
       onEvent: (ev) => {
         const first = !zone.synced;
-        apply(ev);
+        const applied = apply(ev);
         if (first && ev.snapshot) log.info(zone.stats(), 'DNS ready: first snapshot applied');
+        // Acked to the agent only once every thread answers from it: `corral status` must not
+        // claim a change is served while a worker thread still answers the old records.
+        return applied;
       },
     }, log);
     watch.start();

@@ -6,7 +6,7 @@ import { createServer, isIPv6, type Server as TcpServer, type Socket as TcpSocke
 import type { Logger } from 'pino';
 import { parseHostPort } from '../api/options.js';
 import type { RecursionAcl } from './access.js';
-import { batchDgram, type BatchedUdp } from './batch.js';
+import { batchDgram, type BatchedUdp, type UdpAnswerer, type UdpSender } from './batch.js';
 import type { AnswerCache } from './answers.js';
 import { nowSec, type Forwarder } from './forward.js';
 import type { RateLimiter } from './ratelimit.js';
@@ -78,7 +78,7 @@ export function literalLookup(address: string, _opts: unknown, cb: (err: null, a
   cb(null, address, address.includes(':') ? 6 : 4);
 }
 
-export class DnsServer {
+export class DnsServer implements UdpAnswerer {
   readonly counts = new QueryCounts();
   private readonly q = new Query();
   private readonly udpPayload: number;
@@ -309,11 +309,6 @@ export class DnsServer {
     this.counts.record(0, RCODE.FORMERR);
     return errorReply(q, RCODE.FORMERR, false);
   }
-}
-
-/** Where a reply that waited for an upstream goes (a dgram socket, or the batched path of workers.ts). */
-export interface UdpSender {
-  send(out: Buffer, port: number, address: string): void;
 }
 
 /** A reply that waited for an upstream: the socket may have closed meanwhile (shutdown, a gateway that went away). */

@@ -1,6 +1,7 @@
 // The DNS wire format on the hot path: parse one query into a reused Query, encode answer bodies
 // once, and assemble a reply from a cached body with a copy and a few patched bytes.
 // Written for the engine (undici-style): no per-query closures, scratch buffers reused.
+import { ipv6Groups, writeIPv6 } from '../api/ipv6.js';
 
 export const TYPE = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, AAAA: 28, SRV: 33, OPT: 41, ANY: 255 } as const;
 export const CLASS_IN = 1;
@@ -395,28 +396,6 @@ class BodyWriter {
     encodeBuf.writeUInt32BE(v >>> 0, this.off);
     this.off += 4;
   }
-}
-
-/** Writes the 16 bytes of an IPv6 address (with "::" and embedded IPv4 forms). */
-export function writeIPv6(addr: string, out: Buffer, off: number): number {
-  const groups = ipv6Groups(addr);
-  for (let i = 0; i < 8; i++) out.writeUInt16BE(groups[i]!, off + i * 2);
-  return 16;
-}
-
-function ipv6Groups(addr: string): number[] {
-  let text = addr.split('%')[0]!.toLowerCase();
-  const v4 = /^(.*:)(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
-  if (v4) {
-    const [b0, b1, b2, b3] = [v4[2], v4[3], v4[4], v4[5]].map(Number) as [number, number, number, number];
-    text = `${v4[1]}${((b0 << 8) | b1).toString(16)}:${((b2 << 8) | b3).toString(16)}`;
-  }
-  const parse = (s: string) => (s === '' ? [] : s.split(':').map((g) => parseInt(g, 16) & 0xffff));
-  const dbl = text.indexOf('::');
-  if (dbl < 0) return parse(text);
-  const head = parse(text.slice(0, dbl));
-  const rest = parse(text.slice(dbl + 2));
-  return [...head, ...new Array<number>(Math.max(0, 8 - head.length - rest.length)).fill(0), ...rest];
 }
 
 /** The fully expanded 8 groups of an IPv6 address, for reverse names. */

@@ -1,15 +1,17 @@
 // `corral lb`: watches the agent, keeps the route table and balancers at the registry's revision,
 // serves HTTP on --http-listen (and HTTPS on --https-listen when --tls-cert-dir has certificates)
 // and the admin endpoint on --admin-listen. With --lb-threads above 1, worker threads serve the
-// same ports with stacks of their own (threads.ts); this thread keeps the watch and the admin.
+// same ports with stacks of their own (workers.ts); this thread keeps the watch and the admin.
 import type { Server } from 'node:http';
 import { availableParallelism } from 'node:os';
-import { AggregatorRegistry, type Registry } from 'prom-client';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import { AgentWatch } from '../api/watch.js';
-import { closeFds, LbThread, LbWorkers, listenFd, reusePortListeners, type SharedListeners, type ThreadStats } from './threads.js';
+import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
+import { closeFds, listenFd, reusePortListeners, type SharedListeners } from './listeners.js';
+import { LbThread, type ThreadStats } from './stack.js';
+import { startLbWorkers, type LbWorkers } from './workers.js';
 
 /** How long shutdown waits for in-flight requests before cutting them. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -21,7 +23,12 @@ export interface RunningLb {
   httpsPort: number;
 }
 
-export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb> {
+export interface LbTuning {
+  /** How worker threads are started (tests run them from the TypeScript source). */
+  spawnWorker?: SpawnWorker;
+}
+
+export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning = {}): Promise<RunningLb> {
   const o = { ...LB_DEFAULTS, ...opts.lb };
   const main = new LbThread(0, o, log, true);
   const { routes, proxy, certs } = main;
@@ -53,7 +60,7 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
     if (shared) {
       const { http, https: tls } = shared;
       try {
-        workers = await LbWorkers.start(o, opts.logLevel, http.fds.slice(1), tls?.fds.slice(1) ?? [], log);
+        workers = await startLbWorkers(o, opts.logLevel, http.fds.slice(1), tls?.fds.slice(1) ?? [], log, tuning.spawnWorker);
       } catch (err) {
         closeFds([http.fds[0]!, ...(tls ? [tls.fds[0]!] : [])]);
         throw err;
@@ -86,9 +93,10 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
   }, log);
 
   const ready = () => routes.ready && (workers?.ready ?? true);
-  const metrics = workers === undefined ? main.metrics.registry : merged(main.metrics.registry, workers);
+  const threadsMetrics = workers;
+  const metrics = threadsMetrics === undefined ? main.metrics.registry : mergedMetrics(main.metrics.registry, () => threadsMetrics.ask('metrics'));
   const status = async () => {
-    const all: ThreadStats[] = [main.stats(), ...((await workers?.stats()) ?? [])];
+    const all: ThreadStats[] = [main.stats(), ...((await workers?.ask('stats')) ?? [])];
     return {
       component: 'lb',
       httpListen: opts.httpListen,
@@ -131,20 +139,6 @@ export async function runLb(opts: DaemonOptions, log: Logger): Promise<RunningLb
         await Promise.all([main.close(SHUTDOWN_GRACE_MS), workers?.close(SHUTDOWN_GRACE_MS)]);
       })();
       return closing;
-    },
-  };
-}
-
-/** /metrics over every thread, fetched at scrape time; each metric merges by its `aggregator`. */
-function merged(own: Registry, workers: LbWorkers): Pick<Registry, 'metrics' | 'contentType'> {
-  return {
-    contentType: own.contentType,
-    async metrics() {
-      const [mine, theirs] = await Promise.all([own.getMetricsAsJSON(), workers.metrics()]);
-      // Node's process metrics come from this thread only: keep them as they are ('omit' would
-      // drop process_start_time_seconds, 'sum' is what they would get by default).
-      for (const m of mine) if (!m.name.startsWith('corral_lb_')) (m as { aggregator: string }).aggregator = 'first';
-      return AggregatorRegistry.aggregate([mine, ...theirs]).metrics();
     },
   };
 }

@@ -1,7 +1,9 @@
 // `corral lb --lb-threads N` through the real bundled executable: several threads accept on the
 // same port (SO_REUSEPORT), each with its own routes fed by the one agent watch; /metrics and the
-// status page add the threads up; a revision is acked to the agent only once every thread has
-// applied it; shutdown lets in-flight requests on every thread finish and the process exits.
+// status page add the threads up; shutdown lets in-flight requests on every thread finish and the
+// process exits. That a revision is acked to the agent only once every thread has applied it is
+// shown on an LB run in this process (runLb, threads from the source) whose worker thread gets
+// every message 300 ms late.
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,9 +12,15 @@ import { connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { Client, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { agentClient, unary } from '../api/grpc.js';
+import { makeLogger } from '../api/log.js';
+import { defaultOptions, LB_DEFAULTS } from '../api/options.js';
+import type { StatusReply } from '../api/types.js';
 import { freePort, startDaemon, type Daemon } from '../test/support/corral.js';
 import { Backend, cliOk, startBackends } from '../test/support/lb.js';
 import { untilOk } from '../test/support/until.js';
+import { sourceThreads } from '../test/support/workers.js';
+import { runLb, type RunningLb } from './main.js';
 
 const CONNECTIONS = 16;
 const run = promisify(execFile);
@@ -44,12 +52,15 @@ interface Status {
   perThread: Array<{ thread: number; requests: number; connections: number; revision: number; ready: boolean }>;
 }
 
-async function status(lb: Daemon): Promise<Status> {
+/** Where an LB serves: a daemon, or one run in this process. */
+type Lb = Pick<Daemon, 'adminPort' | 'httpPort'>;
+
+async function status(lb: Lb): Promise<Status> {
   const res = await request(`http://127.0.0.1:${lb.adminPort}/`);
   return (await res.body.json()) as Status;
 }
 
-async function metricsTotal(lb: Daemon, svc: string): Promise<number> {
+async function metricsTotal(lb: Lb, svc: string): Promise<number> {
   const text = await (await request(`http://127.0.0.1:${lb.adminPort}/metrics`)).body.text();
   let n = 0;
   for (const m of text.matchAll(new RegExp(`^corral_lb_requests_total\\{namespace="default",service="${svc}",[^}]*\\} (\\d+)$`, 'gm'))) n += Number(m[1]);
@@ -62,7 +73,7 @@ const until = <T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, tim
   untilOk(what, fn, ok, { ms: timeoutMs, everyMs: 20 });
 
 /** `CONNECTIONS` keep-alive connections to the LB, one request at a time on each. */
-function connectAll(lb: Daemon): Client[] {
+function connectAll(lb: Lb): Client[] {
   clients = Array.from({ length: CONNECTIONS }, () => new Client(`http://127.0.0.1:${lb.httpPort}`, { pipelining: 1, keepAliveTimeout: 30_000 }));
   return clients;
 }
@@ -81,9 +92,7 @@ describe('corral lb --lb-threads 2', () => {
   let sent = 0;
 
   beforeAll(async () => {
-    // The worker thread applies every event 300 ms late: an ack that did not wait for it would
-    // let requests after the ack reach the old color through that thread.
-    lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2'], env: { CORRAL_TEST_LB_WORKER_LAG_MS: '300' } });
+    lb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2'] });
   });
 
   afterAll(async () => {
@@ -118,6 +127,30 @@ describe('corral lb --lb-threads 2', () => {
     expect(text).toMatch(/^process_start_time_seconds \d+/m);
     expect(text).toMatch(new RegExp(`^corral_lb_upstream_seconds_count\\{namespace="default",service="web"\\} ${sent}$`, 'm'));
   });
+});
+
+describe('corral lb --lb-threads 2 in this process, its worker thread applying every event 300 ms late', () => {
+  let running: RunningLb | undefined;
+  let lb: Lb;
+
+  beforeAll(async () => {
+    // An ack that did not wait for the worker would let requests after the ack reach the old
+    // color through that thread.
+    const adminPort = await freePort();
+    const opts = {
+      ...defaultOptions(),
+      agentSocket: agent.socket,
+      httpListen: `127.0.0.1:${await freePort()}`,
+      adminListen: `127.0.0.1:${adminPort}`,
+      lb: { ...LB_DEFAULTS, threads: 2 },
+    };
+    running = await runLb(opts, makeLogger('lb', 'warn'), { spawnWorker: sourceThreads({ lagMs: 300 }).spawn });
+    lb = { adminPort, httpPort: running.port };
+  });
+
+  afterAll(async () => {
+    await running?.close();
+  });
 
   it('acks `corral switch` to the agent only after both threads applied it: every request after the ack goes to the new color', async () => {
     backends = await startBackends(['b1', 'blue'], ['g1', 'green']);
@@ -144,10 +177,13 @@ describe('corral lb --lb-threads 2', () => {
     }));
     await new Promise((r) => setTimeout(r, 200));
     const sw = JSON.parse(await cli(['switch', 'sw', 'green', '--json'])) as { revision: number };
-    await until('the agent has the LB ack', async () => {
-      const st = JSON.parse(await cli(['status', '--json'])) as { components: Array<{ component: string; appliedRevision: number }> };
+    // Asked over gRPC every 5 ms (a `corral status` process takes longer to start than the lag).
+    const agentApi = agentClient(agent.socket);
+    await untilOk('the agent has the LB ack', async () => {
+      const st = await unary<object, StatusReply>(agentApi, 'Status', {});
       return st.components.find((c) => c.component === 'lb')?.appliedRevision ?? 0;
-    }, (r) => r >= sw.revision);
+    }, (r) => r >= sw.revision, { ms: 10_000, everyMs: 5 });
+    agentApi.close();
     acked = true;
     await new Promise((r) => setTimeout(r, 500));
     stop = true;

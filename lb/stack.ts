@@ -1,0 +1,100 @@
+// One thread's serving stack: route table, balancers, passive health, upstream pools, proxy and
+// (with --tls-cert-dir) the HTTPS server, everything a request touches. The main thread and
+// each worker thread (workers.ts) run one of their own; nothing in it is shared between threads.
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
+import type { Logger } from '../api/log.js';
+import type { LbOptions } from '../api/options.js';
+import type { WatchEvent } from '../api/types.js';
+import { balancerFor } from './balancer.js';
+import { LbMetrics } from './metrics.js';
+import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
+import { Proxy } from './proxy.js';
+import { RouteTable } from './routes.js';
+import { CertificateStore } from './tls.js';
+import { UpstreamPools } from './upstreams.js';
+
+/** Slack on top of a drained endpoint's drain time, for the LB seeing the revision a little late. */
+const DRAIN_SLACK_MS = 1_000;
+
+/** What one thread reports for the status page. */
+export interface ThreadStats {
+  thread: number;
+  requests: number;
+  connections: number;
+  revision: number;
+  ready: boolean;
+  upstreamPools: number;
+  ejected: number;
+}
+
+/** One thread's serving stack: everything a request touches lives here, one per thread. */
+export class LbThread {
+  readonly metrics: LbMetrics;
+  readonly pools: UpstreamPools;
+  readonly outliers: PassiveHealth;
+  readonly routes: RouteTable;
+  readonly proxy: Proxy;
+  readonly certs: CertificateStore | undefined;
+
+  constructor(readonly thread: number, o: LbOptions, log: Logger, processMetrics: boolean) {
+    this.metrics = new LbMetrics(processMetrics);
+    const pools = (this.pools = new UpstreamPools({
+      connectTimeoutMs: o.connectTimeoutMs,
+      headersTimeoutMs: o.headersTimeoutMs,
+      // An upstream silent mid-response for the idle timeout is cut, like HAProxy's `timeout server`.
+      bodyTimeoutMs: o.idleTimeoutMs,
+      keepAliveTimeoutMs: o.idleTimeoutMs,
+    }, log));
+    const outliers = (this.outliers = new PassiveHealth(OUTLIER_DEFAULTS, this.metrics, log));
+    this.routes = new RouteTable(log, (origin, last) => {
+      outliers.drop(origin);
+      // A drained endpoint has had its drain time already; one removed at once gets it now.
+      pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
+    }, balancerFor(o.balance, outliers.stateOf));
+    this.proxy = new Proxy(this.routes, pools, this.metrics, log, o, outliers);
+    this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
+  }
+
+  /**
+   * The HTTPS server, with --tls-cert-dir; the directory is watched (each thread reloads its own
+   * store, the main thread logs). Without a pair yet, handshakes fail until one is written there
+   * (certificates issued after the LB started, as ACME clients do).
+   */
+  https(log: Logger): TlsServer | undefined {
+    const certs = this.certs;
+    if (!certs) return undefined;
+    // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
+    // The server's own certificate is the fallback one: clients without SNI get it.
+    const server = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
+    certs.watch((r) => {
+      if (r.ok) server.setSecureContext(certs.defaultPair());
+      if (this.thread !== 0) return;
+      if (r.ok) log.info({ dir: certs.dir, certificates: r.names }, 'TLS certificates reloaded');
+      else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
+    });
+    return server;
+  }
+
+  apply(ev: WatchEvent): void {
+    this.routes.apply(ev);
+    this.metrics.appliedRevision.set(ev.revision);
+  }
+
+  stats(): ThreadStats {
+    return {
+      thread: this.thread,
+      requests: this.metrics.answered,
+      connections: this.proxy.connections.size,
+      revision: this.routes.revision,
+      ready: this.routes.ready,
+      upstreamPools: this.pools.size,
+      ejected: this.outliers.ejectedCount,
+    };
+  }
+
+  async close(graceMs: number): Promise<void> {
+    this.outliers.close();
+    this.certs?.close();
+    await this.proxy.close(graceMs);
+  }
+}
