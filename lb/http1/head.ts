@@ -37,7 +37,8 @@ export function isHopByHop(kind: number): boolean {
 }
 
 // Byte classes.
-const TCHAR = new Uint8Array(256);
+/** 1 for the bytes of a token (RFC 9110 5.6.2): field names, methods. */
+export const TCHAR = new Uint8Array(256);
 const VCHAR = new Uint8Array(256); // field-value bytes: HTAB, SP, VCHAR, obs-text
 const TARGET = new Uint8Array(256); // request-target bytes: visible ASCII and obs-text, no SP or CTL
 for (let c = 0; c < 256; c++) {
