@@ -20,8 +20,9 @@ import type { Peer } from './balancer.js';
 import { buildRequestHead, buildResponseHead, connectionNamed, joinedValues } from './http1/build.js';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder, LAST_CHUNK, chunkSizeLine, type ChunkSink } from './http1/chunked.js';
 import {
+  BODY_CHUNKED as B_CHUNKED, BODY_LENGTH as B_LENGTH, BODY_NONE as B_NONE, BODY_UNTIL_CLOSE as B_CLOSE,
   C_CLOSE, C_KEEP_ALIVE, C_OTHER, C_UPGRADE, F_CONNECTION, F_FORWARDED, F_XFF, RequestHead, ResponseHead,
-  hasBareLfEnd, headEnd, keepAliveTimeoutMs, parseRequestHead, parseResponseHead,
+  hasBareLfEnd, headEnd, keepAliveTimeoutMs, parseRequestHead, parseResponseHead, responseFraming,
 } from './http1/head.js';
 import type { ProxyObserver } from './metrics.js';
 import type { PassiveHealth } from './outliers.js';
@@ -76,12 +77,6 @@ const RS_NONE = 0; // no request in flight
 const RS_HEAD = 1; // waiting for the upstream's response head
 const RS_BODY = 2; // response body flowing to the client
 const RS_DONE = 3;
-
-// Body framing.
-const B_NONE = 0;
-const B_LENGTH = 1;
-const B_CHUNKED = 2;
-const B_CLOSE = 3; // response: until the endpoint closes
 
 const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
 const CRLF = '\r\n';
@@ -656,11 +651,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
       const p = h.keepAlive * 5;
       up.hintMs = keepAliveTimeoutMs(buf, h.fields.pos[p + 2]!, h.fields.pos[p + 3]!);
     }
-    let kind: number;
-    if (this.isHead || status === 204 || status === 304) kind = B_NONE;
-    else if (h.chunked) kind = B_CHUNKED;
-    else if (h.untilClose || h.contentLength < 0) kind = B_CLOSE;
-    else kind = h.contentLength === 0 ? B_NONE : B_LENGTH;
+    const kind = responseFraming(h, this.isHead);
     this.resKind = kind;
     this.upstreamReusable = kind !== B_CLOSE && (h.version === 11 ? (h.connection & C_CLOSE) === 0 : (h.connection & C_KEEP_ALIVE) !== 0);
     if (this.proxy.closing) this.closeAfter = true;

@@ -4,7 +4,10 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { buildRequestHead, buildResponseHead, connectionNamed } from './build.js';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder } from './chunked.js';
-import { C_CLOSE, C_KEEP_ALIVE, C_OTHER, C_UPGRADE, F_CONNECTION, RequestHead, ResponseHead, headEnd, parseRequestHead, parseResponseHead } from './head.js';
+import {
+  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, C_CLOSE, C_KEEP_ALIVE, C_OTHER, C_UPGRADE, F_CONNECTION, RequestHead, ResponseHead,
+  headEnd, parseRequestHead, parseResponseHead, responseFraming,
+} from './head.js';
 
 function req(text: string): { code: number; h: RequestHead; buf: Buffer } {
   const buf = Buffer.from(text, 'latin1');
@@ -122,6 +125,22 @@ describe('response heads', () => {
     expect(both.h.chunked).toBe(true);
     expect(both.h.contentLength).toBe(-1);
     expect(both.h.connection & C_CLOSE).toBe(C_CLOSE);
+  });
+
+  it.each([
+    ['Content-Length', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n', false, BODY_LENGTH],
+    ['Content-Length: 0', 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n', false, BODY_NONE],
+    ['chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', false, BODY_CHUNKED],
+    ['chunked over Content-Length', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n', false, BODY_CHUNKED],
+    ['no length', 'HTTP/1.1 200 OK\r\n\r\n', false, BODY_UNTIL_CLOSE],
+    ['a coding list not ending in chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n', false, BODY_UNTIL_CLOSE],
+    ['an answer to HEAD', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', true, BODY_NONE],
+    ['204', 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n', false, BODY_NONE],
+    ['304', 'HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n', false, BODY_NONE],
+  ])('frames the body of a response with %s', (_what, text, toHead, framing) => {
+    const { code, h } = res(text);
+    expect(code).toBe(0);
+    expect(responseFraming(h, toHead)).toBe(framing);
   });
 
   it('accepts a status line without a reason and refuses garbage', () => {
