@@ -19,7 +19,11 @@ export const MAX_STREAMS = 100;
 /** Request headers that are not passed on as HTTP/1.1 fields (h2 forbids the connection-specific ones anyway). */
 const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'expect', 'http2-settings']);
 
-/** The HTTP/1.1 request for an h2 stream's headers; `chunked` when a body follows without a length. */
+/**
+ * The HTTP/1.1 request for an h2 stream's headers; `chunked` when a body follows without a length.
+ * Host is `:authority` when there is one, whatever a `host` field says (RFC 9113 8.3.1), so the
+ * name routed and the name the endpoint sees are the same; without `:authority`, `host`.
+ */
 export function requestHead(headers: IncomingHttpHeaders, chunked: boolean): string {
   const authority = headers[':authority'] ?? headers.host ?? '';
   let head = `${headers[':method']} ${headers[':path']} HTTP/1.1\r\nhost: ${authority}\r\n`;
