@@ -211,7 +211,8 @@ describe('admin endpoint', () => {
     let log = '';
     child.stdout!.on('data', (d: Buffer) => (log += d));
     child.stderr!.on('data', (d: Buffer) => (log += d));
-    await until(`corral lb's admin on :9192 (${log})`, async () => ((await curlIn(ns, 'http://127.0.0.1:9192/healthz')).status === 200 ? true : undefined), 20_000);
+    await until('corral lb\'s admin on :9192', async () => ((await curlIn(ns, 'http://127.0.0.1:9192/healthz')).status === 200 ? true : undefined), 20_000)
+      .catch((err: Error) => Promise.reject(new Error(`${err.message}; its output:\n${log}`)));
     const from = ['--interface', OUTSIDE];
     const refused = await curlIn(ns, `http://${OUTSIDE}:9192/`, from);
     expect(refused.status).toBe(403);
