@@ -1,6 +1,13 @@
 // The admin endpoint every daemon serves: /healthz (alive), /readyz (has state to serve),
 // /metrics (Prometheus text from the daemon's own prom-client registry) and / (a status page).
-import { createServer, type Server } from 'node:http';
+//
+// Read-only: GET and HEAD, no request body (405 with Allow, 413). The status page lists this
+// host's topology (listeners, addresses, upstreams, hosts, certificates), so it answers loopback
+// clients only, whatever address the endpoint listens on, and not a request a proxy forwarded (the
+// LB itself can be pointed at an admin port: `corral register legacy 127.0.0.1:9190`); /metrics,
+// /healthz and /readyz answer every client, so Prometheus on another host can scrape a dns or lb
+// listening on all addresses.
+import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import { parseHostPort } from './options.js';
 
@@ -12,29 +19,68 @@ export interface AdminHandlers {
   status(): unknown;
 }
 
-export async function startAdmin(listen: string, h: AdminHandlers): Promise<Server> {
-  const { host, port } = parseHostPort(listen, '--admin-listen');
-  const server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path === '/healthz') {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-    } else if (path === '/readyz') {
+const PAGES = new Map([['/healthz', 'healthz'], ['/readyz', 'readyz'], ['/metrics', 'metrics'], ['/', 'status'], ['/status', 'status']]);
+const ALLOW = 'GET, HEAD';
+
+/** A loopback peer: 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6 (a socket listening on `::`). */
+export function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return v4.startsWith('127.') || address === '::1';
+}
+
+/** A request a proxy passed on: its client is someone else, wherever the proxy runs. */
+function forwarded(req: IncomingMessage): boolean {
+  return req.headers['x-forwarded-for'] !== undefined || req.headers.forwarded !== undefined;
+}
+
+/** A request that carries content (Content-Length above 0, or any Transfer-Encoding). */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** A plain-text answer; a request body is not read, so the connection closes after it. */
+function answer(req: IncomingMessage, res: ServerResponse, code: number, text: string, headers: OutgoingHttpHeaders = {}): void {
+  res.writeHead(code, { 'content-type': 'text/plain; charset=utf-8', ...(hasBody(req) ? { connection: 'close' } : {}), ...headers }).end(text);
+}
+
+function serve(h: AdminHandlers, req: IncomingMessage, res: ServerResponse): void {
+  const path = (req.url ?? '/').split('?')[0]!;
+  const page = PAGES.get(path);
+  if (page === undefined) return answer(req, res, 404, 'not found: try /healthz, /readyz, /metrics or /\n');
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    return answer(req, res, 405, `method not allowed: ${path} answers GET and HEAD only\n`, { allow: ALLOW });
+  }
+  // 413, not 400: the request is well-formed, and what is refused is its content, over this endpoint's limit of none.
+  if (hasBody(req)) return answer(req, res, 413, `content too large: ${path} takes no request body\n`);
+  switch (page) {
+    case 'healthz':
+      return answer(req, res, 200, 'ok\n');
+    case 'readyz': {
       const ok = h.ready();
-      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' }).end(ok ? 'ready\n' : 'not ready\n');
-    } else if (path === '/metrics') {
+      return answer(req, res, ok ? 200 : 503, ok ? 'ready\n' : 'not ready\n');
+    }
+    case 'metrics':
       h.metrics.metrics().then(
         (text) => res.writeHead(200, { 'content-type': h.metrics.contentType }).end(text),
-        (err: Error) => res.writeHead(500).end(`${err.message}\n`),
+        (err: Error) => answer(req, res, 500, `${err.message}\n`),
       );
-    } else if (path === '/' || path === '/status') {
+      return;
+    default:
+      if (!isLoopback(req.socket.remoteAddress) || forwarded(req)) {
+        return answer(req, res, 403, 'forbidden: the status page lists this host\'s topology and answers loopback clients only, not through a proxy (ask http://127.0.0.1:<port>/ on the host); /metrics, /healthz and /readyz answer any client\n');
+      }
       Promise.resolve(h.status()).then(
         (status) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status, null, 2) + '\n'),
-        (err: Error) => res.writeHead(500).end(`${err.message}\n`),
+        (err: Error) => answer(req, res, 500, `${err.message}\n`),
       );
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /healthz, /readyz, /metrics or /\n');
-    }
-  });
+  }
+}
+
+export async function startAdmin(listen: string, h: AdminHandlers): Promise<Server> {
+  const { host, port } = parseHostPort(listen, '--admin-listen');
+  const server = createServer((req, res) => serve(h, req, res));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host || undefined, () => {

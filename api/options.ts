@@ -21,7 +21,7 @@ export interface DaemonOptions {
   httpListen: string;         // "ADDR:PORT" (ADDR may be empty for all addresses)
   dockerSocket: string;       // "" disables Docker
   dockerPluginSocket: string; // Docker network + IPAM driver socket; "" disables
-  adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192
+  adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192 (status page `/` to loopback clients only)
   logLevel: string;
   lb: LbOptions;
   mesh: MeshOptions;
@@ -83,7 +83,12 @@ export const LB_DEFAULTS: LbOptions = {
   threads: 0,
 };
 
-export const ADMIN_DEFAULTS = { agent: '127.0.0.1:9190', dns: '127.0.0.1:9191', lb: '127.0.0.1:9192' } as const;
+/**
+ * Where each daemon's admin endpoint listens by default. dns and lb listen on all addresses so
+ * Prometheus on another host can scrape /metrics (and probe /healthz, /readyz); their status page
+ * `/` lists topology and answers loopback clients only (api/admin.ts). The agent's stays on loopback.
+ */
+export const ADMIN_DEFAULTS = { agent: '127.0.0.1:9190', dns: ':9191', lb: ':9192' } as const;
 
 export function defaultOptions(): DaemonOptions {
   const runDir = '/run/corral';

@@ -116,6 +116,27 @@ describe('HTTP/2 clients', () => {
     expect(lb.metrics.answered).toBe(2);
   });
 
+  it(':authority wins over a host field (RFC 9113 8.3.1): routed by it and forwarded as Host; host alone is used without it', async () => {
+    backends = await startBackends(['a'], ['b']);
+    const [a, b] = backends as [Backend, Backend];
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(a, 'web', { httpHosts: ['web.h2.test'] }), backendEndpoint(b, 'other', { httpHosts: ['other.h2.test'] })]));
+    const s = session(lb);
+    const both = await exchange(s, { ':path': '/headers', host: 'other.h2.test' });
+    expect(both.status).toBe(200);
+    const seen = JSON.parse(both.body.toString()) as { name: string; headers: Record<string, string> };
+    expect(seen.name).toBe('a');
+    expect(seen.headers.host).toBe('web.h2.test');
+    expect(seen.headers['x-forwarded-host']).toBe('web.h2.test');
+    expect(JSON.stringify(seen.headers)).not.toContain('other.h2.test');
+    // No :authority (Node's client sends none when given a host field): host is the authority.
+    const hostOnly = await exchange(s, { ':authority': undefined, ':path': '/headers', host: 'other.h2.test' });
+    expect(hostOnly.status).toBe(200);
+    const seenB = JSON.parse(hostOnly.body.toString()) as { name: string; headers: Record<string, string> };
+    expect(seenB.name).toBe('b');
+    expect(seenB.headers.host).toBe('other.h2.test');
+  });
+
   it('streams request and response bodies with and without a length, 4 MiB each way, intact', async () => {
     backends = await startBackends(['echo']);
     lb = await new Lb().start();

@@ -9,7 +9,9 @@ import { constants, createServer as createH2cServer, type IncomingHttpHeaders, t
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder, chunkSizeLine, LAST_CHUNK, type ChunkSink } from './http1/chunked.js';
-import { F_CONTENT_LENGTH, headEnd, isHopByHop, parseResponseHead, ResponseHead } from './http1/head.js';
+import {
+  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, headEnd, isHopByHop, parseResponseHead, ResponseHead, responseFraming,
+} from './http1/head.js';
 
 /** Streams one client connection may have open at once. */
 export const MAX_STREAMS = 100;
@@ -17,7 +19,11 @@ export const MAX_STREAMS = 100;
 /** Request headers that are not passed on as HTTP/1.1 fields (h2 forbids the connection-specific ones anyway). */
 const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'expect', 'http2-settings']);
 
-/** The HTTP/1.1 request for an h2 stream's headers; `chunked` when a body follows without a length. */
+/**
+ * The HTTP/1.1 request for an h2 stream's headers; `chunked` when a body follows without a length.
+ * Host is `:authority` when there is one, whatever a `host` field says (RFC 9113 8.3.1), so the
+ * name routed and the name the endpoint sees are the same; without `:authority`, `host`.
+ */
 export function requestHead(headers: IncomingHttpHeaders, chunked: boolean): string {
   const authority = headers[':authority'] ?? headers.host ?? '';
   let head = `${headers[':method']} ${headers[':path']} HTTP/1.1\r\nhost: ${authority}\r\n`;
@@ -36,11 +42,6 @@ export function requestHead(headers: IncomingHttpHeaders, chunked: boolean): str
   // One exchange per in-memory connection: it closes after the answer.
   return `${head}${chunked ? 'transfer-encoding: chunked\r\n' : ''}connection: close\r\n\r\n`;
 }
-
-const BODY_NONE = 0;
-const BODY_LENGTH = 1;
-const BODY_CHUNKED = 2;
-const BODY_UNTIL_END = 3;
 
 /**
  * The in-memory connection of one h2 stream: what ClientConnection reads is the HTTP/1.1 request,
@@ -153,14 +154,10 @@ class StreamSocket extends Duplex implements ChunkSink {
       if (had === undefined) headers[name] = value;
       else if (Array.isArray(had)) had.push(value);
       else headers[name] = [String(had), value];
-      if (kind === F_CONTENT_LENGTH) this.left = Number(value);
     }
     this.headDone = true;
-    const noBody = this.isHead || h.status === 204 || h.status === 304;
-    if (noBody) this.bodyKind = BODY_NONE;
-    else if (h.chunked) this.bodyKind = BODY_CHUNKED;
-    else if (h.contentLength >= 0) this.bodyKind = h.contentLength === 0 ? BODY_NONE : BODY_LENGTH;
-    else this.bodyKind = BODY_UNTIL_END;
+    this.bodyKind = responseFraming(h, this.isHead);
+    this.left = h.contentLength;
     const done = this.bodyKind === BODY_NONE;
     try {
       this.stream.respond(headers, { endStream: done });
@@ -195,7 +192,7 @@ class StreamSocket extends Duplex implements ChunkSink {
         this.endStream();
         return;
       }
-      case BODY_UNTIL_END:
+      case BODY_UNTIL_CLOSE:
         this.data(chunk);
         return;
       default:

@@ -277,6 +277,35 @@ describe('forwarding', () => {
     expect(responseHeaders).not.toContain('proxy-agent');
   });
 
+  it('routes an absolute-form request by its authority and forwards that authority as Host, in origin form, whatever Host the client sent', async () => {
+    backends = await startBackends(['a'], ['b']);
+    const [a, b] = backends as [Backend, Backend];
+    lb = await new Lb().start();
+    lb.apply(snapshot(1, [backendEndpoint(a, 'a', { httpHosts: ['a.test'] }), backendEndpoint(b, 'b', { httpHosts: ['b.test'] })]));
+    const seenBy = async (bytes: string) => {
+      const r = await exchange(lb.port, bytes);
+      expect(r.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+      return JSON.parse(r.text.slice(r.text.indexOf('\r\n\r\n') + 4)) as { name: string; url: string; headers: Record<string, string> };
+    };
+    // RFC 9112 3.2.2: the target's authority replaces Host; b.test was not routed, so a.test's endpoint never sees it.
+    const seen = await seenBy('GET http://a.test/headers?x=1 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n');
+    expect(seen.name).toBe('a');
+    expect(seen.url).toBe('/headers?x=1');
+    expect(seen.headers.host).toBe('a.test');
+    expect(seen.headers['x-forwarded-host']).toBe('a.test');
+    expect(seen.headers.forwarded).toBe('for=127.0.0.1;host="a.test";proto=http');
+    expect(JSON.stringify(seen.headers)).not.toContain('b.test');
+    // Without a Host field, and with a port in the authority.
+    const bare = await seenBy('GET http://A.test:8080/headers HTTP/1.1\r\nConnection: close\r\n\r\n');
+    expect(bare.headers.host).toBe('a.test:8080');
+    // A WebSocket handshake in absolute form gets the same Host.
+    const ws = await exchange(lb.port, 'GET http://a.test/ws HTTP/1.1\r\nHost: b.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n', (t) => t.includes('\r\n\r\n'));
+    ws.socket.destroy();
+    expect(ws.text).toMatch(/^HTTP\/1\.1 101 /);
+    expect(a.upgrades.map((u) => u.headers.host)).toEqual(['a.test']);
+    expect(b.requests + b.upgrades.length).toBe(0);
+  });
+
   it('streams a large POST to the backend and the echo back, byte for byte', async () => {
     backends = await startBackends(['echo']);
     const [echo] = backends as [Backend];
@@ -621,6 +650,26 @@ describe('HTTP/1.1 on the wire', () => {
     s.destroy();
     expect(seen.toLowerCase()).toContain('transfer-encoding: chunked');
     expect(text.endsWith('3\r\nabc\r\n0\r\n\r\n')).toBe(true);
+  });
+
+  it('refuses with 400 and closes a line after the last chunk that is not a trailer field (a request line), and a chunk size with trailing whitespace; the endpoint sees at most the one request', async () => {
+    backends = await startBackends(['a']);
+    const [a] = backends as [Backend];
+    lb = await new Lb().start();
+    lb.apply(snapshot(1, [backendEndpoint(a, 'web', { httpHosts: ['web.test'] })]));
+    const post = (body: string) => `POST /first HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n${body}`;
+    const trailer = await exchange(lb.port, post('5\r\nhello\r\n0\r\nGET /other HTTP/1.1\r\nHost: web.test\r\n\r\n'));
+    expect(trailer.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(trailer.text).toContain('invalid trailer');
+    expect(trailer.closed).toBe(true);
+    const space = await exchange(lb.port, post('5 \r\nhello\r\n0\r\n\r\n'));
+    expect(space.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(space.text).toContain('whitespace after a chunk size');
+    expect(space.closed).toBe(true);
+    // The head went up before the body was read; nothing after it did, and nothing was answered twice.
+    expect(a.requests).toBeLessThanOrEqual(2);
+    expect(a.last === undefined || a.last.url === '/first').toBe(true);
+    expect(trailer.text.match(/HTTP\/1\.1 /g)).toHaveLength(1);
   });
 
   it('refuses a request head with bare LF line ends with 400 and closes', async () => {

@@ -20,8 +20,9 @@ import type { Peer } from './balancer.js';
 import { buildRequestHead, buildResponseHead, connectionNamed, joinedValues } from './http1/build.js';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder, LAST_CHUNK, chunkSizeLine, type ChunkSink } from './http1/chunked.js';
 import {
+  BODY_CHUNKED as B_CHUNKED, BODY_LENGTH as B_LENGTH, BODY_NONE as B_NONE, BODY_UNTIL_CLOSE as B_CLOSE,
   C_CLOSE, C_KEEP_ALIVE, C_OTHER, C_UPGRADE, F_CONNECTION, F_FORWARDED, F_XFF, RequestHead, ResponseHead,
-  hasBareLfEnd, headEnd, keepAliveTimeoutMs, parseRequestHead, parseResponseHead,
+  hasBareLfEnd, headEnd, keepAliveTimeoutMs, parseRequestHead, parseResponseHead, responseFraming,
 } from './http1/head.js';
 import type { ProxyObserver } from './metrics.js';
 import type { PassiveHealth } from './outliers.js';
@@ -76,12 +77,6 @@ const RS_NONE = 0; // no request in flight
 const RS_HEAD = 1; // waiting for the upstream's response head
 const RS_BODY = 2; // response body flowing to the client
 const RS_DONE = 3;
-
-// Body framing.
-const B_NONE = 0;
-const B_LENGTH = 1;
-const B_CHUNKED = 2;
-const B_CLOSE = 3; // response: until the endpoint closes
 
 const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
 const CRLF = '\r\n';
@@ -343,9 +338,9 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     let target: string | null = null;
     let url = buf.latin1Slice(h.targetStart, h.targetEnd);
     let hostHeader = h.host >= 0 ? buf.latin1Slice(h.fields.pos[h.host * 5 + 2]!, h.fields.pos[h.host * 5 + 3]!) : '';
-    let addHost = false;
     if (url.charCodeAt(0) !== 47 /* / */) {
-      // Absolute form ("GET http://host/path"): its authority replaces the Host header for routing.
+      // Absolute form ("GET http://host/path"): its authority replaces the Host header (RFC 9112
+      // 3.2.2), for routing and upstream alike: the endpoint never sees a name that was not routed.
       let parsed: URL | undefined;
       try {
         parsed = url.startsWith('http://') || url.startsWith('https://') ? new URL(url) : undefined;
@@ -353,7 +348,6 @@ class ClientConnection implements UpstreamUser, ChunkSink {
         parsed = undefined;
       }
       if (!parsed || parsed.host === '') return this.answer(400, `bad request: cannot route request target "${url}"\n`);
-      addHost = hostHeader === '';
       hostHeader = parsed.host;
       url = parsed.pathname + parsed.search;
       target = url;
@@ -369,7 +363,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     this.target = route;
 
     if (h.upgrade && (h.connection & C_UPGRADE) !== 0) {
-      proxy.upgrade(this, route, buf, from, h, target, addHost);
+      proxy.upgrade(this, route, buf, from, h, target);
       return;
     }
     const peer = route.balancer.pick();
@@ -387,7 +381,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     this.peer = peer;
     const named = (h.connection & C_OTHER) !== 0 ? connectionNamed(buf, h.fields, F_CONNECTION) : null;
-    this.reqHead = buildRequestHead(buf, from, h, target, this.tailFor(buf, h, hostHeader, addHost, false), false, named);
+    this.reqHead = buildRequestHead(buf, from, h, target, this.tailFor(buf, h, hostHeader, target !== null, false), false, named);
     this.replayable = this.bodyKind === B_NONE && IDEMPOTENT.has(this.method);
     // Node's server answered 100-continue by itself; so do we, once the request is going somewhere.
     if (h.expect === 1 && this.bodyKind !== B_NONE && h.version === 11) this.socket.write(CONTINUE);
@@ -396,13 +390,14 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   /**
-   * The proxy's own fields for the upstream head and the final CRLF: X-Forwarded-For appended,
+   * The proxy's own fields for the upstream head and the final CRLF: Host when `setHost` (an
+   * absolute-form target: buildRequestHead drops the client's), X-Forwarded-For appended,
    * X-Forwarded-Proto/-Host set, a Forwarded element (RFC 7239) appended, Connection. Cached per
    * connection for the common case (no forwarding fields from the client, same Host).
    */
-  tailFor(buf: Buffer, h: RequestHead, hostHeader: string, addHost: boolean, upgrade: boolean): string {
+  tailFor(buf: Buffer, h: RequestHead, hostHeader: string, setHost: boolean, upgrade: boolean): string {
     const chunked = this.bodyKind === B_CHUNKED;
-    const simple = !h.forwarding && !addHost && !upgrade && !chunked;
+    const simple = !h.forwarding && !setHost && !upgrade && !chunked;
     if (simple && hostHeader === this.tailHost) return this.tail;
     const client = this.client;
     // RFC 7239: IPv6 addresses are bracketed and quoted; the host is quoted (it may hold a colon).
@@ -414,7 +409,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
       const priorForwarded = joinedValues(buf, h.fields, F_FORWARDED);
       if (priorForwarded !== undefined) forwarded = `${priorForwarded}, ${forwarded}`;
     }
-    let tail = `${addHost ? `host: ${hostHeader}\r\n` : ''}x-forwarded-for: ${xff}\r\nx-forwarded-proto: ${this.proto}\r\nx-forwarded-host: ${hostHeader}\r\nforwarded: ${forwarded}\r\n`;
+    let tail = `${setHost ? `host: ${hostHeader}\r\n` : ''}x-forwarded-for: ${xff}\r\nx-forwarded-proto: ${this.proto}\r\nx-forwarded-host: ${hostHeader}\r\nforwarded: ${forwarded}\r\n`;
     tail += upgrade ? 'connection: upgrade\r\n\r\n' : chunked ? 'connection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n' : 'connection: keep-alive\r\n\r\n';
     if (simple) {
       this.tailHost = hostHeader;
@@ -656,11 +651,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
       const p = h.keepAlive * 5;
       up.hintMs = keepAliveTimeoutMs(buf, h.fields.pos[p + 2]!, h.fields.pos[p + 3]!);
     }
-    let kind: number;
-    if (this.isHead || status === 204 || status === 304) kind = B_NONE;
-    else if (h.chunked) kind = B_CHUNKED;
-    else if (h.untilClose || h.contentLength < 0) kind = B_CLOSE;
-    else kind = h.contentLength === 0 ? B_NONE : B_LENGTH;
+    const kind = responseFraming(h, this.isHead);
     this.resKind = kind;
     this.upstreamReusable = kind !== B_CLOSE && (h.version === 11 ? (h.connection & C_CLOSE) === 0 : (h.connection & C_KEEP_ALIVE) !== 0);
     if (this.proxy.closing) this.closeAfter = true;
@@ -998,7 +989,7 @@ export class Proxy {
   }
 
   /** WebSocket (any Upgrade): routed and picked as a request, then the two connections are spliced. */
-  upgrade(conn: ClientConnection, target: RouteTarget, buf: Buffer, from: number, h: RequestHead, absolute: string | null, addHost: boolean): void {
+  upgrade(conn: ClientConnection, target: RouteTarget, buf: Buffer, from: number, h: RequestHead, absolute: string | null): void {
     const socket = conn.socket;
     const peer = target.balancer.pick();
     const rest = conn.takeOver();
@@ -1011,7 +1002,7 @@ export class Proxy {
       return;
     }
     const named = (h.connection & C_OTHER) !== 0 ? connectionNamed(buf, h.fields, F_CONNECTION) : null;
-    const head = buildRequestHead(buf, from, h, absolute, conn.tailFor(buf, h, conn.hostRaw, addHost, true), true, named);
+    const head = buildRequestHead(buf, from, h, absolute, conn.tailFor(buf, h, conn.hostRaw, absolute !== null, true), true, named);
     const ep = peer.endpoint;
     const start = performance.now();
     const upstream = connect({ host: ep.address, port: ep.port });

@@ -26,9 +26,10 @@ function isNamed(buf: Buffer, fields: Fields, i: number, named: Set<string>): bo
   return named.has(buf.latin1Slice(fields.pos[p]!, fields.pos[p + 1]!).toLowerCase());
 }
 
-/** The kept-field mask for a request: drop hop-by-hop and the forwarding fields the proxy rewrites. */
-function keepRequestField(kind: number, keepUpgrade: boolean): boolean {
-  if (kind === F_OTHER || kind === F_HOST || kind === F_CONTENT_LENGTH) return true;
+/** The kept-field mask for a request: drop hop-by-hop and the forwarding fields the proxy rewrites, and Host when the proxy sets it. */
+function keepRequestField(kind: number, keepUpgrade: boolean, keepHost: boolean): boolean {
+  if (kind === F_OTHER || kind === F_CONTENT_LENGTH) return true;
+  if (kind === F_HOST) return keepHost;
   if (kind === F_UPGRADE) return keepUpgrade;
   return false; // hop-by-hop, X-Forwarded-*, Forwarded
 }
@@ -63,12 +64,15 @@ const keepMask = new Uint8Array(4096);
 /**
  * The head to send upstream: `METHOD target HTTP/1.1`, the kept fields, then `tail` (the proxy's
  * forwarding fields, Connection, Transfer-Encoding when re-chunked, and the final CRLF).
- * `target` replaces the request target (absolute-form); null keeps the client's.
+ * `target` (origin-form) replaces an absolute-form request target, and then the client's Host is
+ * dropped too: its authority is the Host (RFC 9112 3.2.2), and `tail` must carry it. null keeps
+ * the client's target and Host.
  */
 export function buildRequestHead(buf: Buffer, start: number, h: RequestHead, target: string | null, tail: string, keepUpgrade: boolean, named: Set<string> | null): Buffer {
   const fields = h.fields;
+  const keepHost = target === null;
   for (let i = 0; i < fields.count; i++) {
-    keepMask[i] = keepRequestField(fields.kind[i]!, keepUpgrade) && (named === null || !isNamed(buf, fields, i, named)) ? 1 : 0;
+    keepMask[i] = keepRequestField(fields.kind[i]!, keepUpgrade, keepHost) && (named === null || !isNamed(buf, fields, i, named)) ? 1 : 0;
   }
   const methodLen = h.methodEnd - start + 1; // with its SP
   const targetLen = target === null ? h.targetEnd - h.targetStart : target.length;

@@ -1,8 +1,10 @@
 // The chunked transfer coding (RFC 9112 7.1), decoded incrementally as bytes arrive: payload spans
 // go to a sink (zero-copy, ranges of the buffer that arrived), the framing is checked strictly
-// (hex sizes of at most 15 digits, CRLF after every size line and every chunk's data, no bare LF,
-// no control characters in extensions or trailers) and trailers are read and dropped.
+// (hex sizes of at most 15 digits, whitespace after a size only before a `;` extension, CRLF after
+// every size line and every chunk's data, no bare LF, no control characters in extensions, every
+// trailer line a field line `token ":" value`, like llhttp) and trailers are read and dropped.
 // The proxy re-encodes what it forwards, so the framing on the other side is always its own.
+import { TCHAR } from './head.js';
 
 export interface ChunkSink {
   /** Payload bytes buf[start, end). */
@@ -11,16 +13,18 @@ export interface ChunkSink {
 
 const S_SIZE = 0; // first hex digit of a size line
 const S_SIZE_MORE = 1; // more hex digits, or `;`, whitespace or CR
-const S_EXT = 2; // chunk extension, up to CR
-const S_SIZE_LF = 3;
-const S_DATA = 4;
-const S_DATA_CR = 5;
-const S_DATA_LF = 6;
-const S_TRAILER = 7; // start of a trailer line (CR: the end)
-const S_TRAILER_LINE = 8;
-const S_TRAILER_LF = 9;
-const S_END_LF = 10;
-const S_DONE = 11;
+const S_SIZE_WS = 2; // whitespace after the size: only more of it or `;` may follow (BWS before an extension)
+const S_EXT = 3; // chunk extension, up to CR
+const S_SIZE_LF = 4;
+const S_DATA = 5;
+const S_DATA_CR = 6;
+const S_DATA_LF = 7;
+const S_TRAILER = 8; // start of a trailer line (CR: the end)
+const S_TRAILER_NAME = 9; // the field name of a trailer line, up to its colon
+const S_TRAILER_VALUE = 10;
+const S_TRAILER_LF = 11;
+const S_END_LF = 12;
+const S_DONE = 13;
 
 const HEX = new Int8Array(256).fill(-1);
 for (let i = 0; i < 10; i++) HEX[48 + i] = i;
@@ -89,8 +93,10 @@ export class ChunkedDecoder {
             this.size = this.size * 16 + h;
           } else if (c === 13) {
             this.state = S_SIZE_LF;
-          } else if (c === 59 /* ; */ || c === 32 || c === 9) {
+          } else if (c === 59 /* ; */) {
             this.state = S_EXT;
+          } else if (c === 32 || c === 9) {
+            this.state = S_SIZE_WS;
           } else {
             return this.fail('invalid chunk size');
           }
@@ -98,6 +104,13 @@ export class ChunkedDecoder {
           i++;
           break;
         }
+        case S_SIZE_WS:
+          // `5 \r\n` or `5 x` is refused (llhttp too): a size is followed by CRLF or an extension.
+          if (c === 59 /* ; */) this.state = S_EXT;
+          else if (c !== 32 && c !== 9) return this.fail('whitespace after a chunk size');
+          if (++this.lineBytes > MAX_LINE) return this.fail('chunk extension too long');
+          i++;
+          break;
         case S_EXT:
           // Extensions are dropped; only characters that cannot reframe anything are allowed.
           if (c === 13) this.state = S_SIZE_LF;
@@ -136,13 +149,21 @@ export class ChunkedDecoder {
           i++;
           break;
         case S_TRAILER:
+          // A trailer line is a field line (RFC 9112 7.1.2): a request line or anything else after
+          // the last chunk is refused, not dropped as a trailer (llhttp refuses it too).
           if (c === 13) this.state = S_END_LF;
-          else if (c === 10 || c === 32 || c === 9) return this.fail('invalid trailer');
-          else this.state = S_TRAILER_LINE;
+          else if (TCHAR[c] === 1) this.state = S_TRAILER_NAME;
+          else return this.fail('invalid trailer');
           if (++this.lineBytes > MAX_LINE) return this.fail('trailers too long');
           i++;
           break;
-        case S_TRAILER_LINE:
+        case S_TRAILER_NAME:
+          if (c === 58 /* : */) this.state = S_TRAILER_VALUE;
+          else if (TCHAR[c] !== 1) return this.fail('invalid trailer');
+          if (++this.lineBytes > MAX_LINE) return this.fail('trailers too long');
+          i++;
+          break;
+        case S_TRAILER_VALUE:
           if (c === 13) this.state = S_TRAILER_LF;
           else if ((c < 32 && c !== 9) || c === 127) return this.fail('invalid trailer');
           if (++this.lineBytes > MAX_LINE) return this.fail('trailers too long');

@@ -37,7 +37,8 @@ export function isHopByHop(kind: number): boolean {
 }
 
 // Byte classes.
-const TCHAR = new Uint8Array(256);
+/** 1 for the bytes of a token (RFC 9110 5.6.2): field names, methods. */
+export const TCHAR = new Uint8Array(256);
 const VCHAR = new Uint8Array(256); // field-value bytes: HTAB, SP, VCHAR, obs-text
 const TARGET = new Uint8Array(256); // request-target bytes: visible ASCII and obs-text, no SP or CTL
 for (let c = 0; c < 256; c++) {
@@ -344,6 +345,25 @@ export function parseRequestHead(buf: Buffer, start: number, end: number, h: Req
     return 400;
   }
   return 0;
+}
+
+// How a message body is framed. Requests use the first three; responseFraming gives a response's.
+export const BODY_NONE = 0;
+export const BODY_LENGTH = 1;
+export const BODY_CHUNKED = 2;
+/** A response read until the endpoint closes (no length, or a coding list not ending in chunked). */
+export const BODY_UNTIL_CLOSE = 3;
+
+/**
+ * How the body of a parsed final response is framed (RFC 9112 6.3): none for an answer to HEAD
+ * and for 204 and 304, then chunked, then until close, then Content-Length. The one rule for the
+ * HTTP/1.1 proxy and the HTTP/2 translation.
+ */
+export function responseFraming(h: ResponseHead, toHead: boolean): number {
+  if (toHead || h.status === 204 || h.status === 304) return BODY_NONE;
+  if (h.chunked) return BODY_CHUNKED;
+  if (h.untilClose || h.contentLength < 0) return BODY_UNTIL_CLOSE;
+  return h.contentLength === 0 ? BODY_NONE : BODY_LENGTH;
 }
 
 /** A response head in buf[start, end). Returns 0, or 502 with h.reason. */

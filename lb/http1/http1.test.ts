@@ -4,7 +4,10 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { buildRequestHead, buildResponseHead, connectionNamed } from './build.js';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder } from './chunked.js';
-import { C_CLOSE, C_KEEP_ALIVE, C_OTHER, C_UPGRADE, F_CONNECTION, RequestHead, ResponseHead, headEnd, parseRequestHead, parseResponseHead } from './head.js';
+import {
+  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, C_CLOSE, C_KEEP_ALIVE, C_OTHER, C_UPGRADE, F_CONNECTION, RequestHead, ResponseHead,
+  headEnd, parseRequestHead, parseResponseHead, responseFraming,
+} from './head.js';
 
 function req(text: string): { code: number; h: RequestHead; buf: Buffer } {
   const buf = Buffer.from(text, 'latin1');
@@ -97,10 +100,10 @@ describe('building the upstream head', () => {
     expect(out).toBe('GET /x HTTP/1.1\r\nHost: a.test\r\nX-Keep: yes\r\nAccept: */*\r\nx-tail: 1\r\n\r\n');
   });
 
-  it('replaces an absolute-form target and keeps Upgrade for an upgrade', () => {
-    const { h, buf } = req('GET http://a.test/ws?q HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n');
-    const out = buildRequestHead(buf, 0, h, '/ws?q', 'connection: upgrade\r\n\r\n', true, null).latin1Slice();
-    expect(out).toBe('GET /ws?q HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nconnection: upgrade\r\n\r\n');
+  it('replaces an absolute-form target with origin form and drops the Host the client sent (the tail carries the authority), and keeps Upgrade for an upgrade', () => {
+    const { h, buf } = req('GET http://a.test/ws?q HTTP/1.1\r\nHost: b.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n');
+    const out = buildRequestHead(buf, 0, h, '/ws?q', 'host: a.test\r\nconnection: upgrade\r\n\r\n', true, null).latin1Slice();
+    expect(out).toBe('GET /ws?q HTTP/1.1\r\nUpgrade: websocket\r\nhost: a.test\r\nconnection: upgrade\r\n\r\n');
   });
 });
 
@@ -122,6 +125,22 @@ describe('response heads', () => {
     expect(both.h.chunked).toBe(true);
     expect(both.h.contentLength).toBe(-1);
     expect(both.h.connection & C_CLOSE).toBe(C_CLOSE);
+  });
+
+  it.each([
+    ['Content-Length', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n', false, BODY_LENGTH],
+    ['Content-Length: 0', 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n', false, BODY_NONE],
+    ['chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', false, BODY_CHUNKED],
+    ['chunked over Content-Length', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n', false, BODY_CHUNKED],
+    ['no length', 'HTTP/1.1 200 OK\r\n\r\n', false, BODY_UNTIL_CLOSE],
+    ['a coding list not ending in chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n', false, BODY_UNTIL_CLOSE],
+    ['an answer to HEAD', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', true, BODY_NONE],
+    ['204', 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n', false, BODY_NONE],
+    ['304', 'HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n', false, BODY_NONE],
+  ])('frames the body of a response with %s', (_what, text, toHead, framing) => {
+    const { code, h } = res(text);
+    expect(code).toBe(0);
+    expect(responseFraming(h, toHead)).toBe(framing);
   });
 
   it('accepts a status line without a reason and refuses garbage', () => {
@@ -153,8 +172,21 @@ describe('chunked bodies', () => {
     ['a negative size', '-3\r\nabc\r\n0\r\n\r\n', 'invalid chunk size'],
     ['no CRLF after the data', '3\r\nabc\n0\r\n\r\n', 'chunk data longer than its size'],
     ['a control character in an extension', '3;a=\x00\r\nabc\r\n0\r\n\r\n', 'invalid chunk extension'],
+    ['whitespace after a size without an extension', '5 \r\nhello\r\n0\r\n\r\n', 'whitespace after a chunk size'],
+    ['a tab after a size', '5\t\r\nhello\r\n0\r\n\r\n', 'whitespace after a chunk size'],
+    ['a word after a size and a space', '5 x\r\nhello\r\n0\r\n\r\n', 'whitespace after a chunk size'],
+    ['a request line after the last chunk (taken for a trailer before)', '0\r\nGET /other HTTP/1.1\r\nHost: a\r\n\r\n', 'invalid trailer'],
+    ['a trailer line without a colon', '0\r\nX-Trailer\r\n\r\n', 'invalid trailer'],
+    ['a space before the colon of a trailer', '0\r\nX-Trailer : 1\r\n\r\n', 'invalid trailer'],
+    ['a trailer starting with a colon', '0\r\n: 1\r\n\r\n', 'invalid trailer'],
+    ['a control character in a trailer value', '0\r\nX-T: a\x01b\r\n\r\n', 'invalid trailer'],
   ])('refuses %s', (_what, text, reason) => {
     expect(dechunk(text).error).toBe(reason);
+  });
+
+  it('accepts whitespace before an extension and trailers that are field lines, empty values too', () => {
+    const r = dechunk('5 ;a=b\r\nhello\r\n0\r\nX-T: 1\r\nY:\r\nZ:\tz z\r\n\r\n');
+    expect(r).toEqual({ data: 'hello', end: 40, error: '' });
   });
 
   it('waits for more bytes on an unfinished body', () => {
