@@ -12,7 +12,7 @@ import type {
   Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
   RollbackRequest, RotateKeysReply, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
-import { serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
+import { serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest, DEFAULT_NAMESPACE } from '../api/types.js';
 import { InvalidRecord, MAX_RECORD_BYTES } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
@@ -26,7 +26,7 @@ import { liveEndpoints } from './dockernet/live.js';
 import { DockerPlugin, pluginName } from './dockernet/plugin.js';
 import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
-import { AutoDeploy } from './deploy.js';
+import { AutoPromotion } from './promotion.js';
 import { HealthChecker } from './health.js';
 import { Mesh } from './mesh.js';
 import { Watchers } from './watchers.js';
@@ -46,7 +46,7 @@ export class Agent implements EndpointSink, AgentOps {
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
   private readonly revisionWaiters = new Set<RevisionWaiter>();
   private readonly health: HealthChecker;
-  private readonly deploy: AutoDeploy;
+  private readonly promotion: AutoPromotion;
   private docker: DockerSource | undefined;
   attachments: Attachments | undefined;
   private dockerNet: DockerNetworkDriver | undefined;
@@ -64,7 +64,7 @@ export class Agent implements EndpointSink, AgentOps {
     this.watchers = new Watchers(this.catalog);
     this.registry = registryFor(opts.registry, opts.stateDir, { leaseTtlS: m.leaseTtlS, tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined });
     this.health = new HealthChecker(this, log);
-    this.deploy = new AutoDeploy(this, log);
+    this.promotion = new AutoPromotion(this, log);
     prom.collectDefaultMetrics({ register: this.metrics });
     this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
     const catalog = this.catalog;
@@ -118,7 +118,7 @@ export class Agent implements EndpointSink, AgentOps {
   async stop(): Promise<void> {
     this.docker?.stop();
     this.health.stop();
-    this.deploy.stop();
+    this.promotion.stop();
     for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
     this.unwatch?.();
@@ -140,7 +140,7 @@ export class Agent implements EndpointSink, AgentOps {
     this.revisionGauge.set(ev.revision);
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
-    this.deploy.review(ev);
+    this.promotion.review(ev);
     return ev;
   }
 
@@ -153,7 +153,7 @@ export class Agent implements EndpointSink, AgentOps {
         this.revisionGauge.set(ev.revision);
         for (const ep of ev.endpoints) this.trackHealth(ep);
         for (const id of ev.deletedEndpoints) this.health.untrack(id);
-        this.deploy.review(ev);
+        this.promotion.review(ev);
         this.broadcast(ev);
         this.mesh?.onEvent(ev);
         for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
@@ -453,7 +453,7 @@ export class Agent implements EndpointSink, AgentOps {
   }
 
   async register(req: RegisterRequest): Promise<EndpointReply> {
-    const namespace = v.dnsLabel('namespace', req.namespace || 'default');
+    const namespace = v.dnsLabel('namespace', req.namespace || DEFAULT_NAMESPACE);
     const service = v.dnsLabel('service', req.service);
     const address = v.address('address', req.address);
     const port = v.port('port', req.port);
@@ -475,7 +475,7 @@ export class Agent implements EndpointSink, AgentOps {
   }
 
   async deregister(req: DeregisterRequest): Promise<EndpointReply> {
-    const namespace = req.namespace || 'default';
+    const namespace = req.namespace || DEFAULT_NAMESPACE;
     const id = v.manualEndpointId(namespace, req.service, req.address, req.port);
     const ep = this.catalog.endpoints.get(id);
     if (!ep) {
@@ -499,7 +499,7 @@ export class Agent implements EndpointSink, AgentOps {
 
   /** Read-modify-write of one service record, guarded by its revision, as one registry revision. */
   private async changeService(nsIn: string, name: string, fn: (svc: Service, eps: Endpoint[]) => Service): Promise<ServiceReply> {
-    const ns = nsIn || 'default';
+    const ns = nsIn || DEFAULT_NAMESPACE;
     const key = keys.service(ns, name);
     for (let attempt = 0; attempt < 5; attempt++) {
       const r = await this.registry.range(key);

@@ -1,7 +1,7 @@
 // Building and validating Endpoint records, whatever their origin (Docker labels, `corral
 // register`, CNI). Every rejection names the field, the bad value and what is accepted.
 import { isIP } from 'node:net';
-import { BALANCE_POLICIES, isBalancePolicy, type BalancePolicy, type Endpoint, type HealthCheck } from '../api/types.js';
+import { BALANCE_POLICIES, isBalancePolicy, type BalancePolicy, type Endpoint, type HealthCheck, DEFAULT_NAMESPACE, DEFAULT_COLOR } from '../api/types.js';
 
 export class InvalidEndpoint extends Error {
   constructor(readonly field: string, readonly value: string, readonly accepted: string) {
@@ -103,11 +103,11 @@ export function newEndpoint(s: EndpointSpec): Endpoint {
   return {
     id: s.id,
     service: dnsLabel('service', s.service),
-    namespace: dnsLabel('namespace', s.namespace || 'default'),
+    namespace: dnsLabel('namespace', s.namespace || DEFAULT_NAMESPACE),
     address: address('address', s.address),
     port: port('port', s.port),
     portName: dnsLabel('port name', s.portName || 'http'),
-    color: dnsLabel('color', s.color || 'default'),
+    color: dnsLabel('color', s.color || DEFAULT_COLOR),
     weight: s.weight === undefined ? 1 : positiveInt('weight', s.weight, 1000),
     healthy: s.healthy ?? !hasCheck,
     healthReason: s.healthReason ?? (hasCheck ? 'waiting for the first health check' : 'no health check'),

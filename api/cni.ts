@@ -1,6 +1,7 @@
 // The CNI contract shared by the corral-cni plugin and the agent: supported versions, error
 // codes, the network config and its validation, the result shape. Kept free of heavy imports:
 // the plugin starts for every container.
+import { DEFAULT_NAMESPACE } from './types.js';
 
 export const CNI_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'];
 export const DEFAULT_MTU = 1420;      // WireGuard overlay on a 1500-byte underlay
@@ -54,7 +55,7 @@ export function parseNetConf(raw: Buffer | string): NetConf {
   if (!CNI_VERSIONS.includes(v)) throw new CniError(CniCode.incompatibleVersion, `cniVersion "${v}" is not supported: use one of ${CNI_VERSIONS.join(', ')}`);
   if (typeof j.name !== 'string' || !j.name) throw new CniError(CniCode.badConfig, 'network config lacks "name": give the network a name');
   if (j.type !== 'corral') throw new CniError(CniCode.badConfig, `"type" is ${JSON.stringify(j.type)}, this plugin is "corral"`);
-  const namespace = j.namespace === undefined ? 'default' : j.namespace;
+  const namespace = j.namespace === undefined ? DEFAULT_NAMESPACE : j.namespace;
   if (typeof namespace !== 'string' || !LABEL.test(namespace)) throw new CniError(CniCode.badConfig, `"namespace" ${JSON.stringify(j.namespace)} is not a DNS label (a-z, 0-9, "-", 1-63 characters)`);
   const mtu = j.mtu as number | undefined;
   if (mtu !== undefined && (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 9000)) throw new CniError(CniCode.badConfig, `"mtu" ${JSON.stringify(j.mtu)} is not a whole number from 576 to 9000`);

@@ -4,7 +4,7 @@
 // defaults filled in for fields that older writers left out, or the first field that is wrong.
 import { isIP } from 'node:net';
 import { IPv4CidrRange } from 'ip-num';
-import type { Allocation, Endpoint, HealthCheck, Host, HostStatus, Service } from './types.js';
+import { DEFAULT_COLOR, type Allocation, type Endpoint, type HealthCheck, type Host, type HostStatus, type Service } from './types.js';
 
 /** Largest value the catalog parses, per kind (a Host record stays well under 2 KB). */
 export const MAX_RECORD_BYTES = { endpoint: 16_384, service: 8_192, host: 2_048, status: 2_048, allocation: 2_048, block: 512 } as const;
@@ -109,7 +109,7 @@ export class RecordRules {
       address: ip(o, 'address'),
       port: int(o, 'port', 1, 65535),
       portName: label(o, 'portName', 'http'),
-      color: label(o, 'color', 'default'),
+      color: label(o, 'color', DEFAULT_COLOR),
       weight: int(o, 'weight', 1, 1000, 1),
       healthy: bool(o, 'healthy'),
       healthReason: str(o, 'healthReason', 1024, { dflt: '' }),

@@ -198,6 +198,11 @@ export interface CniRequest { command: string; containerId: string; netns: strin
 export interface CniReply { result: Buffer; code: number; msg: string; details: string }
 export interface IpamGcReply { freed: Allocation[] }
 
+/** The namespace of a service or container that names none (SPEC: "Namespace defaults to `default`"). */
+export const DEFAULT_NAMESPACE = 'default';
+/** The deployment color of an endpoint that names none. */
+export const DEFAULT_COLOR = 'default';
+
 /** "<ns>/<name>": how a service is named in deltas and indexes. */
 export function serviceKey(namespace: string, name: string): string {
   return `${namespace}/${name}`;

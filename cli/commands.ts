@@ -2,7 +2,7 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import { BALANCE_POLICIES, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
+import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
 import { duration } from '../agent/endpoints.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 import { ipamCommands } from './ipam.js';
@@ -162,7 +162,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     usage: 'endpoints <service> [-n ns] [--json]',
     async run(p, c) {
       const [service] = need(p, 1, this.usage);
-      const ns = p.flags.get('namespace') ?? 'default';
+      const ns = p.flags.get('namespace') ?? DEFAULT_NAMESPACE;
       const l = await unary<object, ListReply>(c, 'List', { namespace: ns, service });
       if (l.endpoints.length === 0 && l.services.length === 0) throw new OpFailed(`no service ${service} in namespace ${ns}; see \`corral services\``);
       const state = (e: Endpoint) => (e.draining ? 'draining' : e.healthy ? 'healthy' : 'unhealthy');
@@ -186,7 +186,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
         ? { path: f.get('health-path') ?? '', tcp: p.bools.has('health-tcp'), intervalMs: durationMs(f.get('health-interval'), '--health-interval'), timeoutMs: 0, rise: 0, fall: 0 }
         : null;
       const r = await unary<object, EndpointReply>(c, 'Register', {
-        service, namespace: f.get('namespace') ?? 'default', address, port, color: f.get('color') ?? '',
+        service, namespace: f.get('namespace') ?? DEFAULT_NAMESPACE, address, port, color: f.get('color') ?? '',
         httpHosts: f.has('http-host') ? [f.get('http-host')!] : [], httpPath: f.get('http-path') ?? '', weight, healthCheck, portName: f.get('port-name') ?? '', lbBalance,
       });
       out(p, r, `registered ${target} as ${r.endpoint?.service}.${r.endpoint?.namespace} (color ${r.endpoint?.color}) at revision ${r.revision}`);
@@ -197,7 +197,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     async run(p, c) {
       const [service, target] = need(p, 2, this.usage);
       const { address, port } = addrPort(target, 'deregister');
-      const r = await unary<object, EndpointReply>(c, 'Deregister', { service, namespace: p.flags.get('namespace') ?? 'default', address, port });
+      const r = await unary<object, EndpointReply>(c, 'Deregister', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, address, port });
       out(p, r, `deregistered ${target} from ${service} at revision ${r.revision}${r.endpoint?.draining ? ` (draining for ${r.endpoint.drainMs} ms)` : ''}`);
     },
   },
@@ -205,7 +205,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     usage: 'switch <service> <color> [-n ns]',
     async run(p, c) {
       const [service, color] = need(p, 2, this.usage);
-      const r = await unary<object, ServiceReply>(c, 'Switch', { service, namespace: p.flags.get('namespace') ?? 'default', color });
+      const r = await unary<object, ServiceReply>(c, 'Switch', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, color });
       out(p, r, `${service}: active color is now ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },
@@ -220,7 +220,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
         if (!m) throw new UsageError(`"${pair}" is not COLOR=WEIGHT (for example blue=90 green=10)`);
         weights[m[1]!] = Number(m[2]);
       }
-      const r = await unary<object, ServiceReply>(c, 'Weight', { service, namespace: p.flags.get('namespace') ?? 'default', weights });
+      const r = await unary<object, ServiceReply>(c, 'Weight', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, weights });
       out(p, r, `${service}: weights are now ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },
@@ -228,7 +228,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     usage: 'rollback <service> [-n ns]',
     async run(p, c) {
       const [service] = need(p, 1, this.usage);
-      const r = await unary<object, ServiceReply>(c, 'Rollback', { service, namespace: p.flags.get('namespace') ?? 'default' });
+      const r = await unary<object, ServiceReply>(c, 'Rollback', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE });
       out(p, r, `${service}: rolled back to ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },

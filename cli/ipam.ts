@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { unary, type agentClient } from '../api/grpc.js';
-import type { IpamGcReply, ListReply } from '../api/types.js';
+import { DEFAULT_NAMESPACE, type IpamGcReply, type ListReply } from '../api/types.js';
 import { type Parsed, UsageError } from './flags.js';
 
 type Client = ReturnType<typeof agentClient>;
@@ -63,7 +63,7 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
         cniVersion: '1.0.0',
         name: 'corral',
         plugins: [
-          { type: 'corral', namespace: p.flags.get('namespace') ?? 'default', ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
+          { type: 'corral', namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
           { type: 'portmap', capabilities: { portMappings: true } },
         ],
       };

@@ -1,7 +1,8 @@
 // Pre-encoded authoritative answers per (name, type). Filled on the first query, dropped for
 // exactly the names a zone patch touched (everything on a snapshot).
 import { encodeAnswer, type Answer } from './wire.js';
-import { DEFAULT_NAMESPACE, type Zone } from './zone.js';
+import { DEFAULT_NAMESPACE } from '../api/types.js';
+import type { Zone } from './zone.js';
 
 /** Bound on cached names, so queries for random nonexistent names cannot grow memory. */
 const MAX_NAMES = 50_000;

@@ -3,7 +3,7 @@
 // tells listeners which names changed, so cached answers for everything else stay valid.
 import { isIPv4, isIPv6 } from 'node:net';
 import { colorEndpoints, servingEndpoints } from '../api/traffic.js';
-import { serviceKey, type Allocation, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
+import { DEFAULT_NAMESPACE, serviceKey, type Allocation, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
 import { expandIPv6, RCODE, TYPE, HEADER_FLAGS, type ResourceRecord, type Sections } from './wire.js';
 
 export interface SrvTarget {
@@ -62,7 +62,6 @@ const APEX_OWNER = '@apex';
 const ALLOC_OWNER = '@alloc:';
 
 /** The namespace of a client without an Allocation record (the host, other machines). */
-export const DEFAULT_NAMESPACE = 'default';
 
 /** The SRV port name when an endpoint has none. */
 export const DEFAULT_PORT_NAME = 'http';
@@ -112,7 +111,7 @@ export class Zone {
       this.allocations.clear();
       this.addApex();
       for (const a of ev.allocations ?? []) this.putAllocation(a, null);
-      for (const s of ev.services) this.services.set(serviceKey(s.namespace || 'default', s.name), s);
+      for (const s of ev.services) this.services.set(serviceKey(s.namespace || DEFAULT_NAMESPACE, s.name), s);
       for (const ep of ev.endpoints) this.putEndpoint(ep);
       for (const key of this.allServiceKeys()) this.recompute(key, null);
       this.revision = ev.revision;
@@ -143,7 +142,7 @@ export class Zone {
       touched.add(key);
     }
     for (const s of ev.services) {
-      const key = serviceKey(s.namespace || 'default', s.name);
+      const key = serviceKey(s.namespace || DEFAULT_NAMESPACE, s.name);
       this.services.set(key, s);
       touched.add(key);
     }
@@ -391,7 +390,7 @@ export class Zone {
 }
 
 function endpointKey(ep: Endpoint): string {
-  return serviceKey(ep.namespace || 'default', ep.service);
+  return serviceKey(ep.namespace || DEFAULT_NAMESPACE, ep.service);
 }
 
 function addAddress(rr: RRsets, address: string): void {

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_STREAMS, requestHead } from './h2.js';
 import { LbMetrics } from './metrics.js';
-import { Proxy } from './proxy.js';
+import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
 import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
 import { endpoint, snapshot } from '../test/support/records.js';
@@ -39,7 +39,7 @@ class Lb {
   readonly pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000 });
   readonly routes = new RouteTable(undefined, (origin) => this.pools.retire(origin));
   readonly metrics = new LbMetrics();
-  readonly proxy = new Proxy(this.routes, this.pools, this.metrics);
+  readonly proxy = new HttpProxy(this.routes, this.pools, this.metrics);
   port = 0;
   async start(): Promise<this> {
     const certs = CertificateStore.load(dir);

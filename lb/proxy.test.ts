@@ -7,7 +7,7 @@ import { Agent, request } from 'undici';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../api/types.js';
 import { LbMetrics } from './metrics.js';
-import { Proxy } from './proxy.js';
+import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
 import { Backend, backendEndpoint, deadPort, startBackends } from '../test/support/lb.js';
 import { delta, endpoint, service, snapshot } from '../test/support/records.js';
@@ -21,13 +21,13 @@ class Lb {
   readonly pools: UpstreamPools;
   readonly routes: RouteTable;
   readonly metrics = new LbMetrics();
-  readonly proxy: Proxy;
+  readonly proxy: HttpProxy;
   port = 0;
   constructor(timeouts: Partial<typeof UPSTREAM_DEFAULTS> = {}) {
     const pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000, ...timeouts });
     this.pools = pools;
     this.routes = new RouteTable(undefined, (origin) => pools.retire(origin));
-    this.proxy = new Proxy(this.routes, pools, this.metrics);
+    this.proxy = new HttpProxy(this.routes, pools, this.metrics);
   }
   async start(): Promise<this> {
     this.port = await this.proxy.listen('127.0.0.1:0');

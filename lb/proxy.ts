@@ -184,7 +184,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
    */
   constructor(
     readonly socket: Socket,
-    private readonly proxy: Proxy,
+    private readonly proxy: HttpProxy,
     encrypted: boolean,
     dataEvents: boolean,
   ) {
@@ -885,7 +885,7 @@ function rawAnswer(socket: Socket, code: number, text: string): void {
   setTimeout(() => socket.destroy(), LINGER_MS).unref();
 }
 
-export class Proxy {
+export class HttpProxy {
   readonly server: Server;
   /** Servers this proxy serves on (HTTP, and HTTPS when certificates are configured). */
   private readonly servers: Server[] = [];

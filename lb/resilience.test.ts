@@ -16,7 +16,7 @@ import type { WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
 import { LbMetrics } from './metrics.js';
 import { PassiveHealth } from './outliers.js';
-import { Proxy, type ProxyOptions } from './proxy.js';
+import { HttpProxy, type ProxyOptions } from './proxy.js';
 import { RouteTable } from './routes.js';
 import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
 import { delta, endpoint, snapshot } from '../test/support/records.js';
@@ -32,14 +32,14 @@ class Lb {
   readonly pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 1_000, headersTimeoutMs: 5_000 });
   readonly outliers = new PassiveHealth({ connectFailures: 3, serverErrors: 5, probeIntervalMs: 200, probeTimeoutMs: 500 }, this.metrics);
   readonly routes: RouteTable;
-  readonly proxy: Proxy;
+  readonly proxy: HttpProxy;
   port = 0;
   constructor(opts: Partial<ProxyOptions> = {}, balance: LbOptions['balance'] = 'round-robin') {
     this.routes = new RouteTable(undefined, (origin, last) => {
       this.outliers.drop(origin);
       this.pools.retire(origin, last.drainMs);
     }, balancerFor(balance, this.outliers.stateOf));
-    this.proxy = new Proxy(this.routes, this.pools, this.metrics, undefined, opts, this.outliers);
+    this.proxy = new HttpProxy(this.routes, this.pools, this.metrics, undefined, opts, this.outliers);
   }
   async start(): Promise<this> {
     this.port = await this.proxy.listen('127.0.0.1:0');

@@ -8,7 +8,7 @@ import type { WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
 import { LbMetrics } from './metrics.js';
 import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
-import { Proxy } from './proxy.js';
+import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
 import { CertificateStore } from './tls.js';
 import { UpstreamPools } from './upstreams.js';
@@ -33,7 +33,7 @@ export class LbThread {
   readonly pools: UpstreamPools;
   readonly outliers: PassiveHealth;
   readonly routes: RouteTable;
-  readonly proxy: Proxy;
+  readonly proxy: HttpProxy;
   readonly certs: CertificateStore | undefined;
 
   constructor(readonly thread: number, o: LbOptions, log: Logger, processMetrics: boolean) {
@@ -51,7 +51,7 @@ export class LbThread {
       // A drained endpoint has had its drain time already; one removed at once gets it now.
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
-    this.proxy = new Proxy(this.routes, pools, this.metrics, log, o, outliers);
+    this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
   }
 

@@ -6,6 +6,7 @@ import {
   balancePolicy, dockerEndpointId, dnsLabel, duration, HEALTH_DEFAULTS, httpHosts, httpPath, InvalidEndpoint, newEndpoint,
   port, positiveInt, type EndpointSpec,
 } from '../endpoints.js';
+import { DEFAULT_NAMESPACE, DEFAULT_COLOR } from '../../api/types.js';
 
 export const LABEL = {
   service: 'corral.service',
@@ -83,11 +84,11 @@ export function endpointSpecFromContainer(c: InspectedContainer, node: string): 
     const spec: EndpointSpec = {
       id: dockerEndpointId(node, c.Id),
       service: dnsLabel(LABEL.service, get(LABEL.service) ?? ''),
-      namespace: opt(get(LABEL.namespace), (v) => dnsLabel(LABEL.namespace, v)) ?? 'default',
+      namespace: opt(get(LABEL.namespace), (v) => dnsLabel(LABEL.namespace, v)) ?? DEFAULT_NAMESPACE,
       address: address(c, get(LABEL.network), who),
       port: opt(get(LABEL.port), (v) => port(LABEL.port, v)) ?? defaultPort(c),
       portName: opt(get(LABEL.portName), (v) => dnsLabel(LABEL.portName, v)) ?? 'http',
-      color: opt(get(LABEL.color), (v) => dnsLabel(LABEL.color, v)) ?? 'default',
+      color: opt(get(LABEL.color), (v) => dnsLabel(LABEL.color, v)) ?? DEFAULT_COLOR,
       weight: opt(get(LABEL.weight), (v) => positiveInt(LABEL.weight, v, 1000)) ?? 1,
       origin: 'docker',
       node,

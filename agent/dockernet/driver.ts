@@ -11,6 +11,7 @@ import type { Logger } from '../../api/log.js';
 import { detach, hostIfnameFor, vethPair } from '../attach/veth.js';
 import type { Attachments } from '../cni.js';
 import { IpamExhausted, PENDING_NETWORK, type IpamRecord } from '../ipam.js';
+import { DEFAULT_NAMESPACE } from '../../api/types.js';
 
 /** The ifname of Docker endpoints in IPAM keys (endpoint id, "docker"). */
 export const DOCKER_IFNAME = 'docker';
@@ -101,7 +102,7 @@ export class DockerNetworkDriver {
     if (b.Address) throw new DriverError(`corral IPAM chooses container addresses; drop --ip ${b.Address}`);
     let rec: IpamRecord;
     try {
-      rec = this.ipam.allocate({ containerId: `pending-${randomUUID()}`, ifname: DOCKER_IFNAME, namespace: 'default', network: PENDING_NETWORK, netns: '', name: '', hostIfname: '', masq: false });
+      rec = this.ipam.allocate({ containerId: `pending-${randomUUID()}`, ifname: DOCKER_IFNAME, namespace: DEFAULT_NAMESPACE, network: PENDING_NETWORK, netns: '', name: '', hostIfname: '', masq: false });
     } catch (err) {
       if (err instanceof IpamExhausted) throw new DriverError(err.message);
       throw err;
@@ -131,7 +132,7 @@ export class DockerNetworkDriver {
     }
     if ((b.IPv6Data ?? []).length) throw new DriverError('Corral networks are IPv4 only: create the network without --ipv6');
     const generic = (b.Options?.['com.docker.network.generic'] ?? {}) as Record<string, string>;
-    const namespace = generic['corral.namespace'] ?? 'default';
+    const namespace = generic['corral.namespace'] ?? DEFAULT_NAMESPACE;
     if (!LABEL.test(namespace)) throw new DriverError(`--opt corral.namespace="${namespace}" is not a DNS label (a-z, 0-9, "-", 1-63 characters)`);
     const masqText = generic['corral.ipmasq'] ?? 'true';
     if (masqText !== 'true' && masqText !== 'false') throw new DriverError(`--opt corral.ipmasq="${masqText}" must be true or false`);

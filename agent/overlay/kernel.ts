@@ -2,7 +2,7 @@
 // the `wg` generic-netlink family of the `netlink` package. Chosen when the module is present.
 import { AttrStream, createRtNetlink, createWireGuard, FlagsNew, ifla, type wg } from 'netlink';
 import { linkByName } from './link.js';
-import { OverlayError, type DeviceConfig, type PeerChange, type PeerState, type WireGuardDevice } from './overlay.js';
+import { OverlayError, type DeviceConfig, type PeerChange, type WireGuardPeer, type WireGuardDevice } from './overlay.js';
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -122,9 +122,9 @@ export class KernelWireGuard implements WireGuardDevice {
     }
   }
 
-  async peers(): Promise<PeerState[]> {
+  async peers(): Promise<WireGuardPeer[]> {
     const devs = await this.wg().getDevice(this.ifname);
-    const out: PeerState[] = [];
+    const out: WireGuardPeer[] = [];
     for (const d of devs) {
       for (const p of d.peers ?? []) {
         const ts = p.lastHandshakeTime;

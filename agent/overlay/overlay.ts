@@ -18,7 +18,7 @@ export interface PeerConfig {
 /** One change in a batch: set a peer (PeerConfig) or remove one. */
 export type PeerChange = PeerConfig | { publicKey: string; remove: true };
 
-export interface PeerState {
+export interface WireGuardPeer {
   publicKey: string;
   endpoint: string;
   allowedIps: string[];
@@ -37,7 +37,7 @@ export interface WireGuardDevice {
    * set for wireguard-go, whatever the count: a host joining a fleet of 1,000 sets 1,000 peers).
    */
   setPeers(changes: PeerChange[]): Promise<void>;
-  peers(): Promise<PeerState[]>;
+  peers(): Promise<WireGuardPeer[]>;
   /** Releases sockets; the interface and its peers stay for the next agent. */
   close(): Promise<void>;
   /** Deletes the interface (tests, `--overlay off` after use). */

@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, c
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { linkExists } from './link.js';
-import { OverlayError, type DeviceConfig, type PeerChange, type PeerState, type WireGuardDevice } from './overlay.js';
+import { OverlayError, type DeviceConfig, type PeerChange, type WireGuardPeer, type WireGuardDevice } from './overlay.js';
 
 export const UAPI_DIR = '/var/run/wireguard';
 const UAPI_TIMEOUT_MS = 3000;
@@ -64,10 +64,10 @@ export class WireGuardGo implements WireGuardDevice {
     await this.uapiSet(lines);
   }
 
-  async peers(): Promise<PeerState[]> {
+  async peers(): Promise<WireGuardPeer[]> {
     const text = await this.uapi('get=1\n\n');
-    const out: PeerState[] = [];
-    let cur: PeerState | undefined;
+    const out: WireGuardPeer[] = [];
+    let cur: WireGuardPeer | undefined;
     let sec = 0;
     for (const line of text.split('\n')) {
       const i = line.indexOf('=');

@@ -38,7 +38,7 @@ export interface Promoter {
   switchColor(req: SwitchRequest): Promise<ServiceReply>;
 }
 
-export class AutoDeploy {
+export class AutoPromotion {
   /** "<ns>/<service>|<color>" -> its promotion state. */
   private readonly candidates = new Map<string, Candidate>();
   /**
