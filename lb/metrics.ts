@@ -1,7 +1,7 @@
 // The load balancer's Prometheus metrics. Counting a request is a couple of map lookups and a
 // number increment: tallies are plain objects cached per service/endpoint record, and turned into
 // Prometheus text only when /metrics is scraped (prom-client's label children hash their labels
-// on every call, which cost ~3% of the proxy's CPU).
+// on every call, which costs ~3% of the proxy's CPU).
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Endpoint } from '../api/types.js';
 import type { EjectionReason, OutlierObserver } from './outliers.js';

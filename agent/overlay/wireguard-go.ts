@@ -6,10 +6,10 @@
 // Where it runs: in a process group of its own (so a Ctrl-C or a signal to the agent's group does
 // not reach it) but in the agent's session. Not setsid(): with the kernel's autogroup scheduler
 // (CONFIG_SCHED_AUTOGROUP, on by default) every session is one scheduling group with an equal
-// CPU share, and a wireguard-go alone in its own session got ~20% less throughput than the same
-// wireguard-go in its launcher's session whenever the CPU was contended (test/bench/overlay.ts,
-// 2 cores: 0.77× → ~1× of the hand-made path). perl (Essential on Debian/Ubuntu) does the
-// setpgid before exec'ing wireguard-go, so the pid the agent holds is wireguard-go's own.
+// CPU share, so a wireguard-go alone in a session of its own gets about 20% less throughput on a
+// contended CPU than one in its launcher's session (test/bench/overlay.ts). perl (Essential on
+// Debian/Ubuntu) does the setpgid before exec'ing wireguard-go, so the pid the agent holds is
+// wireguard-go's own.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { connect } from 'node:net';
