@@ -1,6 +1,7 @@
 // Kernel WireGuard: the interface is made with rtnetlink (kind "wireguard") and configured over
 // the `wg` generic-netlink family of the `netlink` package. Chosen when the module is present.
 import { AttrStream, createRtNetlink, createWireGuard, FlagsNew, ifla, type wg } from 'netlink';
+import { writeIPv6 } from '../../api/ipv6.js';
 import { linkByName } from './link.js';
 import { OverlayError, type DeviceConfig, type PeerChange, type WireGuardPeer, type WireGuardDevice } from './overlay.js';
 
@@ -28,12 +29,8 @@ function sockaddr(endpoint: string): Buffer {
 }
 
 function v6bytes(a: string): Buffer {
-  const [head, tail] = a.split('::') as [string, string | undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
   const b = Buffer.alloc(16);
-  groups.forEach((g, i) => b.writeUInt16BE(parseInt(g || '0', 16), i * 2));
+  writeIPv6(a, b, 0);
   return b;
 }
 

@@ -3,6 +3,7 @@
 // and the underlay's MTU for deriving the overlay's.
 import { writeFileSync } from 'node:fs';
 import { createRtNetlink, FlagsNew, type RtNetlinkSocket, type rt } from 'netlink';
+import { writeIPv6 } from '../../api/ipv6.js';
 import { OverlayError } from './overlay.js';
 
 const AF_INET = 2;
@@ -61,8 +62,9 @@ export async function underlayMtu(address: string): Promise<{ mtu: number; v6: b
   const v6 = address.includes(':');
   return withSocket(async (s) => {
     const addrs = await s.getAddresses();
-    const want = v6 ? undefined : ip4(address);
-    const a = addrs.find((x) => (want ? x.attrs.local?.equals(want) || x.attrs.address?.equals(want) : x.attrs.address && formatV6(x.attrs.address) === address));
+    // Compared as bytes: an IPv6 address has many spellings (zeros, case, where "::" goes).
+    const want = v6 ? v6bytes(address) : ip4(address);
+    const a = addrs.find((x) => x.attrs.local?.equals(want) || x.attrs.address?.equals(want));
     if (!a) throw new OverlayError(`no interface here has the underlay address ${address}: pass --underlay-address with one of this host's addresses`);
     const l = (await s.getLink({ index: a.data.index }))[0];
     return { mtu: l?.attrs.mtu ?? 1500, v6 };
@@ -83,8 +85,8 @@ export async function defaultRouteSource(): Promise<string> {
   });
 }
 
-function formatV6(b: Buffer): string {
-  const parts: string[] = [];
-  for (let i = 0; i < 16; i += 2) parts.push(b.readUInt16BE(i).toString(16));
-  return parts.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+function v6bytes(address: string): Buffer {
+  const b = Buffer.alloc(16);
+  writeIPv6(address, b, 0);
+  return b;
 }
