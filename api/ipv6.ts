@@ -1,5 +1,6 @@
 // The one IPv6 text parser: DNS writes AAAA records and reverse names with it (dns/wire.ts), the
-// LB's SO_REUSEPORT listeners bind with it (api/libc.ts sockaddr). Input is an address Node or
+// LB's SO_REUSEPORT listeners bind with it (api/libc.ts sockaddr), the overlay writes netlink
+// addresses and matches the underlay address with it (agent/overlay). Input is an address Node or
 // the registry already validated; "::", a zone suffix and an embedded IPv4 tail are handled.
 
 /** The 8 16-bit groups of an IPv6 address, "::" expanded. */
