@@ -157,6 +157,18 @@ describe('registry records from other hosts are validated on read', () => {
     expect(ev.hosts.map((h) => h.name)).toEqual(['h1']);
   });
 
+  it('keeps endpoints indexed by service as they come, move between services and go', () => {
+    const { c } = catalog();
+    c.apply(batch(['/corral/endpoints/a', endpoint('a')], ['/corral/endpoints/b', endpoint('b')], ['/corral/endpoints/c', endpoint('c', { service: 'api' })]));
+    expect(c.endpointsOf('default', 'web').map((e) => e.id).sort()).toEqual(['a', 'b']);
+    c.apply(batch(['/corral/endpoints/b', endpoint('b', { service: 'api' })]));
+    expect(c.endpointsOf('default', 'web').map((e) => e.id)).toEqual(['a']);
+    expect(c.endpointsOf('default', 'api').map((e) => e.id).sort()).toEqual(['b', 'c']);
+    c.apply(batch(['/corral/endpoints/a'], ['/corral/endpoints/c', 'null']));
+    expect(c.endpointsOf('default', 'web')).toEqual([]);
+    expect(c.endpointsOf('default', 'api').map((e) => e.id)).toEqual(['b']);
+  });
+
   it('lets the agent check what it writes with the same schema', () => {
     const { c } = catalog();
     expect(() => c.check('/corral/endpoints/e', JSON.stringify(endpoint('e', { port: 0 })))).toThrow(/port: 0 is outside 1..65535/);

@@ -49,6 +49,8 @@ export class Catalog {
   readonly allocations = new Map<string, Allocation>(); // by address
   /** modRevision per key, for compare-and-swap transactions. */
   readonly modRevisions = new Map<string, number>();
+  /** Endpoints by service ("<ns>/<name>"), so a change costs the size of its service, not of the registry. */
+  private readonly byService = new Map<string, Map<string, Endpoint>>();
   /** Keys not served, and why (one entry per key). */
   readonly problems = new Map<string, Problem>();
   readonly rules: RecordRules;
@@ -65,6 +67,7 @@ export class Catalog {
 
   load(r: RangeResult): WatchEvent {
     this.endpoints.clear();
+    this.byService.clear();
     this.services.clear();
     this.hosts.clear();
     this.hostRecords.clear();
@@ -112,9 +115,8 @@ export class Catalog {
   }
 
   endpointsOf(namespace: string, service: string): Endpoint[] {
-    const out: Endpoint[] = [];
-    for (const ep of this.endpoints.values()) if (ep.namespace === namespace && ep.service === service) out.push(ep);
-    return out;
+    const eps = this.byService.get(serviceKey(namespace, service));
+    return eps ? [...eps.values()] : [];
   }
 
   /**
@@ -162,7 +164,12 @@ export class Catalog {
         const ep = r.endpoint(parsed);
         named(ep.id, key.slice(EP.length), 'id');
         if (!store) return;
+        this.unindex(this.endpoints.get(ep.id));
         this.endpoints.set(ep.id, ep);
+        const k = serviceKey(ep.namespace, ep.service);
+        let eps = this.byService.get(k);
+        if (!eps) this.byService.set(k, (eps = new Map()));
+        eps.set(ep.id, ep);
         ev.endpoints.push(ep);
         return;
       }
@@ -205,7 +212,12 @@ export class Catalog {
   private drop(key: string, ev: WatchEvent): void {
     if (key.startsWith(EP)) {
       const id = key.slice(EP.length);
-      if (this.endpoints.delete(id)) ev.deletedEndpoints.push(id);
+      const old = this.endpoints.get(id);
+      if (old) {
+        this.unindex(old);
+        this.endpoints.delete(id);
+        ev.deletedEndpoints.push(id);
+      }
     } else if (key.startsWith(SVC)) {
       const k = key.slice(SVC.length);
       if (this.services.delete(k)) ev.deletedServices.push(k);
@@ -217,6 +229,14 @@ export class Catalog {
     } else if (key.startsWith(BLOCK)) {
       this.blocks.delete(key);
     }
+  }
+
+  private unindex(ep: Endpoint | undefined): void {
+    if (!ep) return;
+    const k = serviceKey(ep.namespace, ep.service);
+    const eps = this.byService.get(k);
+    eps?.delete(ep.id);
+    if (eps?.size === 0) this.byService.delete(k);
   }
 
   private report(p: Problem): void {
