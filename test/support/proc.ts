@@ -22,3 +22,14 @@ export function cpuSeconds(pid: number | undefined): number {
     return NaN;
   }
 }
+
+/** Resident set size of a process, in bytes, from /proc/PID/status (NaN when there is no such process). */
+export function rssBytes(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const kb = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return kb === undefined ? NaN : Number(kb) * 1024;
+  } catch {
+    return NaN;
+  }
+}
