@@ -93,14 +93,14 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
       if (s.revision < revision) return undefined;
       const parts = s.components.filter((c) => c.component === 'dns' || c.component === 'lb');
       return parts.length === 2 && parts.every((c) => c.connected && c.appliedRevision >= s.revision) ? true : undefined;
-    }, ms);
+    }, { ms });
   }
 
   /** DNS answers this name with these addresses (dig polled: one lost UDP reply on a busy machine is no failure). */
   async function answers(name: string, want: string[]): Promise<void> {
     let last: string[] = [];
     try {
-      await until(`${name} -> ${want.join()}`, async () => ((last = await dig(dns.dnsPort, name)).join() === want.join() ? true : undefined), 10_000);
+      await until(`${name} -> ${want.join()}`, async () => ((last = await dig(dns.dnsPort, name)).join() === want.join() ? true : undefined), { ms: 10_000 });
     } catch (err) {
       const eps = await agent.cli(['endpoints', name.split('.')[0]!, '-n', name.split('.')[1]!, '--json']);
       throw new Error(`${(err as Error).message}: dig says ${JSON.stringify(last)}; corral endpoints: ${eps.stdout}${eps.stderr}`);
@@ -135,11 +135,11 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
     await until('web and api in DNS', async () => {
       const [w, a] = await Promise.all([dig(dns.dnsPort, 'web.default.corral.internal'), dig(dns.dnsPort, 'api.default.corral.internal')]);
       return w.join() === '127.0.0.1' && a.join() === '127.0.0.1' ? true : undefined;
-    }, ms);
+    }, { ms });
     await until('web and api through the LB', async () => {
       const [w, a] = await Promise.all([viaLb(lb.httpPort, 'web.test'), viaLb(lb.httpPort, 'api.test')]);
       return w.body === 'web backend' && a.body === 'api backend' ? true : undefined;
-    }, ms);
+    }, { ms });
   }
 
   beforeAll(async () => {
