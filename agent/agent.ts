@@ -12,7 +12,7 @@ import type {
   Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
   RollbackRequest, RotateKeysReply, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
-import { serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest, DEFAULT_NAMESPACE } from '../api/types.js';
+import { DEFAULT_NAMESPACE, serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
 import { InvalidRecord, MAX_RECORD_BYTES } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
@@ -125,8 +125,18 @@ export class Agent implements EndpointSink, AgentOps {
     await this.mesh?.stop();
     await this.dockerPlugin?.stop();
     await this.attachments?.close();
-    await new Promise<void>((resolve) => (this.grpcServer ? this.grpcServer.tryShutdown(() => resolve()) : resolve()));
-    this.grpcServer?.forceShutdown();
+    const server = this.grpcServer;
+    if (server) {
+      // Watch streams (DNS, LB) never end by themselves: calls in flight get a second, then every stream is closed.
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 1000);
+        server.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+      server.forceShutdown();
+    }
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
     this.admin?.closeAllConnections();
     await this.registry.close();

@@ -2,6 +2,7 @@
 // two hosts racing for one block cannot both win (embedded or etcd alike). Key:
 // /corral/blocks/<network>_<prefix> -> { block, node, sinceMs }.
 import { IPv4CidrRange, IPv4Prefix } from 'ip-num';
+import { RecordRules } from '../api/records.js';
 import type { Registry } from './registry/registry.js';
 
 export const BLOCKS = '/corral/blocks/';
@@ -25,19 +26,20 @@ export async function leaseBlock(registry: Registry, clusterCidr: string, node: 
     throw new Error(`--cluster-cidr "${clusterCidr}" is not an IPv4 CIDR such as 10.42.0.0/16`);
   }
   if (Number(cidr.getPrefix().getValue()) > prefixLen) throw new Error(`--cluster-cidr ${clusterCidr} is smaller than one /${prefixLen} block: use a /${prefixLen} or larger`);
+  const rules = new RecordRules(clusterCidr);
   for (let attempt = 0; attempt < 10; attempt++) {
     const r = await registry.range(BLOCKS);
     const taken = new Set<string>();
     for (const kv of r.kvs) {
+      // Untrusted like every record: a key someone wrote is taken, whatever it holds.
+      taken.add(kv.key);
       let lease: BlockLease;
       try {
-        lease = JSON.parse(kv.value) as BlockLease;
+        lease = rules.blockLease(JSON.parse(kv.value));
       } catch {
-        taken.add(kv.key);
         continue;
       }
-      if (lease.node === node && cidr.contains(IPv4CidrRange.fromCidr(lease.block))) return lease.block;
-      taken.add(kv.key);
+      if (lease.node === node && kv.key === blockKey(lease.block)) return lease.block;
     }
     let raced = false;
     for (const b of cidr.splitInto(IPv4Prefix.fromNumber(BigInt(prefixLen)))) {

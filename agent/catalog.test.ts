@@ -51,6 +51,8 @@ describe('registry records from other hosts are validated on read', () => {
     ['a port out of range', endpoint('e', { port: 70000 }), 'port', '70000 is outside 1..65535'],
     ['a name that is no DNS label', endpoint('e', { service: 'Web_1' }), 'service', '"Web_1" is not a DNS label (a-z, 0-9, "-")'],
     ['an address that is none', endpoint('e', { address: '10.42.0.300' }), 'address', '"10.42.0.300" is not an IPv4 or IPv6 address'],
+    ['the unspecified address', endpoint('e', { address: '::' }), 'address', '"::" is the unspecified address'],
+    ['an address with a zone', endpoint('e', { address: 'fe80::1%eth0' }), 'address', '"fe80::1%eth0" has a zone (%…), which means nothing on another host'],
     ['a weight out of range', endpoint('e', { weight: -1 }), 'weight', '-1 is outside 1..1000'],
     ['an id that is not its key', endpoint('other'), 'id', '"other" does not match its key ("e")'],
     ['too many host names', endpoint('e', { httpHosts: Array.from({ length: 40 }, (_, i) => `h${i}.test`) }), 'httpHosts', 'not a list of at most 32 host names'],

@@ -1,7 +1,7 @@
 // Building and validating Endpoint records, whatever their origin (Docker labels, `corral
 // register`, CNI). Every rejection names the field, the bad value and what is accepted.
-import { isIP } from 'node:net';
-import { BALANCE_POLICIES, isBalancePolicy, type BalancePolicy, type Endpoint, type HealthCheck, DEFAULT_NAMESPACE, DEFAULT_COLOR } from '../api/types.js';
+import { addressProblem } from '../api/records.js';
+import { BALANCE_POLICIES, DEFAULT_COLOR, DEFAULT_NAMESPACE, isBalancePolicy, type BalancePolicy, type Endpoint, type HealthCheck } from '../api/types.js';
 
 export class InvalidEndpoint extends Error {
   constructor(readonly field: string, readonly value: string, readonly accepted: string) {
@@ -65,7 +65,7 @@ export function balancePolicy(field: string, value: string): BalancePolicy {
 
 export function address(field: string, value: string): string {
   const v = value.trim();
-  if (!isIP(v)) throw new InvalidEndpoint(field, value, 'an IPv4 or IPv6 address');
+  if (addressProblem(v)) throw new InvalidEndpoint(field, value, 'an IPv4 or IPv6 address other hosts can reach (not 0.0.0.0 or ::, no %zone)');
   return v;
 }
 

@@ -4,6 +4,7 @@
 // defaults filled in for fields that older writers left out, or the first field that is wrong.
 import { isIP } from 'node:net';
 import { IPv4CidrRange } from 'ip-num';
+import { ipv6Groups } from './ipv6.js';
 import { DEFAULT_COLOR, type Allocation, type Endpoint, type HealthCheck, type Host, type HostStatus, type Service } from './types.js';
 
 /** Largest value the catalog parses, per kind (a Host record stays well under 2 KB). */
@@ -61,8 +62,21 @@ function node(o: Obj, field: string): string {
 function ip(o: Obj, field: string, opt: { empty?: boolean } = {}): string {
   const v = str(o, field, 45, opt.empty ? { dflt: '' } : {});
   if (v === '' && opt.empty) return v;
-  if (!isIP(v)) throw new InvalidRecord(field, `"${v}" is not an IPv4 or IPv6 address`);
+  const problem = addressProblem(v);
+  if (problem) throw new InvalidRecord(field, `"${v}" ${problem}`);
   return v;
+}
+
+/**
+ * Why a text is not an address another host can be sent to ('' when it is): not an IP address,
+ * the unspecified address (the LB would connect to itself), or one with a zone (meaningless on
+ * another host).
+ */
+export function addressProblem(v: string): string {
+  if (!isIP(v)) return 'is not an IPv4 or IPv6 address';
+  if (v.includes('%')) return 'has a zone (%…), which means nothing on another host';
+  if (v === '0.0.0.0' || (isIP(v) === 6 && ipv6Groups(v).every((g) => g === 0))) return 'is the unspecified address';
+  return '';
 }
 
 function wgKey(o: Obj, field: string): string {

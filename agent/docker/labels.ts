@@ -6,7 +6,7 @@ import {
   balancePolicy, dockerEndpointId, dnsLabel, duration, HEALTH_DEFAULTS, httpHosts, httpPath, InvalidEndpoint, newEndpoint,
   port, positiveInt, type EndpointSpec,
 } from '../endpoints.js';
-import { DEFAULT_NAMESPACE, DEFAULT_COLOR } from '../../api/types.js';
+import { DEFAULT_COLOR, DEFAULT_NAMESPACE } from '../../api/types.js';
 
 export const LABEL = {
   service: 'corral.service',

@@ -81,6 +81,9 @@ export class EtcdRegistry implements Registry {
     const o: IOptions = {
       hosts: this.opts.endpoints.map((h) => `${this.opts.tls ? 'https' : 'http'}://${h}`),
       dialTimeout: 3000,
+      // One watch response covers every change since the last: after a pause it can be tens of MB,
+      // and so can the first range of a large registry. gRPC's 4 MB default would drop it silently.
+      grpcOptions: { 'grpc.max_receive_message_length': -1 },
       defaultCallOptions: () => ({ deadline: Date.now() + this.timeoutMs }),
     };
     if (this.opts.tls) {
