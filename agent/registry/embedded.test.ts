@@ -261,6 +261,22 @@ describe('embedded registry', () => {
     await r.close();
   });
 
+  it('tells the writer when a watcher throws, and keeps the change and the other watchers going', async () => {
+    const r = await open(tempDir());
+    const base = (await r.range('/')).revision;
+    const seen: number[] = [];
+    r.watch('/', base, (b) => {
+      if (b.events.some((e) => e.key === '/bad')) throw new Error('watcher bug');
+    }, () => {});
+    r.watch('/', base, (b) => seen.push(b.revision), () => {});
+    const [bad, good] = await Promise.allSettled([r.txn([{ put: '/bad', value: '1' }]), r.txn([{ put: '/good', value: '1' }])]);
+    expect(bad).toMatchObject({ status: 'rejected', reason: new Error('watcher bug') });
+    expect(good).toEqual({ status: 'fulfilled', value: base + 2 });
+    expect(seen).toEqual([base + 1, base + 2]);
+    expect((await r.range('/')).kvs.map((k) => k.key)).toEqual(['/bad', '/good']);
+    await r.close();
+  });
+
   it('rejects a batch it cannot write, with what depended on it, and stores none of it', async () => {
     // A real full disk: the state dir on a 256 KiB tmpfs.
     const dir = tempDir();

@@ -50,6 +50,8 @@ interface Pending {
   /** What the keys held before, to roll back if the write fails. */
   undo?: Array<[string, Stored | undefined]>;
   record: string;
+  /** What a watcher threw when it was given this batch. */
+  watcherError?: Error;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -268,8 +270,11 @@ export class EmbeddedRegistry implements Registry {
         this.stats.logSyncs++;
         this.logBytes += buf.length;
       }
-      for (const p of batch) if (p.batch) this.publish(p.batch);
-      for (const p of batch) p.resolve();
+      for (const p of batch) if (p.batch) p.watcherError = this.publish(p.batch);
+      for (const p of batch) {
+        if (p.watcherError) p.reject(p.watcherError);
+        else p.resolve();
+      }
       if (!this.compacting && !this.closed && this.logBytes > Math.min(this.logMaxBytes, Math.max(this.logMinBytes, 4 * this.snapshotBytes))) {
         this.compacting = this.compact().finally(() => (this.compacting = undefined));
       }
@@ -277,20 +282,22 @@ export class EmbeddedRegistry implements Registry {
     this.flushing = undefined;
   }
 
-  private publish(batch: KvBatch): void {
+  /** Makes a synced batch visible: history, then every watcher; returns what a watcher threw. */
+  private publish(batch: KvBatch): Error | undefined {
     this.durable = batch.revision;
     this.history.push(batch);
     if (this.history.length > HISTORY) this.history.shift();
+    let thrown: Error | undefined;
     for (const w of this.watchers) {
       try {
         deliver(w, batch);
       } catch (err) {
-        // A watcher's bug must not leave the transactions after it unanswered.
-        process.nextTick(() => {
-          throw err;
-        });
+        // Stored all the same; the transaction's caller hears of it, the other watchers and the
+        // transactions after it are not held up.
+        thrown ??= err as Error;
       }
     }
+    return thrown;
   }
 
   /**
