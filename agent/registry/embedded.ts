@@ -7,7 +7,7 @@ import {
   closeSync, existsSync, fdatasync, fdatasyncSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync,
   unlinkSync, write, writeSync,
 } from 'node:fs';
-import { open as openAsync, type FileHandle } from 'node:fs/promises';
+import { open as openAsync, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { makeLogger, type Logger } from '../../api/log.js';
@@ -361,9 +361,9 @@ export class EmbeddedRegistry implements Registry {
       this.snapshotBytes = await writeSnapshot(this.dir, revision, state);
       for (const f of readdirSync(this.dir)) {
         const m = LOG_RE.exec(f);
-        if (m && Number(m[1]) < revision) unlinkSync(join(this.dir, f));
+        if (m && Number(m[1]) < revision) await unlink(join(this.dir, f));
       }
-      fsyncDir(this.dir);
+      await fsyncDirAsync(this.dir);
       this.stats.compactions++;
     } catch (err) {
       // The logs stay, so nothing is lost; the next compaction writes a snapshot of everything.
@@ -509,6 +509,15 @@ function fsyncDir(dir: string): void {
   }
 }
 
+async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await openAsync(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 /** pwrite(2) of all of buf at position, off the event loop (a short write continues where it stopped). */
 function writeAll(fd: number, buf: Buffer, position: number): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -573,7 +582,7 @@ async function writeSnapshot(dir: string, revision: number, kvs: Map<string, Sto
   } finally {
     await fh.close();
   }
-  renameSync(`${file}.tmp`, file);
-  fsyncDir(dir);
+  await rename(`${file}.tmp`, file);
+  await fsyncDirAsync(dir);
   return bytes;
 }
