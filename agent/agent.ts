@@ -62,7 +62,11 @@ export class Agent implements EndpointSink, AgentOps {
     const m = opts.mesh;
     this.catalog = new Catalog(opts.clusterCidr, (p) => log.warn({ key: p.key, field: p.field, problem: p.problem, writer: p.writer || 'unknown' }, 'registry record not served: it is invalid or conflicts with an older one'));
     this.watchers = new Watchers(this.catalog);
-    this.registry = registryFor(opts.registry, opts.stateDir, { leaseTtlS: m.leaseTtlS, tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined });
+    this.registry = registryFor(opts.registry, opts.stateDir, {
+      log: log.child({ part: 'registry' }),
+      leaseTtlS: m.leaseTtlS,
+      tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined,
+    });
     this.health = new HealthChecker(this, log);
     this.promotion = new AutoPromotion(this, log);
     prom.collectDefaultMetrics({ register: this.metrics });

@@ -30,6 +30,9 @@ export class AgentWatch {
   private warned = false;
   revision = 0;
   connected = false;
+  private acking = false;
+  private acked = 0;
+  private ackWanted = 0;
 
   constructor(
     private readonly socketPath: string,
@@ -47,6 +50,9 @@ export class AgentWatch {
 
   private open(): void {
     if (this.closed) return;
+    // A new stream may reach a new agent, which knows no ack yet.
+    this.acked = 0;
+    this.ackWanted = 0;
     const call = this.client.Watch({ component: this.component, kinds: this.handlers.kinds ?? [], fromRevision: this.revision }) as grpc.ClientReadableStream<WatchEvent>;
     this.call = call;
     call.on('data', (ev: WatchEvent) => {
@@ -60,9 +66,8 @@ export class AgentWatch {
       const applied = this.handlers.onEvent(ev);
       this.revision = ev.revision;
       // Tell the agent what this component has applied, for `corral status`.
-      const ack = () => void unary(this.client, 'Ack', { component: this.component, revision: ev.revision }, 5_000).catch(() => {});
-      if (!(applied instanceof Promise)) ack();
-      else applied.then(() => this.call === call && ack(), () => {});
+      if (!(applied instanceof Promise)) this.ack(ev.revision);
+      else applied.then(() => this.call === call && this.ack(ev.revision), () => {});
     });
     const retry = (err?: Error) => {
       if (this.call !== call) return;
@@ -82,6 +87,28 @@ export class AgentWatch {
     };
     call.on('error', (err) => retry(err));
     call.on('end', () => retry());
+  }
+
+  /**
+   * One Ack in flight at most, carrying the newest applied revision: under a burst of changes
+   * the agent gets one round trip per reply, not one per event.
+   */
+  private ack(revision: number): void {
+    if (revision <= this.acked) return;
+    this.ackWanted = Math.max(this.ackWanted, revision);
+    if (this.acking) return;
+    const send = (): void => {
+      const r = this.ackWanted;
+      this.acking = true;
+      void unary(this.client, 'Ack', { component: this.component, revision: r }, 5_000).then(
+        () => (this.acked = Math.max(this.acked, r)),
+        () => {},
+      ).finally(() => {
+        this.acking = false;
+        if (this.ackWanted > r && !this.closed) send();
+      });
+    };
+    send();
   }
 
   close(): void {
