@@ -1,5 +1,5 @@
 // The per-host agent: the only process that talks to the registry. It turns Docker containers
-// and `corral register` calls into endpoints (as the EndpointSink), health-checks its own
+// and `corral register` calls into endpoints (through its EndpointWriter), health-checks its own
 // endpoints, and serves the registry to DNS, LB and the CLI as a revisioned watch stream.
 import { existsSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
@@ -10,16 +10,15 @@ import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import type {
   Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
-  RollbackRequest, RotateKeysReply, Service, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
+  RollbackRequest, RotateKeysReply, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
-import { DEFAULT_NAMESPACE, serviceKey, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
+import { DEFAULT_NAMESPACE, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
 import { InvalidRecord, MAX_RECORD_BYTES } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
 import { Catalog, keys, PREFIX, STATUS } from './catalog.js';
-import { ColorError, initialService, rollback, setWeights, switchColor } from './colors.js';
 import { leaseBlock } from './blocks.js';
-import { Attachments } from './cni.js';
+import { Attachments } from './attachments.js';
 import { DockerSource } from './docker/source.js';
 import { DockerNetworkDriver } from './dockernet/driver.js';
 import { liveEndpoints } from './dockernet/live.js';
@@ -30,20 +29,23 @@ import { AutoPromotion } from './promotion.js';
 import { HealthChecker } from './health.js';
 import { Mesh } from './mesh.js';
 import { Watchers } from './watchers.js';
+import { ColorChanges } from './color-changes.js';
+import { EndpointWriter, type Commit } from './endpoint-writer.js';
 import { registryFor } from './registry/index.js';
 import type { Registry, TxnOp } from './registry/registry.js';
-import type { EndpointSink } from './sink.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
 
 /** Problem lines in `corral status` and `corral hosts` (a registry full of junk must not make the reply huge). */
 const PROBLEM_LINES = 100;
 
-export class Agent implements EndpointSink, AgentOps {
+export class Agent implements AgentOps {
   readonly catalog: Catalog;
   private readonly watchers: Watchers;
   private readonly registry: Registry;
-  private readonly drainTimers = new Map<string, NodeJS.Timeout>();
+  /** What this node's sources say about its endpoints, written to the registry. */
+  readonly endpoints: EndpointWriter;
+  private readonly colors: ColorChanges;
   private readonly revisionWaiters = new Set<RevisionWaiter>();
   private readonly health: HealthChecker;
   private readonly promotion: AutoPromotion;
@@ -67,7 +69,10 @@ export class Agent implements EndpointSink, AgentOps {
       leaseTtlS: m.leaseTtlS,
       tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined,
     });
-    this.health = new HealthChecker(this, log);
+    const commit: Commit = (ops, compares) => this.commit(ops, compares);
+    this.endpoints = new EndpointWriter(this.catalog, opts.nodeName, commit, log);
+    this.colors = new ColorChanges(this.registry, this.catalog, commit, log);
+    this.health = new HealthChecker(this.endpoints, log);
     this.promotion = new AutoPromotion(this, log);
     prom.collectDefaultMetrics({ register: this.metrics });
     this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
@@ -111,7 +116,7 @@ export class Agent implements EndpointSink, AgentOps {
       status: () => this.status(),
     });
     if (this.opts.dockerSocket && existsSync(this.opts.dockerSocket)) {
-      this.docker = new DockerSource({ socketPath: this.opts.dockerSocket, node: this.node, sink: this, log: this.log });
+      this.docker = new DockerSource({ socketPath: this.opts.dockerSocket, node: this.node, sink: this.endpoints, log: this.log });
       this.docker.start();
     } else if (this.opts.dockerSocket) {
       this.log.warn({ socket: this.opts.dockerSocket }, 'no Docker socket here: containers are not watched (start dockerd, or pass --docker-socket "" to silence this)');
@@ -123,8 +128,7 @@ export class Agent implements EndpointSink, AgentOps {
     this.docker?.stop();
     this.health.stop();
     this.promotion.stop();
-    for (const t of this.drainTimers.values()) clearTimeout(t);
-    this.drainTimers.clear();
+    this.endpoints.close();
     this.unwatch?.();
     await this.mesh?.stop();
     await this.dockerPlugin?.stop();
@@ -287,83 +291,6 @@ export class Agent implements EndpointSink, AgentOps {
     return { freed: freed.map((r) => this.attachments!.allocation(r)) };
   }
 
-  // ---- EndpointSink ----
-
-  async sync(origin: string, endpoints: Endpoint[]): Promise<void> {
-    const want = new Map(endpoints.map((e) => [e.id, e]));
-    const ops: TxnOp[] = [];
-    for (const ep of this.catalog.endpoints.values()) {
-      if (ep.node === this.node && ep.origin === origin && !want.has(ep.id)) ops.push({ delete: keys.endpoint(ep.id) });
-    }
-    for (const ep of endpoints) {
-      this.cancelDrain(ep.id);
-      ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(this.keepHealth(ep)), ephemeral: true });
-    }
-    await this.writeWithServices(ops, endpoints);
-  }
-
-  async upsert(endpoint: Endpoint): Promise<void> {
-    this.cancelDrain(endpoint.id);
-    await this.writeWithServices([{ put: keys.endpoint(endpoint.id), value: JSON.stringify(this.keepHealth(endpoint)), ephemeral: true }], [endpoint]);
-  }
-
-  async remove(id: string, opts: { immediate?: boolean } = {}): Promise<void> {
-    const ep = this.catalog.endpoints.get(id);
-    if (!ep) return;
-    if (opts.immediate || ep.drainMs <= 0) {
-      this.cancelDrain(id);
-      await this.commit([{ delete: keys.endpoint(id) }]);
-      return;
-    }
-    if (this.drainTimers.has(id)) return;
-    await this.commit([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, draining: true, healthReason: 'draining' }), ephemeral: true }]);
-    const timer = setTimeout(() => {
-      this.drainTimers.delete(id);
-      if (this.catalog.endpoints.get(id)?.draining) {
-        this.commit([{ delete: keys.endpoint(id) }]).catch((err: Error) => this.log.error({ err, id }, 'cannot remove a drained endpoint'));
-      }
-    }, ep.drainMs);
-    timer.unref();
-    this.drainTimers.set(id, timer);
-  }
-
-  async setHealth(id: string, healthy: boolean, reason: string): Promise<void> {
-    const ep = this.catalog.endpoints.get(id);
-    if (!ep || ep.node !== this.node || ep.draining) return;
-    if (ep.healthy === healthy && ep.healthReason === reason) return;
-    this.log.info({ endpoint: id, service: ep.service, namespace: ep.namespace, healthy, reason }, 'endpoint health changed');
-    await this.commit([{ put: keys.endpoint(id), value: JSON.stringify({ ...ep, healthy, healthReason: reason }), ephemeral: true }]);
-  }
-
-  private cancelDrain(id: string): void {
-    const t = this.drainTimers.get(id);
-    if (t) clearTimeout(t);
-    this.drainTimers.delete(id);
-  }
-
-  /** A re-registered endpoint with an active check keeps the health it had, not "waiting". */
-  private keepHealth(ep: Endpoint): Endpoint {
-    const old = this.catalog.endpoints.get(ep.id);
-    if (!old || !ep.healthCheck || !old.healthCheck) return ep;
-    return { ...ep, healthy: old.healthy, healthReason: old.healthReason };
-  }
-
-  /** Writes ops in one revision, creating the service record of any service seen for the first time. */
-  private async writeWithServices(ops: TxnOp[], endpoints: Endpoint[]): Promise<void> {
-    const fresh = new Map<string, Service>();
-    for (const ep of endpoints) {
-      const k = serviceKey(ep.namespace, ep.service);
-      if (!this.catalog.services.has(k) && !fresh.has(k)) fresh.set(k, initialService(ep.namespace, ep.service, ep.color));
-    }
-    if (fresh.size === 0) {
-      await this.commit(ops);
-      return;
-    }
-    const svcOps: TxnOp[] = [...fresh.values()].map((s) => ({ put: keys.service(s.namespace, s.name), value: JSON.stringify(s) }));
-    const compares = [...fresh.values()].map((s) => ({ key: keys.service(s.namespace, s.name), modRevision: 0 }));
-    if ((await this.commit([...ops, ...svcOps], compares)) === null) await this.commit(ops);
-  }
-
   // ---- AgentOps (the gRPC API) ----
 
   watch(req: WatchRequest, send: (ev: WatchEvent) => void): () => void {
@@ -484,7 +411,7 @@ export class Agent implements EndpointSink, AgentOps {
       healthCheck: healthCheckFrom(req.healthCheck),
       lbBalance: req.lbBalance ? v.balancePolicy('lb balance', req.lbBalance) : undefined,
     });
-    await this.upsert(ep);
+    await this.endpoints.upsert(ep);
     return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(ep.id) ?? ep };
   }
 
@@ -495,41 +422,20 @@ export class Agent implements EndpointSink, AgentOps {
     if (!ep) {
       throw new NotFound(`no registered endpoint ${req.address}:${req.port} of service ${req.service} in namespace ${namespace}; see \`corral endpoints ${req.service} -n ${namespace}\``);
     }
-    await this.remove(id);
+    await this.endpoints.remove(id);
     return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(id) ?? null };
   }
 
   switchColor(req: SwitchRequest): Promise<ServiceReply> {
-    return this.changeService(req.namespace, req.service, (svc, eps) => switchColor(svc, eps, req.color));
+    return this.colors.switchColor(req);
   }
 
   weight(req: WeightRequest): Promise<ServiceReply> {
-    return this.changeService(req.namespace, req.service, (svc, eps) => setWeights(svc, eps, req.weights));
+    return this.colors.weight(req);
   }
 
   rollback(req: RollbackRequest): Promise<ServiceReply> {
-    return this.changeService(req.namespace, req.service, (svc) => rollback(svc));
-  }
-
-  /** Read-modify-write of one service record, guarded by its revision, as one registry revision. */
-  private async changeService(nsIn: string, name: string, fn: (svc: Service, eps: Endpoint[]) => Service): Promise<ServiceReply> {
-    const ns = nsIn || DEFAULT_NAMESPACE;
-    const key = keys.service(ns, name);
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const r = await this.registry.range(key);
-      const kv = r.kvs.find((k) => k.key === key);
-      const eps = this.catalog.endpointsOf(ns, name);
-      if (!kv && eps.length === 0) throw new NotFound(`no service ${name} in namespace ${ns}; see \`corral services\``);
-      const current: Service = kv ? (JSON.parse(kv.value) as Service) : initialService(ns, name, eps[0]!.color);
-      const next = fn(current, eps);
-      if (next === current) return { revision: r.revision, service: current };
-      const rev = await this.commit([{ put: key, value: JSON.stringify(next) }], [{ key, modRevision: kv?.modRevision ?? 0 }]);
-      if (rev !== null) {
-        this.log.info({ service: name, namespace: ns, active: next.active, revision: rev }, 'service colors changed');
-        return { revision: rev, service: next };
-      }
-    }
-    throw new ColorError(`service ${name} in namespace ${ns} kept changing under this command; try again`);
+    return this.colors.rollback(req);
   }
 }
 

@@ -14,7 +14,7 @@ import type { Host, HostStatus, PeerStatus, RotateKeysReply, WatchEvent } from '
 import { VERSION } from '../api/version.js';
 import { ensureGateway } from './attach/veth.js';
 import { leaseBlock } from './blocks.js';
-import { GATEWAY_LINK } from './cni.js';
+import { GATEWAY_LINK } from './attachments.js';
 import { type Catalog, keys, STATUS } from './catalog.js';
 import { wireGuardFor } from './overlay/index.js';
 import { KeyStore, type KeyPair } from './overlay/keys.js';

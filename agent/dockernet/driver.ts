@@ -9,7 +9,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../../api/log.js';
 import { detach, hostIfnameFor, vethPair } from '../attach/veth.js';
-import type { Attachments } from '../cni.js';
+import type { Attachments } from '../attachments.js';
 import { IpamExhausted, PENDING_NETWORK, type IpamRecord } from '../ipam.js';
 import { DEFAULT_NAMESPACE } from '../../api/types.js';
 

@@ -1,4 +1,5 @@
-// The agent side of CNI: every verb the corral-cni plugin relays. It validates the config,
+// Container attachments, whoever asks: every CNI verb the corral-cni plugin relays, and the same
+// IPAM, wiring and policy for Docker's network driver (dockernet/). It validates the config,
 // allocates from IPAM (journal fsync'd first), wires the veth pair, applies the namespace and
 // ipMasq policy, publishes the Allocation record, and answers with the CNI result or a spec
 // error code. A failed ADD leaves no interface and no allocation behind.
