@@ -38,6 +38,8 @@ export interface FleetOptions {
    * check with the same result, so the rest of the agent's code can be simulated at 1,000 hosts.
    */
   productBlockCheck?: boolean;
+  /** Each registry opens its own Etcd3 client, as an agent does (default: one shared client). */
+  ownClients?: boolean;
 }
 
 /** Warnings and errors the simulated hosts logged (info and below are dropped). */
@@ -67,7 +69,7 @@ export class SimHost {
   /** Opens its registry session, holds its block, brings its mesh up (peers, Host record, first status report). */
   async join(): Promise<void> {
     const f = this.fleet;
-    this.registry = new EtcdRegistry({ endpoints: f.o.endpoints, leaseTtlS: f.o.leaseTtlS ?? 10, client: f.client });
+    this.registry = new EtcdRegistry({ endpoints: f.o.endpoints, leaseTtlS: f.o.leaseTtlS ?? 10, ...(f.o.ownClients ? {} : { client: f.client }) });
     await this.registry.open();
     // The block, held the way agent/blocks.ts holds it (a compare-and-put of its lease record),
     // at a place fixed by the host's number: leaseBlock then finds it (see the report on leaseBlock).
@@ -138,7 +140,10 @@ export class Fleet {
 
   constructor(readonly o: FleetOptions) {
     this.clusterCidr = o.clusterCidr ?? SIM_CIDR;
-    this.client = new Etcd3({ hosts: o.endpoints.map((h) => `http://${h}`), defaultCallOptions: () => ({ deadline: Date.now() + 30_000 }) });
+    // A deadline on unary calls only: one on streams (as EtcdRegistry's own client has, see the
+    // report) cuts every keep-alive and watch stream of the fleet at once, and the pool's backoff
+    // after that many failures outlasts the leases.
+    this.client = new Etcd3({ hosts: o.endpoints.map((h) => `http://${h}`), defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 30_000 }) });
     this.catalog = new Catalog(this.clusterCidr, (p) => this.problems.push(p));
     if (!o.productBlockCheck) useIntervalBlockCheck(this.catalog);
     this.observer = new EtcdRegistry({ endpoints: o.endpoints, client: this.client });
@@ -284,7 +289,7 @@ export function intToIp(n: number): string {
 export async function eventually(what: string, cond: () => boolean | Promise<boolean>, timeoutMs: number, detail: () => string = () => ''): Promise<number> {
   const t0 = Date.now();
   for (;;) {
-    if (await cond()) return Date.now() - t0;
+    if (await Promise.resolve().then(cond).catch(() => false)) return Date.now() - t0;
     if (Date.now() - t0 > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms ${detail()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
