@@ -11,6 +11,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   lb: async () => (await import('./lb.js')).benchLb(),
   'lb-h2': async () => (await import('./lb-h2.js')).benchLbH2(),
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
+  scale: async () => (await import('./scale.js')).benchScale(),
 };
 
 function fmt(n: number): string {

@@ -43,7 +43,7 @@ function zero(): Record<KindName, KindCount> {
 }
 
 export class EtcdMeter {
-  private readonly client: Etcd3;
+  readonly client: Etcd3;
   private watcher: Watcher | undefined;
   private kinds = zero();
   private readonly lastRev = new Map<KindName, number>();
