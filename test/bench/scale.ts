@@ -31,7 +31,7 @@ const LEGACY_HOSTS = (process.env.SCALE_LEGACY_HOSTS ?? '50,200,1000').split(','
 const log = (msg: string) => process.stderr.write(`scale: ${new Date().toISOString().slice(11, 19)} ${msg}\n`);
 const mb = (b: number) => b / 1e6;
 
-interface LegacyRun { hosts: number; record: number; seconds: number; writesPerS: number; bytesPerS: number; offeredBytesPerS: number; growthPer30s: number; failures: number }
+interface LegacyRun { hosts: number; record: number; seconds: number; writesPerS: number; bytesPerS: number; offeredBytesPerS: number; growthPer30s: number; failures: number; skipped: number }
 
 export async function benchScale(): Promise<BenchSection> {
   const etcd = await startEtcd({ size: 3 });
@@ -107,7 +107,7 @@ export async function benchScale(): Promise<BenchSection> {
       await lf.stop();
       const run: LegacyRun = {
         hosts: n, record: lf.largest, seconds: w.seconds, writesPerS: w.kinds.hosts.puts / w.seconds, bytesPerS: w.kinds.hosts.bytes / w.seconds,
-        offeredBytesPerS: (lf.largest * n) / 5, growthPer30s: ((d1 - d0) * 30) / w.seconds, failures: lf.failures,
+        offeredBytesPerS: (lf.largest * n) / 5, growthPer30s: ((d1 - d0) * 30) / w.seconds, failures: lf.failures, skipped: lf.skipped,
       };
       legacy.push(run);
       log(`old protocol: ${JSON.stringify(run)}`);
@@ -130,7 +130,7 @@ export async function benchScale(): Promise<BenchSection> {
       `Soak: ${soak.seconds.toFixed(0)} s (SCALE_SOAK_S) with ${fleet.churned} endpoint changes (${(fleet.churned / soak.seconds).toFixed(1)}/s, ${fleet.churnErrors} failed); etcd revisions in the soak: ${soak.revisions} (hosts ${soak.kinds.hosts.revisions}, status ${soak.kinds.status.revisions}, endpoints ${soak.kinds.endpoints.revisions}); status writes ${soak.kinds.status.puts} (${(soak.kinds.status.puts / HOSTS).toFixed(2)} per host), Host record puts ${soak.kinds.hosts.puts}, deletes ${lostLeases}.`,
       `etcd db size (largest member): ${mb(db0).toFixed(1)} MB at the soak's start, ${mb(db1).toFixed(1)} MB at its end; endpoint churn bytes in the soak: ${mb(soak.kinds.endpoints.bytes).toFixed(1)} MB.`,
       `Join: ${HOSTS} hosts, 50 joining at a time, all up in ${joinedS.toFixed(1)} s, every device with ${HOSTS - 1} peers after ${convergedS.toFixed(1)} s; the last host's device calls carried ${lastJoiner.join(', ')} peer changes (most calls on any host: ${maxCalls}). ${ENDPOINTS} endpoints written in ${endpointsS.toFixed(1)} s. The simulator runs all ${HOSTS} meshes on one 2-core process (event-loop delay p99 in the soak ${lagP99.toFixed(0)} ms): join and convergence times are this process's, an upper bound.`,
-      ...legacy.map((l) => `Old protocol, ${l.hosts} hosts (${l.seconds.toFixed(0)} s window): record ${(l.record / 1000).toFixed(1)} KB, ${l.writesPerS.toFixed(1)} writes/s, ${mb(l.bytesPerS).toFixed(2)} MB/s written (offered ${mb(l.offeredBytesPerS).toFixed(2)} MB/s), etcd growth ${mb(l.growthPer30s).toFixed(1)} MB per 30 s, ${l.failures} writes failed. Issue 11's table: 50 hosts 8.7 KB, 0.09 MB/s; 200 hosts 34.7 KB, 1.4 MB/s, 42 MB per 30 s.`),
+      ...legacy.map((l) => `Old protocol, ${l.hosts} hosts (${l.seconds.toFixed(0)} s window): record ${(l.record / 1000).toFixed(1)} KB, ${l.writesPerS.toFixed(1)} writes/s, ${mb(l.bytesPerS).toFixed(2)} MB/s written (offered ${mb(l.offeredBytesPerS).toFixed(2)} MB/s), etcd growth ${mb(l.growthPer30s).toFixed(1)} MB per 30 s, ${l.failures} writes failed, ${l.skipped} heartbeats skipped while the host's previous write was still waiting for etcd. Issue 11's table: 50 hosts 8.7 KB, 0.09 MB/s; 200 hosts 34.7 KB, 1.4 MB/s, 42 MB per 30 s.`),
       `Simulated hosts logged ${fleetErrors} errors.`,
     );
     return {
