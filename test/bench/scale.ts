@@ -114,15 +114,20 @@ export async function benchScale(): Promise<BenchSection> {
     }
     const anchor = legacy.find((l) => l.hosts === HOSTS) ?? legacy[legacy.length - 1]!;
 
+    // Where etcd could not absorb the old protocol (heartbeats skipped), its own rate is the anchor: 12 writes/min per host, record × N / 5 s.
+    const saturated = anchor.skipped > 0 || anchor.failures > 0;
+    const offered = saturated ? ' (anchor: offered; etcd absorbed less)' : '';
+    const anchorWritesPerMin = saturated ? 12 : (anchor.writesPerS * 60) / anchor.hosts;
+    const anchorFleetBytesS = saturated ? anchor.offeredBytesPerS : anchor.bytesPerS;
     const ourBytesPerHostS = perHost.bytesPerHostPerMin / 60;
-    const anchorBytesPerHostS = anchor.bytesPerS / anchor.hosts;
+    const anchorBytesPerHostS = anchorFleetBytesS / anchor.hosts;
     const rows: BenchRow[] = [
       { metric: `Host record (bytes, largest of ${HOSTS})`, ours: sizes.host, anchor: anchor.record, unit: 'B', ratio: ratioLowerBetter(sizes.host, anchor.record), target: '≤ 2048 B, independent of N', pass: sizes.host <= 2048 },
       { metric: 'HostStatus record (bytes, largest); anchor: the old Host record that carried it', ours: sizes.status, anchor: anchor.record, unit: 'B', ratio: ratioLowerBetter(sizes.status, anchor.record), target: '≤ 2048 B', pass: sizes.status <= 2048 },
-      { metric: 'registry writes per idle host per minute (Host + status)', ours: perHost.writesPerHostPerMin, anchor: (anchor.writesPerS * 60) / anchor.hosts, unit: '/min', ratio: ratioLowerBetter(perHost.writesPerHostPerMin, (anchor.writesPerS * 60) / anchor.hosts), target: '≤ 1/min', pass: perHost.writesPerHostPerMin <= 1 },
-      { metric: 'Host record writes in the soak (all hosts)', ours: soak.kinds.hosts.puts, anchor: anchor.writesPerS * soak.seconds, unit: 'writes', ratio: ratioLowerBetter(soak.kinds.hosts.puts, anchor.writesPerS * soak.seconds), target: '0', pass: soak.kinds.hosts.puts === 0 },
-      { metric: 'bytes written per idle host per second', ours: ourBytesPerHostS, anchor: anchorBytesPerHostS, unit: 'B/s', ratio: ratioLowerBetter(ourBytesPerHostS, anchorBytesPerHostS), target: '≤ 2 KB per write, ≤ 1 write/min' },
-      { metric: `host-written bytes/s to etcd, whole fleet (${HOSTS} hosts)`, ours: perHost.fleetBytesPerS, anchor: anchor.bytesPerS, unit: 'B/s', ratio: ratioLowerBetter(perHost.fleetBytesPerS, anchor.bytesPerS) },
+      { metric: `registry writes per idle host per minute (Host + status)${offered}`, ours: perHost.writesPerHostPerMin, anchor: anchorWritesPerMin, unit: '/min', ratio: ratioLowerBetter(perHost.writesPerHostPerMin, anchorWritesPerMin), target: '≤ 1/min', pass: perHost.writesPerHostPerMin <= 1 },
+      { metric: `Host record writes in the soak (all hosts)${offered}`, ours: soak.kinds.hosts.puts, anchor: (anchorWritesPerMin * anchor.hosts * soak.seconds) / 60, unit: 'writes', ratio: ratioLowerBetter(soak.kinds.hosts.puts, (anchorWritesPerMin * anchor.hosts * soak.seconds) / 60), target: '0', pass: soak.kinds.hosts.puts === 0 },
+      { metric: `bytes written per idle host per second${offered}`, ours: ourBytesPerHostS, anchor: anchorBytesPerHostS, unit: 'B/s', ratio: ratioLowerBetter(ourBytesPerHostS, anchorBytesPerHostS), target: '≤ 2 KB per write, ≤ 1 write/min' },
+      { metric: `host-written bytes/s to etcd, whole fleet (${HOSTS} hosts)${offered}`, ours: perHost.fleetBytesPerS, anchor: anchorFleetBytesS, unit: 'B/s', ratio: ratioLowerBetter(perHost.fleetBytesPerS, anchorFleetBytesS) },
       { metric: 'etcd db growth per 30 s (all writes, endpoint churn included)', ours: mb(((db1 - db0) * 30) / soak.seconds), anchor: mb(anchor.growthPer30s), unit: 'MB', ratio: ratioLowerBetter(((db1 - db0) * 30) / soak.seconds, anchor.growthPer30s) },
       { metric: `time for ${HOSTS} hosts to join and converge (every device ${HOSTS - 1} peers)`, ours: convergedS, anchor: NaN, unit: 's', ratio: NaN },
     ];
