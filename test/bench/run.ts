@@ -12,6 +12,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   'lb-h2': async () => (await import('./lb-h2.js')).benchLbH2(),
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   register: async () => (await import('./register.js')).benchRegister(),
+  scale: async () => (await import('./scale.js')).benchScale(),
 };
 
 function fmt(n: number): string {
