@@ -79,6 +79,7 @@ export class Mesh {
   appliedRevision = 0;
   /** Device changes, one at a time. Registry writes never wait in it (see publish). */
   private queue: Promise<void> = Promise.resolve();
+  private syncQueued = false;
   /** Host record writes and status writes: one in flight each, calls meanwhile share the next. */
   private readonly hostWrites = new Coalesced(() => this.writeHost());
   private readonly statusWrites = new Coalesced(() => this.writeStatus());
@@ -164,8 +165,18 @@ export class Mesh {
 
   /** Every watch event: peers follow Host records. */
   onEvent(ev: WatchEvent): void {
-    if (ev.snapshot || ev.hosts.length || ev.deletedHosts.length) void this.enqueue(() => this.sync());
-    else this.appliedRevision = Math.max(this.appliedRevision, ev.revision);
+    // Before start() has its device, its own first sync covers whatever arrives.
+    if (!this.device || !(ev.snapshot || ev.hosts.length || ev.deletedHosts.length)) {
+      this.appliedRevision = Math.max(this.appliedRevision, ev.revision);
+      return;
+    }
+    // One sync waiting in the queue reads the catalog when it runs: later events need no other.
+    if (this.syncQueued) return;
+    this.syncQueued = true;
+    void this.enqueue(() => {
+      this.syncQueued = false;
+      return this.sync();
+    });
   }
 
   peerStatus(): PeerStatus[] {
@@ -418,7 +429,7 @@ export class Mesh {
     this.lastPeers = states
       .filter((p) => byKey.has(p.publicKey))
       .map((p) => ({ host: byKey.get(p.publicKey)!, endpoint: p.endpoint, lastHandshakeMs: p.lastHandshakeMs, rxBytes: p.rxBytes, txBytes: p.txBytes, publicKey: p.publicKey }))
-      .sort((a, b) => a.host.localeCompare(b.host));
+      .sort((a, b) => (a.host < b.host ? -1 : a.host > b.host ? 1 : 0));
   }
 }
 

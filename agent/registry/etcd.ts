@@ -94,7 +94,9 @@ export class EtcdRegistry implements Registry {
       // One watch response covers every change since the last: after a pause it can be tens of MB,
       // and so can the first range of a large registry. gRPC's 4 MB default would drop it silently.
       grpcOptions: { 'grpc.max_receive_message_length': -1 },
-      defaultCallOptions: () => ({ deadline: Date.now() + this.timeoutMs }),
+      // Unary calls only: a deadline on the lease keep-alive and watch streams would cut and reopen
+      // them every few seconds.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),
     };
     if (this.opts.tls) {
       const read = (what: string, path: string) => {
