@@ -32,12 +32,6 @@ export interface FleetOptions {
   leaseTtlS?: number;
   /** Services; endpoints are spread over them and over the hosts. */
   services?: number;
-  /**
-   * Run the catalog's own block-overlap check (agent/catalog.ts grantBlocks, O(N²) with ip-num
-   * BigInt ranges: ~0.7 s per block event at 100 hosts, ~50 s at 1,000). Default: an interval
-   * check with the same result, so the rest of the agent's code can be simulated at 1,000 hosts.
-   */
-  productBlockCheck?: boolean;
   /** Each registry opens its own Etcd3 client, as an agent does (default: one shared client). */
   ownClients?: boolean;
   /**
@@ -152,7 +146,6 @@ export class Fleet {
     // after that many failures outlasts the leases.
     this.client = new Etcd3({ hosts: o.endpoints.map((h) => `http://${h}`), defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 30_000 }) });
     this.catalog = new Catalog(this.clusterCidr, (p) => this.problems.push(p));
-    if (!o.productBlockCheck) useIntervalBlockCheck(this.catalog);
     this.observer = new EtcdRegistry({ endpoints: o.endpoints, client: this.client });
     const logged = this.logged;
     this.log = pino({ level: 'warn', base: null }, {
@@ -321,54 +314,3 @@ export async function eventually(what: string, cond: () => boolean | Promise<boo
   }
 }
 
-interface BlockClaim { node: string; range: IPv4CidrRange; modRevision: number }
-interface CatalogBlocks {
-  blocks: Map<string, BlockClaim>;
-  granted: Map<string, string>;
-  problems: Map<string, Problem>;
-  report(p: Problem): void;
-}
-
-/**
- * Replaces this catalog's block-overlap check (agent/catalog.ts grantBlocks) with one that gives
- * the same grants and the same reports in O(N log N): claims in the same order (older lease
- * first), each checked against the disjoint, sorted intervals already granted. Only the
- * simulator's shared catalog uses it; the real agent runs its own (see the report).
- */
-function useIntervalBlockCheck(catalog: Catalog): void {
-  const bounds = new WeakMap<BlockClaim, [number, number]>();
-  const boundsOf = (c: BlockClaim): [number, number] => {
-    let b = bounds.get(c);
-    if (!b) {
-      b = [Number(c.range.getFirst().getValue()), Number(c.range.getLast().getValue())];
-      bounds.set(c, b);
-    }
-    return b;
-  };
-  const self = catalog as unknown as CatalogBlocks;
-  (catalog as unknown as { grantBlocks: () => void }).grantBlocks = () => {
-    const claims = [...self.blocks].sort((a, b) => a[1].modRevision - b[1].modRevision || (a[0] < b[0] ? -1 : 1));
-    const won: Array<{ lo: number; hi: number; c: BlockClaim }> = [];
-    const granted = new Map<string, string>();
-    for (const [key, c] of claims) {
-      const [lo, hi] = boundsOf(c);
-      // The granted interval with the greatest start <= hi is the only one that can overlap.
-      let a = 0;
-      let z = won.length;
-      while (a < z) {
-        const mid = (a + z) >> 1;
-        if (won[mid]!.lo <= hi) a = mid + 1;
-        else z = mid;
-      }
-      const clash = a > 0 && won[a - 1]!.hi >= lo ? won[a - 1]!.c : undefined;
-      if (clash) {
-        self.report({ key, field: 'block', problem: `${c.range.toCidrString()} overlaps ${clash.range.toCidrString()}, leased earlier to ${clash.node}`, writer: c.node });
-        continue;
-      }
-      if (self.problems.get(key)?.field === 'block') self.problems.delete(key);
-      won.splice(a, 0, { lo, hi, c });
-      granted.set(c.range.toCidrString(), c.node);
-    }
-    self.granted = granted;
-  };
-}
