@@ -1,6 +1,8 @@
 // The authoritative index of the Corral domain: names -> record sets, fed by the agent's watch
-// stream. A snapshot replaces everything; a delta recomputes only the services it touches and
-// tells listeners which names changed, so cached answers for everything else stay valid.
+// stream. A snapshot replaces everything; a delta adds or removes the names of the endpoints it
+// carries (their own name and PTR), rebuilds only the service-wide names of the services it
+// touches, and tells listeners which names changed, so cached answers for everything else stay
+// valid. What a change costs grows with the size of its service, not with the zone.
 import { isIPv4, isIPv6 } from 'node:net';
 import { colorEndpoints, servingEndpoints } from '../api/traffic.js';
 import { DEFAULT_NAMESPACE, serviceKey, type Allocation, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
@@ -27,24 +29,54 @@ function rrsets(): RRsets {
   return { a: [], aaaa: [], srv: [], ptr: [], ns: [], soa: false };
 }
 
-/** One name; several services may own records at it (a namespace, a shared address's PTR). */
+/** The record sets of one endpoint's own names share this for the types they do not have. */
+const NONE = Object.freeze([]) as unknown as never[];
+
+/**
+ * One name; several services may own records at it (a namespace, a shared address's PTR). Most
+ * names have one owner (an endpoint's name and PTR: two per endpoint), kept without a Map.
+ */
 class NameNode {
-  readonly owners = new Map<string, RRsets>();
+  private owner: string | undefined;
+  private only: RRsets | undefined;
+  /** Two owners or more. */
+  private owners: Map<string, RRsets> | undefined;
   private merged: RRsets | undefined;
 
+  get empty(): boolean {
+    return this.owner === undefined && this.owners === undefined;
+  }
+
   set(owner: string, rr: RRsets): void {
-    this.owners.set(owner, rr);
     this.merged = undefined;
+    if (this.owners === undefined) {
+      if (this.owner === undefined || this.owner === owner) {
+        this.owner = owner;
+        this.only = rr;
+        return;
+      }
+      this.owners = new Map([[this.owner, this.only!]]);
+      this.owner = this.only = undefined;
+    }
+    this.owners.set(owner, rr);
   }
 
   delete(owner: string): void {
-    this.owners.delete(owner);
     this.merged = undefined;
+    if (this.owners === undefined) {
+      if (this.owner === owner) this.owner = this.only = undefined;
+      return;
+    }
+    this.owners.delete(owner);
+    if (this.owners.size === 1) {
+      [[this.owner, this.only]] = this.owners;
+      this.owners = undefined;
+    }
   }
 
   records(): RRsets {
+    if (this.owners === undefined) return this.only!;
     if (this.merged) return this.merged;
-    if (this.owners.size === 1) return (this.merged = this.owners.values().next().value!);
     const m = rrsets();
     for (const rr of this.owners.values()) {
       for (const x of rr.a) if (!m.a.includes(x)) m.a.push(x);
@@ -60,6 +92,16 @@ class NameNode {
 
 const APEX_OWNER = '@apex';
 const ALLOC_OWNER = '@alloc:';
+/** Owner of a service's endpoint names and PTRs (the service key owns its service-wide names). */
+const ENDPOINTS_OWNER = '@endpoints:';
+
+/** One service's endpoints, and how many of them have each endpoint name (one per address). */
+interface ServiceEndpoints {
+  readonly ids: Set<string>;
+  readonly names: Map<string, number>;
+  /** `<svc>.<ns>.<domain>` */
+  readonly base: string;
+}
 
 /** The namespace of a client without an Allocation record (the host, other machines). */
 
@@ -79,7 +121,7 @@ export class Zone {
   synced = false;
   private readonly endpoints = new Map<string, Endpoint>();
   private readonly services = new Map<string, Service>();
-  private readonly byService = new Map<string, Set<string>>();
+  private readonly byService = new Map<string, ServiceEndpoints>();
   private readonly views = new Map<string, Map<string, RRsets>>();
   private readonly names = new Map<string, NameNode>();
   /** Allocation records by address: PTR names and each client's namespace. */
@@ -112,7 +154,7 @@ export class Zone {
       this.addApex();
       for (const a of ev.allocations ?? []) this.putAllocation(a, null);
       for (const s of ev.services) this.services.set(serviceKey(s.namespace || DEFAULT_NAMESPACE, s.name), s);
-      for (const ep of ev.endpoints) this.putEndpoint(ep);
+      for (const ep of ev.endpoints) this.putEndpoint(ep, null);
       for (const key of this.allServiceKeys()) this.recompute(key, null);
       this.revision = ev.revision;
       this.synced = true;
@@ -120,22 +162,16 @@ export class Zone {
       return;
     }
     const touched = new Set<string>();
+    const changed = new Set<string>();
     for (const id of ev.deletedEndpoints) {
       const old = this.endpoints.get(id);
       if (!old) continue;
-      const key = endpointKey(old);
-      this.endpoints.delete(id);
-      this.byService.get(key)?.delete(id);
-      touched.add(key);
+      touched.add(this.removeEndpoint(old, changed));
     }
     for (const ep of ev.endpoints) {
       const old = this.endpoints.get(ep.id);
-      if (old) {
-        const oldKey = endpointKey(old);
-        this.byService.get(oldKey)?.delete(ep.id);
-        touched.add(oldKey);
-      }
-      touched.add(this.putEndpoint(ep));
+      if (old) touched.add(this.removeEndpoint(old, changed));
+      touched.add(this.putEndpoint(ep, changed));
     }
     for (const key of ev.deletedServices) {
       this.services.delete(key);
@@ -146,7 +182,6 @@ export class Zone {
       this.services.set(key, s);
       touched.add(key);
     }
-    const changed = new Set<string>();
     for (const address of ev.deletedAllocations ?? []) this.deleteAllocation(address, changed);
     for (const a of ev.allocations ?? []) this.putAllocation(a, changed);
     for (const key of touched) this.recompute(key, changed);
@@ -284,16 +319,54 @@ export class Zone {
     const n = this.names.get(ptrName);
     if (!n) return;
     n.delete(ALLOC_OWNER + norm);
-    if (n.owners.size === 0) this.names.delete(ptrName);
+    if (n.empty) this.names.delete(ptrName);
     changed?.add(ptrName);
   }
 
-  private putEndpoint(ep: Endpoint): string {
+  /** Adds an endpoint to its service, and its name and PTR unless another endpoint of the service has its address. */
+  private putEndpoint(ep: Endpoint, changed: Set<string> | null): string {
     const key = endpointKey(ep);
     this.endpoints.set(ep.id, ep);
-    let ids = this.byService.get(key);
-    if (!ids) this.byService.set(key, (ids = new Set()));
-    ids.add(ep.id);
+    let se = this.byService.get(key);
+    if (!se) this.byService.set(key, (se = { ids: new Set(), names: new Map(), base: serviceBase(key, this.domain) }));
+    se.ids.add(ep.id);
+    const v4 = isIPv4(ep.address);
+    if (!v4 && !isIPv6(ep.address)) return key;
+    const own = endpointName(ep.address, se.base);
+    const count = se.names.get(own) ?? 0;
+    se.names.set(own, count + 1);
+    if (count > 0) return key;
+    const owner = ENDPOINTS_OWNER + key;
+    this.node(own).set(owner, { a: v4 ? [ep.address] : NONE, aaaa: v4 ? NONE : [ep.address], srv: NONE, ptr: NONE, ns: NONE, soa: false });
+    const ptrName = reverseName(ep.address);
+    this.node(ptrName).set(owner, { a: NONE, aaaa: NONE, srv: NONE, ptr: [own], ns: NONE, soa: false });
+    changed?.add(own);
+    changed?.add(ptrName);
+    return key;
+  }
+
+  /** Takes an endpoint out of its service, and its name and PTR once no endpoint of the service has its address. */
+  private removeEndpoint(ep: Endpoint, changed: Set<string> | null): string {
+    const key = endpointKey(ep);
+    this.endpoints.delete(ep.id);
+    const se = this.byService.get(key);
+    if (!se || !se.ids.delete(ep.id)) return key;
+    if (!isIPv4(ep.address) && !isIPv6(ep.address)) return key;
+    const own = endpointName(ep.address, se.base);
+    const count = (se.names.get(own) ?? 1) - 1;
+    if (count > 0) {
+      se.names.set(own, count);
+      return key;
+    }
+    se.names.delete(own);
+    const owner = ENDPOINTS_OWNER + key;
+    for (const name of [own, reverseName(ep.address)]) {
+      const n = this.names.get(name);
+      if (!n) continue;
+      n.delete(owner);
+      if (n.empty) this.names.delete(name);
+      changed?.add(name);
+    }
     return key;
   }
 
@@ -309,12 +382,12 @@ export class Zone {
         const n = this.names.get(name);
         if (!n) continue;
         n.delete(key);
-        if (n.owners.size === 0) this.names.delete(name);
+        if (n.empty) this.names.delete(name);
         changed?.add(name);
       }
     }
-    const ids = this.byService.get(key);
-    if (ids && ids.size === 0) this.byService.delete(key);
+    const se = this.byService.get(key);
+    if (se && se.ids.size === 0) this.byService.delete(key);
     const view = this.buildView(key);
     if (view.size === 0) {
       this.views.delete(key);
@@ -327,17 +400,15 @@ export class Zone {
     }
   }
 
+  /** The service-wide names (endpoint names and PTRs are kept by putEndpoint). */
   private buildView(key: string): Map<string, RRsets> {
     const view = new Map<string, RRsets>();
     const service = this.services.get(key);
     const eps: Endpoint[] = [];
-    for (const id of this.byService.get(key) ?? []) eps.push(this.endpoints.get(id)!);
+    for (const id of this.byService.get(key)?.ids ?? []) eps.push(this.endpoints.get(id)!);
     if (eps.length === 0 && !service) return view;
-    const slash = key.indexOf('/');
-    const ns = key.slice(0, slash).toLowerCase();
-    const svc = key.slice(slash + 1).toLowerCase();
-    const nsName = `${ns}.${this.domain}`;
-    const base = `${svc}.${nsName}`;
+    const base = serviceBase(key, this.domain);
+    const nsName = base.slice(base.indexOf('.') + 1);
     const at = (name: string) => {
       let rr = view.get(name);
       if (!rr) view.set(name, (rr = rrsets()));
@@ -345,16 +416,7 @@ export class Zone {
     };
     at(nsName); // the namespace is an empty non-terminal: it exists
     const root = at(base);
-
-    // Every registered endpoint has its own name (SRV targets) and a PTR back to it.
-    for (const ep of eps) {
-      const v4 = isIPv4(ep.address);
-      if (!v4 && !isIPv6(ep.address)) continue;
-      const own = endpointName(ep.address, base);
-      addAddress(at(own), ep.address);
-      const ptr = at(reverseName(ep.address));
-      if (!ptr.ptr.includes(own)) ptr.ptr.push(own);
-    }
+    const inRoot = new Set<string>();
 
     // Service name and SRV: serving endpoints of the active colors.
     const serving = servingEndpoints(service, eps);
@@ -363,7 +425,7 @@ export class Zone {
     const factor = maxWeight > 0 ? Math.min(100, 65535 / maxWeight) : 1;
     for (const { endpoint: ep, weight } of serving) {
       if (!isIPv4(ep.address) && !isIPv6(ep.address)) continue;
-      addAddress(root, ep.address);
+      addAddressOnce(root, ep.address, inRoot);
       at(`_tcp.${base}`);
       const srv = at(`_${(ep.portName || DEFAULT_PORT_NAME).toLowerCase()}._tcp.${base}`);
       srv.srv.push({
@@ -379,7 +441,8 @@ export class Zone {
     for (const ep of eps) if (ep.color) colors.add(ep.color);
     for (const color of colors) {
       const rr = at(`${color.toLowerCase()}.${base}`);
-      for (const ep of colorEndpoints(eps, color)) addAddress(rr, ep.address);
+      const seen = new Set<string>();
+      for (const ep of colorEndpoints(eps, color)) addAddressOnce(rr, ep.address, seen);
     }
     return view;
   }
@@ -393,13 +456,24 @@ function endpointKey(ep: Endpoint): string {
   return serviceKey(ep.namespace || DEFAULT_NAMESPACE, ep.service);
 }
 
-function addAddress(rr: RRsets, address: string): void {
+/** Adds an address unless `seen` (what this record set holds, IPv6 expanded) has it: one pass over a service, not one per address. */
+function addAddressOnce(rr: RRsets, address: string, seen: Set<string>): void {
   if (isIPv4(address)) {
-    if (!rr.a.includes(address)) rr.a.push(address);
+    if (seen.has(address)) return;
+    seen.add(address);
+    rr.a.push(address);
   } else if (isIPv6(address)) {
     const norm = expandIPv6(address).map((g) => g.toString(16)).join(':');
-    if (!rr.aaaa.some((x) => expandIPv6(x).map((g) => g.toString(16)).join(':') === norm)) rr.aaaa.push(address);
+    if (seen.has(norm)) return;
+    seen.add(norm);
+    rr.aaaa.push(address);
   }
+}
+
+/** `<svc>.<ns>.<domain>` of a service key `<ns>/<svc>`. */
+function serviceBase(key: string, domain: string): string {
+  const slash = key.indexOf('/');
+  return `${key.slice(slash + 1).toLowerCase()}.${key.slice(0, slash).toLowerCase()}.${domain}`;
 }
 
 /** An address as clients see it in their packets' source (IPv6 compressed the usual way). */
