@@ -13,7 +13,7 @@ import type {
   RollbackRequest, RotateKeysReply, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
 import { DEFAULT_NAMESPACE, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
-import { InvalidRecord, MAX_RECORD_BYTES } from '../api/records.js';
+import { InvalidRecord } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
 import { Catalog, keys, PREFIX, STATUS } from './catalog.js';
@@ -359,12 +359,11 @@ export class Agent implements AgentOps {
     for (const kv of (await this.registry.range(want ? keys.status(want) : STATUS)).kvs) {
       if (want && kv.key !== keys.status(want)) continue;
       try {
-        if (kv.value.length > MAX_RECORD_BYTES.status) throw new InvalidRecord('record', `${kv.value.length} bytes, at most ${MAX_RECORD_BYTES.status}`);
-        const st = this.catalog.rules.status(JSON.parse(kv.value));
-        if (kv.key !== keys.status(st.name)) throw new InvalidRecord('name', `"${st.name}" does not match its key`);
+        const st = this.catalog.status(kv.key, kv.value);
         statuses.set(st.name, st);
       } catch (err) {
-        problems.push(`${kv.key}: ${err instanceof InvalidRecord ? err.message : 'not JSON'}`);
+        if (!(err instanceof InvalidRecord)) throw err;
+        problems.push(`${kv.key}: ${err.message}`);
       }
     }
     const peers = new Map((this.mesh?.peerStatus() ?? []).map((p) => [p.host, p]));

@@ -203,6 +203,15 @@ describe('registry records from other hosts are validated on read', () => {
     expect(c.endpointsOf('default', 'api').map((e) => e.id)).toEqual(['b']);
   });
 
+  it('reads a status report through the same checks: size, JSON, schema, and the key naming it', () => {
+    const { c } = catalog();
+    const st = { name: 'h1', appliedRevision: 7, reportedMs: 1, version: '0.1.0', peers: 2, handshaken: 2, stale: 0, worstPeer: 'h2', worstHandshakeMs: 1 };
+    expect(c.status('/corral-status/h1', JSON.stringify(st))).toMatchObject({ name: 'h1', appliedRevision: 7 });
+    expect(() => c.status('/corral-status/h2', JSON.stringify(st))).toThrow(/name: "\/corral-status\/h1" does not match its key/);
+    expect(() => c.status('/corral-status/h1', '{')).toThrow(/record: not JSON/);
+    expect(() => c.status('/corral-status/h1', JSON.stringify({ ...st, worstPeer: 'x'.repeat(3000) }))).toThrow(/at most 2048 for a status record/);
+  });
+
   it('lets the agent check what it writes with the same schema', () => {
     const { c } = catalog();
     expect(() => c.check('/corral/endpoints/e', JSON.stringify(endpoint('e', { port: 0 })))).toThrow(/port: 0 is outside 1..65535/);

@@ -6,7 +6,7 @@
 // a host — the block it claims is leased to it. A record that fails is not served (a valid one it
 // replaced is withdrawn) and reported once per key, not once per event.
 import { IPv4CidrRange } from 'ip-num';
-import type { Allocation, Endpoint, Host, Service, WatchEvent } from '../api/types.js';
+import type { Allocation, Endpoint, Host, HostStatus, Service, WatchEvent } from '../api/types.js';
 import { emptyEvent, serviceKey } from '../api/types.js';
 import { InvalidRecord, MAX_RECORD_BYTES, type RecordKind, RecordRules, writerOf } from '../api/records.js';
 import type { KvBatch, RangeResult } from './registry/registry.js';
@@ -129,6 +129,23 @@ export class Catalog {
     if (!kind || kind === 'block') return;
     if (value.length > MAX_RECORD_BYTES[kind]) throw new InvalidRecord('record', `${value.length} bytes, at most ${MAX_RECORD_BYTES[kind]} for a ${kind} record`);
     this.accept(kind, key, JSON.parse(value), 0, emptyEvent(0, false), false);
+  }
+
+  /**
+   * A host's status report (`/corral-status/<name>`, read on demand: no watch carries reports),
+   * through the same checks as every record; throws InvalidRecord.
+   */
+  status(key: string, value: string): HostStatus {
+    if (value.length > MAX_RECORD_BYTES.status) throw new InvalidRecord('record', `${value.length} bytes, at most ${MAX_RECORD_BYTES.status} for a status record`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(value);
+    } catch {
+      throw new InvalidRecord('record', 'not JSON');
+    }
+    const st = this.rules.status(parsed);
+    named(keys.status(st.name), key, 'name');
+    return st;
   }
 
   /** The node a block is leased to ('' when no lease names it). */

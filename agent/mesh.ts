@@ -257,8 +257,8 @@ export class Mesh {
     const applied = new Map<string, number>();
     for (const kv of (await this.registry.range(STATUS)).kvs) {
       try {
-        const st = this.catalog.rules.status(JSON.parse(kv.value));
-        if (kv.key === keys.status(st.name)) applied.set(st.name, st.appliedRevision);
+        const st = this.catalog.status(kv.key, kv.value);
+        applied.set(st.name, st.appliedRevision);
       } catch {
         // an unreadable report confirms nothing
       }

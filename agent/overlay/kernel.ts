@@ -1,8 +1,7 @@
 // Kernel WireGuard: the interface is made with rtnetlink (kind "wireguard") and configured over
 // the `wg` generic-netlink family of the `netlink` package. Chosen when the module is present.
 import { AttrStream, createRtNetlink, createWireGuard, FlagsNew, ifla, type wg } from 'netlink';
-import { writeIPv6 } from '../../api/ipv6.js';
-import { linkByName } from './link.js';
+import { linkByName, v6bytes } from './link.js';
 import { OverlayError, type DeviceConfig, type PeerChange, type WireGuardPeer, type WireGuardDevice } from './overlay.js';
 
 const AF_INET = 2;
@@ -25,12 +24,6 @@ function sockaddr(endpoint: string): Buffer {
   b.writeUInt16LE(AF_INET6, 0);
   b.writeUInt16BE(port, 2);
   v6bytes(m[1]!).copy(b, 8);
-  return b;
-}
-
-function v6bytes(a: string): Buffer {
-  const b = Buffer.alloc(16);
-  writeIPv6(a, b, 0);
   return b;
 }
 

@@ -85,7 +85,8 @@ export async function defaultRouteSource(): Promise<string> {
   });
 }
 
-function v6bytes(address: string): Buffer {
+/** The 16 bytes of an IPv6 address (netlink's form). */
+export function v6bytes(address: string): Buffer {
   const b = Buffer.alloc(16);
   writeIPv6(address, b, 0);
   return b;
