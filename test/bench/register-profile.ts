@@ -7,39 +7,13 @@
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agentClient, unary } from '../../api/grpc.js';
-import type { EndpointReply, RegisterRequest } from '../../api/types.js';
 import { startDaemon } from '../support/corral.js';
 import { startEtcd } from '../support/etcd.js';
-import { cpuSeconds } from '../support/proc.js';
+import { cpuSeconds, rssBytes } from '../support/proc.js';
+import { register } from './register.js';
 
-const CLIENTS = 16;
-const SERVICES = 1000;
 const STEP = 10_000;
 
-function request(i: number): RegisterRequest {
-  const s = i % SERVICES;
-  return {
-    service: `svc${s}`, namespace: 'default', address: `10.${64 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port: 8080, color: '',
-    httpHosts: [`svc${s}.bench.test`], httpPath: '', weight: 1, healthCheck: null, portName: '',
-  };
-}
-
-async function register(socket: string, from: number, to: number): Promise<number> {
-  const clients = Array.from({ length: CLIENTS }, () => agentClient(socket));
-  let next = from;
-  const t0 = process.hrtime.bigint();
-  try {
-    await Promise.all(clients.map(async (c) => {
-      for (let i = next++; i < to; i = next++) await unary<RegisterRequest, EndpointReply>(c, 'Register', request(i), 60_000);
-    }));
-  } finally {
-    for (const c of clients) c.close();
-  }
-  return (to - from) / (Number(process.hrtime.bigint() - t0) / 1e9);
-}
-
-/** CPU seconds of each thread of a process (tid -> [name, seconds]). */
 function threadCpu(pid: number): Map<number, [string, number]> {
   const out = new Map<number, [string, number]>();
   for (const t of readdirSync(`/proc/${pid}/task`)) {
@@ -56,7 +30,7 @@ function threadCpu(pid: number): Map<number, [string, number]> {
 }
 
 function rssMb(pid: number): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+  return rssBytes(pid) / 2 ** 20;
 }
 
 async function settled(pid: number): Promise<number> {

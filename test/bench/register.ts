@@ -26,7 +26,8 @@ const TARGET_KB_PER_ENDPOINT = 2;
 /** Before the write-ahead log (registry.json rewritten per transaction), measured by hand on this machine. */
 const BEFORE = process.env.CORRAL_BENCH_REGISTER_BEFORE ?? '';
 
-function request(i: number): RegisterRequest {
+/** The i-th endpoint a bench registers: 1,000 services, one HTTP host each, distinct addresses. */
+export function request(i: number): RegisterRequest {
   const s = i % SERVICES;
   return {
     service: `svc${s}`, namespace: 'default', address: `10.${64 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port: 8080, color: '',
@@ -35,7 +36,7 @@ function request(i: number): RegisterRequest {
 }
 
 /** Registers endpoints [from, to) with CLIENTS concurrent clients; resolves with registrations/s. */
-async function register(socket: string, from: number, to: number): Promise<number> {
+export async function register(socket: string, from: number, to: number): Promise<number> {
   const clients = Array.from({ length: CLIENTS }, () => agentClient(socket));
   let next = from;
   const t0 = process.hrtime.bigint();
