@@ -48,7 +48,8 @@ if (process.env.CORRAL_PROFILE_NODE_ARGS) {
   chmodSync(wrapper, 0o755);
   process.execPath = wrapper;
 }
-const d = await startDaemon(part as 'up' | 'agent', { args: ['--registry', etcd.spec, '--log-level', 'warn', ...extra], env });
+// --overlay off: with etcd the overlay would come up in this (the root) namespace.
+const d = await startDaemon(part as 'up' | 'agent', { args: ['--registry', etcd.spec, '--overlay', 'off', '--log-level', 'warn', ...extra], env });
 try {
   const pid = d.child.pid!;
   const rss0 = await settled(pid);
