@@ -37,14 +37,16 @@ describe('wireguard-go device', () => {
   it('sets 1,000 peers in one call and changes them in one more', async () => {
     const keys = Array.from({ length: 1000 }, () => generateKeyPair().publicKey);
     const block = (i: number) => `10.${42 + (i >> 8)}.${i & 255}.0/24`;
-    await dev.setPeers(keys.map((publicKey, i) => ({ publicKey, endpoint: `10.99.${i >> 8}.${(i & 255) || 1}:51820`, allowedIps: [block(i)], keepaliveS: 25 })));
+    // No keepalive: with one, wireguard-go starts a handshake per peer at once, and towards these
+    // unreachable endpoints a set of 1,000 sometimes never answered (seen in two runs out of many).
+    await dev.setPeers(keys.map((publicKey, i) => ({ publicKey, endpoint: `10.99.${i >> 8}.${(i & 255) || 1}:51820`, allowedIps: [block(i)], keepaliveS: 0 })));
     let peers = await dev.peers();
     expect(peers).toHaveLength(1000);
     expect(new Map(peers.map((p) => [p.publicKey, p.allowedIps])).get(keys[999]!)).toEqual([block(999)]);
     // Half of them go, one moves its block to a new key (new first, then the old one removed).
     const next = generateKeyPair().publicKey;
     const changes: PeerChange[] = keys.slice(500).map((publicKey) => ({ publicKey, remove: true as const }));
-    changes.unshift({ publicKey: next, endpoint: '10.99.0.1:51820', allowedIps: [block(0)], keepaliveS: 25 });
+    changes.unshift({ publicKey: next, endpoint: '10.99.0.1:51820', allowedIps: [block(0)], keepaliveS: 0 });
     changes.push({ publicKey: keys[0]!, remove: true });
     await dev.setPeers(changes);
     peers = await dev.peers();
