@@ -15,6 +15,7 @@ import type {
 import { DEFAULT_NAMESPACE, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
 import { InvalidRecord } from '../api/records.js';
 import { VERSION } from '../api/version.js';
+import type { WatchHandlers, WatchStream } from '../api/watch.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
 import { Catalog, keys, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
@@ -295,6 +296,11 @@ export class Agent implements AgentOps {
 
   watch(req: WatchRequest, send: (ev: WatchEvent) => void): () => void {
     return this.watchers.watch(req, send);
+  }
+
+  /** A watch for DNS or LB running in this process (`corral up`): see Watchers.local. */
+  localWatch(component: string, handlers: WatchHandlers, log?: Logger): WatchStream {
+    return this.watchers.local(component, handlers, log);
   }
 
   ack(component: string, revision: number): void {

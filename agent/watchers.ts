@@ -2,8 +2,10 @@
 // every event cut to the record kinds they serve (xDS-style), and acknowledge what they applied.
 // A short history lets a consumer that reconnects resume from its last revision instead of
 // taking the whole registry again.
+import type { Logger } from '../api/log.js';
 import type { ComponentStatus, RecordKindName, WatchEvent, WatchRequest } from '../api/types.js';
 import { emptyEvent, RECORD_KINDS } from '../api/types.js';
+import type { WatchHandlers, WatchStream } from '../api/watch.js';
 
 /** Recent events kept for consumers that reconnect. */
 const HISTORY = 4096;
@@ -65,6 +67,47 @@ export class Watchers {
     };
     this.subscribers.add(fn);
     return () => this.subscribers.delete(fn);
+  }
+
+  /**
+   * A watch for a consumer in this process (`corral up`'s DNS and LB): the catalog's own event
+   * objects, no encoding, acknowledged as the socket's consumers acknowledge. Consumers must not
+   * change what they receive: the catalog and every other consumer hold the same objects.
+   */
+  local(component: string, handlers: WatchHandlers, log?: Logger): WatchStream {
+    let unsubscribe: (() => void) | undefined;
+    const stream = {
+      revision: 0,
+      connected: false,
+      start: (): void => {
+        if (unsubscribe) return;
+        this.watching(component, 1, handlers.kinds);
+        stream.connected = true;
+        handlers.onConnected?.(true);
+        unsubscribe = this.watch({ component, kinds: handlers.kinds ?? [], fromRevision: stream.revision }, (ev) => {
+          let applied: unknown;
+          try {
+            applied = handlers.onEvent(ev);
+          } catch (err) {
+            // The agent goes on; the consumer shows the revision it is stuck at in `corral status`.
+            log?.error({ err, component, revision: ev.revision }, 'a watch event could not be applied');
+            return;
+          }
+          stream.revision = ev.revision;
+          if (applied instanceof Promise) applied.then(() => this.ack(component, ev.revision), () => {});
+          else this.ack(component, ev.revision);
+        });
+      },
+      close: (): void => {
+        if (!unsubscribe) return;
+        unsubscribe();
+        unsubscribe = undefined;
+        this.watching(component, -1);
+        stream.connected = false;
+        handlers.onConnected?.(false);
+      },
+    };
+    return stream;
   }
 
   ack(component: string, revision: number): void {

@@ -3,6 +3,10 @@
 // Reconnects with backoff and asks to resume after the last revision it saw: the agent then sends
 // only what changed since (when it still has it), else a fresh snapshot, so consumers must
 // replace (not merge) on snapshot=true.
+//
+// One seam, two sources: AgentWatch reads the agent's gRPC socket (`corral dns`, `corral lb`);
+// in `corral up` the agent runs in the same process and hands its events over directly
+// (agent/watchers.ts), so DNS and LB share the agent's records instead of decoding copies.
 import type { Logger } from 'pino';
 import { agentClient, grpc, unary } from './grpc.js';
 import type { RecordKindName, WatchEvent } from './types.js';
@@ -21,7 +25,24 @@ export interface WatchHandlers {
   kinds?: RecordKindName[];
 }
 
-export class AgentWatch {
+/** A running watch, whatever feeds it. */
+export interface WatchStream {
+  start(): void;
+  close(): void;
+  /** The last revision handed to onEvent. */
+  readonly revision: number;
+  readonly connected: boolean;
+}
+
+/** Opens a watch for a component: the agent's socket, or the agent in this process. */
+export type WatchSource = (component: string, handlers: WatchHandlers, log?: Logger) => WatchStream;
+
+/** The agent's gRPC socket as a WatchSource. */
+export function socketWatch(socketPath: string): WatchSource {
+  return (component, handlers, log) => new AgentWatch(socketPath, component, handlers, log);
+}
+
+export class AgentWatch implements WatchStream {
   private client: ReturnType<typeof agentClient>;
   private call: grpc.ClientReadableStream<WatchEvent> | undefined;
   private closed = false;

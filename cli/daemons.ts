@@ -2,6 +2,7 @@
 import { join } from 'node:path';
 import { makeLogger } from '../api/log.js';
 import { defaultOptions, parseHostPort, type DaemonOptions } from '../api/options.js';
+import type { WatchSource } from '../api/watch.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 
 export const DAEMON_FLAGS: FlagSpec[] = [
@@ -197,19 +198,22 @@ export async function runDaemons(parts: Array<'agent' | 'dns' | 'lb'>, o: Daemon
   const admin = o.adminListen ? parseHostPort(o.adminListen, '--admin-listen') : undefined;
   const adminFor = (offset: number) => (admin && parts.length > 1 ? `${admin.host.includes(':') ? `[${admin.host}]` : admin.host}:${admin.port === 0 ? 0 : admin.port + offset}` : o.adminListen);
   try {
+    // With the agent in this process, DNS and LB take its events directly (no socket, no copies).
+    let watch: WatchSource | undefined;
     if (parts.includes('agent')) {
       const { Agent } = await import('../agent/agent.js');
       const agent = new Agent({ ...o, adminListen: adminFor(0) }, log.child({ component: 'agent' }));
       await agent.start();
       running.push({ close: () => agent.stop() });
+      watch = (component, handlers, l) => agent.localWatch(component, handlers, l);
     }
     if (parts.includes('dns')) {
       const { runDns } = await import('../dns/main.js');
-      running.push(await runDns({ ...o, adminListen: adminFor(1) }, log.child({ component: 'dns' })));
+      running.push(await runDns({ ...o, adminListen: adminFor(1) }, log.child({ component: 'dns' }), { watch }));
     }
     if (parts.includes('lb')) {
       const { runLb } = await import('../lb/main.js');
-      running.push(await runLb({ ...o, adminListen: adminFor(2) }, log.child({ component: 'lb' })));
+      running.push(await runLb({ ...o, adminListen: adminFor(2) }, log.child({ component: 'lb' }), { watch }));
     }
   } catch (err) {
     log.error({ err: (err as Error).message }, 'cannot start');

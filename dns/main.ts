@@ -7,7 +7,7 @@ import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, parseHostPort, type DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
-import { AgentWatch } from '../api/watch.js';
+import { socketWatch, type WatchSource, type WatchStream } from '../api/watch.js';
 import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
@@ -38,6 +38,8 @@ export interface DnsTuning {
   tcpIdleMs?: number;
   /** How worker threads are started (tests run them from the TypeScript source). */
   spawnWorker?: SpawnWorker;
+  /** Where records come from (default: the agent's socket, --agent-socket). */
+  watch?: WatchSource;
 }
 
 export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning = {}): Promise<RunningDns> {
@@ -84,7 +86,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning
   const ready = () => zone.synced && (workers?.ready ?? true);
   let listeners: BoundListener[] = [];
   let admin: HttpServer | undefined;
-  let watch: AgentWatch | undefined;
+  let watch: WatchStream | undefined;
   const close = async () => {
     watch?.close();
     await gateways.close();
@@ -114,7 +116,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning
         forwardCacheEntries: forwarder.cacheSize,
       }),
     });
-    watch = new AgentWatch(opts.agentSocket, 'dns', {
+    watch = (tuning.watch ?? socketWatch(opts.agentSocket))('dns', {
       // Hosts: this node's record gives the block gateway to listen on; allocations: PTR and client namespaces.
       kinds: ['endpoints', 'services', 'hosts', 'allocations'],
       onEvent: (ev) => {

@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
-import { AgentWatch } from '../api/watch.js';
+import { socketWatch, type WatchSource } from '../api/watch.js';
 import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { closeFds, listenFd, reusePortListeners, type SharedListeners } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
@@ -26,6 +26,8 @@ export interface RunningLb {
 export interface LbTuning {
   /** How worker threads are started (tests run them from the TypeScript source). */
   spawnWorker?: SpawnWorker;
+  /** Where records come from (default: the agent's socket, --agent-socket). */
+  watch?: WatchSource;
 }
 
 export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning = {}): Promise<RunningLb> {
@@ -80,7 +82,7 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
     throw err;
   }
 
-  const watch = new AgentWatch(opts.agentSocket, 'lb', {
+  const watch = (tuning.watch ?? socketWatch(opts.agentSocket))('lb', {
     kinds: ['endpoints', 'services'],
     onEvent(ev) {
       main.apply(ev);

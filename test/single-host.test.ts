@@ -103,6 +103,12 @@ describe('corral up with Docker labels', () => {
     expect(await dig('legacy.default.corral.internal')).toEqual(['127.0.0.1']);
     const res = await until('legacy routed', () => get('legacy.test', '/healthz'), (x) => x.status === 200);
     expect(res.body).toBe('ok');
+    // DNS and LB take the agent's events inside `corral up`, and acknowledge them as over the socket.
+    const revision = Number(/at revision (\d+)/.exec(r.stdout)?.[1]);
+    expect(revision).toBeGreaterThan(0);
+    const status = await until('DNS and LB report the revision that carried it', async () => JSON.parse((await up.cli(['status', '--json'])).stdout), (s) =>
+      ['dns', 'lb'].every((name) => s.components.some((c: { component: string; appliedRevision: number; connected: boolean }) => c.component === name && c.connected && c.appliedRevision >= revision)));
+    expect(status.components.map((c: { component: string }) => c.component).sort()).toEqual(['dns', 'lb']);
   });
 
   it('warns once about a container with a bad label and changes nothing else', async () => {

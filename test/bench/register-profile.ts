@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { startDaemon } from '../support/corral.js';
 import { startEtcd } from '../support/etcd.js';
 import { cpuSeconds, rssBytes } from '../support/proc.js';
-import { register } from './register.js';
+import { register, settledRss } from './register.js';
 
 const STEP = 10_000;
 
@@ -34,8 +34,7 @@ function rssMb(pid: number): number {
 }
 
 async function settled(pid: number): Promise<number> {
-  await new Promise((r) => setTimeout(r, 3000));
-  return rssMb(pid);
+  return settledRss(pid, rssMb, Number(process.env.CORRAL_PROFILE_IDLE_S ?? 60));
 }
 
 const [part = 'up', totalArg = '50000', ...extra] = process.argv.slice(2);

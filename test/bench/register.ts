@@ -144,10 +144,20 @@ function fsType(path: string): string {
   return best.type;
 }
 
-/** Memory once the process has been idle for a while (its GC runs on idle time and allocation). */
-async function settledRss(pid: number): Promise<number> {
+/** Memory 3 s after a burst: the heap still holds the burst's garbage (V8 collects on allocation and on idle). */
+async function rssAfterBurst(pid: number): Promise<number> {
   await new Promise((r) => setTimeout(r, 3000));
   return rssMb(pid);
+}
+
+/** Memory once idle: the lowest RSS over 60 s without requests (V8's memory reducer runs ~30-40 s after allocation stops). */
+export async function settledRss(pid: number, rss: (pid: number) => number = rssMb, idleS = 60): Promise<number> {
+  let low = rss(pid);
+  for (let t = 0; t < idleS; t += 5) {
+    await new Promise((r) => setTimeout(r, 5000));
+    low = Math.min(low, rss(pid));
+  }
+  return low;
 }
 
 export async function benchRegister(): Promise<BenchSection> {
@@ -175,6 +185,7 @@ export async function benchRegister(): Promise<BenchSection> {
     const total = LATER_AT + MEASURED;
     const s = await status();
     if (Number(s.endpoints) !== total) throw new Error(`corral up holds ${s.endpoints} endpoints after ${total} registrations`);
+    const rssBurst = await rssAfterBurst(pid);
     const rss50 = await settledRss(pid);
     const stateBytes = readdirSync(up.stateDir).filter((f) => f.startsWith('registry')).reduce((n, f) => n + statSync(join(up.stateDir, f)).size, 0);
     // One endpoint record as the agent stored it (a snapshot line is [key, value, modRevision]).
@@ -188,15 +199,16 @@ export async function benchRegister(): Promise<BenchSection> {
       title: 'Registering endpoints through the agent API as the registry grows (single host, embedded registry)',
       anchor: `issue 11's targets: ≥ ${TARGET_RATE} registrations/s, the same with 40,000 endpoints registered as with none, \`corral up\` ≤ ${TARGET_RSS_MB} MB and ≤ ${TARGET_KB_PER_ENDPOINT} KB per endpoint at 50,000` +
         (BEFORE ? `; before the write-ahead log (registry.json rewritten per transaction): ${BEFORE}` : ''),
-      conditions: `one \`corral up --registry embedded --docker-socket ""\` (agent, DNS and LB in one process; state dir under ${tmpdir()}, ${fsType(up.stateDir)}); ${CLIENTS} gRPC clients on its unix socket, each calling Register (${SERVICES} services, one HTTP host each, distinct addresses) and waiting for the answer before the next; ${MEASURED} registrations timed from none, then ${LATER_AT - MEASURED} untimed, then ${MEASURED} timed from ${LATER_AT}; RSS is VmRSS of the process and its children after 3 s idle`,
+      conditions: `one \`corral up --registry embedded --docker-socket ""\` (agent, DNS and LB in one process; state dir under ${tmpdir()}, ${fsType(up.stateDir)}); ${CLIENTS} gRPC clients on its unix socket, each calling Register (${SERVICES} services, one HTTP host each, distinct addresses) and waiting for the answer before the next; ${MEASURED} registrations timed from none, then ${LATER_AT - MEASURED} untimed, then ${MEASURED} timed from ${LATER_AT}; RSS is VmRSS of the process and its children: settled = the lowest in 60 s idle, and 3 s after the last registration`,
       rows: [
         { metric: `registrations/s, the first ${MEASURED}`, ours: first, anchor: TARGET_RATE, unit: '/s', ratio: ratioHigherBetter(first, TARGET_RATE), target: `≥ ${TARGET_RATE}/s`, pass: first >= TARGET_RATE },
         { metric: `registrations/s, ${MEASURED} more from ${LATER_AT} (anchor: the first ${MEASURED})`, ours: later, anchor: first, unit: '/s', ratio: ratioHigherBetter(later, first), target: `≥ ${TARGET_RATE}/s and ≥ 0.8× the first`, pass: later >= TARGET_RATE && later >= 0.8 * first },
         { metric: `registry alone: transactions/s, the first ${MEASURED}`, ours: alone.first, anchor: TARGET_RATE, unit: '/s', ratio: ratioHigherBetter(alone.first, TARGET_RATE) },
         { metric: `registry alone: transactions/s, ${MEASURED} more from ${LATER_AT} (anchor: the first ${MEASURED})`, ours: alone.later, anchor: alone.first, unit: '/s', ratio: ratioHigherBetter(alone.later, alone.first), target: '≥ 0.8× the first', pass: alone.later >= 0.8 * alone.first },
         { metric: 'corral up RSS, no endpoints', ours: rss0, anchor: TARGET_RSS_MB, unit: 'MB', ratio: ratioLowerBetter(rss0, TARGET_RSS_MB) },
-        { metric: `corral up RSS, ${total} endpoints`, ours: rss50, anchor: TARGET_RSS_MB, unit: 'MB', ratio: ratioLowerBetter(rss50, TARGET_RSS_MB), target: `≤ ${TARGET_RSS_MB} MB`, pass: rss50 <= TARGET_RSS_MB },
-        { metric: 'RSS per endpoint', ours: perEndpointKb, anchor: TARGET_KB_PER_ENDPOINT, unit: 'KB', ratio: ratioLowerBetter(perEndpointKb, TARGET_KB_PER_ENDPOINT), target: `≤ ${TARGET_KB_PER_ENDPOINT} KB`, pass: perEndpointKb <= TARGET_KB_PER_ENDPOINT },
+        { metric: `corral up RSS, ${total} endpoints, 3 s after the last registration`, ours: rssBurst, anchor: TARGET_RSS_MB, unit: 'MB', ratio: ratioLowerBetter(rssBurst, TARGET_RSS_MB) },
+        { metric: `corral up RSS, ${total} endpoints, settled`, ours: rss50, anchor: TARGET_RSS_MB, unit: 'MB', ratio: ratioLowerBetter(rss50, TARGET_RSS_MB), target: `≤ ${TARGET_RSS_MB} MB`, pass: rss50 <= TARGET_RSS_MB },
+        { metric: 'RSS per endpoint, settled', ours: perEndpointKb, anchor: TARGET_KB_PER_ENDPOINT, unit: 'KB', ratio: ratioLowerBetter(perEndpointKb, TARGET_KB_PER_ENDPOINT), target: `≤ ${TARGET_KB_PER_ENDPOINT} KB`, pass: perEndpointKb <= TARGET_KB_PER_ENDPOINT },
       ],
       notes: [
         `CPU of corral up per registration: ${((1e6 * (cpu1 - cpu0)) / MEASURED).toFixed(0)} µs for the first ${MEASURED}, ${((1e6 * (cpu3 - cpu2)) / MEASURED).toFixed(0)} µs from ${LATER_AT}; the untimed ${LATER_AT - MEASURED} took ${fillS.toFixed(1)} s (${((LATER_AT - MEASURED) / fillS).toFixed(0)}/s)`,
