@@ -7,6 +7,7 @@
 // component's module says what its threads do with serveWorker() and starts them with
 // WorkerPool.start() from the same module.
 // In api/ because dns/ and lb/ both run on it, and components share code only through api/.
+import { getHeapStatistics } from 'node:v8';
 import { isMainThread, parentPort, Worker, workerData, type WorkerOptions } from 'node:worker_threads';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
 import type { Logger } from './log.js';
@@ -19,6 +20,13 @@ export type JsonMetrics = Array<MetricObjectWithValues<MetricValue<string>>>;
 const ASK_TIMEOUT_MS = 2_000;
 /** How long a stop may take beyond its grace time. */
 const STOP_SLACK_MS = 5_000;
+/** Every pool's threads answer this one themselves (WorkerPool.heaps). */
+const HEAP_QUESTION = '@heap';
+
+function heapNow(): { usedBytes: number; totalBytes: number } {
+  const h = getHeapStatistics();
+  return { usedBytes: h.used_heap_size, totalBytes: h.total_heap_size };
+}
 
 /** What a component's threads answer, by name: functions of at most one argument. */
 export type Questions<Q> = { [K in keyof Q]: (arg: never) => unknown };
@@ -161,6 +169,13 @@ export class WorkerPool<Setup, Q extends Questions<Q>> {
     return replies.flatMap((m) => (m?.t === 'answer' && m.error === undefined ? [m.answer as Reply<Q[K]>] : []));
   }
 
+  /** Each live thread's V8 heap: used and committed bytes, in thread order. */
+  async heaps(): Promise<Array<{ thread: number; usedBytes: number; totalBytes: number }>> {
+    const live = this.live();
+    const replies = await Promise.all(live.map((s) => this.send(s, { t: 'ask', id: this.nextId++, name: HEAP_QUESTION, arg: undefined }, ASK_TIMEOUT_MS)));
+    return replies.flatMap((m, i) => (m?.t === 'answer' && m.error === undefined ? [{ thread: live[i]!.thread, ...(m.answer as { usedBytes: number; totalBytes: number }) }] : []));
+  }
+
   /** Each thread stops (finishing its work for up to graceMs), then the threads are ended. */
   async close(graceMs = 0): Promise<void> {
     await Promise.all(this.live().map((s) => this.send(s, { t: 'stop', id: this.nextId++, graceMs }, graceMs + STOP_SLACK_MS)));
@@ -230,7 +245,7 @@ export function serveWorker<Setup, Q extends Questions<Q>>(kind: string, start: 
           break;
         case 'ask':
           void Promise.resolve()
-            .then(() => answers[m.name]!(m.arg))
+            .then(() => (m.name === HEAP_QUESTION ? heapNow() : answers[m.name]!(m.arg)))
             .then(
               (answer) => port.postMessage({ t: 'answer', id: m.id, answer } satisfies FromWorker),
               (err: Error) => port.postMessage({ t: 'answer', id: m.id, error: String(err?.message ?? err) } satisfies FromWorker),

@@ -101,7 +101,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning
       // Every thread's counters, merged at scrape time.
       metrics: workers ? mergedMetrics(metrics.registry, () => workers.metrics()) : metrics.registry,
       ready,
-      status: () => ({
+      status: async () => ({
         component: 'dns',
         domain: zone.domain,
         ready: ready(),
@@ -114,6 +114,7 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning
         rateLimitPerClient: opts.dnsRateLimit,
         answerCacheNames: answers.size,
         forwardCacheEntries: forwarder.cacheSize,
+        workerHeaps: (await workers?.heaps()) ?? [],
       }),
     });
     watch = (tuning.watch ?? socketWatch(opts.agentSocket))('dns', {

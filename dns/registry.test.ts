@@ -68,8 +68,12 @@ describe('registry changes reach DNS answers', () => {
     const m = await (await fetch(`http://127.0.0.1:${dns.adminPort}/metrics`)).text();
     const noerror = Number(/corral_dns_queries_total\{qtype="A",rcode="NOERROR"\} (\d+)/.exec(m)?.[1]);
     expect(noerror).toBeGreaterThan(20);
-    const status = await (await fetch(`http://127.0.0.1:${dns.adminPort}/`)).json() as { threads: number };
+    const status = await (await fetch(`http://127.0.0.1:${dns.adminPort}/`)).json() as { threads: number; workerHeaps: Array<{ thread: number; usedBytes: number; totalBytes: number }> };
     expect(status.threads).toBe(2);
+    // The worker's own V8 heap, as it reports it.
+    expect(status.workerHeaps.map((h) => h.thread)).toEqual([1]);
+    expect(status.workerHeaps[0]!.usedBytes).toBeGreaterThan(0);
+    expect(status.workerHeaps[0]!.totalBytes).toBeGreaterThanOrEqual(status.workerHeaps[0]!.usedBytes);
   });
 
   it('removes an endpoint from answers when its health check fails, and brings it back', async () => {

@@ -61,6 +61,11 @@ export class UdpWorkers implements UdpShare {
     return this.pool.size;
   }
 
+  /** Each worker's V8 heap, for the status page. */
+  heaps(): ReturnType<WorkerPool<Setup, UdpThreadAnswers>['heaps']> {
+    return this.pool.heaps();
+  }
+
   /** Resolves once every worker answers from this event. */
   apply(ev: WatchEvent): Promise<void> {
     return this.pool.apply(ev);

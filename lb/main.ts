@@ -117,6 +117,7 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
       threads: all.length,
       requests: all.reduce((n, t) => n + t.requests, 0),
       perThread: all,
+      workerHeaps: (await workers?.heaps()) ?? [],
     };
   };
   try {

@@ -50,6 +50,7 @@ interface Status {
   threads: number;
   requests: number;
   perThread: Array<{ thread: number; requests: number; connections: number; revision: number; ready: boolean }>;
+  workerHeaps: Array<{ thread: number; usedBytes: number; totalBytes: number }>;
 }
 
 /** Where an LB serves: a daemon, or one run in this process. */
@@ -106,6 +107,8 @@ describe('corral lb --lb-threads 2', () => {
     const s0 = await status(lb);
     expect(s0.threads).toBe(2);
     expect(s0.perThread.map((t) => t.thread)).toEqual([0, 1]);
+    expect(s0.workerHeaps.map((h) => h.thread)).toEqual([1]);
+    expect(s0.workerHeaps[0]!.usedBytes).toBeGreaterThan(0);
     expect(s0.perThread.every((t) => t.ready && t.revision >= rev.revision)).toBe(true);
     const conns = connectAll(lb);
     // The kernel hashes each connection to one thread's socket: 16 connections all landing on one
