@@ -32,7 +32,7 @@ import { Watchers } from './watchers.js';
 import { ColorChanges } from './color-changes.js';
 import { EndpointWriter, type Commit } from './endpoint-writer.js';
 import { registryFor } from './registry/index.js';
-import type { Registry, TxnOp } from './registry/registry.js';
+import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
 
@@ -68,6 +68,7 @@ export class Agent implements AgentOps {
       log: log.child({ part: 'registry' }),
       leaseTtlS: m.leaseTtlS,
       tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined,
+      auth: m.etcdUser ? { user: m.etcdUser, passwordFile: m.etcdPasswordFile } : undefined,
     });
     const commit: Commit = (ops, compares) => this.commit(ops, compares);
     this.endpoints = new EndpointWriter(this.catalog, opts.nodeName, commit, log);
@@ -202,7 +203,14 @@ export class Agent implements AgentOps {
         throw new Error(`refusing to write ${op.put}: ${(err as Error).message} (a bug in this agent: please report it)`);
       }
     }
-    const rev = await this.registry.txn(ops, compares);
+    let rev: number | null;
+    try {
+      rev = await this.registry.txn(ops, compares);
+    } catch (err) {
+      // One line, and the agent goes on: the operation is refused, nothing else.
+      if (err instanceof PermissionDenied) this.log.warn({ keys: err.keys, etcdUser: err.user }, err.message);
+      throw err;
+    }
     if (rev !== null && this.catalog.revision < rev) await this.applied(rev);
     return rev;
   }
@@ -236,9 +244,9 @@ export class Agent implements AgentOps {
     const dockerOff = !this.opts.dockerSocket;
     for (const ep of this.catalog.endpoints.values()) {
       if (ep.node !== this.node) continue;
-      if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.id) });
+      if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.node, ep.id) });
       // The rest move onto this run's registry session (etcd lease) so they leave with this host.
-      else ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(ep), ephemeral: true });
+      else ops.push({ put: keys.endpoint(ep.node, ep.id), value: JSON.stringify(ep), ephemeral: true });
     }
     if (ops.length) await this.commit(ops);
   }
@@ -249,15 +257,15 @@ export class Agent implements AgentOps {
   private async startAttachments(block: string): Promise<void> {
     const ipam = new Ipam(this.opts.stateDir, block);
     ipam.open();
-    const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.address), value: JSON.stringify(a) });
+    const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.node, a.address), value: JSON.stringify(a) });
     // The mesh starts after IPAM but before the API serves an ADD: containers get its MTU.
     this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain, overlayMtu: () => this.mesh?.mtu ?? 0 }, {
       publish: async (a) => void (await this.commit([put(a)])),
-      unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(address) }])),
+      unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(this.node, address) }])),
     }, this.log.child({ part: 'cni' }));
     const ops: TxnOp[] = [];
     for (const a of this.catalog.allocations.values()) {
-      if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.address) });
+      if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.node, a.address) });
     }
     for (const r of ipam.list()) ops.push(put(this.attachments.allocation(r)));
     if (ops.length) await this.commit(ops);
