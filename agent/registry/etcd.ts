@@ -49,6 +49,22 @@ export function parseEtcdSpec(spec: string): string[] {
   return list;
 }
 
+/** --etcd-ca/--etcd-cert/--etcd-key read for the client; throws naming the flag to fix. */
+export function tlsCredentials(tls: EtcdTls): NonNullable<IOptions['credentials']> {
+  const read = (what: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new RegistryError(`cannot read the etcd ${what} ${path}: ${(err as Error).message}; check --etcd-${what === 'CA' ? 'ca' : what}`);
+    }
+  };
+  return {
+    rootCertificate: read('CA', tls.ca),
+    ...(tls.cert ? { certChain: read('cert', tls.cert) } : {}),
+    ...(tls.key ? { privateKey: read('key', tls.key) } : {}),
+  };
+}
+
 /** The password in an --etcd-password-file: refused when other users may read the file. */
 export function readPassword(path: string): string {
   let text: string;
@@ -122,20 +138,7 @@ export class EtcdRegistry implements Registry {
       // them every few seconds.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),
     };
-    if (this.opts.tls) {
-      const read = (what: string, path: string) => {
-        try {
-          return readFileSync(path);
-        } catch (err) {
-          throw new RegistryError(`cannot read the etcd ${what} ${path}: ${(err as Error).message}; check --etcd-${what === 'CA' ? 'ca' : what}`);
-        }
-      };
-      o.credentials = {
-        rootCertificate: read('CA', this.opts.tls.ca),
-        ...(this.opts.tls.cert ? { certChain: read('cert', this.opts.tls.cert) } : {}),
-        ...(this.opts.tls.key ? { privateKey: read('key', this.opts.tls.key) } : {}),
-      };
-    }
+    if (this.opts.tls) o.credentials = tlsCredentials(this.opts.tls);
     if (this.opts.auth) o.auth = { username: this.opts.auth.user, password: readPassword(this.opts.auth.passwordFile) };
     this.client = new Etcd3(o);
     try {
