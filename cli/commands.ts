@@ -2,7 +2,7 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
+import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type Service, type ServiceReply, type StatusReply } from '../api/types.js';
 import { duration } from '../agent/endpoints.js';
 import type { ColorChanges } from '../agent/color-changes.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
@@ -158,11 +158,15 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     async run(p, c) {
       const ns = p.flags.get('namespace') ?? '';
       const l = await unary<object, ListReply>(c, 'List', { namespace: ns, service: '' });
-      const rows = l.services
+      // A service with endpoints but no record yet (with etcd's auth on, only the operator writes
+      // records) is listed too: every color present serves.
+      const all = new Map(l.services.map((s) => [`${s.namespace}/${s.name}`, { namespace: s.namespace, name: s.name, record: s as Service | undefined }]));
+      for (const e of l.endpoints) if (!all.has(`${e.namespace}/${e.service}`)) all.set(`${e.namespace}/${e.service}`, { namespace: e.namespace, name: e.service, record: undefined });
+      const rows = [...all.values()]
         .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`))
         .map((s) => {
           const eps = l.endpoints.filter((e) => e.namespace === s.namespace && e.service === s.name);
-          const active = activeColors(s, eps);
+          const active = activeColors(s.record, eps);
           const serving = eps.filter((e) => active.has(e.color) && isServing(e)).length;
           const hosts = [...new Set(eps.flatMap((e) => e.httpHosts))].join(',') || '-';
           return [s.name, s.namespace, colorsText(Object.fromEntries(active)) || '-', `${serving}/${eps.length}`, hosts];
