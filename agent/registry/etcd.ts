@@ -10,6 +10,7 @@ import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, Regist
 import { PermissionDenied, RegistryError } from './registry.js';
 import type { Logger } from '../../api/log.js';
 import { Compactor } from './compaction.js';
+import { keyWriter } from '../catalog.js';
 
 export interface EtcdTls {
   ca: string;     // PEM file paths
@@ -363,7 +364,10 @@ export class EtcdRegistry implements Registry {
     } catch (err) {
       if (writes && err instanceof EtcdPermissionDeniedError) {
         this.ok(); // etcd answered: it is reachable, this user may just not write there
-        throw new PermissionDenied(this.user || '(none)', writes, deniedHint(writes));
+        // etcd does not say which key it refused: name those outside this user's own host prefix.
+        const foreign = writes.filter((k) => keyWriter(k) !== this.user);
+        const named = foreign.length ? foreign : writes;
+        throw new PermissionDenied(this.user || '(none)', named, deniedHint(named));
       }
       this.fail(err as Error);
       throw new RegistryError(`etcd at ${this.opts.endpoints.join(',')} did not answer: ${(err as Error).message}`);
