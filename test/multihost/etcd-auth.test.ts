@@ -4,8 +4,13 @@
 // credentials, used directly against etcd, try to overwrite, claim or delete h2's records and
 // to set a service's colors: etcd refuses every one. h1's agent asked to remove h2's endpoint
 // reports it in one line and keeps running.
-import { statSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { EtcdRegistry, readPassword } from '../../agent/registry/etcd.js';
+import { PermissionDenied } from '../../agent/registry/registry.js';
+import { startEtcd, type EtcdCluster } from '../support/etcd.js';
+import { makePki, type TestPki } from '../support/tls.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corral } from '../support/corral.js';
 import { pings, startCluster, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
@@ -28,7 +33,7 @@ describe('per-host write authority with etcd auth on', () => {
     return json(r.stdout);
   }
   async function login(user: string, passwordFile: string): Promise<string> {
-    const password = (await import('node:fs')).readFileSync(passwordFile, 'utf8').trim();
+    const password = readFileSync(passwordFile, 'utf8').trim();
     const r = await gw('/v3/auth/authenticate', { name: user, password });
     if (!r.token) throw new Error(`no token for ${user}: ${JSON.stringify(r)}`);
     return r.token as string;
@@ -165,6 +170,8 @@ describe('per-host write authority with etcd auth on', () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^corral: etcd refused user "h1" writing \/corral\/endpoints\/h2\/\S+: permission denied; a host's etcd user may write only its own host's keys/);
+    // No password in any log line.
+    for (const u of ['h1', 'h2', 'corral-operator']) expect(h1.agent!.logs() + h2.agent!.logs()).not.toContain(readFileSync(pw(u), 'utf8').trim());
     const lines = h1.agent!.logs().slice(logBefore).split('\n').filter((l) => l.includes('etcd refused user'));
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/"etcdUser":"h1"/);
@@ -179,5 +186,64 @@ describe('per-host write authority with etcd auth on', () => {
     // Its own endpoint it removes as usual.
     const own = await h1.agent!.cli(['deregister', 'web', `${ctr[0]!.address}:8080`]);
     expect(own.code, own.stderr).toBe(0);
+  });
+});
+
+describe('etcd users from client certificates and password files', () => {
+  let etcd: EtcdCluster;
+  let pki: TestPki;
+  let dir: string;
+
+  beforeAll(async () => {
+    pki = await makePki([]);
+    etcd = await startEtcd({ tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
+    dir = mkdtempSync(join(tmpdir(), 'corral-etcd-cn-'));
+    writeFileSync(join(dir, 'root.password'), 'root-secret\n', { mode: 0o600 });
+    const init = await corral(['etcd-init', '--registry', etcd.spec, '--etcd-ca', pki.ca, '--etcd-cert', pki.clientCert, '--etcd-key', pki.clientKey, '--etcd-password-file', join(dir, 'root.password'), '--hosts', 'h1,h2', '--password-dir', join(dir, 'users'), '--enable-auth']);
+    expect(init.code, init.stdout + init.stderr).toBe(0);
+  });
+  afterAll(async () => {
+    await etcd?.stop();
+    pki?.remove();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('takes a client certificate\'s CN as the etcd user: CN=h1 writes h1\'s keys and is refused h2\'s and service records', async () => {
+    const h1 = await pki.clientFor('h1');
+    const r = new EtcdRegistry({ endpoints: etcd.endpoints, tls: { ca: pki.ca, cert: h1.cert, key: h1.key } });
+    await r.open();
+    try {
+      expect(r.user).toBe('h1');
+      expect(await r.txn([{ put: '/corral/hosts/h1', value: '{}' }])).toBeGreaterThan(0);
+      let tried = 0;
+      let accepted = 0;
+      for (const key of ['/corral/hosts/h2', '/corral/endpoints/h2/e', '/corral/blocks/h2/10.42.1.0_24', '/corral/services/default/web']) {
+        tried++;
+        const err = await r.txn([{ put: key, value: '{}' }]).then(() => undefined, (e: Error) => e);
+        if (!(err instanceof PermissionDenied)) accepted++;
+        else expect(err.message.startsWith(`etcd refused user "h1" writing ${key}: permission denied; ${key.includes('/services/') ? 'service records belong to the corral-operator role' : "a host's etcd user may write only its own host's keys"}`), err.message).toBe(true);
+      }
+      console.log(`CN=h1: authority violations tried ${tried}, accepted ${accepted}`);
+      expect(accepted).toBe(0);
+      expect(r.health().connected).toBe(true); // a refusal is not an outage
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('reads a password file only when other users cannot, and says which flag to fix for a wrong password', async () => {
+    const file = join(dir, 'users', 'h2.password');
+    expect(readPassword(file)).toMatch(/^[A-Za-z0-9_-]{32}$/);
+    chmodSync(file, 0o644);
+    expect(() => readPassword(file)).toThrow(/may be read by other users: chmod 600 it/);
+    chmodSync(file, 0o600);
+    const wrong = join(dir, 'wrong.password');
+    writeFileSync(wrong, 'not-it\n', { mode: 0o600 });
+    const r = new EtcdRegistry({ endpoints: etcd.endpoints, tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey }, auth: { user: 'h2', passwordFile: wrong } });
+    await expect(r.open()).rejects.toThrow(/etcd refused user "h2" with that password: check --etcd-user and --etcd-password-file/);
+    const ok = new EtcdRegistry({ endpoints: etcd.endpoints, tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey }, auth: { user: 'h2', passwordFile: file } });
+    await ok.open();
+    expect(await ok.txn([{ put: '/corral-status/h2', value: '{}' }])).toBeGreaterThan(0);
+    await ok.close();
   });
 });
