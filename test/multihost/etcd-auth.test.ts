@@ -7,6 +7,7 @@
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { COMPACTOR_KEY } from '../../agent/registry/compaction.js';
 import { EtcdRegistry, readPassword } from '../../agent/registry/etcd.js';
 import { PermissionDenied } from '../../agent/registry/registry.js';
 import { startEtcd, type EtcdCluster } from '../support/etcd.js';
@@ -208,7 +209,7 @@ describe('etcd users from client certificates and password files', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('takes a client certificate\'s CN as the etcd user: CN=h1 writes h1\'s keys and is refused h2\'s and service records', async () => {
+  it('takes a client certificate\'s CN as the etcd user: CN=h1 writes h1\'s keys, holds the compactor post and compacts, and is refused h2\'s and service records', async () => {
     const h1 = await pki.clientFor('h1');
     const r = new EtcdRegistry({ endpoints: etcd.endpoints, tls: { ca: pki.ca, cert: h1.cert, key: h1.key } });
     await r.open();
@@ -226,6 +227,10 @@ describe('etcd users from client certificates and password files', () => {
       console.log(`CN=h1: authority violations tried ${tried}, accepted ${accepted}`);
       expect(accepted).toBe(0);
       expect(r.health().connected).toBe(true); // a refusal is not an outage
+      // The compactor post (on this user's lease) and compaction itself: etcd 3.4 allows both.
+      const rev = await r.txn([{ put: COMPACTOR_KEY, value: 'h1', ephemeral: true }], [{ key: COMPACTOR_KEY, modRevision: 0 }]);
+      expect(rev).toBeGreaterThan(0);
+      await r.compact(rev! - 1);
     } finally {
       await r.close();
     }
