@@ -48,7 +48,8 @@ describe('per-host write authority with etcd auth on', () => {
   const opArgs = () => ['--registry', c.etcd.spec, '--etcd-user', 'corral-operator', '--etcd-password-file', pw('corral-operator')];
 
   beforeAll(async () => {
-    c = await startCluster({ hosts: 2, etcdAuth: true, leaseTtlS: 5 });
+    // Tokens expire after 2 s idle (etcd's default is 5 minutes), so the tests see them expire.
+    c = await startCluster({ hosts: 2, etcdAuth: true, leaseTtlS: 5, etcdArgs: ['--auth-token-ttl', '2'] });
     [h1, h2] = c.hosts as [TestHost, TestHost];
     url = c.etcd.members[0]!.clientUrl;
     ctr.push(await c.container(h1), await c.container(h2));
@@ -162,7 +163,8 @@ describe('per-host write authority with etcd auth on', () => {
       expect(rows.find((r) => r.host.name === 'h2')?.host.block).toBe(h2Block);
     }
     expect(await pings(ctr[0]!, ctr[1]!.address)).toBe(true);
-    await gw('/v3/kv/deleterange', { key: b64(`/corral/blocks/h1/${h2Block.replace('/', '_')}`) }, t1);
+    const gone = await gw('/v3/kv/deleterange', { key: b64(`/corral/blocks/h1/${h2Block.replace('/', '_')}`) }, await login('h1', pw('h1')));
+    expect(gone.deleted).toBe('1');
   });
 
   it('h1\'s agent asked to remove h2\'s endpoint reports the refusal in one line and keeps running', async () => {
@@ -187,6 +189,26 @@ describe('per-host write authority with etcd auth on', () => {
     // Its own endpoint it removes as usual.
     const own = await h1.agent!.cli(['deregister', 'web', `${ctr[0]!.address}:8080`]);
     expect(own.code, own.stderr).toBe(0);
+  });
+
+  it('keeps working when the agents\' tokens expired and etcd restarted: watches and leases come back as the same users', async () => {
+    await new Promise((r) => setTimeout(r, 3000)); // past --auth-token-ttl
+    const m = c.etcd.members[0]!;
+    await m.stop();
+    await m.start();
+    const r = await h2.agent!.cli(['register', 'api', `${ctr[1]!.address}:9090`]);
+    expect(r.code, r.stderr).toBe(0);
+    await until('h1 lists h2\'s new endpoint', async () => {
+      const l = await h1.agent!.cli(['endpoints', 'api', '--json']);
+      return l.code === 0 && json(l.stdout).endpoints.length === 1 ? true : undefined;
+    }, { ms: 20_000, everyMs: 200 });
+    for (const h of [h1, h2]) {
+      await until(`${h.name} connected`, async () => (json((await h.agent!.cli(['status', '--json'])).stdout).registryConnected ? true : undefined), { ms: 10_000, everyMs: 200 });
+    }
+    // Both hosts' records outlived the restart (their leases were kept or put back).
+    const rows = json((await h1.agent!.cli(['hosts', '--json'])).stdout).rows as Array<{ host: { name: string } }>;
+    expect(rows.map((x) => x.host.name).sort()).toEqual(['h1', 'h2']);
+    expect(await pings(ctr[0]!, ctr[1]!.address)).toBe(true);
   });
 });
 

@@ -52,7 +52,7 @@ export interface Cluster {
 
 let subnetSeq = 0;
 
-export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean; etcdAuth?: boolean }): Promise<Cluster> {
+export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean; etcdAuth?: boolean; etcdArgs?: string[] }): Promise<Cluster> {
   const id = randomBytes(2).toString('hex');
   // One /24 per cluster in 10.99.0.0/16, so clusters of consecutive test files never overlap.
   const net = `10.99.${(process.pid + subnetSeq++) % 250}`;
@@ -155,7 +155,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
     for (let m = 0; m < members; m++) await underlay.exec('ip', ['addr', 'add', `${net}.${2 + m}/24`, 'dev', 'br0']);
     const etcdHosts = Array.from({ length: members }, (_, m) => ({ address: `${net}.${2 + m}`, netns: underlay.name }));
     if (o.etcdTls) pki = await makePki(etcdHosts.map((h) => h.address));
-    etcd = await startEtcd({ hosts: etcdHosts, tls: pki && { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
+    etcd = await startEtcd({ hosts: etcdHosts, args: o.etcdArgs, tls: pki && { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
     for (let i = 0; i < o.hosts; i++) await cluster.addHost();
     if (o.etcdAuth) {
       const dir = mkdtempSync(join(tmpdir(), 'corral-etcd-auth-'));
