@@ -5,7 +5,7 @@
 // records leave the registry after the lease TTL.
 import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, type IOptions, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, EtcdAuthenticationFailedError, EtcdInvalidAuthTokenError, EtcdPermissionDeniedError, type IOptions, type Lease, type Namespace, type Watcher } from 'etcd3';
 import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, RegistryHealth, TxnOp } from './registry.js';
 import { PermissionDenied, RegistryError } from './registry.js';
 import type { Logger } from '../../api/log.js';
@@ -109,6 +109,8 @@ export class EtcdRegistry implements Registry {
   /** Ephemeral keys this process wrote, re-attached to a new lease when the old one is lost. */
   private readonly ephemeral = new Map<string, string>();
   private readonly watchers = new Set<Watcher>();
+  /** Where watches are made: the client, or a fresh view of it after etcd refused a stale token. */
+  private watchSource: Namespace | undefined;
   private state: RegistryHealth = { connected: false, error: 'not opened', sinceMs: 0 };
   private closed = false;
   /** When calls started failing with no success since (0: the last call succeeded), and why. */
@@ -257,7 +259,8 @@ export class EtcdRegistry implements Registry {
   watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void {
     let last = fromRevision;
     let done = false;
-    const w = this.client!.watch().prefix(prefix).startRevision(String(fromRevision + 1)).watcher();
+    const source = (this.watchSource ??= this.client!);
+    const w = source.watch().prefix(prefix).startRevision(String(fromRevision + 1)).watcher();
     this.watchers.add(w);
     const stop = () => {
       if (done) return;
@@ -287,8 +290,13 @@ export class EtcdRegistry implements Registry {
       }
     });
     // etcd cancels a watch whose start revision was compacted away: the caller ranges again.
-    w.on('error', () => {
+    // It also cancels one whose stream carries a token it no longer knows (expired, or etcd
+    // restarted): etcd3 keeps that stream and queues every later watch behind the refused one,
+    // so watches move to a new watch stream, which authenticates again (the caller's range
+    // refreshes the token first).
+    w.on('error', (err: Error) => {
       if (done || this.closed) return;
+      if (err instanceof EtcdInvalidAuthTokenError && this.watchSource === source) this.watchSource = this.client!.namespace('');
       stop();
       onReset();
     });
