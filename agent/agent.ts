@@ -16,7 +16,7 @@ import { DEFAULT_NAMESPACE, type Host, type HostsReply, type HostsRequest, type 
 import { InvalidRecord } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
-import { Catalog, keys, PREFIX, STATUS } from './catalog.js';
+import { ALLOC, BLOCK, Catalog, EP, keys, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './attachments.js';
 import { DockerSource } from './docker/source.js';
@@ -95,6 +95,7 @@ export class Agent implements AgentOps {
 
   async start(): Promise<void> {
     await this.registry.open();
+    await this.moveToHostPrefix();
     this.loadFrom(await this.registry.range(PREFIX));
     this.watchRegistry();
     this.registry.maintain?.(this.node, this.log.child({ part: 'registry' }));
@@ -236,6 +237,31 @@ export class Agent implements AgentOps {
 
   private broadcast(ev: WatchEvent): void {
     this.watchers.broadcast(ev);
+  }
+
+  /**
+   * Records this host wrote before keys had a prefix per host (`/corral/endpoints/<id>`,
+   * `/corral/allocations/<address>`, `/corral/blocks/<net>_<len>`) move under its prefix, in one
+   * transaction, before the catalog reads them: an upgraded host keeps its block, addresses and
+   * endpoints. Other hosts' records of that layout are theirs to move when they upgrade.
+   */
+  private async moveToHostPrefix(): Promise<void> {
+    const ops: TxnOp[] = [];
+    for (const kv of (await this.registry.range(PREFIX)).kvs) {
+      const base = [EP, ALLOC, BLOCK].find((p) => kv.key.startsWith(p));
+      if (!base || kv.key.includes('/', base.length)) continue;
+      let node: unknown;
+      try {
+        node = (JSON.parse(kv.value) as { node?: unknown } | null)?.node;
+      } catch {
+        continue;
+      }
+      if (node !== this.node) continue;
+      ops.push({ delete: kv.key }, { put: `${base}${this.node}/${kv.key.slice(base.length)}`, value: kv.value, ephemeral: base === EP });
+    }
+    if (ops.length === 0) return;
+    await this.registry.txn(ops);
+    this.log.info({ records: ops.length / 2 }, 'moved this host\'s records under its own key prefix (the registry layout of this version)');
   }
 
   /** Endpoints this node left draining, or Docker endpoints it can no longer see, go now. */
