@@ -95,8 +95,8 @@ export class Agent implements AgentOps {
 
   async start(): Promise<void> {
     await this.registry.open();
-    await this.moveToHostPrefix();
-    this.loadFrom(await this.registry.range(PREFIX));
+    const first = await this.registry.range(PREFIX);
+    this.loadFrom((await this.moveToHostPrefix(first)) ? await this.registry.range(PREFIX) : first);
     this.watchRegistry();
     this.registry.maintain?.(this.node, this.log.child({ part: 'registry' }));
     await this.cleanupAfterRestart();
@@ -245,9 +245,9 @@ export class Agent implements AgentOps {
    * transaction, before the catalog reads them: an upgraded host keeps its block, addresses and
    * endpoints. Other hosts' records of that layout are theirs to move when they upgrade.
    */
-  private async moveToHostPrefix(): Promise<void> {
+  private async moveToHostPrefix(r: Awaited<ReturnType<Registry['range']>>): Promise<boolean> {
     const ops: TxnOp[] = [];
-    for (const kv of (await this.registry.range(PREFIX)).kvs) {
+    for (const kv of r.kvs) {
       const base = [EP, ALLOC, BLOCK].find((p) => kv.key.startsWith(p));
       if (!base || kv.key.includes('/', base.length)) continue;
       let node: unknown;
@@ -259,9 +259,10 @@ export class Agent implements AgentOps {
       if (node !== this.node) continue;
       ops.push({ delete: kv.key }, { put: `${base}${this.node}/${kv.key.slice(base.length)}`, value: kv.value, ephemeral: base === EP });
     }
-    if (ops.length === 0) return;
+    if (ops.length === 0) return false;
     await this.registry.txn(ops);
     this.log.info({ records: ops.length / 2 }, 'moved this host\'s records under its own key prefix (the registry layout of this version)');
+    return true;
   }
 
   /** Endpoints this node left draining, or Docker endpoints it can no longer see, go now. */
