@@ -18,7 +18,7 @@ export interface EtcdTls {
   key?: string;
 }
 
-/** etcd password authentication: the user, and a file holding its password (not world-readable). */
+/** etcd password authentication: the user, and a file holding its password (readable by its owner only). */
 export interface EtcdAuth {
   user: string;
   passwordFile: string;
@@ -82,7 +82,7 @@ export function readPassword(path: string): string {
 }
 
 /** The first key after every key with this prefix (etcd's range_end for a prefix). */
-export function prefixEnd(prefix: string): Buffer {
+function prefixEnd(prefix: string): Buffer {
   const b = Buffer.from(prefix);
   for (let i = b.length - 1; i >= 0; i--) {
     if (b[i]! < 0xff) {
