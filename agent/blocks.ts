@@ -1,7 +1,7 @@
 // Leasing this host's block from the cluster CIDR over the Registry seam (embedded or etcd alike).
 // Key: /corral/blocks/<node>/<network>_<prefix> -> { block, node, sinceMs }: each host writes
 // only under its own prefix, so two hosts racing for one block both write, and the older lease
-// (lower revision) wins, as the catalog decides; the loser deletes its lease and takes the next
+// (lower revision) wins, as the catalog decides; the loser deletes its lease and takes another
 // free block.
 import { IPv4CidrRange } from 'ip-num';
 import { RecordRules } from '../api/records.js';
