@@ -17,7 +17,7 @@ import { InvalidRecord } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import type { WatchHandlers, WatchStream } from '../api/watch.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
-import { Catalog, keys, PREFIX, STATUS } from './catalog.js';
+import { ALLOC, BLOCK, Catalog, EP, keys, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './attachments.js';
 import { DockerSource } from './docker/source.js';
@@ -33,7 +33,7 @@ import { Watchers } from './watchers.js';
 import { ColorChanges } from './color-changes.js';
 import { EndpointWriter, type Commit } from './endpoint-writer.js';
 import { registryFor } from './registry/index.js';
-import type { Registry, TxnOp } from './registry/registry.js';
+import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
 
@@ -69,6 +69,7 @@ export class Agent implements AgentOps {
       log: log.child({ part: 'registry' }),
       leaseTtlS: m.leaseTtlS,
       tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined,
+      auth: m.etcdUser ? { user: m.etcdUser, passwordFile: m.etcdPasswordFile } : undefined,
     });
     const commit: Commit = (ops, compares) => this.commit(ops, compares);
     this.endpoints = new EndpointWriter(this.catalog, opts.nodeName, commit, log);
@@ -95,7 +96,8 @@ export class Agent implements AgentOps {
 
   async start(): Promise<void> {
     await this.registry.open();
-    this.loadFrom(await this.registry.range(PREFIX));
+    const first = await this.registry.range(PREFIX);
+    this.loadFrom((await this.moveToHostPrefix(first)) ? await this.registry.range(PREFIX) : first);
     this.watchRegistry();
     this.registry.maintain?.(this.node, this.log.child({ part: 'registry' }));
     await this.cleanupAfterRestart();
@@ -203,7 +205,14 @@ export class Agent implements AgentOps {
         throw new Error(`refusing to write ${op.put}: ${(err as Error).message} (a bug in this agent: please report it)`);
       }
     }
-    const rev = await this.registry.txn(ops, compares);
+    let rev: number | null;
+    try {
+      rev = await this.registry.txn(ops, compares);
+    } catch (err) {
+      // One line, and the agent goes on: the operation is refused, nothing else.
+      if (err instanceof PermissionDenied) this.log.warn({ keys: err.keys, etcdUser: err.user }, err.message);
+      throw err;
+    }
     if (rev !== null && this.catalog.revision < rev) await this.applied(rev);
     return rev;
   }
@@ -231,15 +240,41 @@ export class Agent implements AgentOps {
     this.watchers.broadcast(ev);
   }
 
+  /**
+   * Records this host wrote before keys had a prefix per host (`/corral/endpoints/<id>`,
+   * `/corral/allocations/<address>`, `/corral/blocks/<net>_<len>`) move under its prefix, in one
+   * transaction, before the catalog reads them: an upgraded host keeps its block, addresses and
+   * endpoints. Other hosts' records of that layout are theirs to move when they upgrade.
+   */
+  private async moveToHostPrefix(r: Awaited<ReturnType<Registry['range']>>): Promise<boolean> {
+    const ops: TxnOp[] = [];
+    for (const kv of r.kvs) {
+      const base = [EP, ALLOC, BLOCK].find((p) => kv.key.startsWith(p));
+      if (!base || kv.key.includes('/', base.length)) continue;
+      let node: unknown;
+      try {
+        node = (JSON.parse(kv.value) as { node?: unknown } | null)?.node;
+      } catch {
+        continue;
+      }
+      if (node !== this.node) continue;
+      ops.push({ delete: kv.key }, { put: `${base}${this.node}/${kv.key.slice(base.length)}`, value: kv.value, ephemeral: base === EP });
+    }
+    if (ops.length === 0) return false;
+    await this.registry.txn(ops);
+    this.log.info({ records: ops.length / 2 }, 'moved this host\'s records under its own key prefix (the registry layout of this version)');
+    return true;
+  }
+
   /** Endpoints this node left draining, or Docker endpoints it can no longer see, go now. */
   private async cleanupAfterRestart(): Promise<void> {
     const ops: TxnOp[] = [];
     const dockerOff = !this.opts.dockerSocket;
     for (const ep of this.catalog.endpoints.values()) {
       if (ep.node !== this.node) continue;
-      if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.id) });
+      if (ep.draining || (dockerOff && ep.origin === 'docker')) ops.push({ delete: keys.endpoint(ep.node, ep.id) });
       // The rest move onto this run's registry session (etcd lease) so they leave with this host.
-      else ops.push({ put: keys.endpoint(ep.id), value: JSON.stringify(ep), ephemeral: true });
+      else ops.push({ put: keys.endpoint(ep.node, ep.id), value: JSON.stringify(ep), ephemeral: true });
     }
     if (ops.length) await this.commit(ops);
   }
@@ -250,15 +285,15 @@ export class Agent implements AgentOps {
   private async startAttachments(block: string): Promise<void> {
     const ipam = new Ipam(this.opts.stateDir, block);
     ipam.open();
-    const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.address), value: JSON.stringify(a) });
+    const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.node, a.address), value: JSON.stringify(a) });
     // The mesh starts after IPAM but before the API serves an ADD: containers get its MTU.
     this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain, overlayMtu: () => this.mesh?.mtu ?? 0 }, {
       publish: async (a) => void (await this.commit([put(a)])),
-      unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(address) }])),
+      unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(this.node, address) }])),
     }, this.log.child({ part: 'cni' }));
     const ops: TxnOp[] = [];
     for (const a of this.catalog.allocations.values()) {
-      if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.address) });
+      if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.node, a.address) });
     }
     for (const r of ipam.list()) ops.push(put(this.attachments.allocation(r)));
     if (ops.length) await this.commit(ops);

@@ -9,6 +9,7 @@ import type {
   StatusReply, SwitchRequest, HostsReply, HostsRequest, CniReply, RotateKeysReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
 } from '../api/types.js';
 import { ColorError } from './colors.js';
+import { PermissionDenied } from './registry/registry.js';
 import { InvalidEndpoint } from './endpoints.js';
 
 export class NotFound extends Error {}
@@ -38,6 +39,7 @@ function statusOf(err: unknown): grpc.StatusObject {
   if (err instanceof InvalidEndpoint) code = grpc.status.INVALID_ARGUMENT;
   else if (err instanceof NotFound) code = grpc.status.NOT_FOUND;
   else if (err instanceof ColorError) code = grpc.status.FAILED_PRECONDITION;
+  else if (err instanceof PermissionDenied) code = grpc.status.PERMISSION_DENIED;
   return { code, details: msg, metadata: new grpc.Metadata() };
 }
 

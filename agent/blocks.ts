@@ -1,11 +1,14 @@
-// Leasing this host's block from the cluster CIDR, over the Registry seam with txn+compare, so
-// two hosts racing for one block cannot both win (embedded or etcd alike). Key:
-// /corral/blocks/<network>_<prefix> -> { block, node, sinceMs }.
+// Leasing this host's block from the cluster CIDR over the Registry seam (embedded or etcd alike).
+// Key: /corral/blocks/<node>/<network>_<prefix> -> { block, node, sinceMs }: each host writes
+// only under its own prefix, so two hosts racing for one block both write, and the older lease
+// (lower revision) wins, as the catalog decides; the loser deletes its lease and takes another
+// free block.
 import { IPv4CidrRange } from 'ip-num';
 import { RecordRules } from '../api/records.js';
-import type { Registry } from './registry/registry.js';
+import { BLOCK, keys } from './catalog.js';
+import type { KeyValue, Registry } from './registry/registry.js';
 
-export const BLOCKS = '/corral/blocks/';
+export const BLOCKS = BLOCK;
 
 export interface BlockLease {
   block: string;
@@ -13,8 +16,36 @@ export interface BlockLease {
   sinceMs: number;
 }
 
-export function blockKey(block: string): string {
-  return BLOCKS + block.replace('/', '_');
+export function blockKey(node: string, block: string): string {
+  return keys.block(node, block);
+}
+
+interface Claim { key: string; node: string; block: string; first: number; last: number; modRevision: number }
+
+/** Valid leases (the catalog serves only those whose key names their node and block), oldest first. */
+function claims(kvs: KeyValue[], rules: RecordRules): Claim[] {
+  const out: Claim[] = [];
+  for (const kv of kvs) {
+    let lease: BlockLease;
+    try {
+      lease = rules.blockLease(JSON.parse(kv.value));
+    } catch {
+      continue;
+    }
+    if (kv.key !== blockKey(lease.node, lease.block)) continue;
+    const r = IPv4CidrRange.fromCidr(lease.block);
+    out.push({ key: kv.key, node: lease.node, block: lease.block, first: Number(r.getFirst().getValue()), last: Number(r.getLast().getValue()), modRevision: kv.modRevision });
+  }
+  return out.sort((a, b) => a.modRevision - b.modRevision || (a.key < b.key ? -1 : 1));
+}
+
+/** Does this claim win: is no valid lease that overlaps it older (the catalog's rule)? */
+function wins(mine: Claim, all: Claim[]): boolean {
+  for (const c of all) {
+    if (c === mine) return true;
+    if (c.first <= mine.last && mine.first <= c.last) return false;
+  }
+  return true;
 }
 
 /** The block this node holds, or the first free one, leased now. Throws when the CIDR is full. */
@@ -30,38 +61,35 @@ export async function leaseBlock(registry: Registry, clusterCidr: string, node: 
   const base = Number(cidr.getFirst().getValue());
   const size = 2 ** (32 - prefixLen);
   const count = 2 ** (prefixLen - Number(cidr.getPrefix().getValue()));
-  for (let attempt = 0; attempt < 10; attempt++) {
+  const own = `${BLOCK}${node}/`;
+  for (let attempt = 0; attempt <= 20; attempt++) {
     const r = await registry.range(BLOCKS);
-    const taken = new Set<string>();
-    /** Valid leases as [first, last] address numbers, to skip blocks another lease overlaps. */
-    const held: Array<[number, number]> = [];
-    for (const kv of r.kvs) {
-      // Untrusted like every record: a key someone wrote is taken, whatever it holds.
-      taken.add(kv.key);
-      let lease: BlockLease;
-      try {
-        lease = rules.blockLease(JSON.parse(kv.value));
-      } catch {
-        continue;
-      }
-      if (lease.node === node && kv.key === blockKey(lease.block)) return lease.block;
-      const l = IPv4CidrRange.fromCidr(lease.block);
-      held.push([Number(l.getFirst().getValue()), Number(l.getLast().getValue())]);
-    }
-    // The first free block, in order (a single host gets the first: 10.42.0.0/24, gateway
-    // 10.42.0.1). Hosts joining together race for the same one; a loser goes on to the next
-    // free one in the same read rather than reading again, so a burst of N settles in N tries.
-    let free = 0;
-    for (let i = 0; i < count; i++) {
+    const all = claims(r.kvs, rules);
+    const mine = all.filter((c) => c.node === node);
+    const held = mine.find((c) => wins(c, all));
+    // Leases of this node that lost (a crash between writing and withdrawing one) go now.
+    const lost = r.kvs.filter((kv) => kv.key.startsWith(own) && kv.key !== held?.key);
+    if (lost.length) await registry.txn(lost.map((kv) => ({ delete: kv.key })));
+    if (held) return held.block;
+    if (attempt === 20) break;
+    // A key someone wrote names a taken block, whatever it holds (untrusted like every record).
+    const taken = new Set(r.kvs.map((kv) => kv.key.slice(kv.key.lastIndexOf('/') + 1)));
+    // The first free block (a single host gets the first: 10.42.0.0/24, gateway 10.42.0.1).
+    // Hosts joining together race for the same one and all but the oldest lose; a loser then
+    // takes a free block at random, so a burst of N hosts settles in a few rounds, not N.
+    const free: number[] = [];
+    for (let i = 0; i < count && (attempt > 0 || free.length === 0); i++) {
       const first = base + i * size;
-      const block = `${intToIp(first)}/${prefixLen}`;
-      const key = blockKey(block);
-      if (taken.has(key) || held.some(([lo, hi]) => lo <= first + size - 1 && first <= hi)) continue;
-      free++;
-      const lease: BlockLease = { block, node, sinceMs: Date.now() };
-      if ((await registry.txn([{ put: key, value: JSON.stringify(lease) }], [{ key, modRevision: 0 }])) !== null) return block;
+      if (taken.has(`${intToIp(first)}_${prefixLen}`) || all.some((c) => c.first <= first + size - 1 && first <= c.last)) continue;
+      free.push(first);
     }
-    if (free === 0) throw new Error(`cluster CIDR ${clusterCidr} has no free /${prefixLen} block left for host ${node}: widen --cluster-cidr or remove departed hosts' leases`);
+    if (free.length > 0) {
+      const block = `${intToIp(free[attempt === 0 ? 0 : Math.floor(Math.random() * free.length)]!)}/${prefixLen}`;
+      const key = blockKey(node, block);
+      const lease: BlockLease = { block, node, sinceMs: Date.now() };
+      await registry.txn([{ put: key, value: JSON.stringify(lease) }], [{ key, modRevision: 0 }]);
+    }
+    if (free.length === 0) throw new Error(`cluster CIDR ${clusterCidr} has no free /${prefixLen} block left for host ${node}: widen --cluster-cidr or remove departed hosts' leases`);
   }
   throw new Error(`could not lease a block from ${clusterCidr}: other hosts kept taking the same one; try again`);
 }

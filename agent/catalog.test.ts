@@ -39,10 +39,10 @@ function catalog(): { c: Catalog; problems: Problem[] } {
 describe('registry records from other hosts are validated on read', () => {
   it('does not serve a null endpoint, names the key, and keeps serving the others', () => {
     const { c, problems } = catalog();
-    const ev = c.apply(batch(['/corral/endpoints/x', 'null'], ['/corral/endpoints/good', endpoint('good')]));
+    const ev = c.apply(batch(['/corral/endpoints/h1/x', 'null'], ['/corral/endpoints/h1/good', endpoint('good')]));
     expect(ev.endpoints.map((e) => e.id)).toEqual(['good']);
     expect([...c.endpoints.keys()]).toEqual(['good']);
-    expect(problems).toEqual([{ key: '/corral/endpoints/x', field: 'record', problem: 'not a JSON object', writer: '' }]);
+    expect(problems).toEqual([{ key: '/corral/endpoints/h1/x', field: 'record', problem: 'not a JSON object', writer: 'h1' }]);
   });
 
   it.each([
@@ -59,37 +59,37 @@ describe('registry records from other hosts are validated on read', () => {
     ['a bad health check', endpoint('e', { healthCheck: { path: 'x', tcp: false, intervalMs: 1000, timeoutMs: 500, rise: 1, fall: 1 } }), 'healthCheck.path', '"x" does not start with "/"'],
   ])('refuses an endpoint with %s', (_what, rec, field, problem) => {
     const { c, problems } = catalog();
-    c.apply(batch(['/corral/endpoints/e', rec]));
+    c.apply(batch(['/corral/endpoints/h1/e', rec]));
     expect(c.endpoints.size).toBe(0);
-    expect(problems).toEqual([{ key: '/corral/endpoints/e', field, problem, writer: 'h1' }]);
+    expect(problems).toEqual([{ key: '/corral/endpoints/h1/e', field, problem, writer: 'h1' }]);
   });
 
   it('refuses an oversized record before parsing it', () => {
     const { c, problems } = catalog();
-    c.apply(batch(['/corral/endpoints/e', JSON.stringify(endpoint('e', { healthReason: 'x'.repeat(3_000_000) }))]));
+    c.apply(batch(['/corral/endpoints/h1/e', JSON.stringify(endpoint('e', { healthReason: 'x'.repeat(3_000_000) }))]));
     expect(c.endpoints.size).toBe(0);
-    expect(problems[0]).toMatchObject({ key: '/corral/endpoints/e', field: 'record' });
+    expect(problems[0]).toMatchObject({ key: '/corral/endpoints/h1/e', field: 'record' });
     expect(problems[0]!.problem).toMatch(/bytes, at most 16384 for a endpoint record/);
   });
 
   it('withdraws a served record that is overwritten by a bad one, and serves it again once fixed', () => {
     const { c } = catalog();
-    c.apply(batch(['/corral/endpoints/e', endpoint('e')]));
-    const bad = c.apply(batch(['/corral/endpoints/e', '{"id":']));
+    c.apply(batch(['/corral/endpoints/h1/e', endpoint('e')]));
+    const bad = c.apply(batch(['/corral/endpoints/h1/e', '{"id":']));
     expect(bad.deletedEndpoints).toEqual(['e']);
-    expect(c.problems.get('/corral/endpoints/e')?.problem).toBe('not JSON');
-    const fixed = c.apply(batch(['/corral/endpoints/e', endpoint('e')]));
+    expect(c.problems.get('/corral/endpoints/h1/e')?.problem).toBe('not JSON');
+    const fixed = c.apply(batch(['/corral/endpoints/h1/e', endpoint('e')]));
     expect(fixed.endpoints.map((e) => e.id)).toEqual(['e']);
     expect(c.problems.size).toBe(0);
   });
 
   it('warns once per key, not once per event', () => {
     const { c, problems } = catalog();
-    for (let i = 0; i < 5; i++) c.apply(batch(['/corral/endpoints/e', endpoint('e', { port: 0 })]));
+    for (let i = 0; i < 5; i++) c.apply(batch(['/corral/endpoints/h1/e', endpoint('e', { port: 0 })]));
     expect(problems).toHaveLength(1);
-    c.apply(batch(['/corral/endpoints/e', endpoint('e', { port: 'x' })]));
+    c.apply(batch(['/corral/endpoints/h1/e', endpoint('e', { port: 'x' })]));
     expect(problems).toHaveLength(2); // a different problem is a new warning
-    c.apply(batch(['/corral/endpoints/e']));
+    c.apply(batch(['/corral/endpoints/h1/e']));
     expect(c.problems.size).toBe(0);
   });
 
@@ -98,7 +98,7 @@ describe('registry records from other hosts are validated on read', () => {
     const rec = endpoint('e');
     delete rec.lbBalance;
     delete rec.portName;
-    c.apply(batch(['/corral/endpoints/e', rec]));
+    c.apply(batch(['/corral/endpoints/h1/e', rec]));
     expect(c.endpoints.get('e')).toMatchObject({ lbBalance: '', portName: 'http' });
   });
 
@@ -108,22 +108,22 @@ describe('registry records from other hosts are validated on read', () => {
       ['/corral/services/default/web', { namespace: 'default', name: 'web', active: { blue: 1000 }, previous: {} }],
       ['/corral/services/default/api', { namespace: 'default', name: 'api', active: { 'Bad Color': 100 }, previous: {} }],
       ['/corral/services/default/ok', { namespace: 'default', name: 'ok', active: { blue: 100 }, previous: {} }],
-      ['/corral/allocations/8.8.8.8', { address: '8.8.8.8', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
-      ['/corral/allocations/10.42.0.9', { address: '10.42.0.9', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
+      ['/corral/allocations/h1/8.8.8.8', { address: '8.8.8.8', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
+      ['/corral/allocations/h1/10.42.0.9', { address: '10.42.0.9', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
     ));
     expect([...c.services.keys()]).toEqual(['default/ok']);
     expect([...c.allocations.keys()]).toEqual(['10.42.0.9']);
     expect(problems.map((p) => `${p.key} ${p.field}`)).toEqual([
       '/corral/services/default/web active.blue',
       '/corral/services/default/api active',
-      '/corral/allocations/8.8.8.8 address',
+      '/corral/allocations/h1/8.8.8.8 address',
     ]);
   });
 
   it('refuses a host whose key is no WireGuard key or whose block is outside the cluster', () => {
     const { c, problems } = catalog();
     c.apply(batch(
-      ['/corral/blocks/10.42.1.0_24', lease('10.42.1.0/24', 'h1')],
+      ['/corral/blocks/h1/10.42.1.0_24', lease('10.42.1.0/24', 'h1')],
       ['/corral/hosts/h1', host('h1', '10.42.1.0/24', { publicKey: 'not-a-key' })],
       ['/corral/hosts/h2', host('h2', '0.0.0.0/0')],
     ));
@@ -133,15 +133,15 @@ describe('registry records from other hosts are validated on read', () => {
 
   it('serves a host only with the block leased to it; of two overlapping leases the older wins and the other is reported', () => {
     const { c, problems } = catalog();
-    c.apply(batch(['/corral/blocks/10.42.1.0_24', lease('10.42.1.0/24', 'h1')], ['/corral/hosts/h1', host('h1', '10.42.1.0/24')]));
+    c.apply(batch(['/corral/blocks/h1/10.42.1.0_24', lease('10.42.1.0/24', 'h1')], ['/corral/hosts/h1', host('h1', '10.42.1.0/24')]));
     expect([...c.hosts.keys()]).toEqual(['h1']);
     // h2 claims h1's block in its own record, and leases a /23 that covers it.
-    const ev = c.apply(batch(['/corral/blocks/10.42.0.0_23', lease('10.42.0.0/23', 'h2')], ['/corral/hosts/h2', host('h2', '10.42.1.0/24')]));
+    const ev = c.apply(batch(['/corral/blocks/h2/10.42.0.0_23', lease('10.42.0.0/23', 'h2')], ['/corral/hosts/h2', host('h2', '10.42.1.0/24')]));
     expect(ev.hosts).toEqual([]);
     expect([...c.hosts.keys()]).toEqual(['h1']);
     expect(c.blockOwner('10.42.1.0/24')).toBe('h1');
     expect(problems.map((p) => `${p.key}: ${p.problem}`)).toEqual([
-      '/corral/blocks/10.42.0.0_23: 10.42.0.0/23 overlaps 10.42.1.0/24, leased earlier to h1',
+      '/corral/blocks/h2/10.42.0.0_23: 10.42.0.0/23 overlaps 10.42.1.0/24, leased earlier to h1',
       '/corral/hosts/h2: 10.42.1.0/24 is leased to h1',
     ]);
     // h1 goes: its lease stays, so h2 still does not get the block by claiming it.
@@ -152,20 +152,20 @@ describe('registry records from other hosts are validated on read', () => {
 
   it('grants the oldest of overlapping leases wherever they sit, and neighbours that only touch', () => {
     const { c, problems } = catalog();
-    c.apply(batch(['/corral/blocks/10.42.4.0_22', lease('10.42.4.0/22', 'old')]));
+    c.apply(batch(['/corral/blocks/old/10.42.4.0_22', lease('10.42.4.0/22', 'old')]));
     c.apply(batch(
-      ['/corral/blocks/10.42.3.0_24', lease('10.42.3.0/24', 'below')],   // ends where old starts
-      ['/corral/blocks/10.42.8.0_24', lease('10.42.8.0/24', 'above')],   // starts after old ends
-      ['/corral/blocks/10.42.7.255_32', lease('10.42.7.255/32', 'inside')], // old's last address
+      ['/corral/blocks/below/10.42.3.0_24', lease('10.42.3.0/24', 'below')],   // ends where old starts
+      ['/corral/blocks/above/10.42.8.0_24', lease('10.42.8.0/24', 'above')],   // starts after old ends
+      ['/corral/blocks/inside/10.42.7.255_32', lease('10.42.7.255/32', 'inside')], // old's last address
     ));
-    c.apply(batch(['/corral/blocks/10.42.0.0_20', lease('10.42.0.0/20', 'wide')])); // covers all three: named by one of them
+    c.apply(batch(['/corral/blocks/wide/10.42.0.0_20', lease('10.42.0.0/20', 'wide')])); // covers all three: named by one of them
     expect(['10.42.4.0/22', '10.42.3.0/24', '10.42.8.0/24', '10.42.7.255/32', '10.42.0.0/20'].map((b) => c.blockOwner(b))).toEqual(['old', 'below', 'above', '', '']);
     expect(problems.map((p) => `${p.key}: ${p.problem}`)).toEqual([
-      '/corral/blocks/10.42.7.255_32: 10.42.7.255/32 overlaps 10.42.4.0/22, leased earlier to old',
-      '/corral/blocks/10.42.0.0_20: 10.42.0.0/20 overlaps 10.42.8.0/24, leased earlier to above',
+      '/corral/blocks/inside/10.42.7.255_32: 10.42.7.255/32 overlaps 10.42.4.0/22, leased earlier to old',
+      '/corral/blocks/wide/10.42.0.0_20: 10.42.0.0/20 overlaps 10.42.8.0/24, leased earlier to above',
     ]);
     // The old lease goes: the one inside its range is the oldest left there and wins now.
-    c.apply(batch(['/corral/blocks/10.42.4.0_22']));
+    c.apply(batch(['/corral/blocks/old/10.42.4.0_22']));
     expect(c.blockOwner('10.42.7.255/32')).toBe('inside');
   });
 
@@ -174,7 +174,7 @@ describe('registry records from other hosts are validated on read', () => {
     // per block change at 400 leases; a cluster of that many hosts, or one writer, stalled every
     // agent. The bound is loose on purpose: the old way needed about 45 s here.
     const { c } = catalog();
-    const put = (i: number): [string, unknown] => [`/corral/blocks/10.42.${i >> 6}.${(i & 63) * 4}_30`, lease(`10.42.${i >> 6}.${(i & 63) * 4}/30`, `h${i}`)];
+    const put = (i: number): [string, unknown] => [`/corral/blocks/h${i}/10.42.${i >> 6}.${(i & 63) * 4}_30`, lease(`10.42.${i >> 6}.${(i & 63) * 4}/30`, `h${i}`)];
     c.apply(batch(...Array.from({ length: 1000 }, (_, i) => put(i))));
     const t0 = performance.now();
     for (let i = 1000; i < 1010; i++) c.apply(batch(put(i)));
@@ -186,19 +186,19 @@ describe('registry records from other hosts are validated on read', () => {
     const { c } = catalog();
     const ev = c.load({ revision: 7, kvs: [
       { key: '/corral/hosts/h1', value: JSON.stringify(host('h1', '10.42.3.0/24')), modRevision: 6 },
-      { key: '/corral/blocks/10.42.3.0_24', value: lease('10.42.3.0/24', 'h1'), modRevision: 5 },
+      { key: '/corral/blocks/h1/10.42.3.0_24', value: lease('10.42.3.0/24', 'h1'), modRevision: 5 },
     ] });
     expect(ev.hosts.map((h) => h.name)).toEqual(['h1']);
   });
 
   it('keeps endpoints indexed by service as they come, move between services and go', () => {
     const { c } = catalog();
-    c.apply(batch(['/corral/endpoints/a', endpoint('a')], ['/corral/endpoints/b', endpoint('b')], ['/corral/endpoints/c', endpoint('c', { service: 'api' })]));
+    c.apply(batch(['/corral/endpoints/h1/a', endpoint('a')], ['/corral/endpoints/h1/b', endpoint('b')], ['/corral/endpoints/h1/c', endpoint('c', { service: 'api' })]));
     expect(c.endpointsOf('default', 'web').map((e) => e.id).sort()).toEqual(['a', 'b']);
-    c.apply(batch(['/corral/endpoints/b', endpoint('b', { service: 'api' })]));
+    c.apply(batch(['/corral/endpoints/h1/b', endpoint('b', { service: 'api' })]));
     expect(c.endpointsOf('default', 'web').map((e) => e.id)).toEqual(['a']);
     expect(c.endpointsOf('default', 'api').map((e) => e.id).sort()).toEqual(['b', 'c']);
-    c.apply(batch(['/corral/endpoints/a'], ['/corral/endpoints/c', 'null']));
+    c.apply(batch(['/corral/endpoints/h1/a'], ['/corral/endpoints/h1/c', 'null']));
     expect(c.endpointsOf('default', 'web')).toEqual([]);
     expect(c.endpointsOf('default', 'api').map((e) => e.id)).toEqual(['b']);
   });
@@ -214,8 +214,47 @@ describe('registry records from other hosts are validated on read', () => {
 
   it('lets the agent check what it writes with the same schema', () => {
     const { c } = catalog();
-    expect(() => c.check('/corral/endpoints/e', JSON.stringify(endpoint('e', { port: 0 })))).toThrow(/port: 0 is outside 1..65535/);
-    expect(() => c.check('/corral/endpoints/e', JSON.stringify(endpoint('e')))).not.toThrow();
+    expect(() => c.check('/corral/endpoints/h1/e', JSON.stringify(endpoint('e', { port: 0 })))).toThrow(/port: 0 is outside 1..65535/);
+    expect(() => c.check('/corral/endpoints/h1/e', JSON.stringify(endpoint('e')))).not.toThrow();
     expect(c.endpoints.size).toBe(0);
+  });
+});
+
+describe('each host writes under its own prefix: a record claims only the host its key names', () => {
+  it('refuses an endpoint, allocation or block lease whose node is not the host of its key, naming that host as the writer', () => {
+    const { c, problems } = catalog();
+    c.apply(batch(
+      ['/corral/endpoints/h2/e', endpoint('e', { node: 'h1' })],
+      ['/corral/allocations/h2/10.42.0.9', { address: '10.42.0.9', namespace: 'default', containerId: 'c', ifname: 'eth0', node: 'h1', sinceMs: 1, name: '' }],
+      ['/corral/blocks/h2/10.42.1.0_24', lease('10.42.1.0/24', 'h1')],
+      ['/corral/hosts/h2', host('h1', '')],
+    ));
+    expect(c.endpoints.size).toBe(0);
+    expect(c.allocations.size).toBe(0);
+    expect(c.blockOwner('10.42.1.0/24')).toBe('');
+    expect(problems.map((p) => `${p.key} ${p.field} ${p.writer}: ${p.problem}`)).toEqual([
+      '/corral/endpoints/h2/e node h2: "h1" does not match its key ("h2")',
+      '/corral/allocations/h2/10.42.0.9 node h2: "h1" does not match its key ("h2")',
+      '/corral/blocks/h2/10.42.1.0_24 node h2: "h1" does not match its key ("h2")',
+      '/corral/hosts/h2 name h2: "h1" does not match its key ("h2")',
+    ]);
+  });
+
+  it('keeps serving the first host\'s endpoint and allocation when another host writes the same id or address under its prefix', () => {
+    const { c, problems } = catalog();
+    const alloc = (node: string) => ({ address: '10.42.0.9', namespace: 'default', containerId: 'c', ifname: 'eth0', node, sinceMs: 1, name: '' });
+    c.apply(batch(['/corral/endpoints/h1/e', endpoint('e')], ['/corral/allocations/h1/10.42.0.9', alloc('h1')]));
+    const ev = c.apply(batch(['/corral/endpoints/h2/e', endpoint('e', { node: 'h2', address: '10.42.9.9' })], ['/corral/allocations/h2/10.42.0.9', alloc('h2')]));
+    expect(ev.endpoints).toEqual([]);
+    expect(ev.deletedEndpoints).toEqual([]);
+    expect(c.endpoints.get('e')).toMatchObject({ node: 'h1', address: '10.42.0.5' });
+    expect(c.allocations.get('10.42.0.9')).toMatchObject({ node: 'h1' });
+    expect(problems.map((p) => `${p.key} ${p.field}`)).toEqual(['/corral/endpoints/h2/e id', '/corral/allocations/h2/10.42.0.9 address']);
+    // The intruder deletes its own copies: the first host's records stay served.
+    const del = c.apply(batch(['/corral/endpoints/h2/e'], ['/corral/allocations/h2/10.42.0.9']));
+    expect(del.deletedEndpoints).toEqual([]);
+    expect(del.deletedAllocations).toEqual([]);
+    expect(c.endpoints.get('e')?.node).toBe('h1');
+    expect(c.allocations.get('10.42.0.9')?.node).toBe('h1');
   });
 });

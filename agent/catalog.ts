@@ -11,22 +11,37 @@ import { emptyEvent, serviceKey } from '../api/types.js';
 import { InvalidRecord, MAX_RECORD_BYTES, type RecordKind, RecordRules, writerOf } from '../api/records.js';
 import type { KvBatch, RangeResult } from './registry/registry.js';
 
+// The key layout gives each host a prefix of its own for everything it writes (its host record,
+// status, block leases, allocations, endpoints), so etcd's role-based access can let a host's
+// user write only there (SECURITY.md). Service records belong to the operator.
 export const PREFIX = '/corral/';
-const EP = '/corral/endpoints/';
-const SVC = '/corral/services/';
-const HOST = '/corral/hosts/';
-const ALLOC = '/corral/allocations/';
-const BLOCK = '/corral/blocks/';
+export const EP = '/corral/endpoints/';
+export const SVC = '/corral/services/';
+export const HOST = '/corral/hosts/';
+export const ALLOC = '/corral/allocations/';
+export const BLOCK = '/corral/blocks/';
 /** Host status reports: outside PREFIX, so no watch (agent, DNS, LB) receives them. */
 export const STATUS = '/corral-status/';
 
 export const keys = {
-  endpoint: (id: string) => EP + id,
+  endpoint: (node: string, id: string) => `${EP}${node}/${id}`,
   service: (ns: string, name: string) => SVC + serviceKey(ns, name),
   host: (name: string) => HOST + name,
-  allocation: (address: string) => ALLOC + address,
+  allocation: (node: string, address: string) => `${ALLOC}${node}/${address}`,
+  block: (node: string, cidr: string) => `${BLOCK}${node}/${cidr.replace('/', '_')}`,
   status: (name: string) => STATUS + name,
 };
+
+/** The keys each host may write (exact keys and prefixes): what its etcd role grants. */
+export function hostKeys(node: string): { keys: string[]; prefixes: string[] } {
+  return { keys: [HOST + node, STATUS + node], prefixes: [`${EP}${node}/`, `${ALLOC}${node}/`, `${BLOCK}${node}/`] };
+}
+
+/** "<node>/<rest>" after a per-host prefix -> [node, rest] (node '' when the key has no "/"). */
+function split(rest: string): [string, string] {
+  const i = rest.indexOf('/');
+  return i < 0 ? ['', rest] : [rest.slice(0, i), rest.slice(i + 1)];
+}
 
 /** A record the catalog does not serve, reported once per key. */
 export interface Problem {
@@ -50,6 +65,9 @@ export class Catalog {
   readonly allocations = new Map<string, Allocation>(); // by address
   /** modRevision per key, for compare-and-swap transactions. */
   readonly modRevisions = new Map<string, number>();
+  /** The key each served endpoint id (and allocated address) comes from: the first writer keeps it. */
+  private readonly endpointKeys = new Map<string, string>();
+  private readonly allocationKeys = new Map<string, string>();
   /** Endpoints by service ("<ns>/<name>"), so a change costs the size of its service, not of the registry. */
   private readonly byService = new Map<string, Map<string, Endpoint>>();
   /** Keys not served, and why (one entry per key). */
@@ -74,6 +92,8 @@ export class Catalog {
     this.hostRecords.clear();
     this.blocks.clear();
     this.allocations.clear();
+    this.endpointKeys.clear();
+    this.allocationKeys.clear();
     this.modRevisions.clear();
     this.revision = r.revision;
     const scratch = emptyEvent(r.revision, true);
@@ -170,7 +190,7 @@ export class Catalog {
     } catch (err) {
       if (!(err instanceof InvalidRecord)) throw err;
       this.drop(key, ev);
-      this.report({ key, field: err.field, problem: err.problem, writer: writerOf(parsed) });
+      this.report({ key, field: err.field, problem: err.problem, writer: keyWriter(key) || writerOf(parsed) });
     }
   }
 
@@ -180,8 +200,13 @@ export class Catalog {
     switch (kind) {
       case 'endpoint': {
         const ep = r.endpoint(parsed);
-        named(ep.id, key.slice(EP.length), 'id');
+        const [node, id] = split(key.slice(EP.length));
+        named(ep.node, node, 'node');
+        named(ep.id, id, 'id');
         if (!store) return;
+        const owner = this.endpointKeys.get(ep.id);
+        if (owner !== undefined && owner !== key) throw new InvalidRecord('id', `"${ep.id.slice(0, 80)}" is already served from ${owner.slice(0, 120)}`);
+        this.endpointKeys.set(ep.id, key);
         this.unindex(this.endpoints.get(ep.id));
         this.endpoints.set(ep.id, ep);
         const k = serviceKey(ep.namespace, ep.service);
@@ -208,15 +233,22 @@ export class Catalog {
       }
       case 'allocation': {
         const a = r.allocation(parsed);
-        named(a.address, key.slice(ALLOC.length), 'address');
+        const [node, address] = split(key.slice(ALLOC.length));
+        named(a.node, node, 'node');
+        named(a.address, address, 'address');
         if (!store) return;
+        const owner = this.allocationKeys.get(a.address);
+        if (owner !== undefined && owner !== key) throw new InvalidRecord('address', `${a.address} is already allocated by ${owner.slice(0, 120)}`);
+        this.allocationKeys.set(a.address, key);
         this.allocations.set(a.address, a);
         ev.allocations.push(a);
         return;
       }
       case 'block': {
         const l = r.blockLease(parsed);
-        named(l.block.replace('/', '_'), key.slice(BLOCK.length), 'block');
+        const [node, block] = split(key.slice(BLOCK.length));
+        named(l.node, node, 'node');
+        named(l.block.replace('/', '_'), block, 'block');
         if (!store) return;
         const range = IPv4CidrRange.fromCidr(l.block);
         this.blocks.set(key, { node: l.node, cidr: range.toCidrString(), first: Number(range.getFirst().getValue()), last: Number(range.getLast().getValue()), modRevision });
@@ -230,7 +262,9 @@ export class Catalog {
   /** Withdraws whatever the key served. */
   private drop(key: string, ev: WatchEvent): void {
     if (key.startsWith(EP)) {
-      const id = key.slice(EP.length);
+      const id = split(key.slice(EP.length))[1];
+      if (this.endpointKeys.get(id) !== key) return; // another host's record of that id is served
+      this.endpointKeys.delete(id);
       const old = this.endpoints.get(id);
       if (old) {
         this.unindex(old);
@@ -243,7 +277,9 @@ export class Catalog {
     } else if (key.startsWith(HOST)) {
       this.hostRecords.delete(key.slice(HOST.length));
     } else if (key.startsWith(ALLOC)) {
-      const k = key.slice(ALLOC.length);
+      const k = split(key.slice(ALLOC.length))[1];
+      if (this.allocationKeys.get(k) !== key) return;
+      this.allocationKeys.delete(k);
       if (this.allocations.delete(k)) ev.deletedAllocations.push(k);
     } else if (key.startsWith(BLOCK)) {
       this.blocks.delete(key);
@@ -328,6 +364,14 @@ function kindOf(key: string): RecordKind | undefined {
   if (key.startsWith(ALLOC)) return 'allocation';
   if (key.startsWith(BLOCK)) return 'block';
   return undefined;
+}
+
+/** The host a key belongs to, from its per-host prefix ('' for service records). */
+export function keyWriter(key: string): string {
+  if (key.startsWith(HOST)) return key.slice(HOST.length);
+  if (key.startsWith(STATUS)) return key.slice(STATUS.length);
+  for (const p of [EP, ALLOC, BLOCK]) if (key.startsWith(p)) return split(key.slice(p.length))[0];
+  return '';
 }
 
 function named(inRecord: string, inKey: string, field: string): void {

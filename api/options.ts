@@ -32,6 +32,8 @@ export interface MeshOptions {
   etcdCa: string;             // PEM paths; TLS to etcd when etcdCa is set
   etcdCert: string;
   etcdKey: string;
+  etcdUser: string;            // etcd password auth when set (--etcd-user, --etcd-password-file)
+  etcdPasswordFile: string;
   leaseTtlS: number;          // a dead host leaves the registry after this
   overlay: 'auto' | 'off' | 'kernel' | 'wireguard-go'; // auto: on with etcd, kernel when the module exists
   wgInterface: string;        // corral0
@@ -42,7 +44,7 @@ export interface MeshOptions {
 }
 
 export const MESH_DEFAULTS: MeshOptions = {
-  etcdCa: '', etcdCert: '', etcdKey: '',
+  etcdCa: '', etcdCert: '', etcdKey: '', etcdUser: '', etcdPasswordFile: '',
   leaseTtlS: 10,
   overlay: 'auto',
   wgInterface: 'corral0',

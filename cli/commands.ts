@@ -2,8 +2,9 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type ServiceReply, type StatusReply } from '../api/types.js';
+import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type Service, type ServiceReply, type StatusReply } from '../api/types.js';
 import { duration } from '../agent/endpoints.js';
+import type { ColorChanges } from '../agent/color-changes.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 import { ipamCommands } from './ipam.js';
 
@@ -23,9 +24,20 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'lb-balance', help: 'register: how the LB balances this service: round-robin or least-request (default: the LB\'s --lb-balance)' },
   { name: 'bin-dir', help: 'install-cni: CNI bin dir (default /opt/cni/bin)' },
   { name: 'conf-dir', help: 'install-cni: CNI config dir (default /etc/cni/net.d)' },
+  { name: 'registry', help: 'switch, weight, rollback: write the service record in this etcd (etcd://h1:2379,...) as --etcd-user, not through the agent' },
+  { name: 'etcd-ca', help: 'with --registry: CA certificate (PEM); enables TLS to etcd' },
+  { name: 'etcd-cert', help: 'with --registry: client certificate (PEM); its CN is the etcd user when no --etcd-user is given' },
+  { name: 'etcd-key', help: 'with --registry: client key (PEM)' },
+  { name: 'etcd-user', help: 'with --registry: the operator\'s etcd user (`corral etcd-init` makes corral-operator)' },
+  { name: 'etcd-password-file', help: 'with --registry: file holding its password (mode 600)' },
 ];
 
 type Client = ReturnType<typeof agentClient>;
+
+/** switch | weight | rollback --registry: the change made in etcd by this command (cli/operator.ts). */
+async function colorChangeInEtcd(p: Parsed, change: (c: ColorChanges) => Promise<ServiceReply>): Promise<ServiceReply> {
+  return (await import('./operator.js')).colorChangeInEtcd(p, change);
+}
 
 function socketOf(p: Parsed): string {
   if (p.flags.has('agent-socket')) return p.flags.get('agent-socket')!;
@@ -146,11 +158,15 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     async run(p, c) {
       const ns = p.flags.get('namespace') ?? '';
       const l = await unary<object, ListReply>(c, 'List', { namespace: ns, service: '' });
-      const rows = l.services
+      // A service with endpoints but no record yet (with etcd's auth on, only the operator writes
+      // records) is listed too: every color present serves.
+      const all = new Map(l.services.map((s) => [`${s.namespace}/${s.name}`, { namespace: s.namespace, name: s.name, record: s as Service | undefined }]));
+      for (const e of l.endpoints) if (!all.has(`${e.namespace}/${e.service}`)) all.set(`${e.namespace}/${e.service}`, { namespace: e.namespace, name: e.service, record: undefined });
+      const rows = [...all.values()]
         .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`))
         .map((s) => {
           const eps = l.endpoints.filter((e) => e.namespace === s.namespace && e.service === s.name);
-          const active = activeColors(s, eps);
+          const active = activeColors(s.record, eps);
           const serving = eps.filter((e) => active.has(e.color) && isServing(e)).length;
           const hosts = [...new Set(eps.flatMap((e) => e.httpHosts))].join(',') || '-';
           return [s.name, s.namespace, colorsText(Object.fromEntries(active)) || '-', `${serving}/${eps.length}`, hosts];
@@ -202,15 +218,16 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     },
   },
   switch: {
-    usage: 'switch <service> <color> [-n ns]',
+    usage: 'switch <service> <color> [-n ns] [--registry etcd://… --etcd-user U --etcd-password-file F]',
     async run(p, c) {
       const [service, color] = need(p, 2, this.usage);
-      const r = await unary<object, ServiceReply>(c, 'Switch', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, color });
+      const req = { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, color };
+      const r = p.flags.has('registry') ? await colorChangeInEtcd(p, (cc) => cc.switchColor(req)) : await unary<object, ServiceReply>(c, 'Switch', req);
       out(p, r, `${service}: active color is now ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },
   weight: {
-    usage: 'weight <service> <color>=<weight> [<color>=<weight> ...] [-n ns]',
+    usage: 'weight <service> <color>=<weight> [<color>=<weight> ...] [-n ns] [--registry etcd://… --etcd-user U --etcd-password-file F]',
     async run(p, c) {
       if (p.args.length < 2) throw new UsageError(`usage: corral ${this.usage}`);
       const [service, ...pairs] = p.args;
@@ -220,15 +237,17 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
         if (!m) throw new UsageError(`"${pair}" is not COLOR=WEIGHT (for example blue=90 green=10)`);
         weights[m[1]!] = Number(m[2]);
       }
-      const r = await unary<object, ServiceReply>(c, 'Weight', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, weights });
+      const req = { service: service!, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, weights };
+      const r = p.flags.has('registry') ? await colorChangeInEtcd(p, (cc) => cc.weight(req)) : await unary<object, ServiceReply>(c, 'Weight', req);
       out(p, r, `${service}: weights are now ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },
   rollback: {
-    usage: 'rollback <service> [-n ns]',
+    usage: 'rollback <service> [-n ns] [--registry etcd://… --etcd-user U --etcd-password-file F]',
     async run(p, c) {
       const [service] = need(p, 1, this.usage);
-      const r = await unary<object, ServiceReply>(c, 'Rollback', { service, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE });
+      const req = { service: service!, namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE };
+      const r = p.flags.has('registry') ? await colorChangeInEtcd(p, (cc) => cc.rollback(req)) : await unary<object, ServiceReply>(c, 'Rollback', req);
       out(p, r, `${service}: rolled back to ${colorsText(r.service?.active ?? {})} at revision ${r.revision}`);
     },
   },

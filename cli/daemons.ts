@@ -39,6 +39,8 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'etcd-ca', help: 'etcd: CA certificate (PEM); enables TLS to etcd' },
   { name: 'etcd-cert', help: 'etcd: client certificate (PEM)' },
   { name: 'etcd-key', help: 'etcd: client key (PEM)' },
+  { name: 'etcd-user', help: 'etcd: user this host authenticates as when etcd\'s auth is on (`corral etcd-init` makes one per host); without it a client certificate\'s CN is the user' },
+  { name: 'etcd-password-file', help: 'etcd: file holding the --etcd-user password; must not be readable by other users' },
   { name: 'lease-ttl', help: 'etcd: seconds a dead host stays in the registry (default 10)' },
   { name: 'overlay', help: 'auto (WireGuard when the registry is etcd), off, kernel or wireguard-go (default auto)' },
   { name: 'wg-interface', help: 'WireGuard interface (default corral0)' },
@@ -133,6 +135,9 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   if (f.has('etcd-ca')) mesh.etcdCa = f.get('etcd-ca')!;
   if (f.has('etcd-cert')) mesh.etcdCert = f.get('etcd-cert')!;
   if (f.has('etcd-key')) mesh.etcdKey = f.get('etcd-key')!;
+  if (f.has('etcd-user')) mesh.etcdUser = f.get('etcd-user')!;
+  if (f.has('etcd-password-file')) mesh.etcdPasswordFile = f.get('etcd-password-file')!;
+  if (!mesh.etcdUser !== !mesh.etcdPasswordFile) throw new UsageError('--etcd-user and --etcd-password-file go together');
   if (f.has('lease-ttl')) {
     const t = Number(f.get('lease-ttl'));
     if (!Number.isInteger(t) || t < 2 || t > 3600) throw new UsageError(`--lease-ttl "${f.get('lease-ttl')}" is not a whole number of seconds from 2 to 3600`);

@@ -2,6 +2,7 @@
 import { VERSION } from '../api/version.js';
 import { CLIENT_FLAGS, commands, runCommand } from './commands.js';
 import { DAEMON_FLAGS, daemonOptions, runDaemons } from './daemons.js';
+import { ETCD_INIT_FLAGS, ETCD_INIT_USAGE, runEtcdInit } from './etcd-init.js';
 import { parseFlags, UsageError } from './flags.js';
 
 const HELP = `corral ${VERSION}: container networking, DNS service discovery and an L7 load balancer
@@ -13,6 +14,7 @@ Daemons (foreground until SIGINT/SIGTERM):
 Commands:
 ${Object.values(commands).map((c) => `  corral ${c.usage}`).join('\n')}
   corral version
+  corral ${ETCD_INIT_USAGE}
 
 Daemon flags (each also as CORRAL_<FLAG> in the environment, e.g. CORRAL_DNS_LISTEN):
 ${DAEMON_FLAGS.map((f) => `  --${f.name.padEnd(16)} ${f.help}`).join('\n')}
@@ -46,6 +48,13 @@ async function main(argv: string[]): Promise<number> {
     if (p.args.length) throw new UsageError(`corral ${cmd} takes no arguments, got "${p.args.join(' ')}"`);
     const opts = daemonOptions(p);
     return runDaemons(cmd === 'up' ? ['agent', 'dns', 'lb'] : [cmd], opts);
+  }
+  if (cmd === 'etcd-init') {
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`usage: corral ${ETCD_INIT_USAGE}\n\nFlags:\n${ETCD_INIT_FLAGS.map((f) => `  --${f.name.padEnd(20)} ${f.help}`).join('\n')}\n`);
+      return 0;
+    }
+    return runEtcdInit(parseFlags(rest, ETCD_INIT_FLAGS));
   }
   if (cmd in commands) {
     const dashdash = rest.indexOf('--');

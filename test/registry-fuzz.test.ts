@@ -17,7 +17,7 @@ import { MAX_RECORD_BYTES, RecordRules } from '../api/records.js';
 import { freePort, startDaemon, type Daemon } from './support/corral.js';
 import { startEtcd, type EtcdCluster } from './support/etcd.js';
 import { rssBytes } from './support/proc.js';
-import { PREFIX, RecordFuzzer, validEndpoint, validHost, validLease, validAllocation, type Kind } from './support/registry-fuzz.js';
+import { home, PREFIX, RecordFuzzer, validEndpoint, validHost, validLease, validAllocation, type Kind } from './support/registry-fuzz.js';
 import { until } from './support/until.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 2_147_483_647);
@@ -119,7 +119,7 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
         if (text.length > MAX_RECORD_BYTES[kind]) continue;
         try {
           const v: unknown = JSON.parse(text);
-          const name = kind === 'endpoint' ? rules.endpoint(v).id : ((s) => `${s.namespace}/${s.name}`)(rules.service(v));
+          const name = kind === 'endpoint' ? ((e) => `${e.node}/${e.id}`)(rules.endpoint(v)) : ((s) => `${s.namespace}/${s.name}`)(rules.service(v));
           if (name === kv.key.toString().slice(prefix.length)) n++;
         } catch {
           // not served
@@ -158,10 +158,10 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
       expect(r.code, r.stderr).toBe(0);
     }
     // A peer host with its block and a container, written as another agent would.
-    await client.put(`${PREFIX.block}10.42.7.0_24`).value(JSON.stringify(validLease('10.42.7.0/24', 'fuzz-peer-1')));
+    await client.put(`${home('block')}10.42.7.0_24`).value(JSON.stringify(validLease('10.42.7.0/24', 'fuzz-peer-1')));
     await client.put(`${PREFIX.host}fuzz-peer-1`).value(JSON.stringify(validHost('fuzz-peer-1', '10.42.7.0/24')));
-    await client.put(`${PREFIX.allocation}10.42.7.9`).value(JSON.stringify(validAllocation('10.42.7.9')));
-    await client.put(`${PREFIX.endpoint}peer-ep`).value(JSON.stringify(validEndpoint('peer-ep', { service: 'peer', namespace: 'default', address: '127.0.66.3' })));
+    await client.put(`${home('allocation')}10.42.7.9`).value(JSON.stringify(validAllocation('10.42.7.9')));
+    await client.put(`${home('endpoint')}peer-ep`).value(JSON.stringify(validEndpoint('peer-ep', { service: 'peer', namespace: 'default', address: '127.0.66.3' })));
   }, 120_000);
 
   afterAll(async () => {
@@ -217,11 +217,11 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
     const txns = Math.ceil(RECORDS / (TXN_OPS - 8)); // at least; a txn ends early at 1 MB
     const hugeAt = new Set([0.2, 0.4, 0.6, 0.8].map((f) => Math.floor(f * txns)));
     const twiceBadAt = [Math.floor(txns * 0.1), Math.floor(txns * 0.7)];
-    const TWICE_BAD = '/corral/endpoints/twice-bad';
+    const TWICE_BAD = `${home('endpoint')}twice-bad`;
     // A valid record written among the junk, for a real backend: the LB must route to it.
     const fuzzedBackend = await backend('fuzzed backend');
     backends.push(fuzzedBackend.server);
-    const FUZZED_LB = '/corral/endpoints/fuzzed-lb';
+    const FUZZED_LB = `${home('endpoint')}fuzzed-lb`;
     const fuzzedLb = validEndpoint('fuzzed-lb', { service: 'fvlb', namespace: 'fuzzv', address: '127.0.0.1', port: fuzzedBackend.port, httpHosts: ['fvlb.fuzz.test'] });
     const restores = new Map<string, number>(); // key -> txn index at which it is restored
     const junkKeys: string[] = [];
@@ -262,7 +262,7 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
       if (hugeAt.has(t)) {
         // A handful of records of about a megabyte, each alone in its txn (etcd refuses requests
         // over 1.5 MiB by default); deleted a few txns later.
-        const key = `${PREFIX.endpoint}huge-${t}`;
+        const key = `${home('endpoint')}huge-${t}`;
         put(key, Buffer.from(JSON.stringify(validEndpoint(`huge-${t}`, { healthReason: 'h'.repeat(MB + rng.int(300_000)) }))));
         hugeKeys.push(key);
         puts++;
@@ -370,7 +370,7 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
   // What the fuzz left behind is over 4 MB (past the etcd client's default gRPC receive limit),
   // and a null block lease sorts before this host's own: a restarted agent must read past both.
   it('restarts with what the fuzz left in etcd, and serves', async () => {
-    await client.put(`${PREFIX.block}0`).value('null');
+    await client.put(`${home('block')}0`).value('null');
     await agent.stop();
     try {
       agent = await startDaemon('agent', { stateDir, nodeName: NODE, args: agentArgs() });

@@ -3,12 +3,14 @@
 // last delivered revision after a reconnect and ask the caller to start over after compaction.
 // Ephemeral puts are bound to one lease per process, kept alive here: when the host dies, its
 // records leave the registry after the lease TTL.
-import { readFileSync } from 'node:fs';
-import { Etcd3, type IOptions, type Lease, type Watcher } from 'etcd3';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { Etcd3, EtcdAuthenticationFailedError, EtcdInvalidAuthTokenError, EtcdPermissionDeniedError, type IOptions, type Lease, type Namespace, type Watcher } from 'etcd3';
 import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, RegistryHealth, TxnOp } from './registry.js';
-import { RegistryError } from './registry.js';
+import { PermissionDenied, RegistryError } from './registry.js';
 import type { Logger } from '../../api/log.js';
 import { Compactor } from './compaction.js';
+import { keyWriter } from '../catalog.js';
 
 export interface EtcdTls {
   ca: string;     // PEM file paths
@@ -16,9 +18,17 @@ export interface EtcdTls {
   key?: string;
 }
 
+/** etcd password authentication: the user, and a file holding its password (readable by its owner only). */
+export interface EtcdAuth {
+  user: string;
+  passwordFile: string;
+}
+
 export interface EtcdOptions {
   endpoints: string[];         // host:port
   tls?: EtcdTls;
+  /** With etcd's auth on: this user; without it and with a client certificate, etcd takes the certificate's CN. */
+  auth?: EtcdAuth;
   leaseTtlS?: number;          // default 10
   /** How long an RPC may wait for a reachable member before failing (default 5 s). */
   rpcTimeoutMs?: number;
@@ -38,6 +48,37 @@ export function parseEtcdSpec(spec: string): string[] {
     throw new RegistryError(`--registry "${spec}" is not etcd://HOST:PORT[,HOST:PORT...] (for example etcd://10.0.0.1:2379,10.0.0.2:2379)`);
   }
   return list;
+}
+
+/** --etcd-ca/--etcd-cert/--etcd-key read for the client; throws naming the flag to fix. */
+export function tlsCredentials(tls: EtcdTls): NonNullable<IOptions['credentials']> {
+  const read = (what: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new RegistryError(`cannot read the etcd ${what} ${path}: ${(err as Error).message}; check --etcd-${what === 'CA' ? 'ca' : what}`);
+    }
+  };
+  return {
+    rootCertificate: read('CA', tls.ca),
+    ...(tls.cert ? { certChain: read('cert', tls.cert) } : {}),
+    ...(tls.key ? { privateKey: read('key', tls.key) } : {}),
+  };
+}
+
+/** The password in an --etcd-password-file: refused when other users may read the file. */
+export function readPassword(path: string): string {
+  let text: string;
+  try {
+    if ((statSync(path).mode & 0o077) !== 0) throw new RegistryError(`--etcd-password-file ${path} may be read by other users: chmod 600 it`);
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if (err instanceof RegistryError) throw err;
+    throw new RegistryError(`cannot read --etcd-password-file ${path}: ${(err as Error).message}`);
+  }
+  const password = text.replace(/\r?\n$/, '');
+  if (!password) throw new RegistryError(`--etcd-password-file ${path} is empty`);
+  return password;
 }
 
 /** The first key after every key with this prefix (etcd's range_end for a prefix). */
@@ -68,6 +109,8 @@ export class EtcdRegistry implements Registry {
   /** Ephemeral keys this process wrote, re-attached to a new lease when the old one is lost. */
   private readonly ephemeral = new Map<string, string>();
   private readonly watchers = new Set<Watcher>();
+  /** Where watches are made: the client, or a fresh view of it after etcd refused a stale token. */
+  private watchSource: Namespace | undefined;
   private state: RegistryHealth = { connected: false, error: 'not opened', sinceMs: 0 };
   private closed = false;
   /** When calls started failing with no success since (0: the last call succeeded), and why. */
@@ -98,29 +141,37 @@ export class EtcdRegistry implements Registry {
       // them every few seconds.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),
     };
-    if (this.opts.tls) {
-      const read = (what: string, path: string) => {
-        try {
-          return readFileSync(path);
-        } catch (err) {
-          throw new RegistryError(`cannot read the etcd ${what} ${path}: ${(err as Error).message}; check --etcd-${what === 'CA' ? 'ca' : what}`);
-        }
-      };
-      o.credentials = {
-        rootCertificate: read('CA', this.opts.tls.ca),
-        ...(this.opts.tls.cert ? { certChain: read('cert', this.opts.tls.cert) } : {}),
-        ...(this.opts.tls.key ? { privateKey: read('key', this.opts.tls.key) } : {}),
-      };
-    }
+    if (this.opts.tls) o.credentials = tlsCredentials(this.opts.tls);
+    if (this.opts.auth) o.auth = { username: this.opts.auth.user, password: readPassword(this.opts.auth.passwordFile) };
     this.client = new Etcd3(o);
     try {
       await this.client.kv.range({ key: Buffer.from('/corral/'), limit: 1, keys_only: true });
     } catch (err) {
       this.client.close();
       const msg = (err as Error).message.replace(/\s*\n\s*/g, ' ');
-      throw new RegistryError(`cannot reach etcd at ${this.opts.endpoints.join(',')}: ${msg}; ${this.tlsHint(msg) ?? 'check that etcd runs and --registry names it'}`);
+      throw new RegistryError(`cannot reach etcd at ${this.opts.endpoints.join(',')}: ${msg}; ${this.authHint(err as Error) ?? this.tlsHint(msg) ?? 'check that etcd runs and --registry names it'}`);
     }
     this.ok();
+  }
+
+  /** Who etcd takes this client for: --etcd-user, else the client certificate's CN ('' when neither). */
+  get user(): string {
+    if (this.opts.auth) return this.opts.auth.user;
+    if (!this.opts.tls?.cert) return '';
+    try {
+      return /(?:^|\n)CN=([^\n]*)/.exec(new X509Certificate(readFileSync(this.opts.tls.cert)).subject)?.[1] ?? '';
+    } catch {
+      return '';
+    }
+  }
+
+  /** What to fix when etcd refused who this client is, if it did. */
+  private authHint(err: Error): string | undefined {
+    if (err instanceof EtcdAuthenticationFailedError) return `etcd refused user "${this.user}" with that password: check --etcd-user and --etcd-password-file`;
+    if (err instanceof EtcdPermissionDeniedError || /user name is empty|permission denied|invalid auth token/i.test(err.message)) {
+      return `etcd's auth is on and ${this.user ? `user "${this.user}"` : 'this client (no --etcd-user, no client certificate CN)'} may not read /corral/: give --etcd-user and --etcd-password-file (or a client certificate whose CN is the user), made by \`corral etcd-init\``;
+    }
+    return undefined;
   }
 
   /** What to fix when the first call failed in the TLS handshake, if it did. */
@@ -196,7 +247,7 @@ export class EtcdRegistry implements Registry {
         success: effective.map((o) => ('put' in o
           ? { request_put: { key: Buffer.from(o.put), value: Buffer.from(o.value), lease: o.ephemeral ? leaseId : 0 } }
           : { request_delete_range: { key: Buffer.from(o.delete) } })),
-      }));
+      }), effective.map((o) => ('put' in o ? o.put : o.delete)));
       if (res.succeeded) {
         this.remember(ops);
         return Number(res.header.revision);
@@ -208,7 +259,8 @@ export class EtcdRegistry implements Registry {
   watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void {
     let last = fromRevision;
     let done = false;
-    const w = this.client!.watch().prefix(prefix).startRevision(String(fromRevision + 1)).watcher();
+    const source = (this.watchSource ??= this.client!);
+    const w = source.watch().prefix(prefix).startRevision(String(fromRevision + 1)).watcher();
     this.watchers.add(w);
     const stop = () => {
       if (done) return;
@@ -238,8 +290,13 @@ export class EtcdRegistry implements Registry {
       }
     });
     // etcd cancels a watch whose start revision was compacted away: the caller ranges again.
-    w.on('error', () => {
+    // It also cancels one whose stream carries a token it no longer knows (expired, or etcd
+    // restarted): etcd3 keeps that stream and queues every later watch behind the refused one,
+    // so watches move to a new watch stream, which authenticates again (the caller's range
+    // refreshes the token first).
+    w.on('error', (err: Error) => {
       if (done || this.closed) return;
+      if (err instanceof EtcdInvalidAuthTokenError && this.watchSource === source) this.watchSource = this.client!.namespace('');
       stop();
       onReset();
     });
@@ -306,12 +363,20 @@ export class EtcdRegistry implements Registry {
     }
   }
 
-  private async rpc<T>(fn: () => Promise<T>): Promise<T> {
+  /** One call; with `writes`, etcd refusing them for this user is a PermissionDenied naming them. */
+  private async rpc<T>(fn: () => Promise<T>, writes?: string[]): Promise<T> {
     try {
       const r = await fn();
       this.ok();
       return r;
     } catch (err) {
+      if (writes && err instanceof EtcdPermissionDeniedError) {
+        this.ok(); // etcd answered: it is reachable, this user may just not write there
+        // etcd does not say which key it refused: name those outside this user's own host prefix.
+        const foreign = writes.filter((k) => keyWriter(k) !== this.user);
+        const named = foreign.length ? foreign : writes;
+        throw new PermissionDenied(this.user || '(none)', named, deniedHint(named));
+      }
       this.fail(err as Error);
       throw new RegistryError(`etcd at ${this.opts.endpoints.join(',')} did not answer: ${(err as Error).message}`);
     }
@@ -328,4 +393,12 @@ export class EtcdRegistry implements Registry {
     if (this.failingSince === 0) this.failingSince = Date.now();
     this.failError = err.message;
   }
+}
+
+/** What to do about a refused write, by whose keys they were. */
+function deniedHint(keys: string[]): string {
+  if (keys.some((k) => k.startsWith('/corral/services/'))) {
+    return 'service records belong to the corral-operator role: change colors with `corral switch|weight|rollback --registry etcd://… --etcd-user <operator> --etcd-password-file <file>` (SECURITY.md)';
+  }
+  return "a host's etcd user may write only its own host's keys (role corral-host-<host>, made by `corral etcd-init`; SECURITY.md)";
 }

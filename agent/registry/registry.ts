@@ -72,3 +72,10 @@ export interface RegistryHealth {
 }
 
 export class RegistryError extends Error {}
+
+/** The registry refused a write for this client's identity (etcd's RBAC): says who, which keys, what to do. */
+export class PermissionDenied extends RegistryError {
+  constructor(readonly user: string, readonly keys: string[], hint: string) {
+    super(`etcd refused user "${user}" writing ${keys.join(', ')}: permission denied; ${hint}`);
+  }
+}

@@ -75,8 +75,8 @@ export class SimHost {
     // The block, held the way agent/blocks.ts holds it (a compare-and-put of its lease record),
     // at a place fixed by the host's number: leaseBlock then finds it (see the report on leaseBlock).
     const lease: BlockLease = { block: this.block, node: this.name, sinceMs: Date.now() };
-    if ((await this.registry.txn([{ put: blockKey(this.block), value: JSON.stringify(lease) }], [{ key: blockKey(this.block), modRevision: 0 }])) === null) {
-      const held = (await this.registry.range(blockKey(this.block))).kvs[0];
+    if ((await this.registry.txn([{ put: blockKey(this.name, this.block), value: JSON.stringify(lease) }], [{ key: blockKey(this.name, this.block), modRevision: 0 }])) === null) {
+      const held = (await this.registry.range(blockKey(this.name, this.block))).kvs[0];
       if (held && (JSON.parse(held.value) as BlockLease).node !== this.name) throw new Error(`${this.block} is leased to another host: ${held.value}`);
     }
     const opts: DaemonOptions = {
@@ -112,7 +112,7 @@ export class SimHost {
       while (next < specs.length) {
         const s = specs[next++]!;
         const ep = newEndpoint({ id: s.id, service: s.service, address: s.address, port: 8080, origin: 'manual', node: this.name });
-        const ops: TxnOp[] = [{ put: keys.endpoint(ep.id), value: JSON.stringify(ep), ephemeral: true }];
+        const ops: TxnOp[] = [{ put: keys.endpoint(ep.node, ep.id), value: JSON.stringify(ep), ephemeral: true }];
         if (s.withService) ops.push({ put: keys.service(ep.namespace, ep.service), value: JSON.stringify(initialService(ep.namespace, ep.service, ep.color)) });
         await this.registry!.txn(ops);
         this.endpointIds.push(ep.id);
@@ -278,8 +278,8 @@ export class Fleet {
         const ep = { ...cur, healthy: reRegister ? cur.healthy : !cur.healthy, healthReason: cur.healthy ? 'GET / answered 500' : 'GET / answered 200' };
         const value = JSON.stringify(ep);
         const write = reRegister
-          ? h.registry!.txn([{ delete: keys.endpoint(id) }]).then(() => h.registry!.txn([{ put: keys.endpoint(id), value, ephemeral: true }]))
-          : h.registry!.txn([{ put: keys.endpoint(id), value, ephemeral: true }]);
+          ? h.registry!.txn([{ delete: keys.endpoint(h.name, id) }]).then(() => h.registry!.txn([{ put: keys.endpoint(h.name, id), value, ephemeral: true }]))
+          : h.registry!.txn([{ put: keys.endpoint(h.name, id), value, ephemeral: true }]);
         write.then(() => this.churned++, () => this.churnErrors++);
       }
     }, 20);

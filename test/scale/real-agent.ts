@@ -31,12 +31,12 @@ for (const n of process.argv.slice(2).map(Number)) {
     for (let i = 0; i < n; i += 100) {
       await Promise.all(Array.from({ length: Math.min(100, n - i) }, async (_, k) => {
         const { block, host: h } = host(i + k);
-        await c.put(blockKey(block)).value(JSON.stringify({ block, node: h.name, sinceMs: Date.now() }));
+        await c.put(blockKey(h.name, block)).value(JSON.stringify({ block, node: h.name, sinceMs: Date.now() }));
         await c.put(keys.host(h.name)).value(JSON.stringify(h));
       }));
     }
     const agentBlock = '10.79.255.0/24';
-    await c.put(blockKey(agentBlock)).value(JSON.stringify({ block: agentBlock, node: 'real-agent', sinceMs: Date.now() }));
+    await c.put(blockKey('real-agent', agentBlock)).value(JSON.stringify({ block: agentBlock, node: 'real-agent', sinceMs: Date.now() }));
     const args = ['--registry', `etcd://${etcd.endpoints.join(',')}`, '--overlay', 'off', '--cluster-cidr', CIDR];
     const t0 = Date.now();
     const agent = await startDaemon('agent', { nodeName: 'real-agent', args }).catch((err: Error) => err);
@@ -60,7 +60,7 @@ for (const n of process.argv.slice(2).map(Number)) {
     const cpu0 = cpuSeconds(pid);
     const t1 = Date.now();
     const { block, host: h } = host(n);
-    await c.put(blockKey(block)).value(JSON.stringify({ block, node: h.name, sinceMs: Date.now() }));
+    await c.put(blockKey(h.name, block)).value(JSON.stringify({ block, node: h.name, sinceMs: Date.now() }));
     await c.put(keys.host(h.name)).value(JSON.stringify(h));
     let seenMs = NaN;
     for (let t = 0; t < 600; t++) {

@@ -102,7 +102,7 @@ describe('fleet of 100 hosts on etcd (issue 11)', () => {
   it('a real agent\'s endpoints+services watch gets no Host event while 20 hosts join and leave, and a malformed or oversized Host record is reported once and ignored', async () => {
     // The agent's block is leased ahead, far from the simulated hosts' blocks.
     const agentBlock = '10.79.255.0/24';
-    await fleet.client.put(blockKey(agentBlock)).value(JSON.stringify({ block: agentBlock, node: 'real-agent', sinceMs: Date.now() }));
+    await fleet.client.put(blockKey('real-agent', agentBlock)).value(JSON.stringify({ block: agentBlock, node: 'real-agent', sinceMs: Date.now() }));
     agent = await startDaemon('agent', { nodeName: 'real-agent', args: ['--registry', `etcd://${etcd.endpoints.join(',')}`, '--overlay', 'off', '--cluster-cidr', fleet.clusterCidr, '--lease-ttl', '5'] });
     const seen = { events: 0, hostEvents: 0, endpoints: 0 };
     const watch = new AgentWatch(agent.socket, 'scale-test', {

@@ -2,16 +2,18 @@
 // (10.99.<n>.0/24, in a netns of its own), etcd members live on that underlay, and every host
 // runs `corral agent --registry etcd://…` with wireguard-go under a distinct interface name
 // (wireguard-go's UAPI socket directory is not per-netns). Containers are attached by the real
-// corral-cni. Everything is removed afterwards, also when a test fails.
+// corral-cni. With etcdAuth, `corral etcd-init` makes a user per host and turns etcd's auth on
+// before the agents start, each with its own user. Everything is removed afterwards, also when a
+// test fails.
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { CniResult } from '../../api/cni.js';
 import { corralCni } from './cni.js';
-import { startDaemon, type Daemon } from './corral.js';
+import { corral, startDaemon, type CliResult, type Daemon } from './corral.js';
 import { startEtcd, type EtcdCluster } from './etcd.js';
 import { Netns, run } from './netns.js';
 import { makePki, type TestPki } from './tls.js';
@@ -40,6 +42,8 @@ export interface Cluster {
   pki: TestPki | undefined;
   hosts: TestHost[];
   containers: TestContainer[];
+  /** With etcdAuth: root's password file, the dir of <user>.password files, and etcd-init's result. */
+  auth: { rootPasswordFile: string; dir: string; init: CliResult } | undefined;
   /** Attaches a new container netns on host through corral-cni ADD. */
   container(host: TestHost): Promise<TestContainer>;
   addHost(): Promise<TestHost>;
@@ -48,7 +52,7 @@ export interface Cluster {
 
 let subnetSeq = 0;
 
-export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean }): Promise<Cluster> {
+export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean; etcdAuth?: boolean; etcdArgs?: string[] }): Promise<Cluster> {
   const id = randomBytes(2).toString('hex');
   // One /24 per cluster in 10.99.0.0/16, so clusters of consecutive test files never overlap.
   const net = `10.99.${(process.pid + subnetSeq++) % 250}`;
@@ -57,9 +61,14 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
   const containers: TestContainer[] = [];
   let etcd: EtcdCluster | undefined;
   let pki: TestPki | undefined;
+  let auth: Cluster['auth'];
   const tlsArgs = () => (pki ? ['--etcd-ca', pki.ca, '--etcd-cert', pki.clientCert, '--etcd-key', pki.clientKey] : []);
+  const authArgs = (name: string) => (auth ? ['--etcd-user', name, '--etcd-password-file', join(auth.dir, `${name}.password`)] : []);
   const cluster: Cluster = {
     id, underlay, hosts, containers,
+    get auth() {
+      return auth;
+    },
     get pki() {
       return pki;
     },
@@ -99,7 +108,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
         async start(extra = []) {
           h.agent = await startDaemon('agent', {
             netns: ns.name, stateDir, nodeName: name,
-            args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...tlsArgs(), ...(o.agentArgs ?? []), ...extra],
+            args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...tlsArgs(), ...authArgs(name), ...(o.agentArgs ?? []), ...extra],
           });
           return h.agent;
         },
@@ -135,6 +144,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
       }
       await etcd?.stop();
       pki?.remove();
+      if (auth) rmSync(join(auth.dir, '..'), { recursive: true, force: true });
       await underlay.delete();
     },
   };
@@ -145,8 +155,16 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
     for (let m = 0; m < members; m++) await underlay.exec('ip', ['addr', 'add', `${net}.${2 + m}/24`, 'dev', 'br0']);
     const etcdHosts = Array.from({ length: members }, (_, m) => ({ address: `${net}.${2 + m}`, netns: underlay.name }));
     if (o.etcdTls) pki = await makePki(etcdHosts.map((h) => h.address));
-    etcd = await startEtcd({ hosts: etcdHosts, tls: pki && { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
+    etcd = await startEtcd({ hosts: etcdHosts, args: o.etcdArgs, tls: pki && { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
     for (let i = 0; i < o.hosts; i++) await cluster.addHost();
+    if (o.etcdAuth) {
+      const dir = mkdtempSync(join(tmpdir(), 'corral-etcd-auth-'));
+      const rootPasswordFile = join(dir, 'root.password');
+      writeFileSync(rootPasswordFile, `root-${randomBytes(8).toString('hex')}\n`, { mode: 0o600 });
+      const init = await corral(['etcd-init', '--registry', etcd.spec, ...tlsArgs(), '--etcd-password-file', rootPasswordFile, '--hosts', hosts.map((h) => h.name).join(','), '--password-dir', join(dir, 'users'), '--enable-auth'], { netns: underlay.name });
+      auth = { rootPasswordFile, dir: join(dir, 'users'), init };
+      if (init.code !== 0) throw new Error(`corral etcd-init failed (${init.code}): ${init.stdout}${init.stderr}`);
+    }
     for (const h of hosts) await h.start();
   } catch (err) {
     await cluster.close();

@@ -23,18 +23,19 @@ export interface EtcdCluster {
   stop(): Promise<void>;
 }
 
-interface MemberPlan { name: string; host: string; clientPort: number; peerPort: number; netns?: string; tls?: EtcdTestTls }
+interface MemberPlan { name: string; host: string; clientPort: number; peerPort: number; netns?: string; tls?: EtcdTestTls; args?: string[] }
 
 /** Client TLS for etcd: its certificate, and the client certificate it demands (--client-cert-auth). */
 export interface EtcdTestTls { ca: string; cert: string; key: string; clientCert: string; clientKey: string }
 
 /** Starts `size` members (on 127.0.0.1, or on the given host addresses, each optionally in a netns). */
-export async function startEtcd(o: { size?: number; hosts?: Array<{ address: string; netns?: string }>; tls?: EtcdTestTls } = {}): Promise<EtcdCluster> {
+/** `args`: more etcd flags for every member (e.g. `--auth-token-ttl`). */
+export async function startEtcd(o: { size?: number; hosts?: Array<{ address: string; netns?: string }>; tls?: EtcdTestTls; args?: string[] } = {}): Promise<EtcdCluster> {
   const size = o.hosts?.length ?? o.size ?? 1;
   const plans: MemberPlan[] = [];
   for (let i = 0; i < size; i++) {
     const h = o.hosts?.[i];
-    plans.push({ name: `m${i}`, host: h?.address ?? '127.0.0.1', clientPort: h ? 2379 : await freePort(), peerPort: h ? 2380 : await freePort(), netns: h?.netns, tls: o.tls });
+    plans.push({ name: `m${i}`, host: h?.address ?? '127.0.0.1', clientPort: h ? 2379 : await freePort(), peerPort: h ? 2380 : await freePort(), netns: h?.netns, tls: o.tls, args: o.args });
   }
   const dir = mkdtempSync(join(tmpdir(), 'corral-etcd-'));
   const initial = plans.map((p) => `${p.name}=http://${p.host}:${p.peerPort}`).join(',');
@@ -73,6 +74,7 @@ function member(p: MemberPlan, dataDir: string, initial: string): EtcdMember {
         '--heartbeat-interval', '50', '--election-timeout', '500', '--log-level', 'warn', '--logger', 'zap',
         '--snapshot-count', '100000', '--quota-backend-bytes', String(256 * 1024 * 1024),
         ...(p.tls ? ['--cert-file', p.tls.cert, '--key-file', p.tls.key, '--trusted-ca-file', p.tls.ca, '--client-cert-auth'] : []),
+        ...(p.args ?? []),
       ];
       const child = p.netns ? spawn('nsenter', [`--net=/run/netns/${p.netns}`, 'etcd', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn('etcd', args, { stdio: ['ignore', 'pipe', 'pipe'] });
       m.child = child;

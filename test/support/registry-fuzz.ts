@@ -39,6 +39,12 @@ export const PREFIX: Record<Kind, string> = {
 };
 const KINDS: Kind[] = ['endpoint', 'service', 'host', 'allocation', 'block'];
 
+/** The fuzzed peer: records of the per-host kinds live under its prefix (/corral/<kind>/<node>/). */
+export const PEER = 'fuzz-peer-1';
+export function home(kind: Kind): string {
+  return kind === 'endpoint' || kind === 'allocation' || kind === 'block' ? `${PREFIX[kind]}${PEER}/` : PREFIX[kind];
+}
+
 const WG_KEY = 'FAKEkeyFAKEkeyFAKEkeyFAKEkeyFAKEkeyFAKEkeyA=';
 
 /** A valid record of each kind (fuzzed namespaces and nodes only). */
@@ -104,12 +110,12 @@ export class RecordFuzzer {
   /** A key of this kind: mostly from a bounded pool (so the registry's size stays bounded), sometimes odd. */
   junkKey(kind: Kind): string {
     const r = this.rng;
-    if (r.chance(0.9)) return `${PREFIX[kind]}fz${r.int(3000)}`;
+    if (r.chance(0.9)) return `${home(kind)}fz${r.int(3000)}`;
     const odd = [
       '', '/', 'fz/deeper/still', 'constructor', '__proto__', 'fuzz/constructor', 'fuzz/fz', '10.42.7.0_24', '0.0.0.0_0', '10.42.0.0_23',
       '10.42.7.9', '::1', 'é\u0000\u007f', 'x'.repeat(1000), '..', 'fuzz', '%00', ' ',
     ];
-    return PREFIX[kind] + r.pick(odd);
+    return (r.chance(0.5) ? home(kind) : PREFIX[kind]) + r.pick(odd);
   }
 
   /** A valid record under a new key: an endpoint of its own service, an allocation, a service. */
@@ -124,11 +130,11 @@ export class RecordFuzzer {
         color: r.pick(['blue', 'default', 'constructor', 'x']), weight: 1 + r.int(1000), httpHosts: r.chance(0.5) ? [`fv${i}.fuzz.test`] : [],
         healthReason: r.pick(WEIRD_STRINGS), containerName: r.pick(WEIRD_STRINGS), httpPath: r.pick(['/', '/a', '/é', '/%00', '/a/b/']),
       });
-      return { key: PREFIX.endpoint + id, value: Buffer.from(JSON.stringify(ep)), valid: true };
+      return { key: home('endpoint') + id, value: Buffer.from(JSON.stringify(ep)), valid: true };
     }
     if (which < 9) {
       const address = `10.42.${100 + r.int(100)}.${1 + r.int(254)}`;
-      return { key: PREFIX.allocation + address, value: Buffer.from(JSON.stringify(validAllocation(address))), valid: true };
+      return { key: home('allocation') + address, value: Buffer.from(JSON.stringify(validAllocation(address))), valid: true };
     }
     const name = `fvs${i}`;
     return { key: `${PREFIX.service}fuzzv/${name}`, value: Buffer.from(JSON.stringify(validService('fuzzv', name))), valid: true };
@@ -139,7 +145,7 @@ export class RecordFuzzer {
     const r = this.rng;
     const kind = r.pick(KINDS);
     const key = this.junkKey(kind);
-    const id = key.slice(PREFIX[kind].length);
+    const id = key.slice(key.startsWith(home(kind)) ? home(kind).length : PREFIX[kind].length);
     return { key, value: this.mutate(kind, id), valid: false };
   }
 
