@@ -51,17 +51,32 @@ export class WireGuardGo implements WireGuardDevice {
 
   async setPeers(changes: PeerChange[]): Promise<void> {
     if (changes.length === 0) return;
-    const lines: string[] = [];
+    // Two sets: first keys, keepalive, allowed IPs and removals (in order), then endpoints. A peer
+    // whose keepalive turns on sends a handshake initiation inside the set, under wireguard-go's
+    // config lock, through a blocking sendmsg; towards endpoints whose ARP never resolves each one
+    // holds send buffer for ~3 s, and past ~200 of them the set (and every get) waits behind the
+    // handshake retries of the peers already started. Without an endpoint yet, that initiation
+    // fails at once, and the endpoint set within RekeyTimeout (5 s) sends none: wireguard-go's
+    // retransmit timer sends the first handshake ~5 s later, outside the lock.
+    const config: string[] = [];
+    const endpointOf = new Map<string, string>(); // last word per key; "" = removed or none
     for (const c of changes) {
-      lines.push(`public_key=${hex(c.publicKey)}`);
+      config.push(`public_key=${hex(c.publicKey)}`);
       if ('remove' in c) {
-        lines.push('remove=true');
+        config.push('remove=true');
+        endpointOf.set(c.publicKey, '');
         continue;
       }
-      if (c.endpoint) lines.push(`endpoint=${c.endpoint}`);
-      lines.push(`persistent_keepalive_interval=${c.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...c.allowedIps.map((a) => `allowed_ip=${a}`));
+      endpointOf.set(c.publicKey, c.endpoint);
+      config.push(`persistent_keepalive_interval=${c.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...c.allowedIps.map((a) => `allowed_ip=${a}`));
     }
-    await this.uapiSet(lines);
+    await this.uapiSet(config);
+    const endpoints: string[] = [];
+    for (const [key, endpoint] of endpointOf) {
+      // update_only: a peer removed meanwhile is not made again.
+      if (endpoint) endpoints.push(`public_key=${hex(key)}`, 'update_only=true', `endpoint=${endpoint}`);
+    }
+    if (endpoints.length > 0) await this.uapiSet(endpoints);
   }
 
   async peers(): Promise<WireGuardPeer[]> {
@@ -75,12 +90,13 @@ export class WireGuardGo implements WireGuardDevice {
       const k = line.slice(0, i);
       const v = line.slice(i + 1);
       if (k === 'public_key') {
-        cur = { publicKey: b64(v), endpoint: '', allowedIps: [], lastHandshakeMs: 0, rxBytes: 0, txBytes: 0 };
+        cur = { publicKey: b64(v), endpoint: '', allowedIps: [], keepaliveS: 0, lastHandshakeMs: 0, rxBytes: 0, txBytes: 0 };
         out.push(cur);
       } else if (!cur) {
         continue;
       } else if (k === 'endpoint') cur.endpoint = v;
       else if (k === 'allowed_ip') cur.allowedIps.push(v);
+      else if (k === 'persistent_keepalive_interval') cur.keepaliveS = Number(v);
       else if (k === 'last_handshake_time_sec') sec = Number(v);
       else if (k === 'last_handshake_time_nsec') cur.lastHandshakeMs = sec * 1000 + Math.floor(Number(v) / 1e6);
       else if (k === 'rx_bytes') cur.rxBytes = Number(v);
@@ -156,8 +172,8 @@ export class WireGuardGo implements WireGuardDevice {
   }
 
   private async uapiSet(lines: string[]): Promise<void> {
-    // wireguard-go starts a handshake for each peer it is given (~3.5 ms each on 2 shared cores):
-    // a batch of 1,000 takes seconds, so the deadline grows with the batch.
+    // Each new peer costs wireguard-go a key agreement (1,000 take ~0.2-0.7 s here, more on a
+    // busy host), so the deadline grows with the batch.
     const peers = lines.reduce((n, l) => (l.startsWith('public_key=') ? n + 1 : n), 0);
     await this.uapi(`set=1\n${lines.join('\n')}\n\n`, UAPI_TIMEOUT_MS + peers * UAPI_MS_PER_PEER);
   }
