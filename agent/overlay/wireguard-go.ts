@@ -51,28 +51,36 @@ export class WireGuardGo implements WireGuardDevice {
 
   async setPeers(changes: PeerChange[]): Promise<void> {
     if (changes.length === 0) return;
-    // Two sets: first keys, keepalive, allowed IPs and removals (in order), then endpoints. A peer
-    // whose keepalive turns on sends a handshake initiation inside the set, under wireguard-go's
-    // config lock, through a blocking sendmsg; towards endpoints whose ARP never resolves each one
-    // holds send buffer for ~3 s, and past ~200 of them the set (and every get) waits behind the
-    // handshake retries of the peers already started. Without an endpoint yet, that initiation
-    // fails at once, and the endpoint set within RekeyTimeout (5 s) sends none: wireguard-go's
-    // retransmit timer sends the first handshake ~5 s later, outside the lock.
+    // Up to two sets: first keys, keepalive, allowed IPs, removals and the endpoints of peers the
+    // device has (in order), then the endpoints of new ones. wireguard-go sends a new peer with
+    // keepalive a handshake initiation inside the set, under its config lock, through a blocking
+    // sendmsg; towards endpoints whose ARP never resolves each one holds send buffer for ~3 s, and
+    // past ~200 of them the set (and every get) waits behind the handshake retries of the peers
+    // already started. Without an endpoint yet, that initiation fails at once, and the endpoint
+    // set within RekeyTimeout (5 s) sends none: wireguard-go's retransmit timer sends the first
+    // handshake ~5 s later, outside the lock. Peers it has keep their endpoint in the first set, as
+    // before: a key rotation's promoted peer, an endpoint that moved.
+    const onDevice = new Set((await this.peers()).map((p) => p.publicKey));
     const config: string[] = [];
-    const endpointOf = new Map<string, string>(); // last word per key; "" = removed or none
+    const later = new Map<string, string>(); // new peers' endpoints, the last word per key; "" = removed
     for (const c of changes) {
       config.push(`public_key=${hex(c.publicKey)}`);
       if ('remove' in c) {
         config.push('remove=true');
-        endpointOf.set(c.publicKey, '');
+        onDevice.delete(c.publicKey);
+        if (later.has(c.publicKey)) later.set(c.publicKey, '');
         continue;
       }
-      endpointOf.set(c.publicKey, c.endpoint);
+      if (onDevice.has(c.publicKey)) {
+        if (c.endpoint) config.push(`endpoint=${c.endpoint}`);
+      } else {
+        later.set(c.publicKey, c.endpoint);
+      }
       config.push(`persistent_keepalive_interval=${c.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...c.allowedIps.map((a) => `allowed_ip=${a}`));
     }
     await this.uapiSet(config);
     const endpoints: string[] = [];
-    for (const [key, endpoint] of endpointOf) {
+    for (const [key, endpoint] of later) {
       // update_only: a peer removed meanwhile is not made again.
       if (endpoint) endpoints.push(`public_key=${hex(key)}`, 'update_only=true', `endpoint=${endpoint}`);
     }
@@ -132,7 +140,10 @@ export class WireGuardGo implements WireGuardDevice {
   }
 
   private async start(): Promise<void> {
-    // A socket left by a dead wireguard-go would make the new one refuse to start.
+    // A socket left by a dead wireguard-go would make the new one refuse to start; one that still
+    // takes connections is a live wireguard-go too busy to answer in time (see the README's known
+    // limits): removing it would cut the agent off from that process for good.
+    if (await this.listenedOn()) throw new OverlayError(`wireguard-go ${this.ifname} takes connections on ${this.socketPath} but did not answer in time; it is kept and asked again later`);
     rmSync(this.socketPath, { force: true });
     if (await linkExists(this.ifname)) throw new OverlayError(`interface ${this.ifname} exists but no wireguard-go answers on ${this.socketPath}: delete the interface or choose --wg-interface`);
     mkdirSync(this.runDir, { recursive: true });
@@ -160,6 +171,18 @@ export class WireGuardGo implements WireGuardDevice {
     }
     writeFileSync(this.pidFile(), String(child.pid));
     child.once('exit', (code, signal) => this.onExit?.(signal ? `killed by ${signal}` : `exited with ${code}`));
+  }
+
+  /** Whether a process listens on the UAPI socket (refused or missing: no one does). */
+  private listenedOn(): Promise<boolean> {
+    return new Promise((resolve) => {
+      const sock = connect(this.socketPath);
+      sock.once('connect', () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
+    });
   }
 
   private async answers(): Promise<boolean> {
