@@ -34,8 +34,9 @@ export interface WireGuardDevice {
   up(cfg: DeviceConfig): Promise<void>;
   setPrivateKey(key: Buffer): Promise<void>;
   /**
-   * Applies the changes in order, in as few device calls as the implementation allows (two UAPI
-   * sets for wireguard-go, whatever the count: a host joining a fleet of 1,000 sets 1,000 peers).
+   * Applies the changes in order, in as few device calls as the implementation allows (for
+   * wireguard-go a get and at most two sets, whatever the count: a host joining a fleet of 1,000
+   * sets 1,000 peers).
    */
   setPeers(changes: PeerChange[]): Promise<void>;
   peers(): Promise<WireGuardPeer[]>;
