@@ -122,6 +122,7 @@ export class KernelWireGuard implements WireGuardDevice {
           publicKey: p.publicKey?.toString('base64') ?? '',
           endpoint: formatEndpoint(p.endpoint),
           allowedIps: (p.allowedIps ?? []).map(formatAllowed),
+          keepaliveS: p.persistentKeepaliveInterval ?? 0,
           lastHandshakeMs: ts && ts.length >= 16 ? Number(ts.readBigInt64LE(0)) * 1000 + Math.floor(Number(ts.readBigInt64LE(8)) / 1e6) : 0,
           rxBytes: Number(p.rxBytes ?? 0n),
           txBytes: Number(p.txBytes ?? 0n),

@@ -22,6 +22,7 @@ export interface WireGuardPeer {
   publicKey: string;
   endpoint: string;
   allowedIps: string[];
+  keepaliveS: number;      // 0 = off
   lastHandshakeMs: number; // 0 = never
   rxBytes: number;
   txBytes: number;
@@ -33,8 +34,9 @@ export interface WireGuardDevice {
   up(cfg: DeviceConfig): Promise<void>;
   setPrivateKey(key: Buffer): Promise<void>;
   /**
-   * Applies the changes in order, in as few device calls as the implementation allows (one UAPI
-   * set for wireguard-go, whatever the count: a host joining a fleet of 1,000 sets 1,000 peers).
+   * Applies the changes in order, in as few device calls as the implementation allows (for
+   * wireguard-go a get and at most two sets, whatever the count: a host joining a fleet of 1,000
+   * sets 1,000 peers).
    */
   setPeers(changes: PeerChange[]): Promise<void>;
   peers(): Promise<WireGuardPeer[]>;

@@ -51,17 +51,40 @@ export class WireGuardGo implements WireGuardDevice {
 
   async setPeers(changes: PeerChange[]): Promise<void> {
     if (changes.length === 0) return;
-    const lines: string[] = [];
+    // Up to two sets: first keys, keepalive, allowed IPs, removals and the endpoints of peers the
+    // device has (in order), then the endpoints of new ones. wireguard-go sends a new peer with
+    // keepalive a handshake initiation inside the set, under its config lock, through a blocking
+    // sendmsg; towards endpoints whose ARP never resolves each one holds send buffer for ~3 s, and
+    // past ~200 of them the set (and every get) waits behind the handshake retries of the peers
+    // already started. Without an endpoint yet, that initiation fails at once, and the endpoint
+    // set within RekeyTimeout (5 s) sends none: wireguard-go's retransmit timer sends the first
+    // handshake ~5 s later, outside the lock. Peers it has keep their endpoint in the first set, as
+    // before: a key rotation's promoted peer, an endpoint that moved.
+    const onDevice = new Set((await this.peers()).map((p) => p.publicKey));
+    const config: string[] = [];
+    const later = new Map<string, string>(); // new peers' endpoints, the last word per key; "" = removed
     for (const c of changes) {
-      lines.push(`public_key=${hex(c.publicKey)}`);
+      config.push(`public_key=${hex(c.publicKey)}`);
       if ('remove' in c) {
-        lines.push('remove=true');
+        config.push('remove=true');
+        onDevice.delete(c.publicKey);
+        if (later.has(c.publicKey)) later.set(c.publicKey, '');
         continue;
       }
-      if (c.endpoint) lines.push(`endpoint=${c.endpoint}`);
-      lines.push(`persistent_keepalive_interval=${c.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...c.allowedIps.map((a) => `allowed_ip=${a}`));
+      if (onDevice.has(c.publicKey)) {
+        if (c.endpoint) config.push(`endpoint=${c.endpoint}`);
+      } else {
+        later.set(c.publicKey, c.endpoint);
+      }
+      config.push(`persistent_keepalive_interval=${c.keepaliveS ?? 0}`, 'replace_allowed_ips=true', ...c.allowedIps.map((a) => `allowed_ip=${a}`));
     }
-    await this.uapiSet(lines);
+    await this.uapiSet(config);
+    const endpoints: string[] = [];
+    for (const [key, endpoint] of later) {
+      // update_only: a peer removed meanwhile is not made again.
+      if (endpoint) endpoints.push(`public_key=${hex(key)}`, 'update_only=true', `endpoint=${endpoint}`);
+    }
+    if (endpoints.length > 0) await this.uapiSet(endpoints);
   }
 
   async peers(): Promise<WireGuardPeer[]> {
@@ -75,12 +98,13 @@ export class WireGuardGo implements WireGuardDevice {
       const k = line.slice(0, i);
       const v = line.slice(i + 1);
       if (k === 'public_key') {
-        cur = { publicKey: b64(v), endpoint: '', allowedIps: [], lastHandshakeMs: 0, rxBytes: 0, txBytes: 0 };
+        cur = { publicKey: b64(v), endpoint: '', allowedIps: [], keepaliveS: 0, lastHandshakeMs: 0, rxBytes: 0, txBytes: 0 };
         out.push(cur);
       } else if (!cur) {
         continue;
       } else if (k === 'endpoint') cur.endpoint = v;
       else if (k === 'allowed_ip') cur.allowedIps.push(v);
+      else if (k === 'persistent_keepalive_interval') cur.keepaliveS = Number(v);
       else if (k === 'last_handshake_time_sec') sec = Number(v);
       else if (k === 'last_handshake_time_nsec') cur.lastHandshakeMs = sec * 1000 + Math.floor(Number(v) / 1e6);
       else if (k === 'rx_bytes') cur.rxBytes = Number(v);
@@ -116,7 +140,10 @@ export class WireGuardGo implements WireGuardDevice {
   }
 
   private async start(): Promise<void> {
-    // A socket left by a dead wireguard-go would make the new one refuse to start.
+    // A socket left by a dead wireguard-go would make the new one refuse to start; one that still
+    // takes connections is a live wireguard-go too busy to answer in time (see the README's known
+    // limits): removing it would cut the agent off from that process for good.
+    if (await this.listenedOn()) throw new OverlayError(`wireguard-go ${this.ifname} takes connections on ${this.socketPath} but did not answer in time; it is kept and asked again later`);
     rmSync(this.socketPath, { force: true });
     if (await linkExists(this.ifname)) throw new OverlayError(`interface ${this.ifname} exists but no wireguard-go answers on ${this.socketPath}: delete the interface or choose --wg-interface`);
     mkdirSync(this.runDir, { recursive: true });
@@ -146,6 +173,18 @@ export class WireGuardGo implements WireGuardDevice {
     child.once('exit', (code, signal) => this.onExit?.(signal ? `killed by ${signal}` : `exited with ${code}`));
   }
 
+  /** Whether a process listens on the UAPI socket (refused or missing: no one does). */
+  private listenedOn(): Promise<boolean> {
+    return new Promise((resolve) => {
+      const sock = connect(this.socketPath);
+      sock.once('connect', () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
+    });
+  }
+
   private async answers(): Promise<boolean> {
     try {
       await this.uapi('get=1\n\n');
@@ -156,8 +195,8 @@ export class WireGuardGo implements WireGuardDevice {
   }
 
   private async uapiSet(lines: string[]): Promise<void> {
-    // wireguard-go starts a handshake for each peer it is given (~3.5 ms each on 2 shared cores):
-    // a batch of 1,000 takes seconds, so the deadline grows with the batch.
+    // Each new peer costs wireguard-go a key agreement (1,000 take ~0.2-0.7 s here, more on a
+    // busy host), so the deadline grows with the batch.
     const peers = lines.reduce((n, l) => (l.startsWith('public_key=') ? n + 1 : n), 0);
     await this.uapi(`set=1\n${lines.join('\n')}\n\n`, UAPI_TIMEOUT_MS + peers * UAPI_MS_PER_PEER);
   }

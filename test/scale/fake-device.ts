@@ -8,7 +8,7 @@ import type { DeviceConfig, PeerChange, WireGuardPeer, WireGuardDevice } from '.
 /** WireGuard re-handshakes every 2 minutes while traffic flows. */
 const REHANDSHAKE_MS = 120_000;
 
-interface FakePeer { publicKey: string; endpoint: string; allowedIps: string[]; sinceMs: number }
+interface FakePeer { publicKey: string; endpoint: string; allowedIps: string[]; keepaliveS: number; sinceMs: number }
 
 export class FakeWireGuardDevice implements WireGuardDevice {
   readonly kind = 'wireguard-go' as const;
@@ -49,7 +49,7 @@ export class FakeWireGuardDevice implements WireGuardDevice {
         continue;
       }
       const old = this.byKey.get(c.publicKey);
-      this.byKey.set(c.publicKey, { publicKey: c.publicKey, endpoint: c.endpoint, allowedIps: [...c.allowedIps], sinceMs: old?.sinceMs ?? now });
+      this.byKey.set(c.publicKey, { publicKey: c.publicKey, endpoint: c.endpoint, allowedIps: [...c.allowedIps], keepaliveS: c.keepaliveS ?? 0, sinceMs: old?.sinceMs ?? now });
     }
   }
 
@@ -61,7 +61,7 @@ export class FakeWireGuardDevice implements WireGuardDevice {
       const up = p.endpoint !== '';
       const age = now - p.sinceMs;
       out.push({
-        publicKey: p.publicKey, endpoint: p.endpoint, allowedIps: p.allowedIps,
+        publicKey: p.publicKey, endpoint: p.endpoint, allowedIps: p.allowedIps, keepaliveS: p.keepaliveS,
         lastHandshakeMs: up ? p.sinceMs + Math.floor(age / REHANDSHAKE_MS) * REHANDSHAKE_MS : 0,
         rxBytes: up ? Math.floor(age / 10) : 0,
         txBytes: up ? Math.floor(age / 12) : 0,
