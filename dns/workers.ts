@@ -53,7 +53,14 @@ export class UdpWorkers implements UdpShare {
     // isolate is created, so it applies to the workers (not the already running main thread).
     setFlagsFromString('--min-semi-space-size=16');
     const setups = Array.from({ length: count }, () => setup);
-    const pool = await WorkerPool.start<Setup, UdpThreadAnswers>({ name: 'DNS', kind: KIND, script: new URL(import.meta.url), setups, log, spawn });
+    let pool: WorkerPool<Setup, UdpThreadAnswers>;
+    try {
+      pool = await WorkerPool.start<Setup, UdpThreadAnswers>({ name: 'DNS', kind: KIND, script: new URL(import.meta.url), setups, log, spawn });
+    } finally {
+      // Back to V8's default for isolates made later (`corral up`'s LB threads): 16 MB semi-spaces
+      // are resident once used, ~32 MB a thread that does not answer UDP.
+      setFlagsFromString('--min-semi-space-size=0');
+    }
     return new UdpWorkers(pool, log);
   }
 
