@@ -34,7 +34,7 @@ function rssMb(pid: number): number {
 }
 
 async function settled(pid: number): Promise<number> {
-  return settledRss(pid, rssMb, Number(process.env.CORRAL_PROFILE_IDLE_S ?? 60));
+  return settledRss(pid, rssMb, Number(process.env.CORRAL_PROFILE_IDLE_S ?? 300));
 }
 
 const [part = 'up', totalArg = '50000', ...extra] = process.argv.slice(2);
