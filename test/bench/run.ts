@@ -13,6 +13,11 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
+  // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).
+  'scale-5000': async () => {
+    const { benchScale, scaleFromEnv } = await import('./scale.js');
+    return benchScale(scaleFromEnv({ hosts: 5000, endpoints: 100_000, services: 10_000, soakS: 180, join: 200, probes: 50, legacyHosts: [], targets: false, deliverEvents: false }));
+  },
 };
 
 function fmt(n: number): string {
