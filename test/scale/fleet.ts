@@ -219,11 +219,31 @@ export class Fleet {
     return h;
   }
 
-  /** Hosts join, `concurrency` at a time (Infinity: all at once). */
-  async join(hosts: SimHost[], concurrency = Infinity): Promise<void> {
+  /** Joins that failed and were made again (see join). */
+  joinRetries = 0;
+
+  /**
+   * Hosts join, `concurrency` at a time (Infinity: all at once). A host whose join fails (etcd
+   * too busy to answer in time) leaves and joins again after 2–5 s, up to `retries` times, as an
+   * agent whose start fails exits and is started again by its service manager.
+   */
+  async join(hosts: SimHost[], concurrency = Infinity, retries = 0): Promise<void> {
     let next = 0;
     const worker = async () => {
-      while (next < hosts.length) await hosts[next++]!.join();
+      while (next < hosts.length) {
+        const h = hosts[next++]!;
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await h.join();
+            break;
+          } catch (err) {
+            if (attempt >= retries) throw err;
+            this.joinRetries++;
+            await h.leave().catch(() => {});
+            await new Promise((r) => setTimeout(r, 2000 + Math.random() * 3000));
+          }
+        }
+      }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, hosts.length) }, worker));
   }
