@@ -390,6 +390,7 @@ export async function benchScale(R: ScaleRun = scaleFromEnv()): Promise<BenchSec
       `Compacted watch: ${last.host.name}'s agent stopped (SIGSTOP) 4.5 s under churn ${R.churn * 4}/s, history compacted to the head, agent continued: watches cancelled for compaction in its log: ${compactRecovery.cancelled}; its DNS answered the change made meanwhile after ${compactRecovery.dnsMs} ms and its LB routed it after ${compactRecovery.lbMs} ms.`,
       `etcd member loss: ${real.cluster.etcd.members[leader]!.name} (the leader) SIGKILLed for 60 s under churn ${R.churn}/s: steady checks DNS ${lossSeen.dnsOk} ok / ${lossSeen.dnsFail} failed, LB ${lossSeen.lbOk} ok / ${lossSeen.lbFail} failed; ${lossProbes.length} change samples, p50 ${pct(lossBoth, 50)} ms, p99 ${pct(lossBoth, 99)} ms, ${lossMissed} missed; Host records deleted ${lossWindow.kinds.hosts.deletes}; real agents connected and DNS/LB connected: ${inSync}; hosts listed ${lossHosts.join(' / ')}, wireguard-go peers ${lossPeers.join(' / ')}; simulated hosts running ${simRunning}, errors they logged in the window ${lossFleetErrors}.`,
       ...legacy.map((l) => `Old protocol, ${l.hosts} hosts (${l.seconds.toFixed(0)} s window): record ${(l.record / 1000).toFixed(1)} KB, ${l.writesPerS.toFixed(1)} writes/s, ${mb(l.bytesPerS).toFixed(2)} MB/s written (offered ${mb(l.offeredBytesPerS).toFixed(2)} MB/s), ${l.failures} writes failed, ${l.skipped} heartbeats skipped while the host's previous write was still waiting for etcd.`),
+      whatBreaksFirst({ hosts: N + R.real, churn: R.churn, endpointBytes: soak.kinds.endpoints.puts ? soak.kinds.endpoints.bytes / soak.kinds.endpoints.puts : NaN, agentPct: maxOf(agentPct), quietPct: maxOf(quietPct), joinS: convergedS, joinHosts: N }),
       `Simulated hosts logged ${fleetErrors} errors. The machine has 2 cores shared by etcd ×3, the simulator, the real hosts' processes, the probers, wrk/dnsperf, and other engineers' tests running at the same time: absolute times are this machine's.`,
     );
     return {
@@ -406,6 +407,13 @@ export async function benchScale(R: ScaleRun = scaleFromEnv()): Promise<BenchSec
     await real.close();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The paragraph on what gives first beyond this size, from this run's own figures. */
+function whatBreaksFirst(m: { hosts: number; churn: number; endpointBytes: number; agentPct: number; quietPct: number; joinS: number; joinHosts: number }): string {
+  const perChangeMs = ((m.agentPct - m.quietPct) / 100) * 1000 / m.churn;
+  const fan = (hosts: number, churn: number) => `${((hosts * churn) / 1000).toFixed(0)}k events/s, ${mb(hosts * churn * m.endpointBytes).toFixed(0)} MB/s`;
+  return `What breaks first beyond 5,000 hosts, from these figures: the watch fan-out. Every agent watches all of /corral/, so each endpoint change leaves etcd once per host: at ${m.churn} changes/s and ${m.hosts} hosts ${fan(m.hosts, m.churn)} (${m.endpointBytes.toFixed(0)} B per endpoint record); at 5,000 hosts ${fan(5000, m.churn)}, at 10,000 hosts with churn growing with the endpoints (100/s) ${fan(10_000, 100)}, all of it sent by three etcd members. And each agent pays for every change whether its host serves that service or not: ${perChangeMs.toFixed(2)} ms of CPU per change here (agent ${m.agentPct.toFixed(1)} % of a core under churn against ${m.quietPct.toFixed(1)} % without), so the idle target is missed by churn, not by hosts, once churn × per-change cost passes 2 % of a core. Second, the full mesh: every Host change is an O(N) sync on each of N hosts (the ${m.joinHosts}-host burst took ${m.joinS.toFixed(0)} s here). What would fix them: a fan-out tier between etcd and the agents (Typha-like: a few relays watch etcd, each serves hundreds of agents, so etcd's watch load is O(relays), not O(hosts)) and subscriptions scoped to what a host serves (the agent already cuts events by record kind for DNS and LB; cutting by namespace or service, on the relay, makes a change cost only the hosts that use it); for the mesh, peers on demand or per-zone gateways instead of N−1 peers on every host.`;
 }
 
 function countLines(text: string, needle: string): number {
