@@ -123,7 +123,7 @@ export class RealHosts {
   async register(service: string, address: string, port: number, httpHost: string): Promise<EndpointReply> {
     const client = agentClient(this.hosts[0]!.host.agent!.socket);
     try {
-      return await unary<RegisterRequest, EndpointReply>(client, 'Register', { service, namespace: 'default', address, port, color: '', httpHosts: [httpHost], httpPath: '/', weight: 1, healthCheck: null, portName: '' });
+      return await unary<RegisterRequest, EndpointReply>(client, 'Register', { service, namespace: 'default', address, port, color: '', httpHosts: [httpHost], httpPath: '/', weight: 1, healthCheck: null, portName: '' }, 30_000);
     } finally {
       client.close();
     }
@@ -131,8 +131,9 @@ export class RealHosts {
 
   /**
    * One endpoint change: a new service with one endpoint (the backend container on h1) and an
-   * HTTP route, registered on h1; per host, how long after the registration returned (the write
-   * committed) its DNS answered the name with the address and its LB routed the Host to it.
+   * HTTP route, registered on h1; per host, how long after the registration was sent its DNS
+   * answered the name with the address and its LB routed the Host to it (NaN: not within 20 s, or
+   * the registration failed).
    */
   async probe(): Promise<ProbeResult[]> {
     const k = ++this.seq;
@@ -141,9 +142,14 @@ export class RealHosts {
     const httpHost = `${service}.test`;
     const addr = this.backend!.address;
     const watches = this.hosts.map((h) => h.prober.watch(`${service}`, name, addr, httpHost));
-    await this.register(service, addr, 8080, httpHost);
-    // From the reply (the write committed); the watches started before it, so nothing is missed.
+    // From the call (so the write itself is included): this process may answer late under load,
+    // and a time taken after the reply could then come after what the probers saw.
     const t1 = Date.now();
+    const ok = await this.register(service, addr, 8080, httpHost).then(() => true, () => false);
+    if (!ok) {
+      await Promise.all(watches);
+      return this.hosts.map((h) => ({ host: h.host.name, dnsMs: NaN, lbMs: NaN }));
+    }
     const seen = await Promise.all(watches);
     return seen.map((s, i) => ({ host: this.hosts[i]!.host.name, dnsMs: s.dnsAt === null ? NaN : Math.max(0, s.dnsAt - t1), lbMs: s.lbAt === null ? NaN : Math.max(0, s.lbAt - t1) }));
   }
