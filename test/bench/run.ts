@@ -16,7 +16,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).
   'scale-5000': async () => {
     const { benchScale, scaleFromEnv } = await import('./scale.js');
-    return benchScale(scaleFromEnv({ hosts: 5000, endpoints: 100_000, services: 10_000, soakS: 180, join: 200, probes: 50, legacyHosts: [], targets: false, deliverEvents: false }));
+    return benchScale(scaleFromEnv({ hosts: 5000, endpoints: 100_000, services: 10_000, soakS: 60, idleS: 30, join: 200, probes: 30, legacyHosts: [], targets: false, deliverEvents: false }));
   },
 };
 
