@@ -151,8 +151,9 @@ export async function benchScale(R: ScaleRun = scaleFromEnv()): Promise<BenchSec
     const endpointsS = (Date.now() - e0) / 1000;
     // The catalog holds the real hosts' endpoints too (the LB's bench service).
     await eventually('endpoints in the catalog', () => f.catalog.endpoints.size >= R.endpoints, 600_000);
-    await meter.settle();
-    const rev = meter.revision;
+    // The last revision under /corral/ (the fleet's catalog follows it): etcd's own head is
+    // usually a status report, which no agent watches.
+    const rev = f.catalog.revision;
     await eventually('real hosts, their DNS and LB applied every endpoint', async () => (await real.status()).every((s) => s.appliedRevision >= rev && s.components.length >= 2 && s.components.every((c) => c.connected && c.appliedRevision >= rev)), 600_000);
     const appliedS = (Date.now() - e0) / 1000;
     log(`endpoints written in ${endpointsS.toFixed(1)} s, applied by the real hosts' DNS and LB after ${appliedS.toFixed(1)} s`);
