@@ -179,10 +179,17 @@ export class Fleet {
   private watch(): void {
     this.unwatch = this.observer.watch(PREFIX, this.catalog.revision, (b) => this.deliver(this.catalog.apply(b)), () => {
       this.unwatch?.();
-      void this.observer.range(PREFIX).then((r) => {
-        this.deliver(this.catalog.load(r));
-        this.watch();
-      });
+      this.reload();
+    });
+  }
+
+  /** Reads /corral/ whole and watches on; a read that fails (an etcd member just lost) is tried again. */
+  private reload(): void {
+    this.observer.range(PREFIX).then((r) => {
+      this.deliver(this.catalog.load(r));
+      this.watch();
+    }, () => {
+      if (!this.closed) setTimeout(() => this.reload(), 1000);
     });
   }
 
@@ -322,7 +329,10 @@ export class Fleet {
     this.churnTimer = undefined;
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    this.closed = true;
     this.stopChurn();
     await Promise.allSettled(this.running().map((h) => h.leave()));
     this.unwatch?.();
