@@ -396,7 +396,7 @@ export async function benchScale(R: ScaleRun = scaleFromEnv()): Promise<BenchSec
     );
     return {
       title: `Scale: ${N} hosts, ${R.endpoints} endpoints, ${R.real} real hosts on a three-member etcd`,
-      anchor: anchor ? `for what the fleet costs etcd: the protocol before issue 11 (test/scale/legacy.ts) on the same etcd, at ${anchor.hosts} hosts; for DNS and LB rates: the same server with 100 names / one service` : 'for DNS and LB rates: the same server with 100 names / one service; no targets at this size',
+      anchor: anchor ? `for what the fleet costs etcd: the protocol before issue 11 (test/scale/legacy.ts) on the same etcd, at ${anchor.hosts} hosts; for DNS and LB rates: the same server with 100 names / one service` : `for DNS and LB rates: the same server with 100 names / one service${R.targets ? '; the old protocol was not run (SCALE_LEGACY_HOSTS empty)' : '; no targets at this size'}`,
       conditions: `${N} simulated hosts (the agent's Mesh and EtcdRegistry each, in-memory WireGuard device, one Etcd3 client shared, lease TTL ${R.ttlS} s) + ${R.real} real hosts, ${R.endpoints} endpoints in ${R.services} services (each an HTTP route), churn ${R.churn}/s, soak ${R.soakS} s; etcd 3.4 ×3 on a test underlay`,
       rows,
       notes,
