@@ -50,6 +50,8 @@ export class Agent implements AgentOps {
   private readonly revisionWaiters = new Set<RevisionWaiter>();
   private readonly health: HealthChecker;
   private readonly promotion: AutoPromotion;
+  /** Set by stop(): nothing is retried after it. */
+  private stopped = false;
   private docker: DockerSource | undefined;
   attachments: Attachments | undefined;
   private dockerNet: DockerNetworkDriver | undefined;
@@ -128,6 +130,7 @@ export class Agent implements AgentOps {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     this.docker?.stop();
     this.health.stop();
     this.promotion.stop();
@@ -181,15 +184,25 @@ export class Agent implements AgentOps {
       },
       () => {
         this.unwatch?.();
-        void this.registry.range(PREFIX).then((r) => {
-          const ev = this.loadFrom(r);
-          this.broadcast(ev);
-          this.mesh?.onEvent(ev);
-          for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
-          this.watchRegistry();
-        });
+        this.log.warn({ revision: this.catalog.revision }, 'registry watch cancelled (its history was compacted away): reading the registry whole and watching again');
+        this.reload();
       },
     );
+  }
+
+  /** Reads the registry whole and watches on from there; a failed read (etcd unreachable) is tried again, not dropped with the watch. */
+  private reload(): void {
+    this.registry.range(PREFIX).then((r) => {
+      const ev = this.loadFrom(r);
+      this.broadcast(ev);
+      this.mesh?.onEvent(ev);
+      for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
+      this.watchRegistry();
+    }, (err: Error) => {
+      if (this.stopped) return;
+      this.log.warn({ err: err.message }, 'reading the registry after a cancelled watch failed; trying again in 1 s');
+      setTimeout(() => this.reload(), 1000).unref();
+    });
   }
 
   /**

@@ -109,8 +109,10 @@ export class Catalog {
   apply(b: KvBatch): WatchEvent {
     const ev = emptyEvent(b.revision, false);
     let blocksChanged = false;
+    let hostsChanged = false;
     for (const e of b.events) {
       if (e.key.startsWith(BLOCK)) blocksChanged = true;
+      else if (e.key.startsWith(HOST)) hostsChanged = true;
       if (e.type === 'put') {
         this.modRevisions.set(e.key, b.revision);
         this.put(e.key, e.value, b.revision, ev);
@@ -121,7 +123,8 @@ export class Catalog {
       }
     }
     if (blocksChanged) this.grantBlocks();
-    this.reviewHosts(ev);
+    // O(hosts): only when hosts or blocks changed, so an endpoint change costs the same in any fleet.
+    if (blocksChanged || hostsChanged) this.reviewHosts(ev);
     this.revision = b.revision;
     return ev;
   }

@@ -46,6 +46,10 @@ export function agentClient(socketPath: string): grpc.Client & Record<string, Fu
   const Ctor = agentCtor();
   return new Ctor(`unix:${socketPath}`, grpc.credentials.createInsecure(), {
     'grpc.max_receive_message_length': 64 * 1024 * 1024,
+    // A local socket: trying it again is cheap, and DNS and LB must find a restarted agent within
+    // a second, not after grpc's default backoff (1 s growing to 120 s while the agent is down).
+    'grpc.initial_reconnect_backoff_ms': 100,
+    'grpc.max_reconnect_backoff_ms': 1000,
   }) as grpc.Client & Record<string, Function>;
 }
 

@@ -104,7 +104,8 @@ export class AgentWatch implements WatchStream {
         );
       }
       this.retryTimer = setTimeout(() => this.open(), this.backoffMs);
-      this.backoffMs = Math.min(this.backoffMs * 2, 5_000);
+      // At most 1 s: a restarted agent is watched again within a second of serving (a local socket).
+      this.backoffMs = Math.min(this.backoffMs * 2, 1_000);
     };
     call.on('error', (err) => retry(err));
     call.on('end', () => retry());

@@ -4,7 +4,11 @@ import { encodeAnswer, type Answer } from './wire.js';
 import { DEFAULT_NAMESPACE } from '../api/types.js';
 import type { Zone } from './zone.js';
 
-/** Bound on cached names, so queries for random nonexistent names cannot grow memory. */
+/**
+ * Bound on cached names beyond the zone's own, so queries for random nonexistent names cannot
+ * grow memory, while every name the zone holds can stay cached (a fixed 50,000 cleared the whole
+ * cache over and over once a zone had more names than that: every query a miss).
+ */
 const MAX_NAMES = 50_000;
 
 export class AnswerCache {
@@ -41,7 +45,7 @@ export class AnswerCache {
     if (sections === null) return null;
     const answer = encodeAnswer(name, sections);
     if (types === undefined) {
-      if (this.byName.size >= MAX_NAMES) this.byName.clear();
+      if (this.byName.size >= MAX_NAMES + this.zone.nameCount) this.byName.clear();
       this.byName.set(name, (types = new Map()));
     }
     types.set(qtype, answer);

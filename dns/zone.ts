@@ -124,6 +124,10 @@ export class Zone {
   private readonly byService = new Map<string, ServiceEndpoints>();
   private readonly views = new Map<string, Map<string, RRsets>>();
   private readonly names = new Map<string, NameNode>();
+  /** Names the zone holds (each endpoint's, PTRs, services'...). */
+  get nameCount(): number {
+    return this.names.size;
+  }
   /** Allocation records by address: PTR names and each client's namespace. */
   private readonly allocations = new Map<string, Allocation>();
   private readonly listeners: Array<(c: ZoneChange) => void> = [];

@@ -19,7 +19,7 @@ const SECONDS = 8;
 const CONNECTIONS = 32;
 const ROUTES = 1_000;
 
-interface WrkResult {
+export interface WrkResult {
   rps: number;
   /** CPU time (user + system) the proxy process spent per request, in µs: robust to other load on the machine. */
   cpuUs: number;
@@ -54,16 +54,21 @@ function runWrk(port: number, seconds: number): Promise<Omit<WrkResult, 'cpuUs'>
     child.once('error', reject);
     child.once('close', (code) => {
       if (code !== 0) return reject(new Error(`wrk exited ${code}: ${out}`));
-      const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
-      resolve({
-        rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
-        p50Ms: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ''),
-        p99Ms: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ''),
-        non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
-        socketErrors: socket ? socket.slice(1).reduce((s, x) => s + Number(x), 0) : 0,
-      });
+      resolve(parseWrk(out));
     });
   });
+}
+
+/** wrk --latency's report: requests/s, p50, p99, non-2xx and socket errors. */
+export function parseWrk(out: string): Omit<WrkResult, 'cpuUs'> {
+  const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN),
+    p50Ms: ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ''),
+    p99Ms: ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ''),
+    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
+    socketErrors: socket ? socket.slice(1).reduce((s, x) => s + Number(x), 0) : 0,
+  };
 }
 
 function better(a: WrkResult, b: WrkResult): WrkResult {

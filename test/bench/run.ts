@@ -13,6 +13,11 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
+  // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).
+  'scale-5000': async () => {
+    const { benchScale, scaleFromEnv } = await import('./scale.js');
+    return benchScale(scaleFromEnv({ hosts: 5000, endpoints: 100_000, services: 10_000, soakS: 60, idleS: 30, join: 200, probes: 30, legacyHosts: [], targets: false, deliverEvents: false }));
+  },
 };
 
 function fmt(n: number): string {
@@ -37,12 +42,17 @@ function cpuTicks(): { total: number; steal: number } {
   return { total: f.reduce((a, b) => a + b, 0), steal: f[7] ?? 0 };
 }
 
+/** The SCALE_* knobs set for this run, as they would be typed before the command. */
+function knobs(): string {
+  return Object.entries(process.env).filter(([k]) => k.startsWith('SCALE_')).map(([k, v]) => `${k}=${v} `).join('');
+}
+
 function renderSection(name: string, s: BenchSection, stealPct: number): string {
   const lines = [
     `<!-- bench:${name} -->`,
     `## ${s.title}`,
     '',
-    `Made by \`npm run bench -- ${name}\` (or \`npm run bench\`) on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ` +
+    `Made by \`${knobs()}npm run bench -- ${name}\` (or \`npm run bench\`) on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ` +
       `${cpus().length} cores (${cpus()[0]?.model.trim() ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`,
     `CPU steal during the run: ${stealPct.toFixed(1)}% of the machine's CPU time went to other guests of the hypervisor` +
       (stealPct >= 5 ? ' — the machine ran slowed down: absolute numbers are low and ratios less trustworthy than usual.' : '.'),

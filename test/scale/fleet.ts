@@ -41,6 +41,16 @@ export interface FleetOptions {
    * at 1,000 hosts is this process's CPU, not the protocol's (see the report on Mesh.onEvent).
    */
   coalesceEvents?: boolean;
+  /** Host i holds block i + blockOffset of the cluster CIDR: the first ones left to real agents sharing the registry. */
+  blockOffset?: number;
+  /**
+   * Hand the meshes the catalog's events (default). Off: hosts join, keep their lease, Host record
+   * and status reports, but their devices do not follow the fleet (N meshes × N peers per event is
+   * this process's CPU, not the protocol's; at 5,000 hosts it does not fit in one process).
+   */
+  deliverEvents?: boolean;
+  /** Endpoints carry an HTTP route (`<service>.fleet.test`), so every service is a route in each LB. */
+  httpRoutes?: boolean;
 }
 
 /** Warnings and errors the simulated hosts logged (info and below are dropped). */
@@ -108,10 +118,11 @@ export class SimHost {
   /** Registers endpoints as `corral register` does: one ephemeral record each, with the service's record if it is new. */
   async register(specs: Array<{ id: string; service: string; address: string; withService: boolean }>, concurrency = 8): Promise<void> {
     let next = 0;
+    const routes = this.fleet.o.httpRoutes;
     const worker = async () => {
       while (next < specs.length) {
         const s = specs[next++]!;
-        const ep = newEndpoint({ id: s.id, service: s.service, address: s.address, port: 8080, origin: 'manual', node: this.name });
+        const ep = newEndpoint({ id: s.id, service: s.service, address: s.address, port: 8080, origin: 'manual', node: this.name, ...(routes ? { httpHosts: [`${s.service}.fleet.test`] } : {}) });
         const ops: TxnOp[] = [{ put: keys.endpoint(ep.node, ep.id), value: JSON.stringify(ep), ephemeral: true }];
         if (s.withService) ops.push({ put: keys.service(ep.namespace, ep.service), value: JSON.stringify(initialService(ep.namespace, ep.service, ep.color)) });
         await this.registry!.txn(ops);
@@ -168,10 +179,17 @@ export class Fleet {
   private watch(): void {
     this.unwatch = this.observer.watch(PREFIX, this.catalog.revision, (b) => this.deliver(this.catalog.apply(b)), () => {
       this.unwatch?.();
-      void this.observer.range(PREFIX).then((r) => {
-        this.deliver(this.catalog.load(r));
-        this.watch();
-      });
+      this.reload();
+    });
+  }
+
+  /** Reads /corral/ whole and watches on; a read that fails (an etcd member just lost) is tried again. */
+  private reload(): void {
+    this.observer.range(PREFIX).then((r) => {
+      this.deliver(this.catalog.load(r));
+      this.watch();
+    }, () => {
+      if (!this.closed) setTimeout(() => this.reload(), 1000);
     });
   }
 
@@ -179,6 +197,7 @@ export class Fleet {
   private pending: { ev: WatchEvent; hosts: boolean } | undefined;
 
   private deliver(ev: WatchEvent): void {
+    if (this.o.deliverEvents === false) return;
     if (!this.o.coalesceEvents || ev.snapshot) {
       for (const m of this.meshes) m.onEvent(ev);
       return;
@@ -201,17 +220,37 @@ export class Fleet {
   /** A new simulated host (not joined yet); host i always gets the same name, block and underlay. */
   host(i = this.hosts.length): SimHost {
     const base = IPv4CidrRange.fromCidr(this.clusterCidr).getFirst().getValue();
-    const block = IPv4CidrRange.fromCidr(`${intToIp(Number(base) + i * 256)}/24`).toCidrString();
+    const block = IPv4CidrRange.fromCidr(`${intToIp(Number(base) + (i + (this.o.blockOffset ?? 0)) * 256)}/24`).toCidrString();
     const h = new SimHost(this, i, simName(i), block, `198.18.${(i >> 8) & 255}.${i & 255}`, mkdtempSync(join(this.dir, `${simName(i)}-`)));
     this.hosts.push(h);
     return h;
   }
 
-  /** Hosts join, `concurrency` at a time (Infinity: all at once). */
-  async join(hosts: SimHost[], concurrency = Infinity): Promise<void> {
+  /** Joins that failed and were made again (see join). */
+  joinRetries = 0;
+
+  /**
+   * Hosts join, `concurrency` at a time (Infinity: all at once). A host whose join fails (etcd
+   * too busy to answer in time) leaves and joins again after 2–5 s, up to `retries` times, as an
+   * agent whose start fails exits and is started again by its service manager.
+   */
+  async join(hosts: SimHost[], concurrency = Infinity, retries = 0): Promise<void> {
     let next = 0;
     const worker = async () => {
-      while (next < hosts.length) await hosts[next++]!.join();
+      while (next < hosts.length) {
+        const h = hosts[next++]!;
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await h.join();
+            break;
+          } catch (err) {
+            if (attempt >= retries) throw err;
+            this.joinRetries++;
+            await h.leave().catch(() => {});
+            await new Promise((r) => setTimeout(r, 2000 + Math.random() * 3000));
+          }
+        }
+      }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, hosts.length) }, worker));
   }
@@ -220,10 +259,10 @@ export class Fleet {
     return this.hosts.filter((h) => h.running);
   }
 
-  /** Whether every running host's device has a peer for every other running host (and no more). */
-  converged(): boolean {
+  /** Whether every running host's device has a peer for every other running host and the `others` (real agents) on the registry, and no more. */
+  converged(others = 0): boolean {
     const run = this.running();
-    return run.every((h) => h.device.peerCount === run.length - 1);
+    return run.every((h) => h.device.peerCount === run.length - 1 + others);
   }
 
   /**
@@ -290,7 +329,10 @@ export class Fleet {
     this.churnTimer = undefined;
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    this.closed = true;
     this.stopChurn();
     await Promise.allSettled(this.running().map((h) => h.leave()));
     this.unwatch?.();

@@ -117,6 +117,36 @@ export class EtcdMeter {
     }));
   }
 
+  /** Each member's Status: database size (file) and size in use, whether it leads; unreachable members give NaN. */
+  async statuses(): Promise<Array<{ endpoint: string; dbSize: number; dbSizeInUse: number; leader: boolean }>> {
+    return Promise.all(this.endpoints.map(async (h) => {
+      const c = new Etcd3({ hosts: [`http://${h}`], defaultCallOptions: { deadline: Date.now() + 3000 } });
+      try {
+        const s = await c.maintenance.status();
+        return { endpoint: h, dbSize: Number(s.dbSize), dbSizeInUse: Number(s.dbSizeInUse), leader: s.leader === s.header.member_id };
+      } catch {
+        return { endpoint: h, dbSize: NaN, dbSizeInUse: NaN, leader: false };
+      } finally {
+        c.close();
+      }
+    }));
+  }
+
+  /** The oldest revision etcd still holds (its compaction point + 1), found by reading at revisions in [from, now]. */
+  async oldestRevision(from: number): Promise<number> {
+    const r = await this.client.kv.range({ key: Buffer.from('/'), limit: 1, keys_only: true });
+    let lo = Math.max(1, from);
+    let hi = Number(r.header.revision);
+    const readable = (rev: number) => this.client.kv.range({ key: Buffer.from('/corral-compactor'), revision: String(rev) }).then(() => true, (e: Error) => (/compacted/.test(e.message) ? false : Promise.reject(e)));
+    if (await readable(lo)) return lo;
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (await readable(mid)) hi = mid;
+      else lo = mid;
+    }
+    return hi;
+  }
+
   /** Compacts etcd's history up to now (sizes stay: etcd reuses the freed pages, it does not shrink the file). */
   async compact(): Promise<void> {
     const r = await this.client.kv.range({ key: Buffer.from('/'), limit: 1, keys_only: true });

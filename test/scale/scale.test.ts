@@ -149,6 +149,32 @@ describe('fleet of 100 hosts on etcd (issue 11)', () => {
     }
   }, 300_000);
 
+  it('endpoint churn costs the hosts nothing: no device call, no Host or block write; about one revision per change', async () => {
+    await meter.settle();
+    const a = meter.reading();
+    const calls = () => fleet.running().reduce((n, h) => n + h.device.setPeersCalls, 0);
+    const calls0 = calls();
+    const churned0 = fleet.churned;
+    const done0 = fleet.churned + fleet.churnErrors;
+    fleet.startChurn(50);
+    await eventually('200 endpoint changes written', () => fleet.churned + fleet.churnErrors - done0 >= 200, 60_000);
+    fleet.stopChurn();
+    await eventually('the last churn writes acknowledged', async () => {
+      const n = fleet.churned + fleet.churnErrors;
+      await new Promise((r) => setTimeout(r, 500));
+      return fleet.churned + fleet.churnErrors === n;
+    }, 30_000);
+    await meter.settle();
+    const w = windowOf(a, meter.reading());
+    const changes = fleet.churned - churned0;
+    expect(fleet.churnErrors).toBe(0);
+    expect(calls()).toBe(calls0);
+    expect(w.kinds.hosts.puts + w.kinds.hosts.deletes + w.kinds.blocks.puts + w.kinds.services.puts).toBe(0);
+    // A health flip is one put; a re-registration (one in five) a delete and a put.
+    expect(w.kinds.endpoints.revisions).toBeGreaterThanOrEqual(changes);
+    expect(w.kinds.endpoints.revisions).toBeLessThanOrEqual(Math.ceil(changes * 1.2) + 2);
+  }, 120_000);
+
   it('no simulated host logged an error', () => {
     // Events reach a mesh before its start() has a device: they must wait for its first sync, not fail.
     expect(fleet.logged.last.filter((l) => l.includes('"level":50'))).toEqual([]);

@@ -26,8 +26,8 @@ export interface TestHost {
   ifname: string;           // WireGuard interface
   stateDir: string;
   agent: Daemon | undefined;
-  /** (Re)starts the agent with the same state dir. */
-  start(extraArgs?: string[]): Promise<Daemon>;
+  /** (Re)starts the agent with the same state dir (and the same run dir, with `inPlace`: its socket path stays). */
+  start(extraArgs?: string[], inPlace?: boolean): Promise<Daemon>;
   /** Kills the agent and its wireguard-go: the host is gone. */
   kill(): Promise<void>;
 }
@@ -37,6 +37,8 @@ export interface TestContainer { id: string; ns: Netns; address: string; host: T
 export interface Cluster {
   id: string;
   underlay: Netns;
+  /** With rootLink: this machine's own address on the underlay (a veth into the underlay's bridge), from which the test reaches etcd. */
+  rootAddress: string | undefined;
   etcd: EtcdCluster;
   /** With etcdTls: the CA, etcd's and the agents' certificates the cluster runs with. */
   pki: TestPki | undefined;
@@ -52,7 +54,7 @@ export interface Cluster {
 
 let subnetSeq = 0;
 
-export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean; etcdAuth?: boolean; etcdArgs?: string[] }): Promise<Cluster> {
+export async function startCluster(o: { hosts: number; etcdMembers?: number; leaseTtlS?: number; agentArgs?: string[]; etcdTls?: boolean; etcdAuth?: boolean; etcdArgs?: string[]; rootLink?: boolean }): Promise<Cluster> {
   const id = randomBytes(2).toString('hex');
   // One /24 per cluster in 10.99.0.0/16, so clusters of consecutive test files never overlap.
   const net = `10.99.${(process.pid + subnetSeq++) % 250}`;
@@ -64,10 +66,14 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
   let auth: Cluster['auth'];
   const tlsArgs = () => (pki ? ['--etcd-ca', pki.ca, '--etcd-cert', pki.clientCert, '--etcd-key', pki.clientKey] : []);
   const authArgs = (name: string) => (auth ? ['--etcd-user', name, '--etcd-password-file', join(auth.dir, `${name}.password`)] : []);
+  let rootAddress: string | undefined;
   const cluster: Cluster = {
     id, underlay, hosts, containers,
     get auth() {
       return auth;
+    },
+    get rootAddress() {
+      return rootAddress;
     },
     get pki() {
       return pki;
@@ -105,9 +111,9 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
       const ifname = `wg${id}${name}`;
       const h: TestHost = {
         name, ns, address, ifname, stateDir, agent: undefined,
-        async start(extra = []) {
+        async start(extra = [], inPlace = false) {
           h.agent = await startDaemon('agent', {
-            netns: ns.name, stateDir, nodeName: name,
+            netns: ns.name, stateDir, nodeName: name, ...(inPlace && h.agent ? { runDir: h.agent.runDir } : {}),
             args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...tlsArgs(), ...authArgs(name), ...(o.agentArgs ?? []), ...extra],
           });
           return h.agent;
@@ -145,6 +151,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
       await etcd?.stop();
       pki?.remove();
       if (auth) rmSync(join(auth.dir, '..'), { recursive: true, force: true });
+      if (rootAddress) await run('ip', ['link', 'del', `u${id}root`]).catch(() => {});
       await underlay.delete();
     },
   };
@@ -153,6 +160,17 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
     await underlay.exec('ip', ['link', 'set', 'br0', 'up']);
     const members = o.etcdMembers ?? 1;
     for (let m = 0; m < members; m++) await underlay.exec('ip', ['addr', 'add', `${net}.${2 + m}/24`, 'dev', 'br0']);
+    if (o.rootLink) {
+      // The test process itself on the underlay (e.g. a fleet simulator writing to etcd): a veth
+      // whose far end is on the bridge; it goes when the underlay namespace is deleted.
+      const v = `u${id}root`;
+      await run('ip', ['link', 'add', v, 'type', 'veth', 'peer', 'name', `${v}p`]);
+      await run('ip', ['link', 'set', `${v}p`, 'netns', underlay.name]);
+      await underlay.exec('ip', ['link', 'set', `${v}p`, 'master', 'br0', 'up']);
+      rootAddress = `${net}.250`;
+      await run('ip', ['addr', 'add', `${rootAddress}/24`, 'dev', v]);
+      await run('ip', ['link', 'set', v, 'up']);
+    }
     const etcdHosts = Array.from({ length: members }, (_, m) => ({ address: `${net}.${2 + m}`, netns: underlay.name }));
     if (o.etcdTls) pki = await makePki(etcdHosts.map((h) => h.address));
     etcd = await startEtcd({ hosts: etcdHosts, args: o.etcdArgs, tls: pki && { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });

@@ -1,7 +1,7 @@
 // Runs the real `corral` executable (dist/corral.mjs) the way a user or systemd would:
 // daemons as child processes with their own state and run dirs, commands as one-shot processes.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -76,6 +76,7 @@ export interface Daemon {
 export interface DaemonOpts {
   netns?: string;
   stateDir?: string;       // reuse to test restarts
+  runDir?: string;         // reuse to restart in place (DNS and LB keep the agent socket's path)
   args?: string[];
   env?: Record<string, string>;
   dockerSocket?: string;   // default: none
@@ -85,7 +86,8 @@ export interface DaemonOpts {
 /** Starts `corral up|agent|dns|lb` and waits until its admin /readyz answers 200. */
 export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: DaemonOpts = {}): Promise<Daemon> {
   const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'corral-state-'));
-  const runDir = mkdtempSync(join(tmpdir(), 'corral-run-'));
+  const runDir = o.runDir ?? mkdtempSync(join(tmpdir(), 'corral-run-'));
+  if (o.runDir) mkdirSync(runDir, { recursive: true });
   const socket = join(runDir, 'agent.sock');
   const adminPort = await freePort();
   const dnsPort = await freePort();
