@@ -76,6 +76,7 @@ export interface Daemon {
 export interface DaemonOpts {
   netns?: string;
   stateDir?: string;       // reuse to test restarts
+  runDir?: string;         // reuse too: a restarted agent finds what the last one left (wireguard-go's pid file)
   args?: string[];
   env?: Record<string, string>;
   dockerSocket?: string;   // default: none
@@ -85,7 +86,7 @@ export interface DaemonOpts {
 /** Starts `corral up|agent|dns|lb` and waits until its admin /readyz answers 200. */
 export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: DaemonOpts = {}): Promise<Daemon> {
   const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'corral-state-'));
-  const runDir = mkdtempSync(join(tmpdir(), 'corral-run-'));
+  const runDir = o.runDir ?? mkdtempSync(join(tmpdir(), 'corral-run-'));
   const socket = join(runDir, 'agent.sock');
   const adminPort = await freePort();
   const dnsPort = await freePort();
@@ -122,7 +123,7 @@ export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: Daemon
       const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       const code = await exited;
       clearTimeout(t);
-      rmSync(runDir, { recursive: true, force: true });
+      if (!o.runDir) rmSync(runDir, { recursive: true, force: true });
       if (!o.stateDir) rmSync(stateDir, { recursive: true, force: true });
       return code;
     },
