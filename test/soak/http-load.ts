@@ -33,7 +33,7 @@ function once(): Promise<void> {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));
-      res.on('end', () => done(res.statusCode === 200 && want.test(body) ? undefined : `status ${res.statusCode}: ${body.trim().slice(0, 120)}`));
+      res.on('end', () => done(res.statusCode === 200 && want.test(body.trim()) ? undefined : `status ${res.statusCode}: ${body.trim().slice(0, 120)}`));
       res.on('error', (err) => done(`response: ${err.message}`));
     });
     req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));

@@ -536,7 +536,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       } catch {
         return { pid: Number(p), cmd: [] as string[] };
       }
-    }).filter((p) => p.cmd.some((a) => a.endsWith('wireguard-go')));
+    }).filter((p) => /(^|\/)wireguard-go$/.test(p.cmd[0] ?? ''));
     for (const h of hosts) {
       const mine = wgProcs.filter((p) => p.cmd.includes(h.ifname));
       if (mine.length !== 1) check.wireguardProblems.push(`${h.name}: ${mine.length} wireguard-go processes for ${h.ifname} (pids ${mine.map((p) => p.pid).join(', ')})`);
