@@ -5,9 +5,11 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { runSoak, summary, type SoakReport } from './soak.js';
 
 const minutes = Number(process.env.SOAK_MINUTES ?? 3);
-// RSS after warm-up: 10% over a long run, as the issue asks. A 3-minute run measures from about
-// 40 s in, while V8 still grows its heaps towards their steady size under load: 25%.
-const rssTolerance = minutes >= 20 ? 0.1 : 0.25;
+// RSS after warm-up: 10% over a long run, as the issue asks. A 3-minute run compares 36 s in with
+// the last 10 s, while V8 still sizes its heaps under load and a fault's work (a resync, a repair)
+// may have just run: its runs moved by -10% to +35%. It catches gross growth only (50%); the
+// 30-minute run is the memory check.
+const rssTolerance = minutes >= 20 ? 0.1 : 0.5;
 // Descriptors come and go with connections in flight (etcd, clients of the agent, keep-alive).
 const fdSlack = (n: number) => Math.max(8, Math.ceil(n * 0.1));
 

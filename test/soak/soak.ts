@@ -92,7 +92,7 @@ async function cliJson(h: TestHost, args: string[]): Promise<any> {
 export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   const log = o.log ?? ((l: string) => process.stdout.write(l + '\n'));
   const durationMs = o.minutes * 60_000;
-  const cniPerS = o.cniPerS ?? 4;
+  const cniPerS = o.cniPerS ?? 5;
   const httpRps = o.httpRps ?? 50;
   const dnsQps = o.dnsQps ?? 200;
 
@@ -173,7 +173,16 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     };
     for (let i = 0; i < 2; i++) await dockerRun();
     const dig = async (name: string) => (await h1.ns.exec('dig', ['+short', '+time=2', '+tries=1', '-p', String(dns.dnsPort), '@127.0.0.1', name])).stdout.trim().split('\n').filter(Boolean);
-    await until('DNS answers web and dk', async () => (await dig('web.default.corral.internal')).length === 2 && (await dig('dk.default.corral.internal')).length === 2, { ms: 30_000, everyMs: 500 });
+
+
+    const regState = new Map<string, { present: boolean; certain: boolean; host: TestHost }>();
+    // One endpoint of "reg" from the start, never toggled: a name that has never existed is
+    // NXDOMAIN, and the DNS load queries it from the first second.
+    const regFixed = `${backends[0]!.address}:8999`;
+    const rf = await h1.agent!.cli(['register', 'reg', regFixed]);
+    if (rf.code !== 0) throw new Error(`register reg ${regFixed}: ${rf.stderr}`);
+    regState.set(regFixed, { present: true, certain: true, host: h1 });
+    await until('DNS answers web, dk and reg', async () => (await dig('web.default.corral.internal')).length === 2 && (await dig('dk.default.corral.internal')).length === 2 && (await dig('reg.default.corral.internal')).length === 1, { ms: 30_000, everyMs: 500 });
 
     // ---- the soak ----
     const T0 = Date.now();
@@ -240,7 +249,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         }
       }
     };
-    for (let i = 0; i < 3; i++) loops.push(cniWorker());
+    for (let i = 0; i < 4; i++) loops.push(cniWorker());
 
     // Docker churn: keep 2-3 labelled containers, replacing the oldest, about one change a second.
     loops.push((async () => {
@@ -265,7 +274,6 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
 
     // Registrations: toggle endpoints of service "reg" (addresses of the backends, ports 9000-9007)
     // on either host; an endpoint whose last command failed is uncertain until one succeeds.
-    const regState = new Map<string, { present: boolean; certain: boolean; host: TestHost }>();
     loops.push((async () => {
       let i = 0;
       while (!stopping) {
