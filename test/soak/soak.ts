@@ -243,9 +243,11 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           churn.cniAddFailed++;
           fail(`cni-add ${h.name}`, t, Date.now(), `${r.code} ${r.stdout} ${r.stderr}`);
           if (diskFull && h === h2) diskFullAdds.push(r.stdout.trim());
-          // What a runtime does after a failed ADD: DEL, then drop the sandbox.
-          await corralCni('DEL', { containerId: id, netns: ns.path, ifname: 'eth0' }, CNI_CONF(h)).catch(() => undefined);
-          await ns.delete();
+          // What a runtime does after a failed ADD: DEL (retried until it succeeds: an agent killed
+          // after its journal write holds an address nobody was told about), then drop the sandbox.
+          const d = await corralCni('DEL', { containerId: id, netns: ns.path, ifname: 'eth0' }, CNI_CONF(h)).catch(() => ({ code: -1 }));
+          if (d.code === 0) await ns.delete();
+          else live.push({ id, ns, address: '', host: h, deleting: true });
         }
       }
     };
