@@ -44,6 +44,8 @@ export interface SoakReport {
   http: { ok: number; failed: number };
   dns: { sent: number; completed: number; lost: number; errors: number; runs: number; failedRuns: number };
   failures: Failure[];
+  /** Errors of the test's own making (a sandbox the machine refused); reported, not product failures. */
+  harnessErrors: string[];
   /** Failures no fault window explains. */
   unattributed: Failure[];
   /** ADDs refused while the IPAM's filesystem was full, with the message the runtime got. */
@@ -200,9 +202,21 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     };
     const churn = { cniAdds: 0, cniDels: 0, cniAddFailed: 0, cniDelFailed: 0, dockerRuns: 0, dockerRemoves: 0, registrations: 0, deregistrations: 0, switches: 0 };
     const diskFullAdds: string[] = [];
+    const harnessErrors: string[] = [];
     let diskFull = false;
 
     // CNI churn: ADD and DEL on both hosts, paced to cniPerS in total, 4 to 10 containers a host.
+    /** A load loop that throws is a test error, recorded and restarted, not an unhandled rejection. */
+    const guard = async (name: string, loop: () => Promise<void>) => {
+      while (!stopping) {
+        try {
+          await loop();
+        } catch (err) {
+          harnessErrors.push(`${rel(Date.now())} s: ${name}: ${(err as Error).message}`);
+          await sleep(1000);
+        }
+      }
+    };
     let nextOp = Date.now();
     let rr = 0;
     const cniWorker = async () => {
@@ -233,7 +247,16 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           continue;
         }
         const id = `soak${randomBytes(6).toString('hex')}`;
-        const ns = await Netns.create(`corral-c-${c.id}`);
+        // The sandbox is the test's own doing: when the machine refuses it (a transient `spawn
+        // ELOOP` from `ip netns add` was seen here), that is counted apart and the churn goes on.
+        let ns: Netns;
+        try {
+          ns = await Netns.create(`corral-c-${c.id}`);
+        } catch (err) {
+          harnessErrors.push(`${rel(Date.now())} s: ${(err as Error).message}`);
+          await sleep(1000);
+          continue;
+        }
         const t = Date.now();
         const r = await corralCni('ADD', { containerId: id, netns: ns.path, ifname: 'eth0' }, CNI_CONF(h)).catch((e: Error) => ({ code: -1, stdout: e.message, stderr: '', out: undefined as any }));
         if (r.code === 0) {
@@ -251,7 +274,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         }
       }
     };
-    for (let i = 0; i < 4; i++) loops.push(cniWorker());
+    for (let i = 0; i < 4; i++) loops.push(guard('cni churn', cniWorker));
 
     // Docker churn: keep 2-3 labelled containers, replacing the oldest, about one change a second.
     loops.push((async () => {
@@ -584,7 +607,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       });
     }
     return {
-      startMs: T0, stopMs, warmupMs, faults, churn, http, dns: dnsFig, failures,
+      startMs: T0, stopMs, warmupMs, faults, churn, http, dns: dnsFig, failures, harnessErrors,
       unattributed: failures.filter((f) => !f.fault), diskFullAdds, components: figures, check,
     };
   } finally {
@@ -625,6 +648,7 @@ export function summary(r: SoakReport): string {
     `| HTTP requests through the LB | ${r.http.ok + r.http.failed} (${r.http.failed} failed) |`,
     `| DNS queries (dnsperf) | ${r.dns.sent} sent, ${r.dns.lost} lost, ${r.dns.errors} not NOERROR (${r.dns.failedRuns} of ${r.dns.runs} 5-s runs with a failure) |`,
     `| failures outside every fault window | ${r.unattributed.length} |`,
+    `| test harness errors (not product) | ${r.harnessErrors.length}${r.harnessErrors.length ? `: ${r.harnessErrors.slice(0, 3).join('; ')}` : ''} |`,
     `| containers live at the end | ${r.check.liveContainers}; address problems ${r.check.addressProblems.length}; IPAM mismatches ${r.check.ipamMismatch.length} |`,
   ];
   for (const c of r.components) {
