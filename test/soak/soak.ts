@@ -589,7 +589,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     }
 
     // ---- figures ----
-    const windowOf = (f: Failure) => faults.find((w) => f.atMs <= w.endMs + w.graceMs && f.endMs >= w.startMs);
+    // Windows overlap by their grace: a failure goes to the latest fault that began before it ended.
+    const windowOf = (f: Failure) => faults.filter((w) => f.atMs <= w.endMs + w.graceMs && f.endMs >= w.startMs).sort((a, b) => b.startMs - a.startMs)[0];
     for (const f of failures) f.fault = windowOf(f)?.kind;
     const figures: ComponentFigures[] = [];
     for (const name of ['agent h1', 'agent h2', 'dns', 'lb']) {
