@@ -300,16 +300,25 @@ export class Agent implements AgentOps {
     ipam.open();
     const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.node, a.address), value: JSON.stringify(a) });
     // The mesh starts after IPAM but before the API serves an ADD: containers get its MTU.
+    // At start every record is written again; a repair writes only what the catalog lacks.
+    const reconcile = async (all: boolean) => {
+      const ops: TxnOp[] = [];
+      for (const a of this.catalog.allocations.values()) {
+        if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.node, a.address) });
+      }
+      for (const r of ipam.list()) {
+        const a = this.attachments!.allocation(r);
+        const cur = this.catalog.allocations.get(a.address);
+        if (all || !cur || cur.node !== a.node || cur.containerId !== a.containerId || cur.ifname !== a.ifname) ops.push(put(a));
+      }
+      if (ops.length) await this.commit(ops);
+    };
     this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain, overlayMtu: () => this.mesh?.mtu ?? 0 }, {
       publish: async (a) => void (await this.commit([put(a)])),
       unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(this.node, address) }])),
+      repair: () => reconcile(false),
     }, this.log.child({ part: 'cni' }));
-    const ops: TxnOp[] = [];
-    for (const a of this.catalog.allocations.values()) {
-      if (a.node === this.node && !ipam.byAddr(a.address)) ops.push({ delete: keys.allocation(a.node, a.address) });
-    }
-    for (const r of ipam.list()) ops.push(put(this.attachments.allocation(r)));
-    if (ops.length) await this.commit(ops);
+    await reconcile(true);
     await this.attachments.start();
   }
 

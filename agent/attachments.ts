@@ -7,7 +7,8 @@
 // place (the nft change runs beside the netlink work); DEL answers once the interface and its
 // nft elements are gone (removed side by side, after the pair is down) and the address freed.
 // The registry record of either follows the answer, in order (List waits for it); a crash
-// before it is repaired at start, where the records are made to match the IPAM.
+// before it is repaired at start, where the records are made to match the IPAM, and a failure
+// (registry away) by a repair retried until the registry takes it.
 import { existsSync, writeFileSync } from 'node:fs';
 import type { Logger } from '../api/log.js';
 import type { Allocation, CniReply, CniRequest } from '../api/types.js';
@@ -18,6 +19,8 @@ import { Policy } from './policy.js';
 import { CniCode, CniError, DEFAULT_MTU, parseNetConf, type CniResult, type NetConf } from '../api/cni.js';
 
 export const GATEWAY_LINK = 'corral-gw';
+const REPAIR_FIRST_MS = 1000;
+const REPAIR_MAX_MS = 10_000;
 
 function podName(args: string): string {
   for (const kv of args.split(';')) {
@@ -30,6 +33,8 @@ function podName(args: string): string {
 export interface Publisher {
   publish(a: Allocation): Promise<void>;
   unpublish(address: string): Promise<void>;
+  /** Makes the registry's Allocation records of this node match the IPAM (after a failed publish or unpublish). */
+  repair(): Promise<void>;
 }
 
 export class Attachments {
@@ -39,6 +44,10 @@ export class Attachments {
   private readonly busy = new Map<string, Promise<unknown>>();
   /** Registry changes left running after an answer, applied in order. */
   private registryTail: Promise<void> = Promise.resolve();
+  /** A repair of the registry's records, pending after a publish or unpublish failed. */
+  private repairTimer: NodeJS.Timeout | undefined;
+  private repairDelayMs = REPAIR_FIRST_MS;
+  private closed = false;
 
   constructor(
     readonly ipam: Ipam,
@@ -156,11 +165,32 @@ export class Attachments {
     return p;
   }
 
-  /** Registry work an answer does not wait for; logged when it fails (a restart repairs it). */
+  /** Registry work an answer does not wait for; when it fails, a repair follows until the registry takes it. */
   private afterAnswer(what: string, rec: IpamRecord, fn: () => Promise<void>): void {
     this.inOrder(fn).catch((err: Error) => {
-      this.log.error({ err: err.message, address: rec.address, container: rec.containerId }, `${what} after the answer failed; the next agent start repairs it`);
+      this.log.error({ err: err.message, address: rec.address, container: rec.containerId }, `${what} after the answer failed; repairing the registry's records once it answers`);
+      this.repairSoon();
     });
+  }
+
+  /**
+   * One repair at a time, retried with backoff: without it a registry outage left records of
+   * deleted containers (and none of new ones) until the agent restarted.
+   */
+  private repairSoon(): void {
+    if (this.repairTimer || this.closed) return;
+    this.repairTimer = setTimeout(() => {
+      this.repairTimer = undefined;
+      this.inOrder(() => this.pub.repair()).then(() => {
+        this.repairDelayMs = REPAIR_FIRST_MS;
+        this.log.info('registry allocation records repaired');
+      }, (err: Error) => {
+        this.repairDelayMs = Math.min(this.repairDelayMs * 2, REPAIR_MAX_MS);
+        this.log.warn({ err: err.message, retryMs: this.repairDelayMs }, 'repairing the registry allocation records failed; retrying');
+        this.repairSoon();
+      });
+    }, this.repairDelayMs);
+    this.repairTimer.unref();
   }
 
   /** Waits for the registry records of answered ADDs and DELs. */
@@ -255,6 +285,8 @@ export class Attachments {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.repairTimer);
     await this.settled();
     this.ipam.close();
   }

@@ -3,7 +3,7 @@
 // start rebuilds the table (a torn last line is an unacknowledged write and is ignored), then
 // compacts it. kill -9 at any instant can leave an address allocated that no runtime was told
 // about (GC frees it), never an acknowledged one lost or one address held twice.
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { IPv4, IPv4CidrRange } from 'ip-num';
 
@@ -177,7 +177,22 @@ export class Ipam {
 
   private append(line: JournalLine): void {
     if (this.fd < 0) throw new Error('IPAM journal is not open');
-    writeSync(this.fd, JSON.stringify(line) + '\n');
-    fsyncSync(this.fd);
+    const buf = Buffer.from(JSON.stringify(line) + '\n');
+    const size = fstatSync(this.fd).size;
+    try {
+      // A full disk can take part of a line and return short: that torn line would swallow the
+      // next one on replay, so a write is whole or undone, and only a whole one is acknowledged.
+      const n = writeSync(this.fd, buf);
+      if (n !== buf.length) throw Object.assign(new Error(`short write (${n} of ${buf.length} bytes)`), { code: 'ENOSPC' });
+      fsyncSync(this.fd);
+    } catch (err) {
+      try {
+        ftruncateSync(this.fd, size);
+      } catch {
+        // the next open() ignores a torn last line; nothing was acknowledged
+      }
+      const e = err as NodeJS.ErrnoException;
+      throw new Error(`cannot record the IPAM change in ${this.file} (${e.code === 'ENOSPC' ? 'no space left on device' : e.message}): free space in the state dir, then retry`);
+    }
   }
 }

@@ -185,7 +185,7 @@ export class RealHosts {
     await this.register(service, addr, 8080, `${service}.test`);
     const seen = this.hosts[i]!.prober.watch(service, `${service}.default.corral.internal`, addr, `${service}.test`);
     const t0 = Date.now();
-    await h.start([], true);
+    await h.start([]);
     const readyMs = Date.now() - t0;
     const s = await seen;
     return { readyMs, dnsMs: s.dnsAt === null ? NaN : s.dnsAt - t0, lbMs: s.lbAt === null ? NaN : s.lbAt - t0 };

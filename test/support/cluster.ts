@@ -25,9 +25,11 @@ export interface TestHost {
   address: string;          // underlay address
   ifname: string;           // WireGuard interface
   stateDir: string;
+  /** The agent's run dir, the same across restarts like /run/corral (socket, wireguard-go's pid file). */
+  runDir: string;
   agent: Daemon | undefined;
-  /** (Re)starts the agent with the same state dir (and the same run dir, with `inPlace`: its socket path stays). */
-  start(extraArgs?: string[], inPlace?: boolean): Promise<Daemon>;
+  /** (Re)starts the agent with the same state dir and run dir (its socket path stays). */
+  start(extraArgs?: string[]): Promise<Daemon>;
   /** Kills the agent and its wireguard-go: the host is gone. */
   kill(): Promise<void>;
 }
@@ -108,12 +110,13 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
       await ns.exec('ip', ['addr', 'add', `${address}/24`, 'dev', 'eth0']);
       await ns.exec('ip', ['link', 'set', 'eth0', 'up']);
       const stateDir = mkdtempSync(join(tmpdir(), `corral-${name}-`));
+      const runDir = mkdtempSync(join(tmpdir(), `corral-run-${name}-`));
       const ifname = `wg${id}${name}`;
       const h: TestHost = {
-        name, ns, address, ifname, stateDir, agent: undefined,
-        async start(extra = [], inPlace = false) {
+        name, ns, address, ifname, stateDir, runDir, agent: undefined,
+        async start(extra = []) {
           h.agent = await startDaemon('agent', {
-            netns: ns.name, stateDir, nodeName: name, ...(inPlace && h.agent ? { runDir: h.agent.runDir } : {}),
+            netns: ns.name, stateDir, runDir, nodeName: name,
             args: ['--registry', etcd!.spec, '--overlay', 'wireguard-go', '--wg-interface', ifname, '--underlay-address', address, '--lease-ttl', String(o.leaseTtlS ?? 10), ...tlsArgs(), ...authArgs(name), ...(o.agentArgs ?? []), ...extra],
           });
           return h.agent;
@@ -133,6 +136,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
           await h.agent?.stop('SIGKILL');
           await ns.exec('ip', ['link', 'del', ifname]).catch(() => {});
           rmSync(`/var/run/wireguard/${ifname}.sock`, { force: true });
+          rmSync(join(runDir, `wireguard-go-${ifname}.pid`), { force: true }); // the run dir outlives the agent: no stale pid
         },
       };
       hosts.push(h);
@@ -147,6 +151,7 @@ export async function startCluster(o: { hosts: number; etcdMembers?: number; lea
         await h.kill().catch(() => {});
         await h.ns.delete();
         rmSync(h.stateDir, { recursive: true, force: true });
+        rmSync(h.runDir, { recursive: true, force: true });
       }
       await etcd?.stop();
       pki?.remove();

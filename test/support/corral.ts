@@ -76,7 +76,7 @@ export interface Daemon {
 export interface DaemonOpts {
   netns?: string;
   stateDir?: string;       // reuse to test restarts
-  runDir?: string;         // reuse to restart in place (DNS and LB keep the agent socket's path)
+  runDir?: string;         // reuse to restart in place: a restarted agent keeps its socket path and finds what the last one left (wireguard-go's pid file)
   args?: string[];
   env?: Record<string, string>;
   dockerSocket?: string;   // default: none
@@ -124,7 +124,7 @@ export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: Daemon
       const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       const code = await exited;
       clearTimeout(t);
-      rmSync(runDir, { recursive: true, force: true });
+      if (!o.runDir) rmSync(runDir, { recursive: true, force: true });
       if (!o.stateDir) rmSync(stateDir, { recursive: true, force: true });
       return code;
     },
