@@ -66,7 +66,7 @@ export class Agent implements AgentOps {
   constructor(private readonly opts: DaemonOptions, private readonly log: Logger) {
     const m = opts.mesh;
     this.catalog = new Catalog(opts.clusterCidr, (p) => log.warn({ key: p.key, field: p.field, problem: p.problem, writer: p.writer || 'unknown' }, 'registry record not served: it is invalid or conflicts with an older one'));
-    this.watchers = new Watchers(this.catalog);
+    this.watchers = new Watchers(this.catalog, (from) => this.changesSince(from));
     this.registry = registryFor(opts.registry, opts.stateDir, {
       log: log.child({ part: 'registry' }),
       leaseTtlS: m.leaseTtlS,
@@ -97,9 +97,12 @@ export class Agent implements AgentOps {
   }
 
   async start(): Promise<void> {
+    const t0 = performance.now();
     await this.registry.open();
     const first = await this.registry.range(PREFIX);
+    const t1 = performance.now();
     this.loadFrom((await this.moveToHostPrefix(first)) ? await this.registry.range(PREFIX) : first);
+    this.log.info({ records: first.kvs.length, revision: this.catalog.revision, readMs: Math.round(t1 - t0), loadMs: Math.round(performance.now() - t1), processMs: Math.round(t0) }, 'registry read');
     this.watchRegistry();
     this.registry.maintain?.(this.node, this.log.child({ part: 'registry' }));
     await this.cleanupAfterRestart();
@@ -126,7 +129,7 @@ export class Agent implements AgentOps {
     } else if (this.opts.dockerSocket) {
       this.log.warn({ socket: this.opts.dockerSocket }, 'no Docker socket here: containers are not watched (start dockerd, or pass --docker-socket "" to silence this)');
     }
-    this.log.info({ socket: this.opts.agentSocket, registry: this.registry.kind, revision: this.catalog.revision, node: this.node }, 'agent ready');
+    this.log.info({ socket: this.opts.agentSocket, registry: this.registry.kind, revision: this.catalog.revision, node: this.node, startMs: Math.round(performance.now()) }, 'agent ready');
   }
 
   async stop(): Promise<void> {
@@ -165,6 +168,18 @@ export class Agent implements AgentOps {
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
     this.promotion.review(ev);
+    return ev;
+  }
+
+  /**
+   * A consumer that kept running while this agent restarted: the changes since its revision, from
+   * the keys etcd held then (null: no such history, it takes a snapshot).
+   */
+  private async changesSince(from: number): Promise<WatchEvent | null> {
+    const then = await this.registry.keysAt?.(PREFIX, from);
+    if (!then) return null;
+    const ev = this.catalog.since(from, then);
+    this.log.info({ from, revision: this.catalog.revision, endpoints: ev?.endpoints.length, deletedEndpoints: ev?.deletedEndpoints.length }, ev ? 'a consumer resumed from its revision' : 'a consumer takes a snapshot: block leases changed since its revision');
     return ev;
   }
 

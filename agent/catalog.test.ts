@@ -258,3 +258,90 @@ describe('each host writes under its own prefix: a record claims only the host i
     expect(c.allocations.get('10.42.0.9')?.node).toBe('h1');
   });
 });
+
+describe('a consumer that outlived an agent restart resumes from its revision', () => {
+  /** A registry's keys as a plain map, with the catalog following it batch by batch. */
+  function registry() {
+    const kv = new Map<string, { value: string; mod: number }>();
+    let head = 0;
+    return {
+      kv,
+      write(b: KvBatch) {
+        head = b.revision;
+        for (const e of b.events) {
+          if (e.type === 'put') kv.set(e.key, { value: e.value, mod: b.revision });
+          else kv.delete(e.key);
+        }
+      },
+      range() {
+        return { revision: head, kvs: [...kv].map(([key, v]) => ({ key, value: v.value, modRevision: v.mod })) };
+      },
+    };
+  }
+  type State = { endpoints: Map<string, unknown>; services: Map<string, unknown>; hosts: Map<string, unknown> };
+  function consume(s: State, ev: ReturnType<Catalog['snapshot']>): void {
+    if (ev.snapshot) for (const m of Object.values(s)) m.clear();
+    for (const e of ev.endpoints) s.endpoints.set(e.id, e);
+    for (const id of ev.deletedEndpoints) s.endpoints.delete(id);
+    for (const x of ev.services) s.services.set(`${x.namespace}/${x.name}`, x);
+    for (const k of ev.deletedServices) s.services.delete(k);
+    for (const h of ev.hosts) s.hosts.set(h.name, h);
+    for (const n of ev.deletedHosts) s.hosts.delete(n);
+  }
+  const plain = (m: Map<string, unknown>) => JSON.parse(JSON.stringify([...m].sort(([a], [b]) => (a < b ? -1 : 1))));
+
+  it('gets one delta that ends where a freshly loaded catalog is: changed, deleted, re-created and conflicting records', () => {
+    const reg = registry();
+    const { c: before } = catalog();
+    const consumer: State = { endpoints: new Map(), services: new Map(), hosts: new Map() };
+    const step = (b: KvBatch) => {
+      reg.write(b);
+      consume(consumer, before.apply(b));
+    };
+    step(batch(['/corral/blocks/h1/10.42.0.0_24', lease('10.42.0.0/24', 'h1')], ['/corral/hosts/h1', host('h1', '10.42.0.0/24')]));
+    for (let i = 0; i < 6; i++) step(batch([`/corral/endpoints/h1/e${i}`, endpoint(`e${i}`, { address: `10.42.0.${10 + i}` })]));
+    step(batch(['/corral/services/default/web', { name: 'web', namespace: 'default', activeColor: 'blue', colors: {} }]));
+    const then = reg.range().revision;
+    const keysThen = new Set(reg.kv.keys());
+
+    // While the agent is down: a change, a delete, a delete and re-create, a new record, another
+    // host's record claiming a served id (not served), and a record made and deleted meanwhile.
+    reg.write(batch(['/corral/endpoints/h1/e0', endpoint('e0', { address: '10.42.0.10', healthy: false, healthReason: 'GET / answered 500' })]));
+    reg.write(batch(['/corral/endpoints/h1/e1']));
+    reg.write(batch(['/corral/endpoints/h1/e2']));
+    reg.write(batch(['/corral/endpoints/h1/e2', endpoint('e2', { address: '10.42.0.12', port: 81 })]));
+    reg.write(batch(['/corral/endpoints/h1/e9', endpoint('e9', { address: '10.42.0.19' })]));
+    reg.write(batch(['/corral/endpoints/h2/e3', endpoint('e3', { node: 'h2', address: '10.42.0.13' })]));
+    reg.write(batch(['/corral/endpoints/h1/gone', endpoint('gone', { address: '10.42.0.30' })]));
+    reg.write(batch(['/corral/endpoints/h1/gone']));
+    reg.write(batch(['/corral/services/default/web']));
+
+    const { c: after } = catalog();
+    after.load(reg.range());
+    const delta = after.since(then, keysThen);
+    expect(delta).not.toBeNull();
+    expect(delta!.snapshot).toBe(false);
+    expect(delta!.revision).toBe(reg.range().revision);
+    // Only what changed travels: e4 and e5 did not change, e3 is still served from h1.
+    expect(delta!.endpoints.map((e) => e.id).sort()).toEqual(['e0', 'e2', 'e3', 'e9']);
+    expect(delta!.deletedEndpoints.sort()).toEqual(['e1']);
+    expect(delta!.deletedServices).toEqual(['default/web']);
+    consume(consumer, delta!);
+    const fresh: State = { endpoints: new Map(), services: new Map(), hosts: new Map() };
+    consume(fresh, after.snapshot());
+    expect(plain(consumer.endpoints)).toEqual(plain(fresh.endpoints));
+    expect(plain(consumer.services)).toEqual(plain(fresh.services));
+    expect(plain(consumer.hosts)).toEqual(plain(fresh.hosts));
+  });
+
+  it('answers null (a snapshot) when a block lease changed meanwhile: which hosts are served depends on it', () => {
+    const reg = registry();
+    reg.write(batch(['/corral/blocks/h1/10.42.0.0_24', lease('10.42.0.0/24', 'h1')], ['/corral/hosts/h1', host('h1', '10.42.0.0/24')]));
+    const then = reg.range().revision;
+    const keysThen = new Set(reg.kv.keys());
+    reg.write(batch(['/corral/blocks/h1/10.42.0.0_24']));
+    const { c } = catalog();
+    c.load(reg.range());
+    expect(c.since(then, keysThen)).toBeNull();
+  });
+});

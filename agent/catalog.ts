@@ -138,6 +138,51 @@ export class Catalog {
     return ev;
   }
 
+  /**
+   * What changed since a past revision, as one delta at the current revision, given the keys the
+   * registry held then: every record whose key was written or deleted since, as served now. A
+   * consumer that applied everything up to that revision ends where this catalog is. null when a
+   * block lease changed meanwhile: which hosts are served then depends on more than their own keys.
+   */
+  since(revision: number, keysThen: ReadonlySet<string>): WatchEvent | null {
+    const touched: string[] = [];
+    for (const [key, mod] of this.modRevisions) if (mod > revision) touched.push(key);
+    for (const key of keysThen) if (!this.modRevisions.has(key)) touched.push(key);
+    const ev = emptyEvent(this.revision, false);
+    // By what a consumer keys on (endpoint id, service, host, address): two hosts' records of one id are one change.
+    const seen = new Set<string>();
+    const once = (id: string) => !seen.has(id) && !!seen.add(id);
+    for (const key of touched) {
+      if (key.startsWith(BLOCK)) return null;
+      if (key.startsWith(EP)) {
+        const id = split(key.slice(EP.length))[1];
+        if (!once(`e${id}`)) continue;
+        const ep = this.endpoints.get(id);
+        if (ep) ev.endpoints.push(ep);
+        else ev.deletedEndpoints.push(id);
+      } else if (key.startsWith(SVC)) {
+        const k = key.slice(SVC.length);
+        if (!once(`s${k}`)) continue;
+        const svc = this.services.get(k);
+        if (svc) ev.services.push(svc);
+        else ev.deletedServices.push(k);
+      } else if (key.startsWith(HOST)) {
+        const name = key.slice(HOST.length);
+        if (!once(`h${name}`)) continue;
+        const h = this.hosts.get(name);
+        if (h) ev.hosts.push(h);
+        else ev.deletedHosts.push(name);
+      } else if (key.startsWith(ALLOC)) {
+        const address = split(key.slice(ALLOC.length))[1];
+        if (!once(`a${address}`)) continue;
+        const a = this.allocations.get(address);
+        if (a) ev.allocations.push(a);
+        else ev.deletedAllocations.push(address);
+      }
+    }
+    return ev;
+  }
+
   endpointsOf(namespace: string, service: string): Endpoint[] {
     const eps = this.byService.get(serviceKey(namespace, service));
     return eps ? [...eps.values()] : [];

@@ -21,8 +21,15 @@ export class Watchers {
   private readonly subscribers = new Set<(ev: WatchEvent) => void>();
   private readonly components = new Map<string, Component>();
 
-  /** @param current the catalog: its snapshot and revision. */
-  constructor(private readonly current: { snapshot(): WatchEvent; readonly revision: number }) {}
+  /**
+   * @param current the catalog: its snapshot and revision.
+   * @param resume for a consumer older than the history (this agent restarted, it did not): one
+   *   delta from its revision to the current one, or null when that cannot be known.
+   */
+  constructor(
+    private readonly current: { snapshot(): WatchEvent; readonly revision: number },
+    private readonly resume?: (fromRevision: number) => Promise<WatchEvent | null>,
+  ) {}
 
   /** A fresh snapshot was loaded at revision: history before it is gone. */
   reset(revision: number): void {
@@ -49,24 +56,50 @@ export class Watchers {
     const kinds = kindsOf(req.kinds);
     const from = req.fromRevision ?? 0;
     const now = this.current.revision;
-    if (from > 0 && from >= this.floor && from <= now) {
-      let last = 0;
-      for (const ev of this.history) {
-        if (ev.revision <= from) continue;
-        const cut = only(ev, kinds);
-        if (cut) send(cut);
-        last = ev.revision;
-      }
-      if (last !== now) send(emptyEvent(now, false));
-    } else {
-      send(only(this.current.snapshot(), kinds)!);
-    }
     const fn = (ev: WatchEvent) => {
       const cut = only(ev, kinds);
       if (cut) send(cut);
     };
+    if (from > 0 && from >= this.floor && from <= now) {
+      let last = 0;
+      for (const ev of this.history) {
+        if (ev.revision <= from) continue;
+        fn(ev);
+        last = ev.revision;
+      }
+      if (last !== now) send(emptyEvent(now, false));
+    } else if (from > 0 && from < this.floor && this.resume) {
+      return this.resumed(from, fn, send, kinds);
+    } else {
+      send(only(this.current.snapshot(), kinds)!);
+    }
     this.subscribers.add(fn);
     return () => this.subscribers.delete(fn);
+  }
+
+  /**
+   * A consumer older than the history: events that arrive while its delta is worked out wait, then
+   * follow it (those the delta already covers are dropped); a snapshot when no delta can be made.
+   */
+  private resumed(from: number, fn: (ev: WatchEvent) => void, send: (ev: WatchEvent) => void, kinds: readonly RecordKindName[]): () => void {
+    const waiting: WatchEvent[] = [];
+    let live = false;
+    let closed = false;
+    const relay = (ev: WatchEvent) => (live ? fn(ev) : waiting.push(ev));
+    this.subscribers.add(relay);
+    const start = (delta: WatchEvent | null) => {
+      if (closed) return;
+      const first = delta ?? this.current.snapshot();
+      send(only(first, kinds) ?? emptyEvent(first.revision, false));
+      for (const ev of waiting) if (ev.revision > first.revision) fn(ev);
+      waiting.length = 0;
+      live = true;
+    };
+    this.resume!(from).then(start, () => start(null));
+    return () => {
+      closed = true;
+      this.subscribers.delete(relay);
+    };
   }
 
   /**

@@ -199,6 +199,27 @@ describe('registry records from anyone, against a real etcd, agent, DNS and LB',
     expect(alive(dns) && alive(lb)).toBe(true);
   });
 
+  it('resumes DNS and LB from their revision after the agent was killed: what changed meanwhile arrives as one delta', async () => {
+    await agent.stop('SIGKILL');
+    // While the agent is down, another host adds an endpoint and removes one.
+    await client.put(`${home('endpoint')}peer-ep-2`).value(JSON.stringify(validEndpoint('peer-ep-2', { service: 'peer2', namespace: 'default', address: '127.0.66.4' })));
+    await client.delete().key(`${home('endpoint')}peer-ep`);
+    agent = await startDaemon('agent', { stateDir, nodeName: NODE, args: agentArgs() });
+    unlinkSync(agentLink);
+    symlinkSync(agent.socket, agentLink);
+    await answers('peer2.default.corral.internal', ['127.0.66.4']);
+    await answers('peer.default.corral.internal', []);
+    await servesOriginals();
+    await caughtUp((await status()).revision, 20_000);
+    const log = agent.logs();
+    expect(log.split('\n').filter((l) => l.includes('a consumer resumed from its revision'))).toHaveLength(2);
+    expect(log).not.toContain('a consumer takes a snapshot');
+    // Put back what the next tests expect.
+    await client.put(`${home('endpoint')}peer-ep`).value(JSON.stringify(validEndpoint('peer-ep', { service: 'peer', namespace: 'default', address: '127.0.66.3' })));
+    await client.delete().key(`${home('endpoint')}peer-ep-2`);
+    await answers('peer.default.corral.internal', ['127.0.66.3']);
+  }, 120_000);
+
   it(`survives ${RECORDS} mutated records, and serves the valid ones and the restored originals`, async () => {
     const fz = new RecordFuzzer(SEED);
     const rng = fz.rng;

@@ -219,6 +219,15 @@ export class EtcdRegistry implements Registry {
     return { revision: Number(r.header.revision), kvs };
   }
 
+  async keysAt(prefix: string, revision: number): Promise<Set<string> | null> {
+    const r = await this.rpc(() => this.kv().range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), revision: String(revision), keys_only: true }).catch((err: Error) => {
+      // etcd answered: that revision's history is gone (or not made yet), which is no failure.
+      if (/required revision (has been compacted|is a future revision)/.test(err.message)) return null;
+      throw err;
+    }));
+    return r && new Set(r.kvs.map((kv) => kv.key.toString()));
+  }
+
   async txn(ops: TxnOp[], compares: Compare[] = []): Promise<number | null> {
     const keys = [...new Set([...ops.map((o) => ('put' in o ? o.put : o.delete)), ...compares.map((c) => c.key)])];
     const wantsLease = ops.some((o) => 'put' in o && o.ephemeral);

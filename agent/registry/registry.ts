@@ -54,6 +54,11 @@ export interface Registry {
    * before fromRevision is gone, onReset is called and the caller must range() again.
    */
   watch(prefix: string, fromRevision: number, onBatch: (b: KvBatch) => void, onReset: () => void): () => void;
+  /**
+   * The keys under prefix as they were at a past revision; null when that history is gone
+   * (compacted). Lets a restarted agent resume its consumers from their revision.
+   */
+  keysAt?(prefix: string, revision: number): Promise<Set<string> | null>;
   /** Whether the registry can be reached now; when not, what this process holds is stale. */
   health(): RegistryHealth;
   /**
