@@ -171,15 +171,25 @@ export class Agent implements AgentOps {
     return ev;
   }
 
+  /** Keys etcd held at a consumer's revision: DNS and LB usually ask for the same one, read once. */
+  private keysThen: { from: number; keys: Promise<Set<string> | null | undefined> } | undefined;
+
   /**
    * A consumer that kept running while this agent restarted: the changes since its revision, from
    * the keys etcd held then (null: no such history, it takes a snapshot).
    */
   private async changesSince(from: number): Promise<WatchEvent | null> {
-    const then = await this.registry.keysAt?.(PREFIX, from);
+    const t0 = performance.now();
+    if (this.keysThen?.from !== from) {
+      const keys = this.registry.keysAt?.(PREFIX, from) ?? Promise.resolve(undefined);
+      this.keysThen = { from, keys };
+      // Kept while the first consumers reconnect, not for ever: 50,000 keys are megabytes.
+      setTimeout(() => this.keysThen?.keys === keys && (this.keysThen = undefined), 10_000).unref();
+    }
+    const then = await this.keysThen.keys;
     if (!then) return null;
     const ev = this.catalog.since(from, then);
-    this.log.info({ from, revision: this.catalog.revision, endpoints: ev?.endpoints.length, deletedEndpoints: ev?.deletedEndpoints.length }, ev ? 'a consumer resumed from its revision' : 'a consumer takes a snapshot: block leases changed since its revision');
+    this.log.info({ from, revision: this.catalog.revision, endpoints: ev?.endpoints.length, deletedEndpoints: ev?.deletedEndpoints.length, ms: Math.round(performance.now() - t0) }, ev ? 'a consumer resumed from its revision' : 'a consumer takes a snapshot: block leases changed since its revision');
     return ev;
   }
 
