@@ -98,3 +98,5 @@ for (const n of names) {
   writeFileSync(FILE, [HEADER, ...ordered].join('\n\n') + '\n');
 }
 process.stderr.write(`bench: wrote ${FILE}\n`);
+// Every bench has closed what it started; a client library's idle handle must not keep the run open.
+process.exit(0);

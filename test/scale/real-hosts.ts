@@ -230,7 +230,12 @@ export class RealHosts {
       await h.lb.stop().catch(() => {});
     }
     this.httpd?.kill('SIGKILL');
-    this.nginx?.kill('SIGKILL');
+    // SIGTERM: nginx's master stops its workers (SIGKILL would leave them running).
+    if (this.nginx && this.nginx.exitCode === null) {
+      const gone = new Promise((r) => this.nginx!.once('exit', r));
+      this.nginx.kill('SIGTERM');
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))]);
+    }
     await this.cluster.close();
     rmSync(this.dir, { recursive: true, force: true });
   }
