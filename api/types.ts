@@ -39,6 +39,11 @@ export interface Endpoint {
    * existed — means "the LB's --lb-balance".
    */
   lbBalance?: string;
+  /**
+   * The route's edge labels (`corral.http.tls`, `.redirect`, `.hsts`, middlewares; full label names
+   * -> values, lb/middleware/labels.ts). Absent or {} (records written before the field): none.
+   */
+  edge?: Record<string, string>;
 }
 
 /** The LB's balancing policies (`--lb-balance`, label `corral.lb.balance`). */

@@ -4,6 +4,7 @@
 // same ports with stacks of their own (workers.ts); this thread keeps the watch and the admin.
 import type { Server } from 'node:http';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
@@ -32,6 +33,7 @@ export interface LbTuning {
 
 export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning = {}): Promise<RunningLb> {
   const o = { ...LB_DEFAULTS, ...opts.lb };
+  o.authDir ||= join(opts.stateDir, 'lb-auth');
   const main = new LbThread(0, o, log, true);
   const { routes, proxy, certs } = main;
   if (certs && certs.size === 0) log.warn({ dir: o.tlsCertDir }, 'no <host>.crt + <host>.key pair in --tls-cert-dir yet; HTTPS answers once one is there');

@@ -3,10 +3,11 @@
 // each worker thread (workers.ts) run one of their own; nothing in it is shared between threads.
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import type { Logger } from '../api/log.js';
-import type { LbOptions } from '../api/options.js';
+import { parseHostPort, type LbOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
 import { LbMetrics } from './metrics.js';
+import { EdgeRoutes } from './middleware/edges.js';
 import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
 import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
@@ -51,6 +52,7 @@ export class LbThread {
       // A drained endpoint has had its drain time already; one removed at once gets it now.
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
+    this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port }, log);
     this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
   }
