@@ -81,6 +81,7 @@ export interface AcmeOptions {
   challenge: 'http-01' | 'tls-alpn-01';
   renewBeforeMs: number;      // renew when this little validity is left; 0 = a third of the certificate's lifetime
   retryMs: number;            // first back-off after a failed order (doubles up to 6 h)
+  dir: string;                // where the LB keeps ACME files: <state dir>/acme (set by the LB)
 }
 
 export const LB_DEFAULTS: LbOptions = {
@@ -97,7 +98,7 @@ export const LB_DEFAULTS: LbOptions = {
   accessLog: false,
   threads: 0,
   authDir: '',
-  acme: { directory: '', email: '', ca: '', allHosts: false, challenge: 'http-01', renewBeforeMs: 0, retryMs: 60_000 },
+  acme: { directory: '', email: '', ca: '', allHosts: false, challenge: 'http-01', renewBeforeMs: 0, retryMs: 60_000, dir: '' },
 };
 
 /**

@@ -69,3 +69,20 @@ export async function selfSigned(dir: string, names: string[]): Promise<void> {
   await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', `/CN=${names[0]}`,
     '-addext', `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')}`, '-keyout', `${base}.key`, '-out', `${base}.crt`]);
 }
+
+/**
+ * A free 127.0.0.1 TCP port below Linux's ephemeral range (32768+), so no outgoing connection
+ * (etcd clients, HTTP clients) takes it between this call and the listen that uses it.
+ */
+export async function stablePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (ok) return port;
+  }
+}
