@@ -33,6 +33,7 @@ import { Watchers } from './watchers.js';
 import { ColorChanges } from './color-changes.js';
 import { EndpointWriter, type Commit } from './endpoint-writer.js';
 import { registryFor } from './registry/index.js';
+import { acmeProblems } from '../lb/acme/report.js';
 import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
@@ -396,7 +397,8 @@ export class Agent implements AgentOps {
       endpoints: this.catalog.endpoints.size,
       healthyEndpoints: healthy,
       ...this.registryStatus(),
-      problems: this.problemLines(),
+      // The LB of this host reports ACME failures beside it (lb/acme/report.ts).
+      problems: [...acmeProblems(this.opts.stateDir), ...this.problemLines()],
     };
   }
 

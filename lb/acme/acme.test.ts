@@ -19,6 +19,7 @@ import { defaultOptions, LB_DEFAULTS, type AcmeOptions } from '../../api/options
 import type { WatchEvent } from '../../api/types.js';
 import { curl, memoryWatch, stablePort } from '../../test/support/edge.js';
 import { startEtcd, type EtcdCluster } from '../../test/support/etcd.js';
+import { startDaemon } from '../../test/support/corral.js';
 import { Backend, backendEndpoint, startBackends } from '../../test/support/lb.js';
 import { startPebble, type Pebble } from '../../test/support/pebble.js';
 import { snapshot } from '../../test/support/records.js';
@@ -34,7 +35,7 @@ const pebbles: Pebble[] = [];
 let backend: Backend;
 let etcd: EtcdCluster | undefined;
 
-interface TestLb { lb: RunningLb; http: number; https: number; admin: number; dir: string }
+interface TestLb { lb: RunningLb; http: number; https: number; admin: number; dir: string; push(ev: WatchEvent): Promise<void> }
 
 async function ports(): Promise<{ http: number; https: number; admin: number }> {
   return { http: await stablePort(), https: await stablePort(), admin: await stablePort() };
@@ -55,7 +56,7 @@ async function startLb(p: { http: number; https: number; admin: number }, acme: 
     lb: { ...LB_DEFAULTS, threads: extra.threads ?? 1, httpsListen: `127.0.0.1:${p.https}`, acme: { ...LB_DEFAULTS.acme, retryMs: 2_000, ...acme } },
   }, makeLogger('lb', 'silent'), { watch: watch.source, spawnWorker: sourceThreads().spawn });
   lbs.push(lb);
-  return { lb, dir, ...p };
+  return { lb, dir, ...p, push: watch.push };
 }
 
 async function acmeStatus(t: TestLb): Promise<HostAcme[]> {
@@ -143,29 +144,42 @@ describe('ACME certificates from labels, with pebble', () => {
     expect((await curlHttps(t.https, 'web.test', root.file)).status).toBe(200);
   }, 80_000);
 
-  it('two LBs of two hosts sharing etcd order once; the other installs the same certificate', async () => {
+  it('two LBs of two hosts sharing etcd: one orders, the CA\'s check reaching the other LB is answered from the registry, and the other installs the same certificate without ordering', async () => {
     etcd = await startEtcd();
     const a = await ports();
     const b = await ports();
-    // The CA checks HTTP-01 on LB a's port only: whichever LB orders, the token must reach a (the registry).
+    // The CA checks HTTP-01 on LB a's port only, and b orders: the token reaches a through etcd.
     const pebble = await startPebble({ httpPort: a.http, tlsPort: a.https, validitySeconds: 3600 });
     pebbles.push(pebble);
     const root = await rootFile(pebble);
     const acme = { directory: pebble.directory, ca: pebble.apiCa };
+    const la = await startLb(a, acme, [snapshot(1, [])], { node: 'edge-h1', registry: etcd.spec });
+    const lb = await startLb(b, acme, [route('shared.test')], { node: 'edge-h2', registry: etcd.spec });
+    await until('b has the certificate', async () => (await acmeStatus(lb))[0]?.state === 'valid', { ms: 30_000 });
+    // Now a serves the route too: it installs b's certificate from etcd instead of ordering.
+    await la.push(route('shared.test'));
+    const sa = await until('a has it', async () => (await acmeStatus(la)).find((h) => h.state === 'valid'), { ms: 15_000 });
+    expect(sa.orderedBy).toBe('edge-h2');
+    expect(await metric(la, 'corral_lb_acme_orders_total{result="ok"}')).toBe(0);
+    expect(await metric(lb, 'corral_lb_acme_orders_total{result="ok"}')).toBe(1);
+    const served = await until('a serves it', () => servedSerial(la.https, 'shared.test', root.pem));
+    expect(await until('b serves it', () => servedSerial(lb.https, 'shared.test', root.pem))).toBe(served);
+    expect((await curlHttps(la.https, 'shared.test', root.file)).status).toBe(200);
+  }, 60_000);
+
+  it('two LBs that want a new host at the same moment order it once (the lock)', async () => {
+    const a = await ports();
+    const b = await ports();
+    const pebble = await startPebble({ httpPort: a.http, tlsPort: a.https, validitySeconds: 3600 });
+    pebbles.push(pebble);
+    const acme = { directory: pebble.directory, ca: pebble.apiCa };
     const [la, lb] = await Promise.all([
-      startLb(a, acme, [route('shared.test')], { node: 'edge-h1', registry: etcd.spec }),
-      startLb(b, acme, [route('shared.test')], { node: 'edge-h2', registry: etcd.spec }),
+      startLb(a, acme, [snapshot(1, [])], { node: 'edge-h1', registry: etcd!.spec }),
+      startLb(b, acme, [snapshot(1, [])], { node: 'edge-h2', registry: etcd!.spec }),
     ]);
-    await until('both LBs have the certificate', async () => {
-      const [sa, sb] = await Promise.all([acmeStatus(la), acmeStatus(lb)]);
-      return sa[0]?.state === 'valid' && sb[0]?.state === 'valid';
-    }, { ms: 30_000 });
-    const orders = (await metric(la, 'corral_lb_acme_orders_total{result="ok"}')) + (await metric(lb, 'corral_lb_acme_orders_total{result="ok"}'));
-    expect(orders).toBe(1);
-    const [sa, sb] = await Promise.all([acmeStatus(la), acmeStatus(lb)]);
-    expect(sa[0]!.orderedBy).toBe(sb[0]!.orderedBy);
-    expect(await until('a serves it', () => servedSerial(la.https, 'shared.test', root.pem))).toBe(await until('b serves it', () => servedSerial(lb.https, 'shared.test', root.pem)));
-    expect((await curlHttps(lb.https, 'shared.test', root.file)).status).toBe(200);
+    await Promise.all([la.push(route('race.test')), lb.push(route('race.test'))]);
+    await until('both have it', async () => (await acmeStatus(la))[0]?.state === 'valid' && (await acmeStatus(lb))[0]?.state === 'valid', { ms: 30_000 });
+    expect((await metric(la, 'corral_lb_acme_orders_total{result="ok"}')) + (await metric(lb, 'corral_lb_acme_orders_total{result="ok"}'))).toBe(1);
   }, 60_000);
 
   it('TLS-ALPN-01 on the HTTPS port; with pebble gone the renewal fails, the status says why, and the old certificate is served', async () => {
@@ -180,10 +194,19 @@ describe('ACME certificates from labels, with pebble', () => {
     await pebble.stop();
     pebbles.splice(pebbles.indexOf(pebble), 1);
     const failed = await until('the renewal failed', async () => (await acmeStatus(t)).find((h) => h.state === 'failed'), { ms: 30_000 });
-    expect(failed.lastError).toMatch(/ECONNREFUSED|connect/i);
+    expect(failed.lastError).toMatch(/^cannot reach the ACME directory https:.*ECONNREFUSED/);
     expect(Date.parse(failed.nextTryAt)).toBeGreaterThan(Date.now() - 1_000);
     expect(await metric(t, 'corral_lb_acme_failures{host="alpn.test"}')).toBeGreaterThan(0);
     expect(await servedSerial(t.https, 'alpn.test', root.pem)).toBe(serial);
     expect((await curlHttps(t.https, 'alpn.test', root.file)).status).toBe(200);
+    // `corral status` of this host's agent says why.
+    const agent = await startDaemon('agent', { stateDir: t.dir });
+    try {
+      const st = await agent.cli(['status']);
+      expect(st.stdout).toMatch(/problems\s+ACME certificate for alpn\.test: \d+ failed order\(s\) in a row: cannot reach the ACME directory https:\/\/127\.0\.0\.1:\d+\/dir: ECONNREFUSED/);
+      expect(st.stdout).toContain('the LB serves the previous one (valid until');
+    } finally {
+      await agent.stop();
+    }
   }, 60_000);
 });

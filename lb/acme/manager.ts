@@ -14,6 +14,7 @@ import type { Logger } from '../../api/log.js';
 import type { AcmeOptions } from '../../api/options.js';
 import type { AcmeStore, CertRecord } from './store.js';
 import { type AcmeDirs, removeFile, writeAtomic } from './files.js';
+import { STATUS_FILE } from './report.js';
 
 /** The longest back-off after failures. */
 const MAX_BACKOFF_MS = 6 * 3_600_000;
@@ -173,6 +174,7 @@ export class AcmeManager {
       this.failing.set({ host }, 0);
       this.orders.inc({ result: 'ok' });
       this.log.info({ host, notAfter: iso(rec.notAfter) }, 'ACME certificate issued');
+      this.report();
     } catch (err) {
       st.failures++;
       st.lastError = await this.explain(err);
@@ -181,6 +183,7 @@ export class AcmeManager {
       this.failing.set({ host }, st.failures);
       this.orders.inc({ result: 'failed' });
       const old = this.certs.get(host);
+      this.report();
       this.log.error({ host, err: st.lastError, failures: st.failures, retryInS: Math.round(backoff / 1000), serving: old ? `the previous certificate (until ${iso(old.notAfter)})` : 'no certificate yet' }, 'ACME order failed; trying again after the back-off');
     } finally {
       if (locked) await this.store.unlock(host).catch(() => undefined);
@@ -244,7 +247,17 @@ export class AcmeManager {
     writeAtomic(join(this.dirs.certs, `${rec.host}.key`), rec.key);
     writeAtomic(join(this.dirs.certs, `${rec.host}.crt`), rec.cert);
     this.expiry.set({ host: rec.host }, Math.round(rec.notAfter / 1000));
+    this.report();
     if (rec.node !== this.node) this.log.info({ host: rec.host, orderedBy: rec.node, notAfter: iso(rec.notAfter) }, 'ACME certificate from another LB installed');
+  }
+
+  /** status.json for `corral status` (report.ts). */
+  private report(): void {
+    try {
+      writeAtomic(join(this.dirs.root, STATUS_FILE), JSON.stringify({ updatedAt: new Date().toISOString(), hosts: this.status() }));
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot write the ACME status file');
+    }
   }
 
   status(): HostAcme[] {
