@@ -166,6 +166,8 @@ export interface RegisterRequest {
   portName: string;
   /** '' or absent: the LB's --lb-balance. */
   lbBalance?: string;
+  /** corral.http.* edge labels (TLS by ACME, redirect, middlewares), checked as container labels are. */
+  edge?: Record<string, string>;
 }
 export interface DeregisterRequest { service: string; namespace: string; address: string; port: number }
 export interface EndpointReply { revision: number; endpoint: Endpoint | null }
