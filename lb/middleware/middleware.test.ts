@@ -82,6 +82,10 @@ describe('edge labels on real requests', () => {
     expect(s.status).toBe(200);
     expect(s.body).toBe('b1 default\n');
     expect(s.headers['strict-transport-security']).toBe('max-age=31536000; includeSubDomains');
+    // The same over HTTP/2.
+    const h2 = await curl(['-k', '--http2', '--resolve', `redir.test:${lb.httpsPort}:127.0.0.1`, `${https}/a`]);
+    expect(h2.status).toBe(200);
+    expect(h2.headers['strict-transport-security']).toBe('max-age=31536000; includeSubDomains');
     // curl follows the redirect itself.
     const f = await curl(['-k', '-L', '--resolve', `redir.test:${lb.httpsPort}:127.0.0.1`, '--resolve', `redir.test:${lb.port}:127.0.0.1`, `http://redir.test:${lb.port}/followed`]);
     expect(f.status).toBe(200);
@@ -100,6 +104,8 @@ describe('edge labels on real requests', () => {
     expect(codes).toEqual([200, 200, 200, 200, 200, 429, 429, 429]);
     const r = await get('rl.test');
     expect(Number(r.headers['retry-after'])).toBeGreaterThan(0);
+    // Another client address has a bucket of its own.
+    expect((await get('rl.test', '/', '--interface', '127.0.0.2')).status).toBe(200);
     for (let i = 0; i < 8; i++) expect((await get('plain.test')).status).toBe(200);
   });
 
