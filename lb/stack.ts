@@ -55,7 +55,7 @@ export class LbThread {
       // A drained endpoint has had its drain time already; one removed at once gets it now.
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
-    this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port }, log);
+    this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port, warnNoAcme: thread === 0 && !o.acme.directory }, log);
     this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
     this.acme = o.acme.directory ? new AcmeThread(o.acme) : undefined;

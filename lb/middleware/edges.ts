@@ -20,13 +20,15 @@ export interface EdgeOptions {
   authDir: string;
   /** The HTTPS port clients use, for redirects (443: not written). */
   httpsPort: number;
+  /** Warn about routes asking for ACME certificates while the LB has no --acme-directory (one thread says it). */
+  warnNoAcme?: boolean;
 }
 
 export class EdgeRoutes {
   private readonly ctx: ChainContext;
   private readonly auths = new Map<string, BasicAuth>();
 
-  constructor(o: EdgeOptions, private readonly log?: Logger) {
+  constructor(private readonly o: EdgeOptions, private readonly log?: Logger) {
     this.ctx = {
       httpsPortSuffix: o.httpsPort === 443 || o.httpsPort === 0 ? '' : `:${o.httpsPort}`,
       auth: (name) => {
@@ -75,6 +77,7 @@ export class EdgeRoutes {
       return;
     }
     state.edge = config;
+    if (config.tls === 'acme' && this.o.warnNoAcme) this.log?.warn({ service: state.key }, 'the service asks for an ACME certificate (corral.http.tls=acme) but this LB has no --acme-directory; its hosts get no certificate from it');
     state.middleware = hasMiddleware(config) ? new RouteMiddleware(config, normalizedPath(from.httpPath), this.ctx) : null;
   }
 }
