@@ -33,6 +33,8 @@ import { Watchers } from './watchers.js';
 import { ColorChanges } from './color-changes.js';
 import { EndpointWriter, type Commit } from './endpoint-writer.js';
 import { registryFor } from './registry/index.js';
+import { acmeProblems } from '../lb/acme/report.js';
+import { EdgeLabelError, isEdgeLabel, parseEdge } from '../lb/middleware/labels.js';
 import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
@@ -421,7 +423,8 @@ export class Agent implements AgentOps {
       endpoints: this.catalog.endpoints.size,
       healthyEndpoints: healthy,
       ...this.registryStatus(),
-      problems: this.problemLines(),
+      // The LB of this host reports ACME failures beside it (lb/acme/report.ts).
+      problems: [...acmeProblems(this.opts.stateDir), ...this.problemLines()],
     };
   }
 
@@ -497,6 +500,7 @@ export class Agent implements AgentOps {
       httpPath: v.httpPath('http path', req.httpPath || '/'),
       healthCheck: healthCheckFrom(req.healthCheck),
       lbBalance: req.lbBalance ? v.balancePolicy('lb balance', req.lbBalance) : undefined,
+      edge: checkedEdge(req.edge),
     });
     await this.endpoints.upsert(ep);
     return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(ep.id) ?? ep };
@@ -537,4 +541,17 @@ function healthCheckFrom(hc: HealthCheck | null): HealthCheck | null {
     rise: hc.rise || v.HEALTH_DEFAULTS.rise,
     fall: hc.fall || v.HEALTH_DEFAULTS.fall,
   };
+}
+
+/** Edge labels of a Register request, checked as container labels are (lb/middleware/labels.ts). */
+function checkedEdge(edge: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (!edge || Object.keys(edge).length === 0) return undefined;
+  for (const [k, val] of Object.entries(edge)) if (!isEdgeLabel(k)) throw new v.InvalidEndpoint('edge', `${k}=${val}`, 'corral.http.* edge labels (README: Docker labels)');
+  try {
+    parseEdge(edge);
+  } catch (err) {
+    if (err instanceof EdgeLabelError) throw new v.InvalidEndpoint(err.label, err.value, err.accepted);
+    throw err;
+  }
+  return Object.fromEntries(Object.entries(edge).sort(([a], [b]) => (a < b ? -1 : 1)));
 }

@@ -93,6 +93,8 @@ export interface EndpointSpec {
   containerName?: string;
   /** Balancing policy the endpoint asks for; unset: the LB's --lb-balance. */
   lbBalance?: BalancePolicy;
+  /** corral.http.* edge labels, already checked (lb/middleware/labels.ts); unset or {}: none. */
+  edge?: Record<string, string>;
   /** Initial health: true unless an active check must pass first. */
   healthy?: boolean;
   healthReason?: string;
@@ -122,6 +124,7 @@ export function newEndpoint(s: EndpointSpec): Endpoint {
     containerName: s.containerName ?? '',
     draining: false,
     lbBalance: s.lbBalance ? balancePolicy('lb balance', s.lbBalance) : '',
+    ...(s.edge && Object.keys(s.edge).length ? { edge: s.edge } : {}),
   };
 }
 

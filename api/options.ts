@@ -68,6 +68,20 @@ export interface LbOptions {
   httpsListen: string;        // used when tlsCertDir has certificates
   accessLog: boolean;         // one pino line per request
   threads: number;            // threads serving HTTP(S) in the one lb process (SO_REUSEPORT); 0 = one per CPU
+  authDir: string;            // basic-auth password files named by corral.http.auth.basic; "" = <state dir>/lb-auth
+  acme: AcmeOptions;
+}
+
+/** ACME (lb/acme/): certificates for routes labelled corral.http.tls=acme (flags --acme-*). */
+export interface AcmeOptions {
+  directory: string;          // the ACME directory URL; "" = no ACME
+  email: string;              // account contact
+  ca: string;                 // PEM file of CAs trusted for the directory's own HTTPS ("" = the system's)
+  allHosts: boolean;          // every exact route host gets a certificate, labelled or not
+  challenge: 'http-01' | 'tls-alpn-01';
+  renewBeforeMs: number;      // renew when this little validity is left; 0 = a third of the certificate's lifetime
+  retryMs: number;            // first back-off after a failed order (doubles up to 6 h)
+  dir: string;                // where the LB keeps ACME files: <state dir>/acme (set by the LB)
 }
 
 export const LB_DEFAULTS: LbOptions = {
@@ -83,6 +97,8 @@ export const LB_DEFAULTS: LbOptions = {
   httpsListen: ':443',
   accessLog: false,
   threads: 0,
+  authDir: '',
+  acme: { directory: '', email: '', ca: '', allHosts: false, challenge: 'http-01', renewBeforeMs: 0, retryMs: 60_000, dir: '' },
 };
 
 /**

@@ -116,6 +116,7 @@ export class RecordRules {
     if (!Array.isArray(hosts) || hosts.length > 32) throw new InvalidRecord('httpHosts', 'not a list of at most 32 host names');
     for (const h of hosts) if (typeof h !== 'string' || h.length > 253 || !HOSTNAME.test(h)) throw new InvalidRecord('httpHosts', `"${String(h).slice(0, 80)}" is not a host name`);
     const lbBalance = str(o, 'lbBalance', 32, { dflt: '' });
+    const edge = edgeMap(o.edge);
     return {
       id: str(o, 'id', 512, { re: /^[\x21-\x7e]+$/, what: 'an id of printable characters' }),
       service: label(o, 'service'),
@@ -138,6 +139,7 @@ export class RecordRules {
       containerName: str(o, 'containerName', 256, { dflt: '' }),
       draining: bool(o, 'draining', false),
       lbBalance,
+      ...(edge ? { edge } : {}),
     };
   }
 
@@ -199,6 +201,21 @@ export class RecordRules {
     this.block(block, 'block');
     return { block, node: node(o, 'node'), sinceMs: int(o, 'sinceMs', 0, Number.MAX_SAFE_INTEGER, 0) };
   }
+}
+
+/** An endpoint's edge labels: at most 32 `corral.http.*` names to printable values (the LB parses them). */
+function edgeMap(v: unknown): Record<string, string> | undefined {
+  if (v === undefined || v === null) return undefined;
+  const o = object(v, 'edge');
+  const entries = Object.entries(o);
+  if (entries.length > 32) throw new InvalidRecord('edge', `${entries.length} labels, at most 32`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of entries) {
+    if (!/^corral\.http\.[\x21-\x7e]{1,120}$/.test(k)) throw new InvalidRecord('edge', `"${k.slice(0, 80)}" is not a corral.http.* label name`);
+    if (typeof val !== 'string' || val.length > 1024 || !/^[\x20-\x7e\t]*$/.test(val)) throw new InvalidRecord(`edge.${k}`, 'not a printable value of at most 1024 characters');
+    out[k] = val;
+  }
+  return entries.length ? out : undefined;
 }
 
 function healthCheck(o: Obj): HealthCheck | null {

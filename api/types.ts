@@ -39,6 +39,11 @@ export interface Endpoint {
    * existed — means "the LB's --lb-balance".
    */
   lbBalance?: string;
+  /**
+   * The route's edge labels (`corral.http.tls`, `.redirect`, `.hsts`, middlewares; full label names
+   * -> values, lb/middleware/labels.ts). Absent or {} (records written before the field): none.
+   */
+  edge?: Record<string, string>;
 }
 
 /** The LB's balancing policies (`--lb-balance`, label `corral.lb.balance`). */
@@ -161,6 +166,8 @@ export interface RegisterRequest {
   portName: string;
   /** '' or absent: the LB's --lb-balance. */
   lbBalance?: string;
+  /** corral.http.* edge labels (TLS by ACME, redirect, middlewares), checked as container labels are. */
+  edge?: Record<string, string>;
 }
 export interface DeregisterRequest { service: string; namespace: string; address: string; port: number }
 export interface EndpointReply { revision: number; endpoint: Endpoint | null }

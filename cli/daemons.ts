@@ -49,7 +49,22 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'mtu', help: 'overlay MTU (default: underlay MTU minus 60 for IPv4, 80 for IPv6)' },
   { name: 'key-rotation', help: 'rotate the WireGuard key this often, e.g. 24h; 0 = only by `corral rotate-keys` (default 0)' },
   { name: 'https-listen', help: 'lb: ADDR:PORT for HTTPS when certificates are configured (default :443)' },
+  { name: 'lb-auth-dir', help: 'lb: directory of the basic-auth password files that corral.http.auth.basic names (default <state dir>/lb-auth)' },
+  { name: 'acme-directory', help: 'lb: ACME directory URL; routes labelled corral.http.tls=acme get certificates from it (enables HTTPS)' },
+  { name: 'acme-email', help: 'lb: contact e-mail of the ACME account' },
+  { name: 'acme-ca', help: 'lb: PEM file of CAs to trust for the ACME directory\'s own HTTPS (default: the system\'s)' },
+  { name: 'acme-all-hosts', boolean: true, help: 'lb: every exact route host gets an ACME certificate, labelled or not (default off)' },
+  { name: 'acme-challenge', help: 'lb: http-01 (answered on the HTTP port, default) or tls-alpn-01 (on the HTTPS port)' },
+  { name: 'acme-renew-before', help: 'lb: renew a certificate when this little validity is left, e.g. 30d (default: a third of its lifetime)' },
+  { name: 'acme-retry', help: 'lb: first back-off after a failed ACME order, doubling up to 6h (default 1m)' },
 ];
+
+/** "90s", "30m", "12h", "30d" -> milliseconds. */
+function longDurationFlag(text: string, flag: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`--${flag} "${text}" is not a duration such as 90s, 30m, 12h or 30d`);
+  return Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] ?? 's'] ?? 1000);
+}
 
 function durationFlag(text: string, flag: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
@@ -131,6 +146,24 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   }
   if (f.has('tls-cert-dir')) lb.tlsCertDir = f.get('tls-cert-dir')!;
   if (f.has('https-listen')) lb.httpsListen = f.get('https-listen')!;
+  if (f.has('lb-auth-dir')) lb.authDir = f.get('lb-auth-dir')!;
+  lb.acme = { ...lb.acme };
+  if (f.has('acme-directory')) {
+    const v = f.get('acme-directory')!;
+    if (v && !/^https?:\/\/\S+$/.test(v)) throw new UsageError(`--acme-directory "${v}" is not an http(s):// URL, such as https://acme-v02.api.letsencrypt.org/directory`);
+    lb.acme.directory = v;
+  }
+  if (f.has('acme-email')) lb.acme.email = f.get('acme-email')!;
+  if (f.has('acme-ca')) lb.acme.ca = f.get('acme-ca')!;
+  if (p.bools.has('acme-all-hosts')) lb.acme.allHosts = true;
+  if (f.has('acme-challenge')) {
+    const v = f.get('acme-challenge')!;
+    if (v !== 'http-01' && v !== 'tls-alpn-01') throw new UsageError(`--acme-challenge "${v}" is not http-01 or tls-alpn-01`);
+    lb.acme.challenge = v;
+  }
+  if (f.has('acme-renew-before')) lb.acme.renewBeforeMs = longDurationFlag(f.get('acme-renew-before')!, 'acme-renew-before');
+  if (f.has('acme-retry')) lb.acme.retryMs = Math.max(1000, longDurationFlag(f.get('acme-retry')!, 'acme-retry'));
+  if ((lb.acme.allHosts || f.has('acme-email')) && !lb.acme.directory) throw new UsageError('--acme-email and --acme-all-hosts need --acme-directory');
   const mesh = o.mesh;
   if (f.has('etcd-ca')) mesh.etcdCa = f.get('etcd-ca')!;
   if (f.has('etcd-cert')) mesh.etcdCert = f.get('etcd-cert')!;

@@ -4,13 +4,16 @@
 // same ports with stacks of their own (workers.ts); this thread keeps the watch and the admin.
 import type { Server } from 'node:http';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { startAdmin } from '../api/admin.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import { socketWatch, type WatchSource } from '../api/watch.js';
+import type { Registry } from '../agent/registry/registry.js';
 import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { closeFds, listenFd, reusePortListeners, type SharedListeners } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
+import { startAcme, type AcmeManager } from './acme/index.js';
 import { startLbWorkers, type LbWorkers } from './workers.js';
 
 /** How long shutdown waits for in-flight requests before cutting them. */
@@ -28,10 +31,14 @@ export interface LbTuning {
   spawnWorker?: SpawnWorker;
   /** Where records come from (default: the agent's socket, --agent-socket). */
   watch?: WatchSource;
+  /** Where LBs share ACME certificates and locks (default: etcd with --registry etcd://, else a store in <state dir>/acme). */
+  acmeRegistry?: Registry;
 }
 
 export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning = {}): Promise<RunningLb> {
   const o = { ...LB_DEFAULTS, ...opts.lb };
+  o.authDir ||= join(opts.stateDir, 'lb-auth');
+  o.acme = { ...o.acme, dir: o.acme.dir || join(opts.stateDir, 'acme') };
   const main = new LbThread(0, o, log, true);
   const { routes, proxy, certs } = main;
   if (certs && certs.size === 0) log.warn({ dir: o.tlsCertDir }, 'no <host>.crt + <host>.key pair in --tls-cert-dir yet; HTTPS answers once one is there');
@@ -82,10 +89,20 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
     throw err;
   }
 
+  let acme: AcmeManager | undefined;
+  if (o.acme.directory) {
+    try {
+      acme = await startAcme(opts, o.acme, main.metrics.registry, log.child({ part: 'acme' }), tuning.acmeRegistry);
+    } catch (err) {
+      await Promise.all([main.close(0), workers?.close(0)]);
+      throw err;
+    }
+  }
   const watch = (tuning.watch ?? socketWatch(opts.agentSocket))('lb', {
     kinds: ['endpoints', 'services'],
     onEvent(ev) {
       main.apply(ev);
+      acme?.wantFrom(routes);
       if (ev.snapshot) log.info({ revision: ev.revision, ...routes.stats }, 'routes loaded from the agent');
       else log.debug({ revision: ev.revision }, 'routes updated');
       // Acked to the agent only once every thread serves it: `corral status` must not claim a
@@ -105,6 +122,7 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
       port,
       httpsPort,
       certificates: certs?.names ?? [],
+      ...(acme ? { acme: acme.status() } : {}),
       balance: o.balance,
       agentSocket: opts.agentSocket,
       connected: watch.connected,
@@ -123,7 +141,7 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
   try {
     admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, { metrics, ready, status });
   } catch (err) {
-    await Promise.all([main.close(0), workers?.close(0)]);
+    await Promise.all([main.close(0), workers?.close(0), acme?.close()]);
     throw err;
   }
   watch.start();
@@ -139,7 +157,7 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
         watch.close();
         await new Promise<void>((resolve) => adminServer.close(() => resolve()));
         adminServer.closeAllConnections();
-        await Promise.all([main.close(SHUTDOWN_GRACE_MS), workers?.close(SHUTDOWN_GRACE_MS)]);
+        await Promise.all([main.close(SHUTDOWN_GRACE_MS), workers?.close(SHUTDOWN_GRACE_MS), acme?.close()]);
       })();
       return closing;
     },

@@ -51,6 +51,9 @@ export const PROXY_DEFAULTS: ProxyOptions = {
   accessLog: LB_DEFAULTS.accessLog,
 };
 
+/** Where ACME HTTP-01 challenges are asked (RFC 8555 8.3). */
+const ACME_CHALLENGE_PATH = '/.well-known/acme-challenge/';
+
 /** Largest response head accepted from an endpoint (then 502). */
 const MAX_RESPONSE_HEAD = 64 * 1024;
 /** How long a connection closed after an error answer keeps reading (and dropping) what the client still sends, so its answer is not lost to a reset. */
@@ -70,6 +73,7 @@ const R_HEAD = 0; // the next request head
 const R_BODY = 1; // the current request's body
 const R_DONE = 2; // the current request is read; its response is not finished (pipelined bytes wait)
 const R_CLOSED = 3; // nothing more is parsed (closing, or spliced after an upgrade)
+const R_HOLD = 4; // a middleware check is running; the head waits in the buffer
 
 // Where the response is.
 const RS_NONE = 0; // no request in flight
@@ -357,9 +361,25 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     const host = normalizedHost(hostHeader);
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
+    // ACME HTTP-01 (lb/acme/): answered by the LB itself, whatever the route.
+    if (proxy.acmeChallenge !== undefined && path.startsWith(ACME_CHALLENGE_PATH)) {
+      const keyAuth = proxy.acmeChallenge(path.slice(ACME_CHALLENGE_PATH.length));
+      return keyAuth === undefined ? this.answer(404, 'not found: no such ACME challenge\n') : this.answer(200, keyAuth);
+    }
     const route = proxy.routes.lookup(host, path);
     if (route === undefined) return this.answer(404, `not found: no route for host "${host}" and path "${path}"\n`);
     this.target = route;
+    const mw = route.middleware;
+    if (mw !== null) {
+      const v = mw.request(this.client, this.proto, hostHeader, url, buf, h.fields);
+      if (v !== null) {
+        if (v instanceof Promise) return this.holdFor(v, buf, from);
+        this.closeAfter ||= v.code >= 400 && this.bodyKind !== B_NONE;
+        return this.answer(v.code, v.text, v.headers);
+      }
+      const stripped = mw.rewrite(url);
+      if (stripped !== null) target = stripped;
+    }
 
     if (h.upgrade && (h.connection & C_UPGRADE) !== 0) {
       proxy.upgrade(this, route, buf, from, h, target);
@@ -379,8 +399,13 @@ class ClientConnection implements UpstreamUser, ChunkSink {
       return this.answer(417, 'expectation failed: only "Expect: 100-continue" is understood\n');
     }
     this.peer = peer;
-    const named = (h.connection & C_OTHER) !== 0 ? connectionNamed(buf, h.fields, F_CONNECTION) : null;
-    this.reqHead = buildRequestHead(buf, from, h, target, this.tailFor(buf, h, hostHeader, target !== null, false), false, named);
+    let named = (h.connection & C_OTHER) !== 0 ? connectionNamed(buf, h.fields, F_CONNECTION) : null;
+    let tail = this.tailFor(buf, h, hostHeader, target !== null, false);
+    if (mw !== null) {
+      named = mw.dropRequest(named);
+      tail = mw.requestTail + (mw.strip !== '' ? `x-forwarded-prefix: ${mw.strip}\r\n` : '') + tail;
+    }
+    this.reqHead = buildRequestHead(buf, from, h, target, tail, false, named);
     this.replayable = this.bodyKind === B_NONE && IDEMPOTENT.has(this.method);
     // Node's server answered 100-continue by itself; so do we, once the request is going somewhere.
     if (h.expect === 1 && this.bodyKind !== B_NONE && h.version === 11) this.socket.write(CONTINUE);
@@ -415,6 +440,24 @@ class ClientConnection implements UpstreamUser, ChunkSink {
       this.tail = tail;
     }
     return tail;
+  }
+
+  /**
+   * A middleware check still running (a password hash): the head goes back into the buffer, reading
+   * stops, and once the check is done the head is parsed again and the check answers at once.
+   */
+  private holdFor(check: Promise<void>, buf: Buffer, from: number): void {
+    this.buf = buf.subarray(from);
+    this.reading = R_HOLD;
+    this.resState = RS_NONE;
+    this.target = null;
+    this.socket.pause();
+    void check.then(() => {
+      if (this.reading !== R_HOLD || this.socket.destroyed) return;
+      this.reading = R_HEAD;
+      if (!this.pausedForUpstream && !this.pausedForPipeline) this.socket.resume();
+      this.drive();
+    });
   }
 
   /** Send (or resend) the request to this.peer. */
@@ -563,18 +606,18 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   // ---- answers -----------------------------------------------------------------------------
 
   /** An answer of the load balancer itself (404, 503, 502, ...). */
-  private answer(code: number, text: string): void {
+  private answer(code: number, text: string, headers = ''): void {
     // A request body not read yet cannot be skipped safely: close after the answer.
     const close = this.closeAfter || this.reading === R_BODY || this.proxy.closing;
-    this.writeAnswer(code, text, close);
+    this.writeAnswer(code, text, close, headers);
     this.proxy.finish(this, this.target ?? undefined, code >= 502 && this.peer !== null ? this.peer : undefined, code, this.start);
     this.responseEnded(close);
   }
 
-  private writeAnswer(code: number, text: string, close: boolean): void {
+  private writeAnswer(code: number, text: string, close: boolean, headers = ''): void {
     if (this.socket.destroyed || !this.socket.writable) return;
     const body = this.isHead ? '' : text;
-    this.socket.write(`HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${close ? 'connection: close\r\n' : ''}\r\n${body}`);
+    this.socket.write(`HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${headers}${close ? 'connection: close\r\n' : ''}\r\n${body}`);
   }
 
   /** The response to the current request is complete on the client side. */
@@ -670,7 +713,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     } else {
       tail = this.closeAfter ? 'connection: close\r\n\r\n' : this.version === 10 ? 'connection: keep-alive\r\n\r\n' : CRLF;
     }
-    const named = (h.connection & C_OTHER) !== 0 ? connectionNamed(buf, h.fields, F_CONNECTION) : null;
+    let named = (h.connection & C_OTHER) !== 0 ? connectionNamed(buf, h.fields, F_CONNECTION) : null;
+    const mw = this.target?.middleware ?? null;
+    if (mw !== null) {
+      named = mw.dropResponse(named);
+      tail = mw.responseTail(this.proto) + tail;
+    }
     let bodyEnd = end;
     if (kind === B_LENGTH) {
       bodyEnd = end + Math.min(h.contentLength, buf.length - end);
@@ -895,6 +943,8 @@ export class HttpProxy {
   private sweeper: NodeJS.Timeout | undefined;
   /** Sockets handed over to upgraded (WebSocket) connections, cut at shutdown. */
   private readonly upgraded = new Set<Socket>();
+  /** ACME HTTP-01: the key authorization for a token (lb/acme/), when the LB orders certificates. */
+  acmeChallenge: ((token: string) => string | undefined) | undefined;
   /** HTTP/2 sessions of TLS clients that chose "h2" (made with the first TLS server). */
   private h2: H2Front | undefined;
 

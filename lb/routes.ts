@@ -17,6 +17,9 @@
 import type { Logger } from 'pino';
 import { isBalancePolicy, serviceKey, type BalancePolicy, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
 import { balancerFor, originOf, type Balancer, type BalancerFactory } from './balancer.js';
+import type { RouteMiddleware } from './middleware/chain.js';
+import type { EdgeRoutes } from './middleware/edges.js';
+import { EMPTY_EDGE, type EdgeConfig } from './middleware/labels.js';
 
 const defaultBalancer: BalancerFactory = balancerFor('round-robin');
 
@@ -26,6 +29,8 @@ export interface RouteTarget {
   readonly namespace: string;
   readonly name: string;
   readonly balancer: Balancer;
+  /** The route's middlewares (lb/middleware/); null when its labels ask for none. */
+  readonly middleware: RouteMiddleware | null;
 }
 
 /**
@@ -43,6 +48,10 @@ class ServiceState implements RouteTarget {
   asked: BalancePolicy | undefined = undefined;
   /** The last disagreement among the endpoints that was logged ('' none), so it is logged once. */
   conflict = '';
+  /** Edge labels (lb/middleware/edges.ts): their JSON, parsed config and middleware chain. */
+  edgeKey = '';
+  edge: EdgeConfig = EMPTY_EDGE;
+  middleware: RouteMiddleware | null = null;
   constructor(
     readonly key: string,
     readonly namespace: string,
@@ -131,6 +140,9 @@ export class RouteTable {
   /** The last endpoint record seen per origin, for OriginRemoved. */
   private readonly originEndpoint = new Map<string, Endpoint>();
 
+  /** Edge labels to middlewares (set by the thread's stack); unset: no middleware anywhere. */
+  edges: EdgeRoutes | undefined;
+
   /** Revision of the last applied event; 0 until the first snapshot. */
   revision = 0;
   /** True once a snapshot has been applied: the table reflects the registry. */
@@ -212,6 +224,14 @@ export class RouteTable {
       dot = host.indexOf('.', dot + 1);
     }
     return this.wildcard.get('')?.match(path);
+  }
+
+  /** Every routed service's exact hosts and edge config (for ACME: which names need certificates). */
+  *routedServices(): Generator<{ key: string; hosts: string[]; edge: EdgeConfig }> {
+    for (const s of this.services.values()) {
+      if (s.claims.size === 0) continue;
+      yield { key: s.key, hosts: [...new Set([...s.claims.values()].map(([h]) => h))], edge: s.edge };
+    }
   }
 
   private replace(ev: WatchEvent): void {
@@ -324,6 +344,7 @@ export class RouteTable {
       }
     }
     state.balancer.update(state.record, endpoints);
+    this.edges?.update(state, endpoints);
     // Only if the table still points at this object: a later upsert may have made a new one.
     if (state.endpoints.size === 0 && state.record === undefined && this.services.get(state.key) === state) {
       this.services.delete(state.key);

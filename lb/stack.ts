@@ -3,10 +3,12 @@
 // each worker thread (workers.ts) run one of their own; nothing in it is shared between threads.
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import type { Logger } from '../api/log.js';
-import type { LbOptions } from '../api/options.js';
+import { parseHostPort, type LbOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
 import { LbMetrics } from './metrics.js';
+import { EdgeRoutes } from './middleware/edges.js';
+import { AcmeThread } from './acme/thread.js';
 import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
 import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
@@ -35,6 +37,8 @@ export class LbThread {
   readonly routes: RouteTable;
   readonly proxy: HttpProxy;
   readonly certs: CertificateStore | undefined;
+  /** ACME certificates and challenges (lb/acme/), with --acme-directory. */
+  readonly acme: AcmeThread | undefined;
 
   constructor(readonly thread: number, o: LbOptions, log: Logger, processMetrics: boolean) {
     this.metrics = new LbMetrics(processMetrics);
@@ -51,8 +55,11 @@ export class LbThread {
       // A drained endpoint has had its drain time already; one removed at once gets it now.
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
+    this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port, warnNoAcme: thread === 0 && !o.acme.directory }, log);
     this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
+    this.acme = o.acme.directory ? new AcmeThread(o.acme) : undefined;
+    this.proxy.acmeChallenge = this.acme?.challenge;
   }
 
   /**
@@ -61,17 +68,22 @@ export class LbThread {
    * (certificates issued after the LB started, as ACME clients do).
    */
   https(log: Logger): TlsServer | undefined {
-    const certs = this.certs;
+    const acme = this.acme;
+    const certs = this.certs ?? acme?.certs;
     if (!certs) return undefined;
     // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
     // The server's own certificate is the fallback one: clients without SNI get it.
-    const server = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
-    certs.watch((r) => {
-      if (r.ok) server.setSecureContext(certs.defaultPair());
-      if (this.thread !== 0) return;
-      if (r.ok) log.info({ dir: certs.dir, certificates: r.names }, 'TLS certificates reloaded');
-      else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
-    });
+    const sni = acme ? acme.sni(this.certs) : certs.sniCallback;
+    const server = this.proxy.serve(createTlsServer({ SNICallback: sni, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
+    for (const store of new Set([certs, acme?.certs])) {
+      store?.watch((r) => {
+        if (r.ok && store === certs) server.setSecureContext(certs.defaultPair());
+        if (this.thread !== 0) return;
+        if (r.ok) log.info({ dir: store.dir, certificates: r.names }, 'TLS certificates reloaded');
+        else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
+      });
+    }
+    acme?.serve(server);
     return server;
   }
 
@@ -95,6 +107,7 @@ export class LbThread {
   async close(graceMs: number): Promise<void> {
     this.outliers.close();
     this.certs?.close();
+    this.acme?.close();
     await this.proxy.close(graceMs);
   }
 }

@@ -11,7 +11,7 @@ want_test=0
 
 # command -> Debian package
 runtime=(dockerd:docker.io nft:nftables ip:iproute2 wireguard-go:wireguard-go cgroupfs-mount:cgroupfs-mount)
-testing=(dig:dnsutils kdig:knot-dnsutils unbound:unbound dnsperf:dnsperf busybox:busybox-static curl:curl wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light etcd:etcd-server iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping podman:podman ctr:containerd chromium:chromium prometheus:prometheus promtool:prometheus pebble:pebble docker-compose:docker-compose redis-server:redis-server redis-cli:redis-tools psql:postgresql-client)
+testing=(dig:dnsutils kdig:knot-dnsutils unbound:unbound dnsperf:dnsperf busybox:busybox-static curl:curl wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light etcd:etcd-server iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping podman:podman ctr:containerd chromium:chromium prometheus:prometheus promtool:prometheus pebble:pebble openssl:openssl docker-compose:docker-compose redis-server:redis-server redis-cli:redis-tools psql:postgresql-client)
 
 missing=()
 check() { for pair in "$@"; do cmd=${pair%%:*}; pkg=${pair#*:}; command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg"); done; }

@@ -7,6 +7,7 @@ import {
   port, positiveInt, type EndpointSpec,
 } from '../endpoints.js';
 import { DEFAULT_COLOR, DEFAULT_NAMESPACE } from '../../api/types.js';
+import { EdgeLabelError, edgeLabels, isEdgeLabel, parseEdge } from '../../lb/middleware/labels.js';
 
 export const LABEL = {
   service: 'corral.service',
@@ -75,11 +76,19 @@ export function endpointSpecFromContainer(c: InspectedContainer, node: string): 
   const get = (label: string): string | undefined => labels[label];
 
   for (const label of Object.keys(labels).sort()) {
-    if (label.startsWith('corral.') && !KNOWN.has(label)) {
-      throw new LabelError(who, label, labels[label] ?? '', `unknown label (a typo?); Corral reads ${[...KNOWN].join(', ')}`);
+    if (label.startsWith('corral.') && !KNOWN.has(label) && !isEdgeLabel(label)) {
+      throw new LabelError(who, label, labels[label] ?? '', `unknown label (a typo?); Corral reads ${[...KNOWN].join(', ')} and the corral.http.* edge labels (README: Docker labels)`);
     }
   }
 
+  // Edge labels (TLS by ACME, redirect, middlewares): checked here so a bad one is named at once.
+  const edge = edgeLabels(labels);
+  try {
+    parseEdge(edge);
+  } catch (err) {
+    if (err instanceof EdgeLabelError) throw new LabelError(who, err.label, err.value, err.accepted);
+    throw err;
+  }
   try {
     const spec: EndpointSpec = {
       id: dockerEndpointId(node, c.Id),
@@ -98,6 +107,7 @@ export function endpointSpecFromContainer(c: InspectedContainer, node: string): 
       deploy: opt(get(LABEL.deploy), deploy) ?? 'manual',
       drainMs: opt(get(LABEL.drain), (v) => duration(LABEL.drain, v)) ?? undefined,
       lbBalance: opt(get(LABEL.lbBalance), (v) => balancePolicy(LABEL.lbBalance, v)),
+      edge,
       containerId: c.Id,
       containerName: name,
     };

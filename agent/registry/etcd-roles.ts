@@ -20,6 +20,8 @@ export function hostPermissions(host: string): IPermissionRequest[] {
     ...own.keys.map((k) => ({ permission: 'Readwrite' as const, range: new Range(k) })),
     ...own.prefixes.map((p) => ({ permission: 'Readwrite' as const, range: Range.prefix(p) })),
     { permission: 'Readwrite', range: new Range(COMPACTOR_KEY) },
+    // The LBs' shared ACME state (lb/acme/store.ts): any host's LB may order any route's certificate.
+    { permission: 'Readwrite', range: Range.prefix('/corral-acme/') },
   ];
 }
 
