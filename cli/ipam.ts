@@ -45,9 +45,9 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
     },
   },
   'install-cni': {
-    usage: 'install-cni [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d] [-n ns]',
+    usage: 'install-cni [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d] [-n ns] [--namespace-from-pod]',
     async run(p) {
-      if (p.args.length) throw new UsageError('usage: corral install-cni [--bin-dir DIR] [--conf-dir DIR] [-n ns]');
+      if (p.args.length) throw new UsageError('usage: corral install-cni [--bin-dir DIR] [--conf-dir DIR] [-n ns] [--namespace-from-pod]');
       const binDir = p.flags.get('bin-dir') ?? '/opt/cni/bin';
       const confDir = p.flags.get('conf-dir') ?? '/etc/cni/net.d';
       mkdirSync(binDir, { recursive: true });
@@ -63,7 +63,7 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
         cniVersion: '1.0.0',
         name: 'corral',
         plugins: [
-          { type: 'corral', namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
+          { type: 'corral', namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, ...(p.bools.has('namespace-from-pod') ? { namespaceFromPod: true } : {}), ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
           { type: 'portmap', capabilities: { portMappings: true } },
         ],
       };
