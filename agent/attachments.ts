@@ -47,11 +47,11 @@ export class Attachments {
 
   constructor(
     readonly ipam: Ipam,
-    private readonly o: { node: string; clusterCidr: string; dnsDomain: string; overlayMtu?: () => number },
+    private readonly o: { node: string; clusterCidr: string; dnsDomain: string; overlayMtu?: () => number; dockerRange?: string },
     private readonly pub: Publisher,
     private readonly log: Logger,
   ) {
-    this.policy = new Policy(o.clusterCidr);
+    this.policy = new Policy(o.clusterCidr, o.dockerRange);
   }
 
   /** The container MTU: the config's, else the overlay's (so packets fit WireGuard), else DEFAULT_MTU. */
