@@ -75,9 +75,9 @@ export class CriClient {
     };
   }
 
-  async runPod(spec: PodSpec, logDir: string): Promise<Pod> {
+  async runPod(spec: PodSpec, logDir: string, runtimeHandler = ''): Promise<Pod> {
     const config = CriClient.podConfig(spec, logDir);
-    const r = await this.call<{ pod_sandbox_id: string }>('RunPodSandbox', { config, runtime_handler: '' });
+    const r = await this.call<{ pod_sandbox_id: string }>('RunPodSandbox', { config, runtime_handler: runtimeHandler });
     return { id: r.pod_sandbox_id, spec, config };
   }
 
