@@ -161,4 +161,26 @@ describe('containerd CRI with corral-cni on two hosts', () => {
     await n1.cri.stopPod(ok.id);
     await n1.cri.removePod(ok.id);
   });
+
+  it('fails a sandbox while the agent is down with our "try again" in containerd\'s error; once it is back, kubelet\'s stop and remove clean up and pods start', async () => {
+    const [n1] = nodes as [Node, Node];
+    const before = (await allocations(n1)).map((a) => a.address).sort();
+    await n1.host.agent!.stop('SIGTERM');
+    const err = await n1.cri.runPod(podSpec(n1, 'agentless-0', 'shop'), join(n1.ctrd.dir, 'pods')).then(() => undefined, (e: CriError) => e);
+    expect(err).toBeInstanceOf(CriError);
+    expect(err!.details).toMatch(/try again once the agent is up/);
+    await n1.host.start();
+    // What kubelet does with a sandbox that failed: stop and remove it (containerd may have kept it, its DEL having failed too).
+    for (const p of (await n1.cri.listPods()).filter((x) => x.name === 'agentless-0')) {
+      await n1.cri.stopPod(p.id);
+      await n1.cri.removePod(p.id);
+    }
+    expect((await n1.cri.listPods()).filter((x) => x.name === 'agentless-0')).toEqual([]);
+    expect((await allocations(n1)).map((a) => a.address).sort()).toEqual(before);
+    const p = await startPod(n1, 'agent-back', 'shop', ['/bin/sleep', '3600']);
+    expect(p.ip).toBeTruthy();
+    await n1.cri.stopPod(p.pod.id);
+    await n1.cri.removePod(p.pod.id);
+    expect((await allocations(n1)).map((a) => a.address).sort()).toEqual(before);
+  });
 });
