@@ -14,7 +14,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster, type Cluster, type TestHost } from '../support/cluster.js';
 import { startDaemon, type Daemon } from '../support/corral.js';
 import { startDockerd, TEST_IMAGE, type Dockerd } from '../support/dockerd.js';
-import { run } from '../support/netns.js';
+import { corralCni } from '../support/cni.js';
+import { Netns, run } from '../support/netns.js';
 import { until } from '../support/until.js';
 
 interface Node { host: TestHost; docker: Dockerd; dns: Daemon; lb: Daemon; gateway: string; block: string; driver: string }
@@ -111,6 +112,31 @@ describe('Docker and Compose on two hosts with Docker defaults from the agent', 
     await until('probe on h1 reaches api on h2 by address', async () => (await wget(n1, 'probe', `http://${ip}/`)) === 'ok', { ms: 20_000, everyMs: 250 });
     await until('probe on h1 reaches api by name', async () => (await wget(n1, 'probe', 'http://api/')) === 'ok', { ms: 20_000, everyMs: 250 });
     await until('h1\'s LB routes api.test to h2', async () => (await viaLb(n1, 'api.test')) === 'ok\n\n200', { ms: 20_000, everyMs: 250 });
+  });
+
+  it('keeps Docker\'s default-bridge containers (namespace default) out of other namespaces', async () => {
+    const [n1] = nodes as [Node, Node];
+    const added: Array<{ id: string; ns: Netns }> = [];
+    try {
+      const attach = async (namespace: string) => {
+        const ns = await Netns.create('corral-dd');
+        const id = `dd${randomBytes(4).toString('hex')}`;
+        added.push({ id, ns });
+        const r = await corralCni('ADD', { containerId: id, netns: ns.path, ifname: 'eth0' }, { cniVersion: '1.1.0', name: 'corral', type: 'corral', agentSocket: n1.host.agent!.socket, namespace });
+        expect(r.code, r.stdout).toBe(0);
+        return String(r.out.ips[0].address).split('/')[0]!;
+      };
+      const same = await attach('default');
+      const other = await attach('prod');
+      const ping = (to: string) => n1.docker.exec(['exec', 'probe', 'busybox', 'ping', '-c', '1', '-W', '1', to]).then(() => true, () => false);
+      await until('probe (docker0) pings a default-namespace attachment', () => ping(same), { ms: 10_000, everyMs: 250 });
+      expect(await ping(other)).toBe(false);
+    } finally {
+      for (const a of added) {
+        await corralCni('DEL', { containerId: a.id, netns: a.ns.path, ifname: 'eth0' }, { cniVersion: '1.1.0', name: 'corral', type: 'corral', agentSocket: n1.host.agent!.socket });
+        await a.ns.delete();
+      }
+    }
   });
 
   it('a Compose project on h1 reaches a Compose service on h2 by name and through h1\'s LB; --scale web=3 gives three endpoints; down removes them', async () => {
