@@ -21,7 +21,7 @@ import { NotFound, serveApi, type AgentOps } from './api.js';
 import { ALLOC, BLOCK, Catalog, EP, keys, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './attachments.js';
-import { applyDockerDefaults, dockerRange } from './docker/defaults.js';
+import { applyDockerDefaults, dockerRange, inDockerHalf } from './docker/defaults.js';
 import { DockerSource } from './docker/source.js';
 import { DockerNetworkDriver } from './dockernet/driver.js';
 import { liveEndpoints } from './dockernet/live.js';
@@ -302,6 +302,9 @@ export class Agent implements AgentOps {
     const dockerHalf = !!this.opts.dockerDaemonJson;
     const ipam = new Ipam(this.opts.stateDir, block, { dockerHalf });
     ipam.open();
+    for (const r of dockerHalf ? ipam.list().filter((x) => inDockerHalf(block, x.address)) : []) {
+      this.log.warn({ address: r.address, container: r.containerId }, 'an attachment from before --docker-daemon-json holds an address in Docker\'s half of the block: Docker may give it out again; restart that container');
+    }
     const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.node, a.address), value: JSON.stringify(a) });
     // The mesh starts after IPAM but before the API serves an ADD: containers get its MTU.
     // At start every record is written again; a repair writes only what the catalog lacks.

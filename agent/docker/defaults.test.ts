@@ -4,7 +4,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { applyDockerDefaults, DaemonJsonError, dockerDefaults, dockerRange, mergeDaemonJson } from './defaults.js';
+import { Ipam, IpamExhausted } from '../ipam.js';
+import { applyDockerDefaults, DaemonJsonError, dockerDefaults, dockerRange, inDockerHalf, mergeDaemonJson } from './defaults.js';
 
 let dir: string;
 let file: string;
@@ -21,6 +22,8 @@ describe('Docker defaults', () => {
     expect(defs()).toEqual({ bip: '10.42.3.129/25', mtu: 1440, dns: ['10.42.3.1'], 'dns-search': ['default.corral.internal', 'corral.internal'], 'dns-opts': ['ndots:2'], 'ip-masq': false });
     expect(dockerRange('10.42.3.0/24')).toBe('10.42.3.128/25');
     expect(dockerRange('10.42.8.0/22')).toBe('10.42.10.0/23');
+    expect(inDockerHalf('10.42.3.0/24', '10.42.3.127')).toBe(false);
+    expect(inDockerHalf('10.42.3.0/24', '10.42.3.128')).toBe(true);
     expect(() => defs('10.42.3.0/29')).toThrow(/too small/);
   });
 
@@ -60,5 +63,19 @@ describe('Docker defaults', () => {
     expect(logged).toHaveLength(1);
     expect(logged[0]![0]).toBe('error');
     expect(String((logged[0]![1] as { err: string }).err)).toMatch(/daemon\.json is not a JSON object: fix it by hand; Corral left it as it is/);
+  });
+
+  it('leaves Docker\'s half of the block out of the IPAM', () => {
+    const ipam = new Ipam(dir, '10.42.3.0/24', { dockerHalf: true });
+    ipam.open();
+    const got: string[] = [];
+    try {
+      for (let i = 0; ; i++) got.push(ipam.allocate({ containerId: `c${i}`, ifname: 'eth0', namespace: 'default', network: 't', netns: '', name: '', hostIfname: '', masq: true }).address);
+    } catch (err) {
+      expect(err).toBeInstanceOf(IpamExhausted);
+    }
+    ipam.close();
+    expect(got.length).toBe(126); // .2 to .127: the gateway is .1, Docker has .128/25
+    expect(got.some((a) => inDockerHalf('10.42.3.0/24', a))).toBe(false);
   });
 });

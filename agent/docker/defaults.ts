@@ -120,3 +120,8 @@ export function applyDockerDefaults(path: string, o: { block: string; mtu: numbe
     return undefined;
   }
 }
+
+/** Whether `address` is in Docker's half of `block` (an allocation made there before --docker-daemon-json was set). */
+export function inDockerHalf(block: string, address: string): boolean {
+  return IPv4CidrRange.fromCidr(dockerRange(block)).contains(IPv4CidrRange.fromCidr(`${address}/32`));
+}
