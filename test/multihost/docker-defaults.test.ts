@@ -46,6 +46,8 @@ ${NETWORKS}`;
 describe('Docker and Compose on two hosts with Docker defaults from the agent', () => {
   let c: Cluster;
   const nodes: Node[] = [];
+  // Everything started, stopped in reverse even when the setup failed half-way.
+  const started: Array<() => Promise<unknown>> = [];
   let dir: string;
 
   const compose = (n: Node, project: string, file: string, args: string[]) =>
@@ -60,33 +62,35 @@ describe('Docker and Compose on two hosts with Docker defaults from the agent', 
     writeFileSync(join(dir, 'web.yml'), WEB_COMPOSE);
     writeFileSync(join(dir, 'client.yml'), CLIENT_COMPOSE);
     c = await startCluster({ hosts: 0 });
-    for (let i = 0; i < 2; i++) {
-      const host = await c.addHost();
+    const hosts = [await c.addHost(), await c.addHost()];
+    // The two hosts come up side by side (each dockerd imports its image on vfs: the slow part).
+    nodes.push(...await Promise.all(hosts.map(async (host) => {
       // The user's daemon.json already says something: the agent must keep it.
       const docker = await startDockerd({ netns: host.ns, daemonJson: { 'log-level': 'warn', 'max-concurrent-downloads': 2 } });
+      started.push(() => docker.stop());
       const driver = `corral-t${randomBytes(3).toString('hex')}`;
       await host.start(['--docker-socket', docker.socket, '--docker-daemon-json', join(docker.dir, 'daemon.json'), '--docker-plugin-socket', `/run/docker/plugins/${driver}.sock`]);
       const row = JSON.parse((await host.agent!.cli(['hosts', '--json'])).stdout).rows.find((r: { host: { name: string } }) => r.host.name === host.name);
       const block = String(row.host.block);
       const dns = await startDaemon('dns', { netns: host.ns.name, nodeName: host.name, args: ['--agent-socket', host.agent!.socket, '--dns-listen', 'gateway:53'] });
+      started.push(() => dns.stop());
       const lb = await startDaemon('lb', { netns: host.ns.name, nodeName: host.name, args: ['--agent-socket', host.agent!.socket] });
-      nodes.push({ host, docker, dns, lb, block, driver, gateway: block.replace(/\.0\/24$/, '.1') });
-    }
+      started.push(() => lb.stop());
+      return { host, docker, dns, lb, block, driver, gateway: block.replace(/\.0\/24$/, '.1') };
+    })));
   });
 
   afterAll(async () => {
     for (const n of nodes) {
       for (const p of ['webs', 'clients']) await compose(n, p, p === 'webs' ? 'web.yml' : 'client.yml', ['down', '-t', '0']).catch(() => undefined);
-      await n.lb.stop().catch(() => undefined);
-      await n.dns.stop().catch(() => undefined);
-      await n.docker.stop().catch(() => undefined);
     }
+    for (const stop of started.reverse()) await stop().catch(() => undefined);
     await c?.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it('merges Docker\'s defaults into daemon.json, keeping the user\'s keys, and says dockerd needs a restart', async () => {
-    for (const n of nodes) {
+    await Promise.all(nodes.map(async (n) => {
       const j = JSON.parse(readFileSync(join(n.docker.dir, 'daemon.json'), 'utf8'));
       const net = n.block.replace(/\.0\/24$/, '');
       expect(j).toEqual({
@@ -97,7 +101,7 @@ describe('Docker and Compose on two hosts with Docker defaults from the agent', 
       expect(n.host.agent!.logs()).toMatch(/Docker defaults written: restart dockerd/);
       await n.docker.stopDaemon();
       await n.docker.startDaemon();
-    }
+    }));
   });
 
   it('a plain `docker run` on h2 is reached from h1 by address, by name and through h1\'s LB; it has Corral DNS and the overlay MTU', async () => {
