@@ -55,7 +55,10 @@ describe('containerd CRI with corral-cni on two hosts', () => {
       const row = json((await host.agent!.cli(['hosts', '--json'])).stdout).rows.find((r: { host: { name: string } }) => r.host.name === host.name);
       const gateway = String(row.host.block).replace(/\.0\/\d+$/, '.1');
       const dns = await startDaemon('dns', { netns: host.ns.name, nodeName: host.name, args: ['--agent-socket', host.agent!.socket, '--dns-listen', 'gateway:53'] });
-      nodes.push({ host, ctrd, cri: new CriClient(ctrd.socket), dns, gateway });
+      const cri = new CriClient(ctrd.socket);
+      nodes.push({ host, ctrd, cri, dns, gateway });
+      // kubelet's gate: the runtime ready and the network config loaded (containerd watches the conf dir).
+      await until(`containerd on ${host.name} ready with Corral's network`, () => cri.ready(), { ms: 30_000, everyMs: 100, detail: () => ctrd.logTail() });
     }
   });
 
@@ -109,6 +112,8 @@ describe('containerd CRI with corral-cni on two hosts', () => {
     // containerd is down: the pod's shim and process run on, and so does its network.
     expect((await wget(n1, web.ctr, `http://${web.ip}:8080/`)).stdout).toBe('ok\n');
     await n2.ctrd.startDaemon();
+    // As kubelet does, wait for the runtime to say it is ready (CRI answers "not initialized" while it recovers its state).
+    await until('containerd on h2 ready again', () => n2.cri.ready(), { ms: 30_000, everyMs: 100 });
     expect((await n2.cri.podStatus(client.pod.id)).state).toBe('SANDBOX_READY');
     expect((await n2.cri.podStatus(client.pod.id)).ip).toBe(client.ip);
     expect((await wget(n2, client.ctr, `http://${web.ip}:8080/`)).stdout).toBe('ok\n');

@@ -56,6 +56,13 @@ export class CriClient {
     return this.call('Version', { version: 'v1' });
   }
 
+  /** The runtime's conditions (RuntimeReady, NetworkReady), which kubelet polls before it starts pods; throws while CRI is not initialized. */
+  async ready(): Promise<boolean> {
+    const r = await this.call<any>('Status', { verbose: false }, 10_000);
+    const conds = (r.status?.conditions ?? []) as Array<{ type: string; status: boolean }>;
+    return ['RuntimeReady', 'NetworkReady'].every((t) => conds.some((c) => c.type === t && c.status));
+  }
+
   /** What kubelet sends for a pod on the pod network: metadata, hostname, log dir, DNS, namespaces. */
   static podConfig(spec: PodSpec, logDir: string): Record<string, unknown> {
     const uid = spec.uid ?? randomUUID();
