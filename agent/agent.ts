@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import * as prom from 'prom-client';
 import { startAdmin } from '../api/admin.js';
+import { DEFAULT_MTU } from '../api/cni.js';
 import type { grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, type DaemonOptions } from '../api/options.js';
@@ -20,6 +21,7 @@ import { NotFound, serveApi, type AgentOps } from './api.js';
 import { ALLOC, BLOCK, Catalog, EP, keys, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './attachments.js';
+import { applyDockerDefaults, dockerRange, inDockerHalf } from './docker/defaults.js';
 import { DockerSource } from './docker/source.js';
 import { DockerNetworkDriver } from './dockernet/driver.js';
 import { liveEndpoints } from './dockernet/live.js';
@@ -119,6 +121,7 @@ export class Agent implements AgentOps {
       await this.commit([{ put: keys.host(this.node), value: JSON.stringify(host), ephemeral: true }]);
     }
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
+    if (this.opts.dockerDaemonJson) applyDockerDefaults(this.opts.dockerDaemonJson, { block, mtu: this.mesh?.mtu || DEFAULT_MTU, dnsDomain: this.opts.dnsDomain }, this.log.child({ part: 'docker' }));
     await this.startDockerPlugin();
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
       metrics: this.metrics,
@@ -323,8 +326,12 @@ export class Agent implements AgentOps {
 
   /** Opens this host's IPAM and makes the registry's Allocation records of this node match it. */
   private async startAttachments(block: string): Promise<void> {
-    const ipam = new Ipam(this.opts.stateDir, block);
+    const dockerHalf = !!this.opts.dockerDaemonJson;
+    const ipam = new Ipam(this.opts.stateDir, block, { dockerHalf });
     ipam.open();
+    for (const r of dockerHalf ? ipam.list().filter((x) => inDockerHalf(block, x.address)) : []) {
+      this.log.warn({ address: r.address, container: r.containerId }, 'an attachment from before --docker-daemon-json holds an address in Docker\'s half of the block: Docker may give it out again; restart that container');
+    }
     const put = (a: Allocation): TxnOp => ({ put: keys.allocation(a.node, a.address), value: JSON.stringify(a) });
     // The mesh starts after IPAM but before the API serves an ADD: containers get its MTU.
     // At start every record is written again; a repair writes only what the catalog lacks.
@@ -340,7 +347,7 @@ export class Agent implements AgentOps {
       }
       if (ops.length) await this.commit(ops);
     };
-    this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain, overlayMtu: () => this.mesh?.mtu ?? 0 }, {
+    this.attachments = new Attachments(ipam, { node: this.node, clusterCidr: this.opts.clusterCidr, dnsDomain: this.opts.dnsDomain, overlayMtu: () => this.mesh?.mtu ?? 0, dockerRange: dockerHalf ? dockerRange(block) : '' }, {
       publish: async (a) => void (await this.commit([put(a)])),
       unpublish: async (address) => void (await this.commit([{ delete: keys.allocation(this.node, address) }])),
       repair: () => reconcile(false),

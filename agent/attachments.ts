@@ -16,18 +16,14 @@ import { attach, detach, ensureGateway, hostIfnameFor, inspect } from './attach/
 import { NetnsGone } from './attach/netns.js';
 import { attachmentKey, Ipam, IpamExhausted, PENDING_NETWORK, type IpamRecord } from './ipam.js';
 import { Policy } from './policy.js';
-import { CniCode, CniError, DEFAULT_MTU, parseNetConf, type CniResult, type NetConf } from '../api/cni.js';
+import { attachmentNamespace, cniArg, CniCode, CniError, DEFAULT_MTU, parseNetConf, type CniResult, type NetConf } from '../api/cni.js';
 
 export const GATEWAY_LINK = 'corral-gw';
 const REPAIR_FIRST_MS = 1000;
 const REPAIR_MAX_MS = 10_000;
 
 function podName(args: string): string {
-  for (const kv of args.split(';')) {
-    const [k, val] = kv.split('=');
-    if (k === 'K8S_POD_NAME' && val) return val;
-  }
-  return '';
+  return cniArg(args, 'K8S_POD_NAME');
 }
 
 export interface Publisher {
@@ -51,11 +47,11 @@ export class Attachments {
 
   constructor(
     readonly ipam: Ipam,
-    private readonly o: { node: string; clusterCidr: string; dnsDomain: string; overlayMtu?: () => number },
+    private readonly o: { node: string; clusterCidr: string; dnsDomain: string; overlayMtu?: () => number; dockerRange?: string },
     private readonly pub: Publisher,
     private readonly log: Logger,
   ) {
-    this.policy = new Policy(o.clusterCidr);
+    this.policy = new Policy(o.clusterCidr, o.dockerRange);
   }
 
   /** The container MTU: the config's, else the overlay's (so packets fit WireGuard), else DEFAULT_MTU. */
@@ -121,12 +117,13 @@ export class Attachments {
     if (!req.ifname) throw new CniError(CniCode.badEnv, 'CNI_IFNAME is not set');
     if (!existsSync(req.netns)) throw new CniError(CniCode.badEnv, `CNI_NETNS ${req.netns} does not exist`);
     await this.ensureDataplane();
+    const namespace = attachmentNamespace(conf, req.args);
     const held = this.ipam.get(req.containerId, req.ifname);
     if (held) throw new CniError(CniCode.duplicate, `container ${req.containerId} already has ${req.ifname} with ${held.address}: DEL it before adding it again`);
     let rec: IpamRecord;
     try {
       rec = this.ipam.allocate({
-        containerId: req.containerId, ifname: req.ifname, namespace: conf.namespace, network: conf.name, netns: req.netns,
+        containerId: req.containerId, ifname: req.ifname, namespace, network: conf.name, netns: req.netns,
         name: podName(req.args), hostIfname: hostIfnameFor(req.containerId, req.ifname), masq: conf.ipMasq,
       });
     } catch (err) {

@@ -43,12 +43,13 @@ export class Ipam {
   private fd = -1;
   private readonly file: string;
 
-  constructor(stateDir: string, block: string) {
+  /** o.dockerHalf: the upper half of the block is Docker's (agent/docker/defaults.ts); allocate below it. */
+  constructor(stateDir: string, block: string, o: { dockerHalf?: boolean } = {}) {
     this.block = IPv4CidrRange.fromCidr(block);
     const base = this.block.getFirst().getValue();
     this.gateway = IPv4.fromNumber(base + 1n).toString();
     this.first = base + 2n;
-    this.last = this.block.getLast().getValue() - 1n;
+    this.last = o.dockerHalf ? base + (this.block.getLast().getValue() - base + 1n) / 2n - 1n : this.block.getLast().getValue() - 1n;
     this.cursor = this.first;
     const dir = join(stateDir, 'ipam');
     mkdirSync(dir, { recursive: true, mode: 0o700 });

@@ -28,7 +28,8 @@ export class Policy {
   /** The last change queued; each change starts when the one before it has settled. */
   private tail: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly clusterCidr: string) {}
+  /** dockerRange: Docker's containers (agent/docker/defaults.ts), of namespace `default`, masqueraded to non-cluster addresses. */
+  constructor(private readonly clusterCidr: string, private readonly dockerRange = '') {}
 
   private queue<T>(fn: () => Promise<T>): Promise<T> {
     const p = this.tail.then(fn, fn);
@@ -56,7 +57,7 @@ export class Policy {
       '  set masq { type ipv4_addr; }',
       '  map nsof { type ipv4_addr : verdict; }',
       '  chain forward { type filter hook forward priority 0; policy accept; ip daddr vmap @nsof; }',
-      `  chain postrouting { type nat hook postrouting priority 100; policy accept; ip saddr @masq ip daddr != ${this.clusterCidr} masquerade; }`,
+      `  chain postrouting { type nat hook postrouting priority 100; policy accept; ip saddr @masq ip daddr != ${this.clusterCidr} masquerade;${this.dockerRange ? ` ip saddr ${this.dockerRange} ip daddr != ${this.clusterCidr} masquerade;` : ''} }`,
       '}',
     ];
     for (const m of members) lines.push(...this.addLines(m));
@@ -117,6 +118,7 @@ export class Policy {
         `add rule ${TABLE} ${chain} ip saddr @${set} accept`,
         `add rule ${TABLE} ${chain} ip saddr @pods drop`,
       );
+      if (this.dockerRange && m.namespace !== 'default') out.push(`add rule ${TABLE} ${chain} ip saddr ${this.dockerRange} drop`);
       this.namespaces.add(m.namespace);
     }
     out.push(

@@ -23,6 +23,8 @@ export interface NetConf {
   name: string;
   type: string;
   namespace: string;
+  /** Kubernetes: a pod's namespace (K8S_POD_NAMESPACE in CNI_ARGS, set by containerd and CRI-O) is its Corral namespace; `namespace` for the rest. */
+  namespaceFromPod: boolean;
   /** Absent: the host's overlay MTU (underlay minus WireGuard overhead), DEFAULT_MTU without an overlay. */
   mtu?: number;
   ipMasq: boolean;
@@ -57,6 +59,8 @@ export function parseNetConf(raw: Buffer | string): NetConf {
   if (j.type !== 'corral') throw new CniError(CniCode.badConfig, `"type" is ${JSON.stringify(j.type)}, this plugin is "corral"`);
   const namespace = j.namespace === undefined ? DEFAULT_NAMESPACE : j.namespace;
   if (typeof namespace !== 'string' || !LABEL.test(namespace)) throw new CniError(CniCode.badConfig, `"namespace" ${JSON.stringify(j.namespace)} is not a DNS label (a-z, 0-9, "-", 1-63 characters)`);
+  const namespaceFromPod = j.namespaceFromPod === undefined ? false : j.namespaceFromPod;
+  if (typeof namespaceFromPod !== 'boolean') throw new CniError(CniCode.badConfig, `"namespaceFromPod" ${JSON.stringify(j.namespaceFromPod)} must be true or false`);
   const mtu = j.mtu as number | undefined;
   if (mtu !== undefined && (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 9000)) throw new CniError(CniCode.badConfig, `"mtu" ${JSON.stringify(j.mtu)} is not a whole number from 576 to 9000`);
   const ipMasq = j.ipMasq === undefined ? true : j.ipMasq;
@@ -65,6 +69,27 @@ export function parseNetConf(raw: Buffer | string): NetConf {
   if (typeof agentSocket !== 'string' || !agentSocket.startsWith('/')) throw new CniError(CniCode.badConfig, `"agentSocket" ${JSON.stringify(j.agentSocket)} must be an absolute path such as /run/corral/agent.sock`);
   const valid = (j['cni.dev/valid-attachments'] ?? j['cni.dev/attachments']) as NetConf['validAttachments'];
   if (valid !== undefined && !Array.isArray(valid)) throw new CniError(CniCode.badConfig, '"cni.dev/valid-attachments" must be a list of {"containerID", "ifname"}');
-  return { cniVersion: v, name: j.name, type: 'corral', namespace, mtu, ipMasq, agentSocket, prevResult: j.prevResult as CniResult | undefined, validAttachments: valid };
+  return { cniVersion: v, name: j.name, type: 'corral', namespace, namespaceFromPod, mtu, ipMasq, agentSocket, prevResult: j.prevResult as CniResult | undefined, validAttachments: valid };
 }
 
+
+/** One variable of CNI_ARGS ("K1=V1;K2=V2"), or '' when absent. */
+export function cniArg(args: string, key: string): string {
+  for (const kv of args.split(';')) {
+    const eq = kv.indexOf('=');
+    if (eq > 0 && kv.slice(0, eq) === key) return kv.slice(eq + 1);
+  }
+  return '';
+}
+
+/**
+ * The Corral namespace of an attachment: with namespaceFromPod, the pod's Kubernetes namespace
+ * (Kubernetes namespaces are DNS labels too); else, or without one, the config's `namespace`.
+ */
+export function attachmentNamespace(conf: NetConf, args: string): string {
+  if (!conf.namespaceFromPod) return conf.namespace;
+  const ns = cniArg(args, 'K8S_POD_NAMESPACE');
+  if (!ns) return conf.namespace;
+  if (!LABEL.test(ns)) throw new CniError(CniCode.badConfig, `K8S_POD_NAMESPACE "${ns}" in CNI_ARGS is not a DNS label (a-z, 0-9, "-", 1-63 characters), so it cannot be the pod's Corral namespace`);
+  return ns;
+}

@@ -21,6 +21,7 @@ export interface DaemonOptions {
   httpListen: string;         // "ADDR:PORT" (ADDR may be empty for all addresses)
   dockerSocket: string;       // "" disables Docker
   dockerPluginSocket: string; // Docker network + IPAM driver socket; "" disables
+  dockerDaemonJson: string;   // daemon.json the agent merges Docker's defaults into (agent/docker/defaults.ts); "" = off
   adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192 (status page `/` to loopback clients only)
   logLevel: string;
   lb: LbOptions;
@@ -128,6 +129,7 @@ export function defaultOptions(): DaemonOptions {
     httpListen: ':80',
     dockerSocket: '/var/run/docker.sock',
     dockerPluginSocket: '/run/docker/plugins/corral.sock',
+    dockerDaemonJson: '',
     adminListen: '',
     logLevel: 'info',
     lb: { ...LB_DEFAULTS },

@@ -24,6 +24,8 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'lb-balance', help: 'register: how the LB balances this service: round-robin or least-request (default: the LB\'s --lb-balance)' },
   { name: 'bin-dir', help: 'install-cni: CNI bin dir (default /opt/cni/bin)' },
   { name: 'conf-dir', help: 'install-cni: CNI config dir (default /etc/cni/net.d)' },
+  { name: 'node-binary', help: 'install-cni: the node executable the plugin runs with on this host (default: the one running corral)' },
+  { name: 'namespace-from-pod', boolean: true, help: 'install-cni: a Kubernetes pod\'s namespace is its Corral namespace (-n for the rest)' },
   { name: 'registry', help: 'switch, weight, rollback: write the service record in this etcd (etcd://h1:2379,...) as --etcd-user, not through the agent' },
   { name: 'etcd-ca', help: 'with --registry: CA certificate (PEM); enables TLS to etcd' },
   { name: 'etcd-cert', help: 'with --registry: client certificate (PEM); its CN is the etcd user when no --etcd-user is given' },

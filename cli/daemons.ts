@@ -22,6 +22,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'dns-threads', help: 'threads answering UDP inside the one dns process, 1..16; 0 = min(4, CPUs) (default 0)' },
   { name: 'http-listen', help: 'ADDR:PORT for the load balancer (default :80)' },
   { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
+  { name: 'docker-daemon-json', help: 'merge Docker\'s defaults for this host (bip, address pools, dns, mtu) into this daemon.json, e.g. /etc/docker/daemon.json: plain `docker run` and Compose join Corral\'s network; keys you set are kept; restart dockerd when the agent says so (default "": off)' },
   { name: 'docker-plugin-socket', help: 'serve the Docker network and IPAM driver here; the file name is the driver name (`-d corral --ipam-driver corral`); "" disables (default /run/docker/plugins/corral.sock)' },
   { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
   { name: 'log-level', help: 'trace, debug, info, warn, error (default info)' },
@@ -122,6 +123,11 @@ export function daemonOptions(p: Parsed): DaemonOptions {
     const v = f.get('docker-plugin-socket')!;
     if (v && !/^\/.+\.sock$/.test(v)) throw new UsageError(`--docker-plugin-socket "${v}" is not an absolute path ending in .sock, such as /run/docker/plugins/corral.sock`);
     o.dockerPluginSocket = v;
+  }
+  if (f.has('docker-daemon-json')) {
+    const v = f.get('docker-daemon-json')!;
+    if (v && !v.startsWith('/')) throw new UsageError(`--docker-daemon-json "${v}" is not an absolute path, such as /etc/docker/daemon.json`);
+    o.dockerDaemonJson = v;
   }
   if (f.has('admin-listen')) o.adminListen = f.get('admin-listen')!;
   if (f.has('log-level')) o.logLevel = f.get('log-level')!;

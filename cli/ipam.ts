@@ -45,9 +45,11 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
     },
   },
   'install-cni': {
-    usage: 'install-cni [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d] [-n ns]',
+    usage: 'install-cni [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d] [-n ns] [--namespace-from-pod] [--node-binary PATH]',
     async run(p) {
-      if (p.args.length) throw new UsageError('usage: corral install-cni [--bin-dir DIR] [--conf-dir DIR] [-n ns]');
+      if (p.args.length) throw new UsageError('usage: corral install-cni [--bin-dir DIR] [--conf-dir DIR] [-n ns] [--namespace-from-pod] [--node-binary PATH]');
+      const nodeBin = p.flags.get('node-binary') ?? process.execPath;
+      if (!nodeBin.startsWith('/')) throw new UsageError(`--node-binary "${nodeBin}" is not an absolute path: the runtime runs the plugin without a PATH to search`);
       const binDir = p.flags.get('bin-dir') ?? '/opt/cni/bin';
       const confDir = p.flags.get('conf-dir') ?? '/etc/cni/net.d';
       mkdirSync(binDir, { recursive: true });
@@ -55,7 +57,7 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
       // The runtime execs the plugin with its own PATH: name this node explicitly.
       const body = readFileSync(pluginBundle(), 'utf8').replace(/^#!.*\n/, '');
       const bin = join(binDir, 'corral');
-      writeFileSync(`${bin}.tmp`, `#!${process.execPath}\n${body}`, { mode: 0o755 });
+      writeFileSync(`${bin}.tmp`, `#!${nodeBin}\n${body}`, { mode: 0o755 });
       renameSync(`${bin}.tmp`, bin);
       // 1.0.0: the list's version applies to every plugin in it, and the reference portmap most
       // distributions ship (containernetworking-plugins 1.1) stops at 1.0.0.
@@ -63,7 +65,7 @@ export const ipamCommands: Record<string, { usage: string; run(p: Parsed, c: Cli
         cniVersion: '1.0.0',
         name: 'corral',
         plugins: [
-          { type: 'corral', namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
+          { type: 'corral', namespace: p.flags.get('namespace') ?? DEFAULT_NAMESPACE, ...(p.bools.has('namespace-from-pod') ? { namespaceFromPod: true } : {}), ipMasq: true, ...(p.flags.has('agent-socket') ? { agentSocket: p.flags.get('agent-socket') } : {}) },
           { type: 'portmap', capabilities: { portMappings: true } },
         ],
       };

@@ -89,7 +89,10 @@ export class DockerNetworkDriver {
     if (b.V6) throw new DriverError('corral IPAM is IPv4 only: create the network without --ipv6');
     const block = this.ipam.blockCidr;
     if (b.Pool && b.Pool !== block) throw new DriverError(`corral IPAM gives this host's block ${block}; drop --subnet ${b.Pool} (or pass --subnet ${block})`);
-    return { PoolID: block, Pool: block, Data: {} };
+    // Docker checks a pool it did not ask for against the host's routes and asks again while they
+    // overlap (forever: moby#42216); the cluster CIDR is routed to the overlay, so the block always
+    // overlaps. Docker skips the check for 0.0.0.0/0; addresses come from RequestAddress anyway.
+    return { PoolID: block, Pool: b.Pool ? block : '0.0.0.0/0', Data: {} };
   }
 
   private requestAddress(b: Body): Body {
@@ -126,8 +129,9 @@ export class DockerNetworkDriver {
   private createNetwork(b: Body): Body {
     const id = String(b.NetworkID ?? '');
     if (!id) throw new DriverError('CreateNetwork without a NetworkID');
-    const v4 = (b.IPv4Data ?? []) as Array<{ Pool?: string }>;
-    if (!v4.length || v4.some((d) => d.Pool !== this.ipam.blockCidr)) {
+    const v4 = (b.IPv4Data ?? []) as Array<{ Pool?: string; Gateway?: string }>;
+    const ours = (d: { Pool?: string; Gateway?: string }) => d.Pool === this.ipam.blockCidr || (d.Pool === '0.0.0.0/0' && d.Gateway === `${this.ipam.gateway}/${this.ipam.blockCidr.split('/')[1]}`);
+    if (!v4.length || !v4.every(ours)) {
       throw new DriverError(`a Corral network takes its addresses from Corral's IPAM: add --ipam-driver ${this.pluginName} (the same plugin name as -d)`);
     }
     if ((b.IPv6Data ?? []).length) throw new DriverError('Corral networks are IPv4 only: create the network without --ipv6');

@@ -8,6 +8,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   dns: async () => (await import('./dns.js')).benchDns(),
   'docker-to-serving': async () => (await import('./docker-to-serving.js')).benchDockerToServing(),
   cni: async () => (await import('./cni.js')).benchCni(),
+  cri: async () => (await import('./cri.js')).benchCri(),
   lb: async () => (await import('./lb.js')).benchLb(),
   'lb-h2': async () => (await import('./lb-h2.js')).benchLbH2(),
   overlay: async () => (await import('./overlay.js')).benchOverlay(),

@@ -45,10 +45,15 @@ export async function ensureDockerInstalled(): Promise<void> {
   }
 }
 
-export async function startDockerd(): Promise<Dockerd> {
+/**
+ * o.netns: run in this (test host's) namespace, left in place by stop(). o.daemonJson: what
+ * daemon.json starts with; with it the engine gets no `--bip` flag (dockerd refuses a key given
+ * both ways), so daemon.json decides Docker's default bridge.
+ */
+export async function startDockerd(o: { netns?: Netns; daemonJson?: Record<string, unknown> } = {}): Promise<Dockerd> {
   await ensureDockerInstalled();
   const dir = await mkdtemp(join(tmpdir(), 'corral-dockerd-'));
-  const netns = await Netns.create();
+  const netns = o.netns ?? await Netns.create();
   const socket = join(dir, 'docker.sock');
   const logPath = join(dir, 'dockerd.log');
   const env = { ...process.env, DOCKER_CONFIG: join(dir, 'cli'), DOCKER_HOST: `unix://${socket}` };
@@ -71,7 +76,7 @@ export async function startDockerd(): Promise<Dockerd> {
   const startDaemon = async (): Promise<void> => {
     const log = createWriteStream(logPath, { flags: 'a' });
     const proc = netns.spawn('dockerd', [
-      '--storage-driver=vfs', '--iptables=false', '--ip-masq=false', '--ip6tables=false', '--bip', '10.77.0.1/24',
+      '--storage-driver=vfs', '--iptables=false', '--ip6tables=false', ...(o.daemonJson ? [] : ['--ip-masq=false', '--bip', '10.77.0.1/24']),
       '--host', `unix://${socket}`, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'),
       '--pidfile', join(dir, 'docker.pid'), '--config-file', join(dir, 'daemon.json'), '--shutdown-timeout', '2',
     ], { env });
@@ -119,11 +124,11 @@ export async function startDockerd(): Promise<Dockerd> {
       await unmountUnder(dir);
       await rm(dir, { recursive: true, force: true });
     });
-    await netns.delete();
+    if (!o.netns) await netns.delete();
   };
 
   try {
-    await writeFile(join(dir, 'daemon.json'), '{}\n');
+    await writeFile(join(dir, 'daemon.json'), JSON.stringify(o.daemonJson ?? {}) + '\n');
     await startDaemon();
     await importImage(dir, exec);
   } catch (err) {
