@@ -9,6 +9,7 @@ import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.js';
 import { socketWatch, type WatchSource } from '../api/watch.js';
 import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
+import { addFigures } from './gate.js';
 import { closeFds, listenFd, reusePortListeners, type SharedListeners } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
 import { startLbWorkers, type LbWorkers } from './workers.js';
@@ -121,7 +122,9 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
     };
   };
   try {
-    admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, { metrics, ready, status });
+    // /gate?service=<ns>/<name>: `corral upgrade`'s per-color figures, every thread's added up.
+    const gate = async (q: URLSearchParams) => addFigures([main.gate.figures(q.get('service') ?? ''), ...((await workers?.ask('gate', q.get('service') ?? '')) ?? [])]);
+    admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, { metrics, ready, status, pages: { '/gate': gate } });
   } catch (err) {
     await Promise.all([main.close(0), workers?.close(0)]);
     throw err;

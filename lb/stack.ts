@@ -6,6 +6,7 @@ import type { Logger } from '../api/log.js';
 import type { LbOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
+import { bothObservers, GateFigures } from './gate.js';
 import { LbMetrics } from './metrics.js';
 import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
 import { HttpProxy } from './proxy.js';
@@ -30,6 +31,8 @@ export interface ThreadStats {
 /** One thread's serving stack: everything a request touches lives here, one per thread. */
 export class LbThread {
   readonly metrics: LbMetrics;
+  /** Per-color figures for `corral upgrade`'s gate (gate.ts). */
+  readonly gate = new GateFigures();
   readonly pools: UpstreamPools;
   readonly outliers: PassiveHealth;
   readonly routes: RouteTable;
@@ -51,7 +54,7 @@ export class LbThread {
       // A drained endpoint has had its drain time already; one removed at once gets it now.
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
-    this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
+    this.proxy = new HttpProxy(this.routes, pools, bothObservers(this.metrics, this.gate), log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
   }
 
