@@ -2,12 +2,13 @@
 // containers, `wrk` through the LB while the service is cloned onto a new image and traffic moves
 // in canary steps gated by the LB's own figures. Images are made here: v1 and v2 answer their
 // version, "broken" answers 500, "sick" never passes its health check.
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from './support/corral.js';
-import { startDockerd, TEST_IMAGE, type Dockerd } from './support/dockerd.js';
+import { makeAppImage, parseWrk, type WrkResult } from './support/app-images.js';
+import { startDockerd, type Dockerd } from './support/dockerd.js';
 import { untilOk } from './support/until.js';
 
 let docker: Dockerd;
@@ -19,23 +20,6 @@ let work: string;
 const HOST = 'web.test';
 /** Fast checks and steps: the gate's windows are the steps, the clones' health needs rise 2. */
 const LABELS = { 'corral.service': 'web', 'corral.port': '8080', 'corral.http.host': HOST, 'corral.health.path': '/health', 'corral.health.interval': '300ms', 'corral.drain': '1s' };
-
-/** An image with /w/cgi-bin/app answering "v<version>" (or 500 when broken) and /w/health unless sick. */
-async function makeImage(tag: string, o: { version: string; broken?: boolean; sick?: boolean }): Promise<void> {
-  const dir = join(work, tag.replace(/[:/]/g, '_'));
-  mkdirSync(join(dir, 'w', 'cgi-bin'), { recursive: true });
-  const app = o.broken
-    ? '#!/bin/sh\nprintf "Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nbroken\\n"\n'
-    : `#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\nv${o.version}\\n"\n`;
-  writeFileSync(join(dir, 'w', 'cgi-bin', 'app'), app);
-  chmodSync(join(dir, 'w', 'cgi-bin', 'app'), 0o755);
-  if (!o.sick) writeFileSync(join(dir, 'w', 'health'), 'ok\n');
-  const name = `mk-${tag.replace(/[:/]/g, '-')}`;
-  await docker.exec(['create', '--name', name, TEST_IMAGE, 'true']);
-  await docker.exec(['cp', `${join(dir, 'w')}/.`, `${name}:/w`]);
-  await docker.exec(['commit', '--change', 'CMD ["httpd", "-f", "-p", "8080", "-h", "/w"]', name, tag]);
-  await docker.exec(['rm', name]);
-}
 
 async function runWeb(name: string, color: string, image: string): Promise<void> {
   const l = Object.entries({ ...LABELS, 'corral.color': color }).flatMap(([k, v]) => ['-l', `${k}=${v}`]);
@@ -52,20 +36,10 @@ async function get(path = '/cgi-bin/app'): Promise<{ status: number; body: strin
 const until = <T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 30_000): Promise<T> =>
   untilOk(what, fn, ok, { ms: timeoutMs, everyMs: 100, detail: () => `--- corral log ---\n${up.logs().slice(-6000)}` });
 
-interface Wrk { requests: number; non2xx: number; socketErrors: number; raw: string }
-
 /** wrk through the LB for `seconds`, 4 connections. */
-async function wrk(seconds: number): Promise<Wrk> {
+async function wrk(seconds: number): Promise<WrkResult> {
   const r = await docker.netns.exec('wrk', ['-t1', '-c4', `-d${seconds}s`, '--timeout', '5s', '-H', `Host: ${HOST}`, `http://127.0.0.1:${up.httpPort}/cgi-bin/app`], { timeoutMs: (seconds + 30) * 1000 });
-  const raw = r.stdout;
-  const num = (re: RegExp) => Number(re.exec(raw)?.[1] ?? 0);
-  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(raw);
-  return {
-    requests: num(/(\d+) requests in/),
-    non2xx: num(/Non-2xx or 3xx responses: (\d+)/),
-    socketErrors: sock ? sock.slice(1).reduce((n, x) => n + Number(x), 0) : 0,
-    raw,
-  };
+  return parseWrk(r.stdout);
 }
 
 interface UpgradeView { phase: string; reason: string; gate: string; fromColor: string; toColor: string; step: number }
@@ -101,10 +75,10 @@ beforeAll(async () => {
   mkdirSync(stateDir);
   docker = await startDockerd();
   await Promise.all([
-    makeImage('corral-test/app:1', { version: '1' }),
-    makeImage('corral-test/app:2', { version: '2' }),
-    makeImage('corral-test/app:broken', { version: '3', broken: true }),
-    makeImage('corral-test/app:sick', { version: '4', sick: true }),
+    makeAppImage(docker, 'corral-test/app:1', { version: '1' }),
+    makeAppImage(docker, 'corral-test/app:2', { version: '2' }),
+    makeAppImage(docker, 'corral-test/app:broken', { version: '3', broken: true }),
+    makeAppImage(docker, 'corral-test/app:sick', { version: '4', sick: true }),
   ]);
   await startUp();
   await runWeb('web1-blue', 'blue', 'corral-test/app:1');
@@ -128,8 +102,10 @@ describe('corral upgrade', () => {
   });
 
   it('clones blue onto the new image and moves every request to green with no error under wrk', async () => {
-    const load = wrk(14);
+    const load = wrk(10);
+    const t0 = Date.now();
     const r = await up.cli(upgradeArgs('corral-test/app:2'));
+    console.log(`good upgrade took ${Date.now() - t0} ms`);
     const w = await load;
     expect(r.code, `${r.stdout}\n${r.stderr}\n${up.logs().slice(-3000)}`).toBe(0);
     // Progress on the terminal: every step, and the gate's figures.
@@ -166,7 +142,7 @@ describe('corral upgrade', () => {
 
   it('rolls back at the first step an image whose containers answer 500, in one revision', async () => {
     const before = (await gateFigures()).find((f) => f.color === 'blue');
-    const load = wrk(7);
+    const load = wrk(6);
     const r = await up.cli(upgradeArgs('corral-test/app:broken', ['--json']));
     const w = await load;
     expect(r.code).toBe(1);
@@ -204,10 +180,14 @@ describe('corral upgrade', () => {
 
   it('--rollback after a completed upgrade starts the old containers and switches back', async () => {
     for (const n of ['web1-blue', 'web2-blue']) await docker.exec(['rm', '-f', n]);
+    let t0 = Date.now();
     const ok = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:1', '--steps', '100', '--step-time', '500ms']);
+    console.log(`one-step upgrade took ${Date.now() - t0} ms`);
     expect(ok.code, ok.stderr).toBe(0);
     expect(await get()).toEqual({ status: 200, body: 'v1' });
+    t0 = Date.now();
     const r = await up.cli(['upgrade', 'web', '--rollback']);
+    console.log(`--rollback took ${Date.now() - t0} ms`);
     expect(r.code, r.stderr).toBe(0);
     expect((await services()).active).toEqual({ green: 100 });
     expect(await get()).toEqual({ status: 200, body: 'v2' });
@@ -215,4 +195,31 @@ describe('corral upgrade', () => {
     expect(c.get('web1-green')).toBe('running');
     expect(c.get('web1-blue')).toBe('exited');
   }, 40_000);
+
+  it('ends completed or rolled back, never half, when the agent is killed (kill -9) mid-upgrade; two at once are refused', async () => {
+    // After the rollback above: green active (v2), blue's clones stopped. Free their names.
+    for (const n of ['web1-blue', 'web2-blue']) await docker.exec(['rm', '-f', n]);
+    const r = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:1', '--steps', '20,60,100', '--step-time', '1500ms', '--detach']);
+    expect(r.code, r.stderr).toBe(0);
+    const second = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:1']);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(/an upgrade of web in namespace default is under way/);
+    await until('stepping', () => services(), (s) => s.upgrade?.phase === 'stepping', 30_000);
+    const status = await up.cli(['status']);
+    expect(status.stdout).toMatch(/upgrades\s+web\.default: green -> blue \(corral-test\/app:1\): step \d\/3/);
+    await up.stop('SIGKILL');
+    await startUp();
+    const end = await until('the upgrade ends', () => services(), (s) => s.upgrade?.phase === 'completed' || s.upgrade?.phase === 'rolled-back', 40_000);
+    const c = await containers();
+    console.log(`kill -9 mid-upgrade: ended ${end.upgrade!.phase} ${end.upgrade!.reason}`);
+    if (end.upgrade!.phase === 'completed') {
+      expect(end.active).toEqual({ blue: 100 });
+      expect([c.get('web1-green'), c.get('web2-green'), c.get('web1-blue'), c.get('web2-blue')]).toEqual(['exited', 'exited', 'running', 'running']);
+      await until('v1 serves', () => get(), (x) => x.status === 200 && x.body === 'v1');
+    } else {
+      expect(end.active).toEqual({ green: 100 });
+      expect([c.get('web1-green'), c.get('web2-green'), c.get('web1-blue'), c.get('web2-blue')]).toEqual(['running', 'running', 'exited', 'exited']);
+      await until('v2 serves', () => get(), (x) => x.status === 200 && x.body === 'v2');
+    }
+  }, 90_000);
 });

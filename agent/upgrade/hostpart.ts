@@ -7,7 +7,7 @@ import { serviceKey, type ColorFigures, type Upgrade, type UpgradeReport } from 
 import { window } from './gate.js';
 import type { Upgrades } from './upgrades.js';
 
-/** Grace for `docker stop` of a container that gets no traffic any more (its requests drained at the switch). */
+/** Grace for `docker stop` of a container whose endpoint is gone from the registry already. */
 const STOP_GRACE_S = 2;
 /** Phases in which a host with containers of the service acts. */
 const ACTING = new Set(['checking', 'cloning', 'completing', 'rolling-back', 'finishing', 'reverting']);
@@ -75,10 +75,10 @@ export class HostPart {
           break;
         }
         case 'completing':
-          await Promise.all(r.clones.map((c) => cloner.stop(c.oldId, STOP_GRACE_S)));
+          await Promise.all(r.clones.map((c) => cloner.stop(c.oldId, this.grace(u, c.oldId))));
           break;
         case 'rolling-back':
-          await Promise.all(r.clones.map((c) => cloner.stop(c.cloneId, STOP_GRACE_S)));
+          await Promise.all(r.clones.map((c) => cloner.stop(c.cloneId, this.grace(u, c.cloneId))));
           break;
         case 'finishing':
           await Promise.all(r.clones.map((c) => cloner.remove(c.oldId)));
@@ -93,6 +93,15 @@ export class HostPart {
     }
     if (r.error) this.log.warn({ service: u.name, namespace: u.namespace, phase: u.phase, err: r.error }, 'upgrade: this host\'s part failed');
     await this.up.report(r);
+  }
+
+  /**
+   * `docker stop`'s grace for a container that gets no new requests (its color's share went to 0
+   * a revision ago): its endpoint's drain time (label corral.drain), in which in-flight requests finish.
+   */
+  private grace(u: Upgrade, containerId: string): number {
+    const ep = this.up.deps.catalog.endpointsOf(u.namespace, u.name).find((e) => e.containerId === containerId);
+    return ep ? Math.max(1, Math.ceil(ep.drainMs / 1000)) : STOP_GRACE_S;
   }
 
   /** Counts this host's LB figures over one step and reports them. */
