@@ -170,8 +170,8 @@ export class Agent implements AgentOps {
     this.revisionGauge.set(ev.revision);
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
-    this.promotion.review(ev);
     this.upgrades.load(r);
+    this.promotion.review(ev);
     return ev;
   }
 
@@ -508,6 +508,10 @@ export class Agent implements AgentOps {
 
   rollback(req: RollbackRequest): Promise<ServiceReply> {
     return this.colors.rollback(req);
+  }
+
+  upgrading(namespace: string, service: string): boolean {
+    return this.upgrades.underWay(namespace, service);
   }
 
   upgrade(req: UpgradeRequest, send: (ev: UpgradeEvent) => void, end: () => void): Promise<() => void> {

@@ -166,11 +166,11 @@ describe('corral upgrade', () => {
   it('never sends traffic to clones that never get healthy', async () => {
     for (const n of ['web1-blue', 'web2-blue']) await docker.exec(['rm', '-f', n]);
     const before = (await gateFigures()).find((f) => f.color === 'blue')?.requests ?? 0;
-    const load = wrk(5);
-    const r = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:sick', '--color', 'blue', '--step-time', '1s', '--ready-timeout', '4s']);
+    const load = wrk(4);
+    const r = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:sick', '--color', 'blue', '--step-time', '1s', '--ready-timeout', '3s']);
     const w = await load;
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/the clones were not healthy within 4 s .*they got no traffic/);
+    expect(r.stderr).toMatch(/the clones were not healthy within 3 s .*they got no traffic/);
     expect(w.non2xx + w.socketErrors).toBe(0);
     expect((await gateFigures()).find((f) => f.color === 'blue')?.requests ?? 0).toBe(before);
     const s = await services();
@@ -199,7 +199,7 @@ describe('corral upgrade', () => {
   it('ends completed or rolled back, never half, when the agent is killed (kill -9) mid-upgrade; two at once are refused', async () => {
     // After the rollback above: green active (v2), blue's clones stopped. Free their names.
     for (const n of ['web1-blue', 'web2-blue']) await docker.exec(['rm', '-f', n]);
-    const r = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:1', '--steps', '20,60,100', '--step-time', '1500ms', '--detach']);
+    const r = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:1', '--steps', '50,100', '--step-time', '1500ms', '--detach']);
     expect(r.code, r.stderr).toBe(0);
     const second = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:1']);
     expect(second.code).toBe(1);

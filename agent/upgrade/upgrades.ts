@@ -163,6 +163,12 @@ export class Upgrades {
     return [...this.records.values()].filter((h) => !UPGRADE_ENDED.has(h.u.phase)).map((h) => `${h.u.name}.${h.u.namespace}: ${describe(h.u)}`);
   }
 
+  /** An upgrade of the service is under way (it moves the service's traffic). */
+  underWay(ns: string, name: string): boolean {
+    const h = this.records.get(serviceKey(ns, name));
+    return h !== undefined && !UPGRADE_ENDED.has(h.u.phase);
+  }
+
   list(match: (ns: string, name: string) => boolean): Upgrade[] {
     return [...this.records.values()].filter((h) => match(h.u.namespace, h.u.name)).map((h) => h.u);
   }

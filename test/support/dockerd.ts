@@ -45,7 +45,8 @@ export async function ensureDockerInstalled(): Promise<void> {
   }
 }
 
-export async function startDockerd(): Promise<Dockerd> {
+/** `bip`: the default bridge's address (10.77.0.1/24 unless given; two engines whose containers route to each other need two). */
+export async function startDockerd(o: { bip?: string } = {}): Promise<Dockerd> {
   await ensureDockerInstalled();
   const dir = await mkdtemp(join(tmpdir(), 'corral-dockerd-'));
   const netns = await Netns.create();
@@ -71,7 +72,7 @@ export async function startDockerd(): Promise<Dockerd> {
   const startDaemon = async (): Promise<void> => {
     const log = createWriteStream(logPath, { flags: 'a' });
     const proc = netns.spawn('dockerd', [
-      '--storage-driver=vfs', '--iptables=false', '--ip-masq=false', '--ip6tables=false', '--bip', '10.77.0.1/24',
+      '--storage-driver=vfs', '--iptables=false', '--ip-masq=false', '--ip6tables=false', '--bip', o.bip ?? '10.77.0.1/24',
       '--host', `unix://${socket}`, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'),
       '--pidfile', join(dir, 'docker.pid'), '--config-file', join(dir, 'daemon.json'), '--shutdown-timeout', '2',
     ], { env });
