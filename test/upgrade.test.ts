@@ -206,7 +206,7 @@ describe('corral upgrade', () => {
     expect(second.stderr).toMatch(/an upgrade of web in namespace default is under way/);
     await until('stepping', () => services(), (s) => s.upgrade?.phase === 'stepping', 30_000);
     const status = await up.cli(['status']);
-    expect(status.stdout).toMatch(/upgrades\s+web\.default: green -> blue \(corral-test\/app:1\): step \d\/3/);
+    expect(status.stdout).toMatch(/upgrades\s+web\.default: green -> blue \(corral-test\/app:1\): step \d\/2/);
     await up.stop('SIGKILL');
     await startUp();
     const end = await until('the upgrade ends', () => services(), (s) => s.upgrade?.phase === 'completed' || s.upgrade?.phase === 'rolled-back', 40_000);
