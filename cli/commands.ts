@@ -15,7 +15,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'run-dir', help: 'run dir holding agent.sock (default /run/corral)' },
   { name: 'namespace', short: 'n', help: 'namespace (default "default")' },
   { name: 'json', boolean: true, help: 'machine-readable output' },
-  { name: 'color', help: 'register: deployment color (default "default")' },
+  { name: 'color', help: 'register: deployment color (default "default"); upgrade: the new containers\' color (default blue <-> green)' },
   { name: 'http-host', help: 'register: comma-separated Host names the LB routes here' },
   { name: 'http-path', help: 'register: path prefix (default /)' },
   { name: 'health-path', help: 'register: HTTP health check path' },
