@@ -5,7 +5,7 @@
 import type { Logger } from '../../api/log.js';
 import { serviceKey, UPGRADE_ENDED, type Upgrade, type UpgradeReport } from '../../api/types.js';
 import { addFigures } from '../../lb/gate.js';
-import { judge } from './gate.js';
+import { judge, window } from './gate.js';
 import type { Upgrades } from './upgrades.js';
 
 const POLL_MS = 50;
@@ -13,6 +13,11 @@ const POLL_MS = 50;
 const HOST_ACTION_MS = 60_000;
 /** How long after a step's time the driver waits for the LB figures of every host. */
 const FIGURES_SLACK_MS = 10_000;
+
+/** Early failure within a step, from this host's LB: looked at this often, once this many requests and 5xx are in. */
+const EARLY_CHECK_MS = 500;
+const EARLY_MIN_REQUESTS = 10;
+const EARLY_MIN_ERRORS = 5;
 
 type Wait = 'ok' | 'timeout' | 'moved';
 
@@ -65,8 +70,26 @@ export class Driver {
       }
       case 'stepping': {
         const hosts = [...this.up.deps.catalog.hosts.keys()];
-        const w = await this.until(u, () => this.figuresIn(u, hosts), u.stepMs + FIGURES_SLACK_MS);
+        // Meanwhile this host's own LB is watched: a new color failing plainly ends the step at once.
+        const t0 = Date.now();
+        const baseline = await this.up.localFigures(u).catch(() => undefined);
+        let early = '';
+        let earlyGate = '';
+        let checked = t0;
+        const w = await this.until(u, () => early !== '' || this.figuresIn(u, hosts), u.stepMs + FIGURES_SLACK_MS, async () => {
+          if (!baseline || Date.now() - checked < EARLY_CHECK_MS) return;
+          checked = Date.now();
+          const now = await this.up.localFigures(u).catch(() => undefined);
+          if (!now) return;
+          const figures = window(baseline, now);
+          const to = figures.find((f) => f.color === u.toColor);
+          if (!to || to.requests < EARLY_MIN_REQUESTS || to.errors < EARLY_MIN_ERRORS) return;
+          const v = judge(u, u.step, figures, []);
+          if (!v.pass) earlyGate = v.figures;
+          if (!v.pass) early = `${v.reason} (seen early by ${this.up.node}'s LB, ${((Date.now() - t0) / 1000).toFixed(1)} s into the step)`;
+        });
         if (w === 'moved') return false;
+        if (early) return this.rollBack({ ...u, gate: earlyGate }, mod, early);
         const reports = this.reportsOf(u).filter((r) => r.phase === 'stepping' && r.step === u.step);
         const missing = hosts.filter((h) => !reports.some((r) => r.node === h && r.done && !r.error));
         const verdict = judge(u, u.step, addFigures(reports.map((r) => r.figures)), missing);
@@ -161,7 +184,7 @@ export class Driver {
     return not.join(', ');
   }
 
-  private async until(u: Upgrade, ok: () => boolean, ms: number): Promise<Wait> {
+  private async until(u: Upgrade, ok: () => boolean, ms: number, tick?: () => Promise<void>): Promise<Wait> {
     const deadline = Date.now() + ms;
     for (;;) {
       const now = this.up.held(serviceKey(u.namespace, u.name))?.u;
@@ -169,6 +192,7 @@ export class Driver {
       if (ok()) return 'ok';
       if (Date.now() > deadline) return 'timeout';
       await sleep(POLL_MS);
+      await tick?.();
     }
   }
 }

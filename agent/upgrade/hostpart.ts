@@ -16,6 +16,8 @@ export class HostPart {
   /** "<id>|<phase>|<step>" this process has acted on. */
   private readonly acted = new Set<string>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Per service, the action under way (actions run one after another). */
+  private readonly queue = new Map<string, Promise<void>>();
   private stopped = false;
 
   constructor(private readonly up: Upgrades, private readonly log: Logger) {}
@@ -45,7 +47,11 @@ export class HostPart {
     if (!ACTING.has(u.phase) || !u.hosts.includes(this.up.node)) return;
     if (cur?.phase === u.phase && (cur.done || cur.error)) return;
     this.acted.add(tag);
-    this.act(u).catch((err: Error) => this.log.warn({ service: u.name, namespace: u.namespace, phase: u.phase, err: err.message }, 'upgrade: reporting this host\'s part failed'));
+    // One action at a time per service: a rollback asked while this host still clones stops the clones it made.
+    const k = serviceKey(u.namespace, u.name);
+    const next = (this.queue.get(k) ?? Promise.resolve()).then(() => this.act(u)).catch((err: Error) => this.log.warn({ service: u.name, namespace: u.namespace, phase: u.phase, err: err.message }, 'upgrade: reporting this host\'s part failed'));
+    this.queue.set(k, next);
+    void next.then(() => { if (this.queue.get(k) === next) this.queue.delete(k); });
   }
 
   private base(u: Upgrade): UpgradeReport {
@@ -110,7 +116,7 @@ export class HostPart {
     let before: ColorFigures[] | undefined;
     let error = '';
     try {
-      before = await this.readLb(u);
+      before = await this.up.localFigures(u);
     } catch (err) {
       error = (err as Error).message;
     }
@@ -120,7 +126,7 @@ export class HostPart {
         let figures: ColorFigures[] = [];
         if (before) {
           try {
-            figures = window(before, await this.readLb(u));
+            figures = window(before, await this.up.localFigures(u));
           } catch (err) {
             error = (err as Error).message;
           }
@@ -132,20 +138,5 @@ export class HostPart {
       })().catch((err: Error) => this.log.warn({ service: u.name, err: err.message }, 'upgrade: reporting the LB figures failed'));
     }, u.stepMs);
     this.timers.add(t);
-  }
-
-  /** This host's LB's per-color figures for the service (lb/gate.ts, its admin endpoint's /gate). */
-  private async readLb(u: Upgrade): Promise<ColorFigures[]> {
-    const url = `http://${this.up.deps.lbAdmin}/gate?service=${encodeURIComponent(serviceKey(u.namespace, u.name))}`;
-    let res: Response;
-    try {
-      res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    } catch (err) {
-      throw new Error(`no LB figures from host ${this.up.node}: ${url}: ${(err as Error).message} (is \`corral lb\` running, and --lb-admin its admin address?)`);
-    }
-    if (res.status !== 200) throw new Error(`no LB figures from host ${this.up.node}: ${url} answered ${res.status}`);
-    const body = (await res.json()) as ColorFigures[];
-    if (!Array.isArray(body)) throw new Error(`no LB figures from host ${this.up.node}: ${url} did not answer a list`);
-    return body;
   }
 }

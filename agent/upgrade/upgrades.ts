@@ -7,7 +7,7 @@ import Docker from 'dockerode';
 import type { Logger } from '../../api/log.js';
 import { InvalidRecord, MAX_RECORD_BYTES } from '../../api/records.js';
 import { activeColors } from '../../api/traffic.js';
-import { DEFAULT_NAMESPACE, serviceKey, UPGRADE_ENDED, type Upgrade, type UpgradeEvent, type UpgradeReport, type UpgradeRequest } from '../../api/types.js';
+import { DEFAULT_NAMESPACE, serviceKey, UPGRADE_ENDED, type ColorFigures, type Upgrade, type UpgradeEvent, type UpgradeReport, type UpgradeRequest } from '../../api/types.js';
 import { NotFound } from '../api.js';
 import { type Catalog, keys, UPGRADE, UPGRADE_REPORT } from '../catalog.js';
 import { ColorError } from '../colors.js';
@@ -318,5 +318,20 @@ export class Upgrades {
     if (JSON.stringify(svc.active) === JSON.stringify(active)) return { ops: [], compares: [] };
     const next = { ...svc, active, previous: svc.active };
     return { ops: [{ put: key, value: JSON.stringify(next) }], compares: [{ key, modRevision: this.deps.catalog.modRevisions.get(key) ?? 0 }] };
+  }
+
+  /** This host's LB's per-color figures for the service (lb/gate.ts, its admin endpoint's /gate). */
+  async localFigures(u: Upgrade): Promise<ColorFigures[]> {
+    const url = `http://${this.deps.lbAdmin}/gate?service=${encodeURIComponent(serviceKey(u.namespace, u.name))}`;
+    let res: Response;
+    try {
+      res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    } catch (err) {
+      throw new Error(`no LB figures from host ${this.node}: ${url}: ${(err as Error).message} (is \`corral lb\` running, and --lb-admin its admin address?)`);
+    }
+    if (res.status !== 200) throw new Error(`no LB figures from host ${this.node}: ${url} answered ${res.status}`);
+    const body = (await res.json()) as ColorFigures[];
+    if (!Array.isArray(body)) throw new Error(`no LB figures from host ${this.node}: ${url} did not answer a list`);
+    return body;
   }
 }
