@@ -58,6 +58,34 @@ describe('the upgrade record, read as untrusted input', () => {
   });
 });
 
+describe('mutated upgrade records and reports', () => {
+  it('never stop the reader: 5,000 mutations, each used only if it passes its schema', () => {
+    const report = { node: 'h1', namespace: 'default', name: 'web', id: base.id, phase: 'stepping', done: true, error: '', step: 0,
+      clones: [{ oldId: 'ab12', oldName: 'web1-blue', cloneId: 'cd34', cloneName: 'web1-green' }], figures: [{ color: 'green', requests: 3, errors: 1, buckets: [3] }] };
+    const junk: unknown[] = [null, -1, 1e308, '', 'x'.repeat(300), [], {}, [1, 'a'], { a: 1 }, true, 0.5, NaN];
+    let seed = 7;
+    const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+    const mutate = (o: Record<string, unknown>): Record<string, unknown> => {
+      const c = JSON.parse(JSON.stringify(o)) as Record<string, unknown>;
+      const ks = Object.keys(c);
+      for (let i = 0, n = 1 + rand(3); i < n; i++) {
+        const k = ks[rand(ks.length)]!;
+        if (rand(5) === 0) delete c[k];
+        else c[k] = junk[rand(junk.length)];
+      }
+      return c;
+    };
+    const kvs: Array<{ key: string; value: string }> = [];
+    for (let i = 0; i < 2_500; i++) {
+      kvs.push({ key: upgradeKeys.upgrade('default', 'web'), value: JSON.stringify(mutate(base as unknown as Record<string, unknown>)) });
+      kvs.push({ key: upgradeKeys.report('h1', 'default', 'web'), value: JSON.stringify(mutate(report)) });
+    }
+    for (let i = 0; i < kvs.length; i += 500) expect(() => upgradesWith(kvs.slice(i, i + 500))).not.toThrow();
+    const up = upgradesWith([...kvs, { key: upgradeKeys.upgrade('default', 'web'), value: JSON.stringify(base) }]);
+    expect(up.list(() => true)).toEqual([base]);
+  });
+});
+
 describe('the gate', () => {
   const f = (color: string, requests: number, errors: number, buckets: number[]) => ({ color, requests, errors, buckets });
 

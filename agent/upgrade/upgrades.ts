@@ -130,8 +130,9 @@ export class Upgrades {
       this.records.set(k, { u, mod });
       this.problems.delete(key);
       return k;
-    } catch (err) {
-      if (!(err instanceof InvalidRecord)) throw err;
+    } catch (caught) {
+      // Whatever another writer put there, the watch goes on: the record is not used, and said so.
+      const err = caught instanceof InvalidRecord ? caught : new InvalidRecord('record', (caught as Error).message ?? String(caught));
       this.drop(key);
       if (this.problems.get(key) !== err.message) {
         this.problems.set(key, err.message);
