@@ -33,16 +33,19 @@ beforeAll(async () => {
     await d.netns.exec('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
   }
   etcd = await startEtcd({ hosts: [{ address: LINK.aAddr, netns: a.netns.name }] });
-  for (const [i, d] of [a, b].entries()) {
-    ups.push(await startDaemon('up', {
-      netns: d.netns.name, dockerSocket: d.socket, nodeName: `h${i + 1}`, stateDir: join(work, `h${i + 1}`),
-      args: ['--registry', etcd.spec, '--overlay', 'off', '--lb-threads', '1'],
-    }));
-    await makeAppImage(d, 'corral-test/app:1', { version: '1' });
-    await makeAppImage(d, 'corral-test/app:2', { version: '2' });
+  ups.push(...await Promise.all([a, b].map(async (d, i) => {
+    const [up] = await Promise.all([
+      startDaemon('up', {
+        netns: d.netns.name, dockerSocket: d.socket, nodeName: `h${i + 1}`, stateDir: join(work, `h${i + 1}`),
+        args: ['--registry', etcd.spec, '--overlay', 'off', '--lb-threads', '1'],
+      }),
+      makeAppImage(d, 'corral-test/app:1', { version: '1' }),
+      makeAppImage(d, 'corral-test/app:2', { version: '2' }),
+    ]);
     const l = Object.entries(LABELS).flatMap(([k, v]) => ['-l', `${k}=${v}`]);
     await d.exec(['run', '-d', '--name', `web${i + 1}-blue`, ...l, 'corral-test/app:1']);
-  }
+    return up;
+  })));
 }, 240_000);
 
 afterAll(async () => {

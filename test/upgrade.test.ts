@@ -75,12 +75,12 @@ beforeAll(async () => {
   mkdirSync(stateDir);
   docker = await startDockerd();
   await Promise.all([
+    startUp(),
     makeAppImage(docker, 'corral-test/app:1', { version: '1' }),
     makeAppImage(docker, 'corral-test/app:2', { version: '2' }),
     makeAppImage(docker, 'corral-test/app:broken', { version: '3', broken: true }),
     makeAppImage(docker, 'corral-test/app:sick', { version: '4', sick: true }),
   ]);
-  await startUp();
   await runWeb('web1-blue', 'blue', 'corral-test/app:1');
   await runWeb('web2-blue', 'blue', 'corral-test/app:1');
   await until('blue serves', () => get(), (r) => r.status === 200 && r.body === 'v1');
