@@ -80,6 +80,7 @@ beforeAll(async () => {
     makeAppImage(docker, 'corral-test/app:2', { version: '2' }),
     makeAppImage(docker, 'corral-test/app:broken', { version: '3', broken: true }),
     makeAppImage(docker, 'corral-test/app:sick', { version: '4', sick: true }),
+    makeAppImage(docker, 'corral-test/app:crashing', { version: '5', exitAfterS: 3 }),
   ]);
   await runWeb('web1-blue', 'blue', 'corral-test/app:1');
   await runWeb('web2-blue', 'blue', 'corral-test/app:1');
@@ -176,6 +177,15 @@ describe('corral upgrade', () => {
     const s = await services();
     expect(s.active).toEqual({ green: 100 });
     expect(s.upgrade?.phase).toBe('rolled-back');
+  }, 40_000);
+
+  it('rolls back when a clone stops under traffic', async () => {
+    for (const n of ['web1-blue', 'web2-blue']) await docker.exec(['rm', '-f', n]);
+    const r = await up.cli(['upgrade', 'web', '--image', 'corral-test/app:crashing', '--color', 'blue', '--steps', '50,100', '--step-time', '4s']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/a clone failed at step 1\/2 \(blue 50%\): [0-9a-f]{12}: not running/);
+    expect((await services()).active).toEqual({ green: 100 });
+    expect(await get()).toEqual({ status: 200, body: 'v2' });
   }, 40_000);
 
   it('--rollback after a completed upgrade starts the old containers and switches back', async () => {

@@ -76,7 +76,14 @@ export class Driver {
         let early = '';
         let earlyGate = '';
         let checked = t0;
+        const clones = this.clones(u).map((c) => c.cloneId);
         const w = await this.until(u, () => early !== '' || this.figuresIn(u, hosts), u.stepMs + FIGURES_SLACK_MS, async () => {
+          // A clone that stops or turns unhealthy under traffic fails the step like a 5xx would.
+          const lost = this.healthy(u, clones, u.toColor);
+          if (lost) {
+            early = `a clone failed at step ${u.step + 1}/${u.steps.length} (${u.toColor} ${u.steps[u.step]}%): ${lost}`;
+            return;
+          }
           if (!baseline || Date.now() - checked < EARLY_CHECK_MS) return;
           checked = Date.now();
           const now = await this.up.localFigures(u).catch(() => undefined);

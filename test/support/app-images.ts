@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TEST_IMAGE, type Dockerd } from './dockerd.js';
 
-export async function makeAppImage(docker: Dockerd, tag: string, o: { version: string; broken?: boolean; sick?: boolean }): Promise<void> {
+/** `exitAfterS`: httpd in the background and the container's process ends after that many seconds (a crash under traffic). */
+export async function makeAppImage(docker: Dockerd, tag: string, o: { version: string; broken?: boolean; sick?: boolean; exitAfterS?: number }): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'corral-app-image-'));
   try {
     mkdirSync(join(dir, 'w', 'cgi-bin'), { recursive: true });
@@ -18,7 +19,8 @@ export async function makeAppImage(docker: Dockerd, tag: string, o: { version: s
     const name = `mk-${tag.replace(/[:/]/g, '-')}`;
     await docker.exec(['create', '--name', name, TEST_IMAGE, 'true']);
     await docker.exec(['cp', `${join(dir, 'w')}/.`, `${name}:/w`]);
-    await docker.exec(['commit', '--change', 'CMD ["httpd", "-f", "-p", "8080", "-h", "/w"]', name, tag]);
+    const cmd = o.exitAfterS ? `["sh", "-c", "httpd -p 8080 -h /w && sleep ${o.exitAfterS}"]` : '["httpd", "-f", "-p", "8080", "-h", "/w"]';
+    await docker.exec(['commit', '--change', `CMD ${cmd}`, name, tag]);
     await docker.exec(['rm', name]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
