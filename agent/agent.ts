@@ -8,10 +8,10 @@ import { startAdmin } from '../api/admin.js';
 import { DEFAULT_MTU } from '../api/cni.js';
 import type { grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
-import { ADMIN_DEFAULTS, type DaemonOptions } from '../api/options.js';
+import { ADMIN_DEFAULTS, localAddress, type DaemonOptions } from '../api/options.js';
 import type {
   Allocation, CniReply, CniRequest, DeregisterRequest, Endpoint, IpamGcReply, EndpointReply, HealthCheck, ListReply, ListRequest, RegisterRequest,
-  RollbackRequest, RotateKeysReply, ServiceReply, StatusReply, SwitchRequest, WatchEvent, WeightRequest,
+  RollbackRequest, RotateKeysReply, ServiceReply, StatusReply, SwitchRequest, UpgradeEvent, UpgradeRequest, WatchEvent, WeightRequest,
 } from '../api/types.js';
 import { DEFAULT_NAMESPACE, type Host, type HostsReply, type HostsRequest, type HostStatus, type WatchRequest } from '../api/types.js';
 import { InvalidRecord } from '../api/records.js';
@@ -37,6 +37,7 @@ import { EndpointWriter, type Commit } from './endpoint-writer.js';
 import { registryFor } from './registry/index.js';
 import { acmeProblems } from '../lb/acme/report.js';
 import { EdgeLabelError, isEdgeLabel, parseEdge } from '../lb/middleware/labels.js';
+import { Upgrades } from './upgrade/upgrades.js';
 import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
@@ -54,6 +55,8 @@ export class Agent implements AgentOps {
   private readonly revisionWaiters = new Set<RevisionWaiter>();
   private readonly health: HealthChecker;
   private readonly promotion: AutoPromotion;
+  /** `corral upgrade` (agent/upgrade/). */
+  readonly upgrades: Upgrades;
   /** Set by stop(): nothing is retried after it. */
   private stopped = false;
   private docker: DockerSource | undefined;
@@ -82,6 +85,7 @@ export class Agent implements AgentOps {
     this.colors = new ColorChanges(this.registry, this.catalog, commit, log);
     this.health = new HealthChecker(this.endpoints, log);
     this.promotion = new AutoPromotion(this, log);
+    this.upgrades = new Upgrades({ catalog: this.catalog, commit, node: opts.nodeName, dockerSocket: opts.dockerSocket, lbAdmin: localAddress(opts.lbAdmin || ADMIN_DEFAULTS.lb), log });
     prom.collectDefaultMetrics({ register: this.metrics });
     this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
     const catalog = this.catalog;
@@ -134,6 +138,7 @@ export class Agent implements AgentOps {
     } else if (this.opts.dockerSocket) {
       this.log.warn({ socket: this.opts.dockerSocket }, 'no Docker socket here: containers are not watched (start dockerd, or pass --docker-socket "" to silence this)');
     }
+    this.upgrades.start();
     this.log.info({ socket: this.opts.agentSocket, registry: this.registry.kind, revision: this.catalog.revision, node: this.node, startMs: Math.round(performance.now()) }, 'agent ready');
   }
 
@@ -142,6 +147,7 @@ export class Agent implements AgentOps {
     this.docker?.stop();
     this.health.stop();
     this.promotion.stop();
+    this.upgrades.stop();
     this.endpoints.close();
     this.unwatch?.();
     await this.mesh?.stop();
@@ -172,6 +178,7 @@ export class Agent implements AgentOps {
     this.revisionGauge.set(ev.revision);
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
+    this.upgrades.load(r);
     this.promotion.review(ev);
     return ev;
   }
@@ -204,6 +211,7 @@ export class Agent implements AgentOps {
       this.catalog.revision,
       (batch) => {
         const ev = this.catalog.apply(batch);
+        this.upgrades.onBatch(batch);
         this.revisionGauge.set(ev.revision);
         for (const ep of ev.endpoints) this.trackHealth(ep);
         for (const id of ev.deletedEndpoints) this.health.untrack(id);
@@ -411,6 +419,7 @@ export class Agent implements AgentOps {
       services: [...this.catalog.services.values()].filter((s) => match(s.namespace, s.name)),
       hosts: [...this.catalog.hosts.values()],
       allocations: [...this.catalog.allocations.values()],
+      upgrades: this.upgrades.list(match),
     };
   }
 
@@ -431,7 +440,8 @@ export class Agent implements AgentOps {
       healthyEndpoints: healthy,
       ...this.registryStatus(),
       // The LB of this host reports ACME failures beside it (lb/acme/report.ts).
-      problems: [...acmeProblems(this.opts.stateDir), ...this.problemLines()],
+      problems: [...acmeProblems(this.opts.stateDir), ...this.problemLines(), ...this.upgrades.problemLines()],
+      upgrades: this.upgrades.lines(),
     };
   }
 
@@ -534,6 +544,14 @@ export class Agent implements AgentOps {
 
   rollback(req: RollbackRequest): Promise<ServiceReply> {
     return this.colors.rollback(req);
+  }
+
+  upgrading(namespace: string, service: string): boolean {
+    return this.upgrades.underWay(namespace, service);
+  }
+
+  upgrade(req: UpgradeRequest, send: (ev: UpgradeEvent) => void, end: () => void): Promise<() => void> {
+    return this.upgrades.request(req, send, end);
   }
 }
 

@@ -6,7 +6,7 @@ import { agentServiceDefinition, grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import type {
   AckRequest, DeregisterRequest, ListReply, ListRequest, RegisterRequest, RollbackRequest,
-  StatusReply, SwitchRequest, HostsReply, HostsRequest, CniReply, RotateKeysReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
+  StatusReply, SwitchRequest, UpgradeEvent, UpgradeRequest, HostsReply, HostsRequest, CniReply, RotateKeysReply, CniRequest, IpamGcReply, WatchEvent, WatchRequest, WeightRequest, EndpointReply, ServiceReply,
 } from '../api/types.js';
 import { ColorError } from './colors.js';
 import { PermissionDenied } from './registry/registry.js';
@@ -31,6 +31,8 @@ export interface AgentOps {
   cni(req: CniRequest): Promise<CniReply>;
   ipamGc(): Promise<IpamGcReply>;
   rotateKeys(): Promise<RotateKeysReply>;
+  /** `corral upgrade`: progress events until it ends (or is under way, detached); resolves with the unsubscribe. */
+  upgrade(req: UpgradeRequest, send: (ev: UpgradeEvent) => void, end: () => void): Promise<() => void>;
 }
 
 function statusOf(err: unknown): grpc.StatusObject {
@@ -87,6 +89,27 @@ export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): 
     IpamGc: unaryHandler(log, 'IpamGc', () => ops.ipamGc()),
     RotateKeys: unaryHandler(log, 'RotateKeys', () => ops.rotateKeys()),
     Hosts: unaryHandler(log, 'Hosts', (req: HostsRequest) => ops.hosts(req)),
+    Upgrade: (call: grpc.ServerWritableStream<UpgradeRequest, UpgradeEvent>) => {
+      let unsubscribe = () => {};
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        call.end();
+      };
+      ops.upgrade(call.request, (ev) => void (ended || call.write(ev)), end).then(
+        (u) => (ended ? u() : (unsubscribe = u)),
+        (err: unknown) => {
+          const st = statusOf(err);
+          if (st.code === grpc.status.INTERNAL) log.error({ err, method: 'Upgrade' }, 'agent API call failed');
+          ended = true;
+          call.emit('error', st);
+        },
+      );
+      // The client going away (Ctrl-C) leaves the upgrade running in the agent.
+      call.once('cancelled', () => unsubscribe());
+      call.once('close', () => unsubscribe());
+    },
   });
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
   rmSync(socketPath, { force: true });

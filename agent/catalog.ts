@@ -20,6 +20,9 @@ export const SVC = '/corral/services/';
 export const HOST = '/corral/hosts/';
 export const ALLOC = '/corral/allocations/';
 export const BLOCK = '/corral/blocks/';
+/** `corral upgrade`: one record per service upgrade, and each host's report of its part (agent/upgrade/). */
+export const UPGRADE = '/corral/upgrades/';
+export const UPGRADE_REPORT = '/corral/upgrade-reports/';
 /** Host status reports: outside PREFIX, so no watch (agent, DNS, LB) receives them. */
 export const STATUS = '/corral-status/';
 
@@ -34,7 +37,7 @@ export const keys = {
 
 /** The keys each host may write (exact keys and prefixes): what its etcd role grants. */
 export function hostKeys(node: string): { keys: string[]; prefixes: string[] } {
-  return { keys: [HOST + node, STATUS + node], prefixes: [`${EP}${node}/`, `${ALLOC}${node}/`, `${BLOCK}${node}/`] };
+  return { keys: [HOST + node, STATUS + node], prefixes: [`${EP}${node}/`, `${ALLOC}${node}/`, `${BLOCK}${node}/`, `${UPGRADE_REPORT}${node}/`] };
 }
 
 /** "<node>/<rest>" after a per-host prefix -> [node, rest] (node '' when the key has no "/"). */

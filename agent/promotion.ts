@@ -36,6 +36,8 @@ export interface Promoter {
   readonly catalog: Catalog;
   readonly node: string;
   switchColor(req: SwitchRequest): Promise<ServiceReply>;
+  /** A `corral upgrade` of the service is under way: its steps move the traffic, not a promotion. */
+  upgrading?(namespace: string, service: string): boolean;
 }
 
 export class AutoPromotion {
@@ -88,7 +90,7 @@ export class AutoPromotion {
       list.push(ep);
     }
     const seen = new Set<string>();
-    if (svc) {
+    if (svc && !this.agent.upgrading?.(ns, name)) {
       const stamp = JSON.stringify(svc.active);
       let settled = this.settled.get(key);
       if (settled === undefined || settled.stamp !== stamp) {
@@ -144,7 +146,7 @@ export class AutoPromotion {
     const cand = c;
     c.timer = setTimeout(() => {
       cand.timer = undefined;
-      if (this.stopped || this.candidates.get(id) !== cand) return;
+      if (this.stopped || this.candidates.get(id) !== cand || this.agent.upgrading?.(ns, name)) return;
       // Last look: the same endpoints, all healthy.
       const now = this.agent.catalog.endpointsOf(ns, name).filter((e) => e.color === color && !e.draining);
       if (now.length !== members.size || now.some((e) => !members.has(e.id) || !e.healthy)) {

@@ -17,6 +17,8 @@ export interface AdminHandlers {
   ready(): boolean;
   /** The status page; may be asynchronous (the LB asks its worker threads). */
   status(): unknown;
+  /** More JSON pages, loopback clients only like the status page (the LB's /gate). */
+  pages?: Record<string, (query: URLSearchParams) => unknown>;
 }
 
 const PAGES = new Map([['/healthz', 'healthz'], ['/readyz', 'readyz'], ['/metrics', 'metrics'], ['/', 'status'], ['/status', 'status']]);
@@ -47,7 +49,8 @@ function answer(req: IncomingMessage, res: ServerResponse, code: number, text: s
 
 function serve(h: AdminHandlers, req: IncomingMessage, res: ServerResponse): void {
   const path = (req.url ?? '/').split('?')[0]!;
-  const page = PAGES.get(path);
+  const extra = h.pages?.[path];
+  const page = extra ? 'extra' : PAGES.get(path);
   if (page === undefined) return answer(req, res, 404, 'not found: try /healthz, /readyz, /metrics or /\n');
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     return answer(req, res, 405, `method not allowed: ${path} answers GET and HEAD only\n`, { allow: ALLOW });
@@ -71,7 +74,7 @@ function serve(h: AdminHandlers, req: IncomingMessage, res: ServerResponse): voi
       if (!isLoopback(req.socket.remoteAddress) || forwarded(req)) {
         return answer(req, res, 403, 'forbidden: the status page lists this host\'s topology and answers loopback clients only, not through a proxy (ask http://127.0.0.1:<port>/ on the host); /metrics, /healthz and /readyz answer any client\n');
       }
-      Promise.resolve(h.status()).then(
+      Promise.resolve(extra ? extra(new URLSearchParams((req.url ?? '').split('?')[1] ?? '')) : h.status()).then(
         (status) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status, null, 2) + '\n'),
         (err: Error) => answer(req, res, 500, `${err.message}\n`),
       );

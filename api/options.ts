@@ -23,6 +23,7 @@ export interface DaemonOptions {
   dockerPluginSocket: string; // Docker network + IPAM driver socket; "" disables
   dockerDaemonJson: string;   // daemon.json the agent merges Docker's defaults into (agent/docker/defaults.ts); "" = off
   adminListen: string;        // per daemon: agent 127.0.0.1:9190, dns :9191, lb :9192 (status page `/` to loopback clients only)
+  lbAdmin?: string;           // agent: this host's LB admin address, whose /gate `corral upgrade` reads ('' = the LB's default, or with `up` its own)
   logLevel: string;
   lb: LbOptions;
   mesh: MeshOptions;
@@ -135,6 +136,14 @@ export function defaultOptions(): DaemonOptions {
     lb: { ...LB_DEFAULTS },
     mesh: { ...MESH_DEFAULTS },
   };
+}
+
+/** An admin listen address as a client on this host reaches it (":9192" -> "127.0.0.1:9192"). */
+export function localAddress(listen: string): string {
+  const { host, port } = parseHostPort(listen, 'admin address');
+  if (host === '' || host === '0.0.0.0') return `127.0.0.1:${port}`;
+  if (host === '::') return `[::1]:${port}`;
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** "ADDR:PORT", "[v6]:PORT" or ":PORT" -> host and port. Throws with what is accepted. */

@@ -5,10 +5,10 @@
 import { isIP } from 'node:net';
 import { IPv4CidrRange } from 'ip-num';
 import { ipv6Groups } from './ipv6.js';
-import { DEFAULT_COLOR, type Allocation, type Endpoint, type HealthCheck, type Host, type HostStatus, type Service } from './types.js';
+import { DEFAULT_COLOR, UPGRADE_PHASES, type Allocation, type ColorFigures, type Endpoint, type HealthCheck, type Host, type HostStatus, type Service, type Upgrade, type UpgradeClone, type UpgradePhase, type UpgradeReport } from './types.js';
 
 /** Largest value the catalog parses, per kind (a Host record stays well under 2 KB). */
-export const MAX_RECORD_BYTES = { endpoint: 16_384, service: 8_192, host: 2_048, status: 2_048, allocation: 2_048, block: 512 } as const;
+export const MAX_RECORD_BYTES = { endpoint: 16_384, service: 8_192, host: 2_048, status: 2_048, allocation: 2_048, block: 512, upgrade: 8_192, upgradeReport: 65_536 } as const;
 export type RecordKind = keyof typeof MAX_RECORD_BYTES;
 
 export class InvalidRecord extends Error {
@@ -195,6 +195,77 @@ export class RecordRules {
     };
   }
 
+  /** `corral upgrade`'s record (/corral/upgrades/<ns>/<name>): written by an agent, read by every agent. */
+  upgrade(v: unknown): Upgrade {
+    const o = object(v, 'record');
+    const steps = o.steps;
+    if (!Array.isArray(steps) || steps.length < 1 || steps.length > 20) throw new InvalidRecord('steps', 'not a list of 1 to 20 percentages');
+    let last = 0;
+    for (const s of steps) {
+      if (typeof s !== 'number' || !Number.isInteger(s) || s <= last || s > 100) throw new InvalidRecord('steps', 'not whole percentages rising from 1 to 100');
+      last = s;
+    }
+    if (last !== 100) throw new InvalidRecord('steps', 'the last step is not 100');
+    const hosts = o.hosts ?? [];
+    if (!Array.isArray(hosts) || hosts.length > 10_000 || hosts.some((h) => typeof h !== 'string' || !NODE.test(h))) throw new InvalidRecord('hosts', 'not a list of host names');
+    const phase = str(o, 'phase', 16);
+    if (!(UPGRADE_PHASES as readonly string[]).includes(phase)) throw new InvalidRecord('phase', `"${phase}" is not one of ${UPGRADE_PHASES.join(', ')}`);
+    return {
+      namespace: label(o, 'namespace'),
+      name: label(o, 'name'),
+      id: str(o, 'id', 64, { re: /^[a-z0-9-]+$/, what: 'an id (a-z, 0-9, "-")' }),
+      image: str(o, 'image', 512, { re: /^[\x21-\x7e]+$/, what: 'an image reference' }),
+      fromColor: label(o, 'fromColor'),
+      toColor: label(o, 'toColor'),
+      original: colors(o, 'original'),
+      steps: steps as number[],
+      stepMs: int(o, 'stepMs', 100, 86_400_000),
+      maxErrorRate: fraction(o, 'maxErrorRate'),
+      maxP99Ms: int(o, 'maxP99Ms', 0, 3_600_000, 0),
+      maxP99Ratio: number(o, 'maxP99Ratio', 0, 1000),
+      readyTimeoutMs: int(o, 'readyTimeoutMs', 100, 86_400_000),
+      driver: node(o, 'driver'),
+      phase: phase as UpgradePhase,
+      step: int(o, 'step', -1, steps.length - 1),
+      startedMs: int(o, 'startedMs', 0, Number.MAX_SAFE_INTEGER),
+      stepStartedMs: int(o, 'stepStartedMs', 0, Number.MAX_SAFE_INTEGER, 0),
+      reason: str(o, 'reason', 1024, { dflt: '' }),
+      gate: str(o, 'gate', 1024, { dflt: '' }),
+      hosts: hosts as string[],
+    };
+  }
+
+  /** One host's part of an upgrade (/corral/upgrade-reports/<node>/<ns>/<name>). */
+  upgradeReport(v: unknown): UpgradeReport {
+    const o = object(v, 'record');
+    const clones = o.clones ?? [];
+    if (!Array.isArray(clones) || clones.length > 1000) throw new InvalidRecord('clones', 'not a list of at most 1000 clones');
+    const figures = o.figures ?? [];
+    if (!Array.isArray(figures) || figures.length > 64) throw new InvalidRecord('figures', 'not a list of at most 64 colors');
+    return {
+      node: node(o, 'node'),
+      namespace: label(o, 'namespace'),
+      name: label(o, 'name'),
+      id: str(o, 'id', 64, { re: /^[a-z0-9-]+$/, what: 'an id (a-z, 0-9, "-")' }),
+      phase: str(o, 'phase', 16, { re: /^[a-z-]+$/, what: 'a phase' }),
+      done: bool(o, 'done', false),
+      error: str(o, 'error', 1024, { dflt: '' }),
+      clones: clones.map((c, i): UpgradeClone => {
+        const x = object(c, `clones[${i}]`);
+        const id = (f: string) => str(x, f, 128, { re: /^[a-f0-9]*$/, what: 'a container id' });
+        const name = (f: string) => str(x, f, 256, { dflt: '' });
+        return { oldId: id('oldId'), oldName: name('oldName'), cloneId: id('cloneId'), cloneName: name('cloneName') };
+      }),
+      step: int(o, 'step', -1, 19, -1),
+      figures: figures.map((f, i): ColorFigures => {
+        const x = object(f, `figures[${i}]`);
+        const b = x.buckets ?? [];
+        if (!Array.isArray(b) || b.length > 64 || b.some((n) => typeof n !== 'number' || !Number.isInteger(n) || n < 0)) throw new InvalidRecord(`figures[${i}].buckets`, 'not a list of at most 64 counts');
+        return { color: label(x, 'color'), requests: int(x, 'requests', 0, Number.MAX_SAFE_INTEGER), errors: int(x, 'errors', 0, Number.MAX_SAFE_INTEGER), buckets: b as number[] };
+      }),
+    };
+  }
+
   blockLease(v: unknown): { block: string; node: string; sinceMs: number } {
     const o = object(v, 'record');
     const block = str(o, 'block', 18);
@@ -229,6 +300,17 @@ function healthCheck(o: Obj): HealthCheck | null {
   };
   if (hc.path && !hc.path.startsWith('/')) throw new InvalidRecord('healthCheck.path', `"${hc.path.slice(0, 80)}" does not start with "/"`);
   return hc.tcp || hc.path ? hc : null;
+}
+
+function number(o: Obj, field: string, min: number, max: number): number {
+  const v = o[field] ?? 0;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new InvalidRecord(field, 'not a number');
+  if (v < min || v > max) throw new InvalidRecord(field, `${v} is outside ${min}..${max}`);
+  return v;
+}
+
+function fraction(o: Obj, field: string): number {
+  return number(o, field, 0, 1);
 }
 
 function colors(o: Obj, field: string): Record<string, number> {

@@ -138,7 +138,7 @@ export interface WatchEvent {
 
 export interface AckRequest { component: string; revision: number }
 export interface ListRequest { namespace: string; service: string }
-export interface ListReply { revision: number; endpoints: Endpoint[]; services: Service[]; hosts: Host[]; allocations: Allocation[] }
+export interface ListReply { revision: number; endpoints: Endpoint[]; services: Service[]; hosts: Host[]; allocations: Allocation[]; upgrades?: Upgrade[] }
 
 export interface HostsRequest { host: string }
 /** One host: its record, its last status report (null before the first), and this host's own view of it as a peer. */
@@ -177,6 +177,67 @@ export interface WeightRequest { service: string; namespace: string; weights: Re
 export interface RollbackRequest { service: string; namespace: string }
 export interface ServiceReply { revision: number; service: Service | null }
 
+/** `corral upgrade` (api/corral.proto: Upgrade): one record per service, /corral/upgrades/<ns>/<name>. */
+export const UPGRADE_PHASES = ['checking', 'cloning', 'stepping', 'completing', 'completed', 'rolling-back', 'rolled-back', 'failed', 'finishing', 'finished', 'reverting'] as const;
+export type UpgradePhase = (typeof UPGRADE_PHASES)[number];
+/** Phases in which nothing is left to do: a new upgrade of the service may start. */
+export const UPGRADE_ENDED: ReadonlySet<string> = new Set(['completed', 'rolled-back', 'failed', 'finished']);
+
+export interface Upgrade {
+  namespace: string;
+  name: string;
+  id: string;
+  image: string;
+  fromColor: string;
+  toColor: string;
+  original: Record<string, number>;
+  steps: number[];
+  stepMs: number;
+  maxErrorRate: number;
+  maxP99Ms: number;
+  maxP99Ratio: number;
+  readyTimeoutMs: number;
+  driver: string;
+  phase: UpgradePhase;
+  step: number;
+  startedMs: number;
+  stepStartedMs: number;
+  reason: string;
+  gate: string;
+  hosts: string[];
+}
+
+export interface UpgradeClone { oldId: string; oldName: string; cloneId: string; cloneName: string }
+export interface ColorFigures { color: string; requests: number; errors: number; buckets: number[] }
+export interface UpgradeReport {
+  node: string;
+  namespace: string;
+  name: string;
+  id: string;
+  phase: string;
+  done: boolean;
+  error: string;
+  clones: UpgradeClone[];
+  step: number;
+  figures: ColorFigures[];
+}
+
+export interface UpgradeRequest {
+  service: string;
+  namespace: string;
+  action: 'start' | 'finish' | 'rollback' | 'watch' | string;
+  image: string;
+  color: string;
+  steps: number[];
+  stepMs: number;
+  maxErrorRate: number;
+  maxP99Ms: number;
+  maxP99Ratio: number;
+  readyTimeoutMs: number;
+  detach: boolean;
+}
+export interface UpgradeEvent { ms: number; line: string; upgrade: Upgrade | null; final: boolean }
+
 export interface ComponentStatus { component: string; appliedRevision: number; connected: boolean }
 export interface StatusReply {
   node: string;
@@ -199,6 +260,8 @@ export interface StatusReply {
   publicKey: string;
   /** Registry records this agent does not serve (invalid, or conflicting), one line each. */
   problems: string[];
+  /** Upgrades in progress, one line each (absent from agents before `corral upgrade`). */
+  upgrades?: string[];
 }
 
 export interface CniRequest { command: string; containerId: string; netns: string; ifname: string; args: string; config: Buffer }

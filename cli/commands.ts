@@ -2,18 +2,20 @@
 import { agentClient, grpc, unary } from '../api/grpc.js';
 import { defaultOptions } from '../api/options.js';
 import { activeColors, isServing } from '../api/traffic.js';
-import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type Service, type ServiceReply, type StatusReply } from '../api/types.js';
+import { BALANCE_POLICIES, DEFAULT_NAMESPACE, UPGRADE_ENDED, isBalancePolicy, type Endpoint, type EndpointReply, type HealthCheck, type HostRow, type HostsReply, type ListReply, type RotateKeysReply, type Service, type ServiceReply, type StatusReply } from '../api/types.js';
 import { duration } from '../agent/endpoints.js';
 import type { ColorChanges } from '../agent/color-changes.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
+import { describe } from '../agent/upgrade/describe.js';
 import { ipamCommands } from './ipam.js';
+import { UPGRADE_FLAGS, upgradeCommand } from './upgrade.js';
 
 export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'agent-socket', help: 'the agent API socket (default /run/corral/agent.sock)' },
   { name: 'run-dir', help: 'run dir holding agent.sock (default /run/corral)' },
   { name: 'namespace', short: 'n', help: 'namespace (default "default")' },
   { name: 'json', boolean: true, help: 'machine-readable output' },
-  { name: 'color', help: 'register: deployment color (default "default")' },
+  { name: 'color', help: 'register: deployment color (default "default"); upgrade: the new containers\' color (default blue <-> green)' },
   { name: 'http-host', help: 'register: comma-separated Host names the LB routes here' },
   { name: 'http-path', help: 'register: path prefix (default /)' },
   { name: 'health-path', help: 'register: HTTP health check path' },
@@ -32,6 +34,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'etcd-key', help: 'with --registry: client key (PEM)' },
   { name: 'etcd-user', help: 'with --registry: the operator\'s etcd user (`corral etcd-init` makes corral-operator)' },
   { name: 'etcd-password-file', help: 'with --registry: file holding its password (mode 600)' },
+  ...UPGRADE_FLAGS,
 ];
 
 type Client = ReturnType<typeof agentClient>;
@@ -109,6 +112,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
         `docker     ${s.dockerConnected ? 'connected' : `not connected: ${s.dockerError}`}`,
         `services   ${s.services}, endpoints ${s.endpoints} (${s.healthyEndpoints} serving)`,
         ...(comps.length ? comps.map((x, i) => `${i === 0 ? 'components ' : '           '}${x}`) : ['components none watching']),
+        ...(s.upgrades ?? []).map((x, i) => `${i === 0 ? 'upgrades   ' : '           '}${x}`),
         ...s.problems.slice(0, PEER_LINES).map((x, i) => `${i === 0 ? 'problems   ' : '           '}${x}`),
         ...(s.problems.length > PEER_LINES ? [`           and ${s.problems.length - PEER_LINES} more (\`corral status --json\`)`] : []),
       ].join('\n'));
@@ -173,7 +177,9 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
           const hosts = [...new Set(eps.flatMap((e) => e.httpHosts))].join(',') || '-';
           return [s.name, s.namespace, colorsText(Object.fromEntries(active)) || '-', `${serving}/${eps.length}`, hosts];
         });
-      out(p, { revision: l.revision, services: l.services }, table([['SERVICE', 'NAMESPACE', 'ACTIVE', 'SERVING', 'HTTP HOSTS'], ...rows]) + `revision ${l.revision}`);
+      // Upgrades under way, one line each under the table (`corral upgrade <service> --watch` follows one).
+      const upgrades = (l.upgrades ?? []).filter((u) => !UPGRADE_ENDED.has(u.phase)).map((u) => `upgrade ${u.name}.${u.namespace}: ${describe(u)}\n`).join('');
+      out(p, { revision: l.revision, services: l.services, upgrades: l.upgrades ?? [] }, table([['SERVICE', 'NAMESPACE', 'ACTIVE', 'SERVING', 'HTTP HOSTS'], ...rows]) + upgrades + `revision ${l.revision}`);
     },
   },
   endpoints: {
@@ -260,6 +266,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
       out(p, r, `WireGuard key rotated: ${r.previousPublicKey} -> ${r.publicKey} at revision ${r.revision}${r.unconfirmed.length ? ` (not confirmed in time by ${r.unconfirmed.join(', ')}: they catch up when they see it)` : ''}`);
     },
   },
+  upgrade: upgradeCommand,
   ...ipamCommands,
 };
 

@@ -24,6 +24,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'docker-socket', help: 'Docker socket to watch; "" disables (default /var/run/docker.sock)' },
   { name: 'docker-daemon-json', help: 'merge Docker\'s defaults for this host (bip, address pools, dns, mtu) into this daemon.json, e.g. /etc/docker/daemon.json: plain `docker run` and Compose join Corral\'s network; keys you set are kept; restart dockerd when the agent says so (default "": off)' },
   { name: 'docker-plugin-socket', help: 'serve the Docker network and IPAM driver here; the file name is the driver name (`-d corral --ipam-driver corral`); "" disables (default /run/docker/plugins/corral.sock)' },
+  { name: 'lb-admin', help: 'agent: ADDR:PORT of this host\'s LB admin endpoint, whose per-color figures gate `corral upgrade` (default :9192; with `up`, its own LB)' },
   { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
   { name: 'log-level', help: 'trace, debug, info, warn, error (default info)' },
   { name: 'lb-balance', help: 'lb: round-robin (smooth weighted, default) or least-request (power of two choices)' },
@@ -130,6 +131,7 @@ export function daemonOptions(p: Parsed): DaemonOptions {
     o.dockerDaemonJson = v;
   }
   if (f.has('admin-listen')) o.adminListen = f.get('admin-listen')!;
+  if (f.has('lb-admin')) o.lbAdmin = f.get('lb-admin')!;
   if (f.has('log-level')) o.logLevel = f.get('log-level')!;
   const lb = o.lb;
   if (f.has('lb-balance')) {
@@ -246,7 +248,8 @@ export async function runDaemons(parts: Array<'agent' | 'dns' | 'lb'>, o: Daemon
     let watch: WatchSource | undefined;
     if (parts.includes('agent')) {
       const { Agent } = await import('../agent/agent.js');
-      const agent = new Agent({ ...o, adminListen: adminFor(0) }, log.child({ component: 'agent' }));
+      const lbAdmin = o.lbAdmin || (parts.includes('lb') && adminFor(2) ? adminFor(2) : '');
+      const agent = new Agent({ ...o, adminListen: adminFor(0), lbAdmin }, log.child({ component: 'agent' }));
       await agent.start();
       running.push({ close: () => agent.stop() });
       watch = (component, handlers, l) => agent.localWatch(component, handlers, l);

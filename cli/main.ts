@@ -26,7 +26,7 @@ ${CLIENT_FLAGS.map((f) => `  ${(f.short ? `-${f.short}, --${f.name}` : `    --${
 /** `corral <command> --help`: its usage and the flags it reads (the common ones and its own). */
 function commandHelp(cmd: string): string {
   const own = `${cmd}: `;
-  const flags = CLIENT_FLAGS.filter((f) => !/^[a-z-]+: /.test(f.help) || f.help.startsWith(own));
+  const flags = CLIENT_FLAGS.filter((f) => !/^[a-z-]+: /.test(f.help) || f.help.startsWith(own) || f.help.includes(`; ${own}`));
   return `usage: corral ${commands[cmd]!.usage}\n\nFlags (each also as CORRAL_<FLAG> in the environment):\n${flags
     .map((f) => `  ${(f.short ? `-${f.short}, --${f.name}` : `    --${f.name}`).padEnd(22)} ${f.help.startsWith(own) ? f.help.slice(own.length) : f.help}`)
     .join('\n')}\n`;

@@ -11,6 +11,7 @@ import { ADMIN_DEFAULTS, LB_DEFAULTS, type DaemonOptions } from '../api/options.
 import { socketWatch, type WatchSource } from '../api/watch.js';
 import type { Registry } from '../agent/registry/registry.js';
 import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
+import { addFigures } from './gate.js';
 import { closeFds, listenFd, reusePortListeners, type SharedListeners } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
 import { startAcme, type AcmeManager } from './acme/index.js';
@@ -139,7 +140,9 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
     };
   };
   try {
-    admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, { metrics, ready, status });
+    // /gate?service=<ns>/<name>: `corral upgrade`'s per-color figures, every thread's added up.
+    const gate = async (q: URLSearchParams) => addFigures([main.gate.figures(q.get('service') ?? ''), ...((await workers?.ask('gate', q.get('service') ?? '')) ?? [])]);
+    admin = await startAdmin(opts.adminListen || ADMIN_DEFAULTS.lb, { metrics, ready, status, pages: { '/gate': gate } });
   } catch (err) {
     await Promise.all([main.close(0), workers?.close(0), acme?.close()]);
     throw err;

@@ -6,6 +6,7 @@ import type { Logger } from '../api/log.js';
 import { parseHostPort, type LbOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
+import { bothObservers, GateFigures } from './gate.js';
 import { LbMetrics } from './metrics.js';
 import { EdgeRoutes } from './middleware/edges.js';
 import { AcmeThread } from './acme/thread.js';
@@ -32,6 +33,8 @@ export interface ThreadStats {
 /** One thread's serving stack: everything a request touches lives here, one per thread. */
 export class LbThread {
   readonly metrics: LbMetrics;
+  /** Per-color figures for `corral upgrade`'s gate (gate.ts). */
+  readonly gate = new GateFigures();
   readonly pools: UpstreamPools;
   readonly outliers: PassiveHealth;
   readonly routes: RouteTable;
@@ -56,7 +59,7 @@ export class LbThread {
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
     this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port, warnNoAcme: thread === 0 && !o.acme.directory }, log);
-    this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
+    this.proxy = new HttpProxy(this.routes, pools, bothObservers(this.metrics, this.gate), log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
     this.acme = o.acme.directory ? new AcmeThread(o.acme) : undefined;
     this.proxy.acmeChallenge = this.acme?.challenge;

@@ -5,6 +5,7 @@
 // a revision only once every thread has applied it.
 import { makeLogger, type Logger } from '../api/log.js';
 import type { LbOptions } from '../api/options.js';
+import type { ColorFigures } from '../api/types.js';
 import { serveWorker, WorkerPool, type JsonMetrics, type SpawnWorker, type WorkerThread } from '../api/workers.js';
 import { closeFds, listenFd } from './listeners.js';
 import { LbThread, type ThreadStats } from './stack.js';
@@ -23,6 +24,8 @@ interface LbThreadAnswers {
   stats(): ThreadStats;
   /** Its registry as prom-client JSON, for AggregatorRegistry.aggregate. */
   metrics(): Promise<JsonMetrics>;
+  /** One service's gate figures per color (gate.ts), "<ns>/<name>". */
+  gate(service: string): ColorFigures[];
 }
 
 export type LbWorkers = WorkerPool<Setup, LbThreadAnswers>;
@@ -53,6 +56,7 @@ async function lbThread(setup: Setup, thread: number): Promise<WorkerThread<LbTh
     answers: {
       stats: () => t.stats(),
       metrics: () => t.metrics.registry.getMetricsAsJSON(),
+      gate: (service) => t.gate.figures(service),
     },
     stop: (graceMs) => t.close(graceMs),
   };

@@ -15,6 +15,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
   restart: async () => (await import('./restart.js')).benchRestart(),
+  upgrade: async () => (await import('./upgrade.js')).benchUpgrade(),
   // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).
   'scale-5000': async () => {
     const { benchScale, scaleFromEnv } = await import('./scale.js');

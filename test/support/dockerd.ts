@@ -48,9 +48,10 @@ export async function ensureDockerInstalled(): Promise<void> {
 /**
  * o.netns: run in this (test host's) namespace, left in place by stop(). o.daemonJson: what
  * daemon.json starts with; with it the engine gets no `--bip` flag (dockerd refuses a key given
- * both ways), so daemon.json decides Docker's default bridge.
+ * both ways), so daemon.json decides Docker's default bridge. o.bip: the default bridge's address
+ * otherwise (10.77.0.1/24 unless given; two engines whose containers route to each other need two).
  */
-export async function startDockerd(o: { netns?: Netns; daemonJson?: Record<string, unknown> } = {}): Promise<Dockerd> {
+export async function startDockerd(o: { netns?: Netns; daemonJson?: Record<string, unknown>; bip?: string } = {}): Promise<Dockerd> {
   await ensureDockerInstalled();
   const dir = await mkdtemp(join(tmpdir(), 'corral-dockerd-'));
   const netns = o.netns ?? await Netns.create();
@@ -76,7 +77,7 @@ export async function startDockerd(o: { netns?: Netns; daemonJson?: Record<strin
   const startDaemon = async (): Promise<void> => {
     const log = createWriteStream(logPath, { flags: 'a' });
     const proc = netns.spawn('dockerd', [
-      '--storage-driver=vfs', '--iptables=false', '--ip6tables=false', ...(o.daemonJson ? [] : ['--ip-masq=false', '--bip', '10.77.0.1/24']),
+      '--storage-driver=vfs', '--iptables=false', '--ip6tables=false', ...(o.daemonJson ? [] : ['--ip-masq=false', '--bip', o.bip ?? '10.77.0.1/24']),
       '--host', `unix://${socket}`, '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'),
       '--pidfile', join(dir, 'docker.pid'), '--config-file', join(dir, 'daemon.json'), '--shutdown-timeout', '2',
     ], { env });
