@@ -52,6 +52,7 @@ export class LbThread {
       pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
     }, balancerFor(o.balance, outliers.stateOf));
     this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
+    this.metrics.openConnections = () => this.proxy.connections.size;
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
   }
 
@@ -66,6 +67,8 @@ export class LbThread {
     // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
     // The server's own certificate is the fallback one: clients without SNI get it.
     const server = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
+    server.on('secureConnection', () => this.metrics.tlsHandshake(true));
+    server.on('tlsClientError', () => this.metrics.tlsHandshake(false));
     certs.watch((r) => {
       if (r.ok) server.setSecureContext(certs.defaultPair());
       if (this.thread !== 0) return;
