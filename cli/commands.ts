@@ -30,6 +30,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'etcd-key', help: 'with --registry: client key (PEM)' },
   { name: 'etcd-user', help: 'with --registry: the operator\'s etcd user (`corral etcd-init` makes corral-operator)' },
   { name: 'etcd-password-file', help: 'with --registry: file holding its password (mode 600)' },
+  { name: 'log-format', help: 'with --registry: json or pretty for its warnings (default: pretty on a terminal)' },
 ];
 
 type Client = ReturnType<typeof agentClient>;
