@@ -50,11 +50,13 @@ describe('log format', () => {
   });
 
   it('--log-format and CORRAL_LOG_FORMAT force either', async () => {
-    const json = await onTerminal(failing(['--log-format', 'json']));
+    const [json, pretty, env] = await Promise.all([
+      onTerminal(failing(['--log-format', 'json'])),
+      run(process.execPath, failing(['--log-format', 'pretty'])),
+      run(process.execPath, failing(), { CORRAL_LOG_FORMAT: 'pretty' }),
+    ]);
     expect(JSON.parse(logLines(json.out)[0]!)).toMatchObject({ msg: 'cannot start' });
-    const pretty = await run(process.execPath, failing(['--log-format', 'pretty']));
     expect(logLines(pretty.out)[0]).toMatch(/^\[[\d:.]+\] ERROR: cannot start \{/);
-    const env = await run(process.execPath, failing(), { CORRAL_LOG_FORMAT: 'pretty' });
     expect(logLines(env.out)[0]).toMatch(/^\[[\d:.]+\] ERROR: cannot start \{/);
   });
 
@@ -65,7 +67,7 @@ describe('log format', () => {
   });
 
   it('never writes a secret: passwords, tokens and private keys are redacted in both formats', async () => {
-    for (const format of ['json', 'pretty']) {
+    await Promise.all(['json', 'pretty'].map(async (format) => {
       const script = `import { makeLogger } from './api/log.ts';
         const log = makeLogger('agent', 'info', '${format}').child({ component: 'agent' });
         log.warn({ password: 'hunter2-a', etcd: { password: 'hunter2-b' }, token: 'tok-c', privateKey: 'wg-d', headers: { authorization: 'Bearer e' }, user: 'h1' }, 'login failed');`;
@@ -74,6 +76,6 @@ describe('log format', () => {
       expect(r.out).toContain('h1');
       expect(r.out).not.toMatch(/hunter2|tok-c|wg-d|Bearer e/);
       expect(r.out.match(/\[redacted\]/g)).toHaveLength(5);
-    }
+    }));
   });
 });
