@@ -43,9 +43,12 @@ export class AgentMetrics {
         this.set({ serving: 'false' }, catalog.endpoints.size - serving);
       },
     });
-    // Both per-service gauges from one pass over the catalog per scrape.
+    // Both per-service gauges from one pass over the catalog per scrape (a pass less than 100 ms old is this scrape's).
     let perService = new Map<string, { namespace: string; service: string; total: number; serving: number }>();
+    let talliedAt = -Infinity;
     const tallyServices = () => {
+      if (performance.now() - talliedAt < 100) return;
+      talliedAt = performance.now();
       const byService = new Map<string, Endpoint[]>();
       for (const ep of catalog.endpoints.values()) {
         const key = `${ep.namespace}/${ep.service}`;
@@ -73,7 +76,7 @@ export class AgentMetrics {
     new Gauge({
       name: 'corral_agent_service_serving_endpoints', help: 'Endpoints per service that receive traffic: healthy, not draining, of an active color', labelNames: ['namespace', 'service'], registers,
       collect() {
-        // Registered after corral_agent_service_endpoints: prom-client collects in order, so perService is this scrape's.
+        tallyServices();
         this.reset();
         for (const s of perService.values()) this.set({ namespace: s.namespace, service: s.service }, s.serving);
       },
