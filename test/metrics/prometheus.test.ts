@@ -18,12 +18,14 @@ let ns: Netns;
 let up: Daemon;
 let prometheus: ChildProcess | undefined;
 let promDir: string;
+let certDir: string;
+const HTTPS_PORT = 8443;
 const texts = new Map<string, string>();
 
 const parts = () => [['agent', up.adminPort], ['dns', up.adminPort + 1], ['lb', up.adminPort + 2]] as const;
 
-async function get(url: string, headers: string[] = []): Promise<string> {
-  return (await ns.exec('curl', ['-sf', '-m', '5', ...headers.flatMap((h) => ['-H', h]), url])).stdout;
+async function get(url: string, headers: string[] = [], extra: string[] = []): Promise<string> {
+  return (await ns.exec('curl', ['-sf', '-m', '5', ...extra, ...headers.flatMap((h) => ['-H', h]), url])).stdout;
 }
 
 async function promQuery(expr: string): Promise<{ status: string; error?: string; data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } }> {
@@ -38,13 +40,26 @@ function families(text: string): Map<string, string> {
 
 beforeAll(async () => {
   ns = await Netns.create('metrics');
-  up = await startDaemon('up', { netns: ns.name, args: ['--lb-threads', '2', '--dns-threads', '2'] });
+  certDir = mkdtempSync(join(tmpdir(), 'corral-metrics-certs-'));
+  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=legacy.test',
+    '-addext', 'subjectAltName=DNS:legacy.test', '-keyout', join(certDir, 'legacy.test.key'), '-out', join(certDir, 'legacy.test.crt')]);
+  up = await startDaemon('up', { netns: ns.name, args: ['--lb-threads', '2', '--dns-threads', '2', '--tls-cert-dir', certDir, '--https-listen', `127.0.0.1:${HTTPS_PORT}`] });
   // A service with a health check (the agent's own admin endpoint, as in the README's tour).
   const reg = await up.cli(['register', 'legacy', `127.0.0.1:${up.adminPort}`, '--http-host', 'legacy.test', '--health-path', '/healthz', '--health-interval', '1s']);
   expect(reg.code, reg.stderr).toBe(0);
   await until('legacy serving in the LB', async () => (await get(`http://127.0.0.1:${up.httpPort}/healthz`, ['Host: legacy.test'])) === 'ok\n', { detail: () => up.logs() });
   for (let i = 0; i < 5; i++) await get(`http://127.0.0.1:${up.httpPort}/healthz`, ['Host: legacy.test']);
   await ns.exec('curl', ['-s', '-m', '5', '-H', 'Host: nowhere.test', `http://127.0.0.1:${up.httpPort}/`]);
+  // A TLS handshake that completes and one that cannot (plain HTTP to the HTTPS port).
+  expect(await get(`https://legacy.test:${HTTPS_PORT}/healthz`, [], ['-k', '--resolve', `legacy.test:${HTTPS_PORT}:127.0.0.1`])).toBe('ok\n');
+  await ns.exec('curl', ['-s', '-m', '5', `http://127.0.0.1:${HTTPS_PORT}/`]).catch(() => undefined);
+  // A service with one endpoint nobody listens on: a request sent there is retried on the other.
+  for (const addr of [`127.0.0.1:${up.adminPort}`, '127.0.0.1:1']) {
+    const r = await up.cli(['register', 'flaky', addr, '--http-host', 'flaky.test']);
+    expect(r.code, r.stderr).toBe(0);
+  }
+  await until('flaky routed in the LB', async () => (await get(`http://127.0.0.1:${up.httpPort}/healthz`, ['Host: flaky.test'])) === 'ok\n');
+  for (let i = 0; i < 6; i++) expect(await get(`http://127.0.0.1:${up.httpPort}/healthz`, ['Host: flaky.test'])).toBe('ok\n');
   await ns.exec('dig', ['+short', '+tries=1', '-p', String(up.dnsPort), '@127.0.0.1', 'legacy.default.corral.internal']);
   await ns.exec('dig', ['+short', '+tries=1', '-p', String(up.dnsPort), '@127.0.0.1', 'missing.default.corral.internal']);
   for (const [name, port] of parts()) texts.set(name, await get(`http://127.0.0.1:${port}/metrics`));
@@ -57,6 +72,7 @@ afterAll(async () => {
     await exited;
   }
   if (promDir) rmSync(promDir, { recursive: true, force: true });
+  if (certDir) rmSync(certDir, { recursive: true, force: true });
   await up?.stop();
   await ns?.delete();
 });
@@ -113,11 +129,16 @@ describe('metrics endpoints', () => {
     // Series from what the test did: a health check passed, 5+1 LB answers (a 404 for an unknown host), both DNS answers.
     expect(texts.get('agent')).toMatch(/^corral_agent_health_checks_total\{result="pass"\} [1-9]/m);
     expect(texts.get('agent')).toMatch(/^corral_agent_service_serving_endpoints\{namespace="default",service="legacy"\} 1$/m);
+    expect(texts.get('agent')).toMatch(/^corral_agent_service_endpoints\{namespace="default",service="flaky"\} 2$/m);
     expect(texts.get('agent')).toMatch(/^corral_agent_ipam_addresses\{block="10\.42\.\d+\.0\/24",state="free"\} 253$/m);
     expect(texts.get('agent')).toMatch(/^corral_agent_registry_call_duration_seconds_count\{op="txn"\} [1-9]/m);
     expect(texts.get('lb')).toMatch(/^corral_lb_requests_total\{namespace="default",service="legacy",color="default",code="200"\} (\d+)$/m);
     expect(Number(/^corral_lb_requests_total\{namespace="default",service="legacy",color="default",code="200"\} (\d+)$/m.exec(texts.get('lb')!)![1])).toBeGreaterThanOrEqual(6);
     expect(texts.get('lb')).toMatch(/^corral_lb_requests_total\{namespace="",service="",color="",code="404"\} 1$/m);
+    expect(texts.get('lb')).toMatch(/^corral_lb_tls_handshakes_total\{result="ok"\} [1-9]/m);
+    expect(texts.get('lb')).toMatch(/^corral_lb_tls_handshakes_total\{result="failed"\} [1-9]/m);
+    expect(texts.get('lb')).toMatch(/^corral_lb_retries_total\{namespace="default",service="flaky"\} [1-9]/m);
+    expect(texts.get('lb')).toMatch(/^corral_lb_connections \d+$/m);
     expect(texts.get('dns')).toMatch(/^corral_dns_queries_total\{qtype="A",rcode="NOERROR"\} [1-9]/m);
     expect(texts.get('dns')).toMatch(/^corral_dns_queries_total\{qtype="A",rcode="NXDOMAIN"\} [1-9]/m);
     expect(texts.get('dns')).toMatch(/^corral_dns_answer_seconds_count [2-9]/m);
