@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { corralCni } from '../support/cni.js';
 import { startDaemon, type Daemon } from '../support/corral.js';
 import { Netns, run } from '../support/netns.js';
 import { until } from '../support/until.js';
@@ -19,6 +20,8 @@ let up: Daemon;
 let prometheus: ChildProcess | undefined;
 let promDir: string;
 let certDir: string;
+let container: Netns | undefined;
+let cniConf: Record<string, unknown>;
 const HTTPS_PORT = 8443;
 const texts = new Map<string, string>();
 
@@ -62,6 +65,12 @@ beforeAll(async () => {
   for (let i = 0; i < 6; i++) expect(await get(`http://127.0.0.1:${up.httpPort}/healthz`, ['Host: flaky.test'])).toBe('ok\n');
   await ns.exec('dig', ['+short', '+tries=1', '-p', String(up.dnsPort), '@127.0.0.1', 'legacy.default.corral.internal']);
   await ns.exec('dig', ['+short', '+tries=1', '-p', String(up.dnsPort), '@127.0.0.1', 'missing.default.corral.internal']);
+  // A container attached through the CNI plugin (ADD), and a CHECK of one the agent never saw (an error).
+  container = await Netns.create('metrics-c');
+  cniConf = { cniVersion: '1.1.0', name: 'metrics-net', type: 'corral', agentSocket: up.socket };
+  const add = await corralCni('ADD', { containerId: 'metrics-c1', netns: container.path, ifname: 'eth0' }, cniConf);
+  expect(add.code, add.stdout).toBe(0);
+  expect((await corralCni('CHECK', { containerId: 'metrics-nobody', netns: container.path, ifname: 'eth0' }, cniConf)).code).not.toBe(0);
   for (const [name, port] of parts()) texts.set(name, await get(`http://127.0.0.1:${port}/metrics`));
 }, 120_000);
 
@@ -73,6 +82,8 @@ afterAll(async () => {
   }
   if (promDir) rmSync(promDir, { recursive: true, force: true });
   if (certDir) rmSync(certDir, { recursive: true, force: true });
+  if (container && up) await corralCni('DEL', { containerId: 'metrics-c1', netns: container.path, ifname: 'eth0' }, cniConf);
+  await container?.delete();
   await up?.stop();
   await ns?.delete();
 });
@@ -130,7 +141,10 @@ describe('metrics endpoints', () => {
     expect(texts.get('agent')).toMatch(/^corral_agent_health_checks_total\{result="pass"\} [1-9]/m);
     expect(texts.get('agent')).toMatch(/^corral_agent_service_serving_endpoints\{namespace="default",service="legacy"\} 1$/m);
     expect(texts.get('agent')).toMatch(/^corral_agent_service_endpoints\{namespace="default",service="flaky"\} 2$/m);
-    expect(texts.get('agent')).toMatch(/^corral_agent_ipam_addresses\{block="10\.42\.\d+\.0\/24",state="free"\} 253$/m);
+    expect(texts.get('agent')).toMatch(/^corral_agent_ipam_addresses\{block="10\.42\.\d+\.0\/24",state="used"\} 1$/m);
+    expect(texts.get('agent')).toMatch(/^corral_agent_ipam_addresses\{block="10\.42\.\d+\.0\/24",state="free"\} 252$/m);
+    expect(texts.get('agent')).toMatch(/^corral_agent_cni_operation_duration_seconds_count\{verb="ADD",result="ok"\} 1$/m);
+    expect(texts.get('agent')).toMatch(/^corral_agent_cni_operation_duration_seconds_count\{verb="CHECK",result="error"\} 1$/m);
     expect(texts.get('agent')).toMatch(/^corral_agent_registry_call_duration_seconds_count\{op="txn"\} [1-9]/m);
     expect(texts.get('lb')).toMatch(/^corral_lb_requests_total\{namespace="default",service="legacy",color="default",code="200"\} (\d+)$/m);
     expect(Number(/^corral_lb_requests_total\{namespace="default",service="legacy",color="default",code="200"\} (\d+)$/m.exec(texts.get('lb')!)![1])).toBeGreaterThanOrEqual(6);
