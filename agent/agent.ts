@@ -3,7 +3,6 @@
 // endpoints, and serves the registry to DNS, LB and the CLI as a revisioned watch stream.
 import { existsSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
-import * as prom from 'prom-client';
 import { startAdmin } from '../api/admin.js';
 import { DEFAULT_MTU } from '../api/cni.js';
 import type { grpc } from '../api/grpc.js';
@@ -31,6 +30,7 @@ import * as v from './endpoints.js';
 import { AutoPromotion } from './promotion.js';
 import { HealthChecker } from './health.js';
 import { Mesh } from './mesh.js';
+import { AgentMetrics } from './metrics.js';
 import { Watchers } from './watchers.js';
 import { ColorChanges } from './color-changes.js';
 import { EndpointWriter, type Commit } from './endpoint-writer.js';
@@ -38,6 +38,7 @@ import { registryFor } from './registry/index.js';
 import { acmeProblems } from '../lb/acme/report.js';
 import { EdgeLabelError, isEdgeLabel, parseEdge } from '../lb/middleware/labels.js';
 import { Upgrades } from './upgrade/upgrades.js';
+import { MeasuredRegistry } from './registry/measured.js';
 import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
@@ -67,37 +68,31 @@ export class Agent implements AgentOps {
   private admin: HttpServer | undefined;
   private unwatch: (() => void) | undefined;
   private mesh: Mesh | undefined;
-  private readonly metrics = new prom.Registry();
-  private readonly revisionGauge: prom.Gauge;
+  private readonly metrics: AgentMetrics;
 
   constructor(private readonly opts: DaemonOptions, private readonly log: Logger) {
     const m = opts.mesh;
     this.catalog = new Catalog(opts.clusterCidr, (p) => log.warn({ key: p.key, field: p.field, problem: p.problem, writer: p.writer || 'unknown' }, 'registry record not served: it is invalid or conflicts with an older one'));
     this.watchers = new Watchers(this.catalog, (from) => this.changesSince(from));
-    this.registry = registryFor(opts.registry, opts.stateDir, {
+    this.metrics = new AgentMetrics({
+      catalog: this.catalog,
+      components: () => this.watchers.status(),
+      registryHealth: () => this.registry.health(),
+      ipam: () => this.attachments && { block: this.attachments.ipam.blockCidr, ...this.attachments.ipam.usage() },
+      mesh: () => this.mesh && { peers: this.mesh.peerStatus(), appliedRevision: this.mesh.appliedRevision, keyRotations: this.mesh.keyRotations },
+    });
+    this.registry = new MeasuredRegistry(registryFor(opts.registry, opts.stateDir, {
       log: log.child({ part: 'registry' }),
       leaseTtlS: m.leaseTtlS,
       tls: m.etcdCa ? { ca: m.etcdCa, cert: m.etcdCert || undefined, key: m.etcdKey || undefined } : undefined,
       auth: m.etcdUser ? { user: m.etcdUser, passwordFile: m.etcdPasswordFile } : undefined,
-    });
+    }), (op, ok, seconds) => this.metrics.registryCall(op, ok, seconds));
     const commit: Commit = (ops, compares) => this.commit(ops, compares);
     this.endpoints = new EndpointWriter(this.catalog, opts.nodeName, commit, log);
     this.colors = new ColorChanges(this.registry, this.catalog, commit, log);
-    this.health = new HealthChecker(this.endpoints, log);
+    this.health = new HealthChecker(this.endpoints, log, (ok) => this.metrics.healthCheck(ok));
     this.promotion = new AutoPromotion(this, log);
     this.upgrades = new Upgrades({ catalog: this.catalog, commit, node: opts.nodeName, dockerSocket: opts.dockerSocket, lbAdmin: localAddress(opts.lbAdmin || ADMIN_DEFAULTS.lb), log });
-    prom.collectDefaultMetrics({ register: this.metrics });
-    this.revisionGauge = new prom.Gauge({ name: 'corral_agent_registry_revision', help: 'Latest registry revision the agent has applied', registers: [this.metrics] });
-    const catalog = this.catalog;
-    new prom.Gauge({
-      name: 'corral_agent_endpoints', help: 'Endpoints in the registry, by whether they serve', labelNames: ['serving'], registers: [this.metrics],
-      collect() {
-        let serving = 0;
-        for (const ep of catalog.endpoints.values()) if (ep.healthy && !ep.draining) serving++;
-        this.set({ serving: 'true' }, serving);
-        this.set({ serving: 'false' }, catalog.endpoints.size - serving);
-      },
-    });
   }
 
   get node(): string {
@@ -128,7 +123,7 @@ export class Agent implements AgentOps {
     if (this.opts.dockerDaemonJson) applyDockerDefaults(this.opts.dockerDaemonJson, { block, mtu: this.mesh?.mtu || DEFAULT_MTU, dnsDomain: this.opts.dnsDomain }, this.log.child({ part: 'docker' }));
     await this.startDockerPlugin();
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
-      metrics: this.metrics,
+      metrics: this.metrics.registry,
       ready: () => this.grpcServer !== undefined,
       status: () => this.status(),
     });
@@ -175,7 +170,7 @@ export class Agent implements AgentOps {
   private loadFrom(r: Awaited<ReturnType<Registry['range']>>): WatchEvent {
     const ev = this.catalog.load(r);
     this.watchers.reset(ev.revision);
-    this.revisionGauge.set(ev.revision);
+    this.metrics.applied(ev.revision);
     this.health.stop();
     for (const ep of ev.endpoints) this.trackHealth(ep);
     this.upgrades.load(r);
@@ -212,7 +207,7 @@ export class Agent implements AgentOps {
       (batch) => {
         const ev = this.catalog.apply(batch);
         this.upgrades.onBatch(batch);
-        this.revisionGauge.set(ev.revision);
+        this.metrics.applied(ev.revision);
         for (const ep of ev.endpoints) this.trackHealth(ep);
         for (const id of ev.deletedEndpoints) this.health.untrack(id);
         this.promotion.review(ev);
@@ -379,8 +374,11 @@ export class Agent implements AgentOps {
     }
   }
 
-  cni(req: CniRequest): Promise<CniReply> {
-    return this.attachments!.handle(req);
+  async cni(req: CniRequest): Promise<CniReply> {
+    const started = performance.now();
+    const reply = await this.attachments!.handle(req);
+    this.metrics.cni(req.command, reply.code === 0, (performance.now() - started) / 1000);
+    return reply;
   }
 
   async ipamGc(): Promise<IpamGcReply> {

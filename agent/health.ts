@@ -29,7 +29,8 @@ export class HealthChecker {
   // No keep-alive: a probe must open a fresh connection, as a new client would.
   private http = new Agent({ pipelining: 0 });
 
-  constructor(private readonly sink: EndpointSink, private readonly log: Logger) {}
+  /** `onResult`: told of every probe's result (metrics). */
+  constructor(private readonly sink: EndpointSink, private readonly log: Logger, private readonly onResult?: (ok: boolean) => void) {}
 
   /** Start (or keep) checking one endpoint; calling it again with the same check keeps its state. */
   track(ep: Endpoint): void {
@@ -93,6 +94,7 @@ export class HealthChecker {
     const result = probe.check.tcp ? await this.tcp(probe, abort.signal) : await this.httpGet(probe, abort.signal);
     probe.abort = undefined;
     if (probe.stopped) return;
+    this.onResult?.(result.ok);
     const { check } = probe;
     if (result.ok) {
       probe.fails = 0;

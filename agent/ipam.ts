@@ -125,6 +125,11 @@ export class Ipam {
     return [...this.byKey.values()];
   }
 
+  /** Addresses in use, and how many the block can hand out (without the network, gateway and broadcast addresses). */
+  usage(): { used: number; size: number } {
+    return { used: this.byAddress.size, size: Number(this.last - this.first + 1n) };
+  }
+
   /**
    * The address of (containerId, ifname): the one it already holds, else the next free one
    * after the last handed out (so a freed address is not reused at once). Durable on return.

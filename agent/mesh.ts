@@ -77,6 +77,8 @@ export class Mesh {
   /** Peers as configured on the device, by host name. */
   private readonly applied = new Map<string, AppliedPeer>();
   appliedRevision = 0;
+  /** Key rotations this host completed since the agent started (metrics). */
+  keyRotations = 0;
   /** Device changes, one at a time. Registry writes never wait in it (see publish). */
   private queue: Promise<void> = Promise.resolve();
   private syncQueued = false;
@@ -202,6 +204,7 @@ export class Mesh {
       await this.device!.setPrivateKey(this.key.privateKey);
     });
     const revision = await this.publish();
+    this.keyRotations++;
     this.log.info({ previous, publicKey: this.key.publicKey, revision }, 'WireGuard key rotated');
     return { previousPublicKey: previous, publicKey: this.key.publicKey, revision, unconfirmed };
   }

@@ -8,7 +8,7 @@
 // /healthz and /readyz answer every client, so Prometheus on another host can scrape a dns or lb
 // listening on all addresses.
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
-import type { Registry as MetricsRegistry } from 'prom-client';
+import { collectDefaultMetrics, type Registry as MetricsRegistry } from 'prom-client';
 import { parseHostPort } from './options.js';
 
 export interface AdminHandlers {
@@ -79,6 +79,16 @@ function serve(h: AdminHandlers, req: IncomingMessage, res: ServerResponse): voi
         (err: Error) => answer(req, res, 500, `${err.message}\n`),
       );
   }
+}
+
+/**
+ * Node's process metrics (CPU, memory, event loop, GC) into `registry`, without prom-client's
+ * three gauges named `*_total` (active handles, requests, resources), which break Prometheus'
+ * naming rules (`promtool check metrics` rejects them).
+ */
+export function collectProcessMetrics(registry: MetricsRegistry): void {
+  collectDefaultMetrics({ register: registry });
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
 }
 
 export async function startAdmin(listen: string, h: AdminHandlers): Promise<Server> {

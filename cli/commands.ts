@@ -35,6 +35,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'etcd-user', help: 'with --registry: the operator\'s etcd user (`corral etcd-init` makes corral-operator)' },
   { name: 'etcd-password-file', help: 'with --registry: file holding its password (mode 600)' },
   ...UPGRADE_FLAGS,
+  { name: 'log-format', help: 'with --registry: json or pretty for its warnings (default: pretty on a terminal)' },
 ];
 
 type Client = ReturnType<typeof agentClient>;

@@ -1,6 +1,6 @@
 // `corral up | agent | dns | lb`: the daemons, in the foreground until SIGINT/SIGTERM.
 import { join } from 'node:path';
-import { makeLogger } from '../api/log.js';
+import { logFormat, makeLogger, parseLogFormat, useLogFormat, type LogFormat } from '../api/log.js';
 import { defaultOptions, parseHostPort, type DaemonOptions } from '../api/options.js';
 import type { WatchSource } from '../api/watch.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
@@ -27,6 +27,7 @@ export const DAEMON_FLAGS: FlagSpec[] = [
   { name: 'lb-admin', help: 'agent: ADDR:PORT of this host\'s LB admin endpoint, whose per-color figures gate `corral upgrade` (default :9192; with `up`, its own LB)' },
   { name: 'admin-listen', help: 'ADDR:PORT of the status page and /metrics (agent 127.0.0.1:9190, dns :9191, lb :9192; with `up`, dns and lb take the next two ports)' },
   { name: 'log-level', help: 'trace, debug, info, warn, error (default info)' },
+  { name: 'log-format', help: 'json or pretty (default: pretty when stderr is a terminal, else JSON lines)' },
   { name: 'lb-balance', help: 'lb: round-robin (smooth weighted, default) or least-request (power of two choices)' },
   { name: 'lb-connect-timeout', help: 'lb: upstream connect timeout (default 5s)' },
   { name: 'lb-headers-timeout', help: 'lb: upstream response headers timeout, then 504 (default 60s)' },
@@ -225,12 +226,24 @@ export function daemonOptions(p: Parsed): DaemonOptions {
   return o;
 }
 
+/** --log-format (or CORRAL_LOG_FORMAT): json, pretty, or undefined to decide by the terminal. */
+export function logFormatFlag(p: Parsed): LogFormat | undefined {
+  try {
+    return parseLogFormat(p.flags.get('log-format'));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
 interface Closable { close(): Promise<void> }
 
 /** Runs the named parts in this process until SIGINT/SIGTERM, then stops them in reverse. */
-export async function runDaemons(parts: Array<'agent' | 'dns' | 'lb'>, o: DaemonOptions): Promise<number> {
+export async function runDaemons(parts: Array<'agent' | 'dns' | 'lb'>, o: DaemonOptions, format?: LogFormat): Promise<number> {
   const running: Closable[] = [];
-  const log = makeLogger(parts.length > 1 ? 'up' : parts[0]!, o.logLevel);
+  // Decided once, here: worker threads (no terminal of their own) log in the same format.
+  const chosen = logFormat(format);
+  useLogFormat(chosen);
+  const log = makeLogger(parts.length > 1 ? 'up' : parts[0]!, o.logLevel, chosen);
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

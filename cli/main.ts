@@ -1,7 +1,7 @@
 // `corral`: one executable for the daemons and the commands. Exit 0 ok, 1 failed, 2 bad usage.
 import { VERSION } from '../api/version.js';
 import { CLIENT_FLAGS, commands, runCommand } from './commands.js';
-import { DAEMON_FLAGS, daemonOptions, runDaemons } from './daemons.js';
+import { DAEMON_FLAGS, daemonOptions, logFormatFlag, runDaemons } from './daemons.js';
 import { ETCD_INIT_FLAGS, ETCD_INIT_USAGE, runEtcdInit } from './etcd-init.js';
 import { parseFlags, UsageError } from './flags.js';
 
@@ -47,7 +47,7 @@ async function main(argv: string[]): Promise<number> {
     const p = parseFlags(rest, DAEMON_FLAGS);
     if (p.args.length) throw new UsageError(`corral ${cmd} takes no arguments, got "${p.args.join(' ')}"`);
     const opts = daemonOptions(p);
-    return runDaemons(cmd === 'up' ? ['agent', 'dns', 'lb'] : [cmd], opts);
+    return runDaemons(cmd === 'up' ? ['agent', 'dns', 'lb'] : [cmd], opts, logFormatFlag(p));
   }
   if (cmd === 'etcd-init') {
     if (rest.includes('--help') || rest.includes('-h')) {

@@ -3,11 +3,12 @@
 // the record itself, with the operator's credentials, by the same rules and compare-and-swap as
 // the agent does (agent/color-changes.ts), instead of asking a host's agent, whose user may not.
 // commands.ts loads this module only when --registry is given (it loads the etcd client).
-import { makeLogger } from '../api/log.js';
+import { logFormat, makeLogger } from '../api/log.js';
 import type { ServiceReply } from '../api/types.js';
 import { Catalog, PREFIX } from '../agent/catalog.js';
 import { ColorChanges } from '../agent/color-changes.js';
 import { EtcdRegistry, parseEtcdSpec } from '../agent/registry/etcd.js';
+import { logFormatFlag } from './daemons.js';
 import { type Parsed, UsageError } from './flags.js';
 
 
@@ -24,7 +25,7 @@ export async function colorChangeInEtcd(p: Parsed, change: (c: ColorChanges) => 
   try {
     const catalog = new Catalog();
     catalog.load(await registry.range(PREFIX));
-    return await change(new ColorChanges(registry, catalog, (ops, compares) => registry.txn(ops, compares), makeLogger('corral', 'warn')));
+    return await change(new ColorChanges(registry, catalog, (ops, compares) => registry.txn(ops, compares), makeLogger('corral', 'warn', logFormat(logFormatFlag(p)))));
   } finally {
     await registry.close();
   }

@@ -102,6 +102,8 @@ export class Forwarder {
   private readonly maxNegativeTtl: number;
   hits = 0;
   upstreamQueries = 0;
+  /** Exchanges that failed: transport errors and unreadable replies (metrics). */
+  upstreamErrors = 0;
 
   constructor(readonly upstreams: Upstream[], private readonly opts: ForwarderOptions = {}) {
     this.timeoutMs = opts.timeoutMs ?? 1500;
@@ -233,6 +235,7 @@ export class Forwarder {
   }
 
   private failed(u: Upstream): void {
+    this.upstreamErrors++;
     const h = this.healthOf.get(u);
     if (!h || h.down) return;
     if (++h.fails >= FAILS_TO_SKIP) {

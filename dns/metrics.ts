@@ -4,12 +4,15 @@
 // mergedMetrics: counters and histograms add up). Upstream health and the applied revision are
 // the main thread's alone.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../api/admin.js';
 import type { AnswerCache } from './answers.js';
 import type { Forwarder } from './forward.js';
 import type { RateLimiter } from './ratelimit.js';
-import type { DnsServer } from './server.js';
+import { ANSWER_BUCKETS, type DnsServer } from './server.js';
 import { RCODE, TYPE_NAMES } from './wire.js';
 import type { Zone } from './zone.js';
+
+const ANSWER_HELP = 'Time from a query\'s arrival to its answer being ready (forwarded ones include the upstream\'s time)';
 
 const RCODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(RCODE).map(([k, v]) => [v, k]));
 RCODE_NAMES[16] = 'BADVERS';
@@ -54,13 +57,41 @@ export class DnsMetrics {
         this.inc(read());
       },
     });
+    const times = p.server.answerTimes;
+    this.registry.registerMetric({
+      name: 'corral_dns_answer_seconds',
+      help: ANSWER_HELP,
+      type: 'histogram',
+      aggregator: 'sum',
+      get: () => {
+        const values: Array<{ labels: Record<string, string>; value: number; metricName: string }> = [];
+        let acc = 0;
+        for (let i = 0; i < ANSWER_BUCKETS.length; i++) {
+          acc += times.counts[i]!;
+          values.push({ metricName: 'corral_dns_answer_seconds_bucket', labels: { le: String(ANSWER_BUCKETS[i]) }, value: acc });
+        }
+        values.push({ metricName: 'corral_dns_answer_seconds_bucket', labels: { le: '+Inf' }, value: times.n });
+        values.push({ metricName: 'corral_dns_answer_seconds_sum', labels: {}, value: times.sumMs / 1000 });
+        values.push({ metricName: 'corral_dns_answer_seconds_count', labels: {}, value: times.n });
+        return { name: 'corral_dns_answer_seconds', help: ANSWER_HELP, type: 'histogram', aggregator: 'sum', values };
+      },
+    } as never);
     total('corral_dns_cache_hits_total', 'Queries answered from a cache (pre-encoded authoritative answers and forwarded answers)', () => p.answers.hits + p.forwarder.hits);
+    total('corral_dns_upstream_queries_total', 'Queries sent to upstream resolvers (cache misses for names outside the Corral domain, and their retries)', () => p.forwarder.upstreamQueries);
+    total('corral_dns_upstream_errors_total', 'Upstream exchanges that failed (timeout, socket error, unreadable reply)', () => p.forwarder.upstreamErrors);
+    new Gauge({
+      name: 'corral_dns_cache_entries', help: 'Answers held in the forwarding cache (name and type)', registers, aggregator: 'sum',
+      collect() {
+        this.set(p.forwarder.cacheSize);
+      },
+    });
     total('corral_dns_rate_limited_total', 'Queries dropped (UDP) or refused (TCP) because their client was over --dns-rate-limit', () => p.limiter.limited);
     total('corral_dns_recursion_refused_total', 'Queries for names outside the Corral domain refused because the client is outside the cluster and host', () => p.server.refused);
   }
 
-  /** The main thread's gauges: its forwarder's upstream health and the revision it answers from. */
+  /** The main thread's: Node's process metrics, its forwarder's upstream health and the revision it answers from. */
   mainThread(forwarder: Forwarder, zone: Zone): void {
+    collectProcessMetrics(this.registry);
     new Gauge({
       name: 'corral_dns_upstream_up',
       help: 'Whether an upstream resolver is in use (0 while it is skipped after repeated failures)',

@@ -57,6 +57,25 @@ export class QueryCounts {
   }
 }
 
+/** Upper bounds (seconds) of the answer-time histogram: authoritative answers take microseconds, forwarded ones an upstream's time. */
+export const ANSWER_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+const ANSWER_BUCKETS_MS = ANSWER_BUCKETS.map((s) => s * 1000);
+
+/** Answer times on the hot path: a bucket count and a sum in plain numbers, no allocation; a histogram at scrape time. */
+export class AnswerTimes {
+  readonly counts = new Float64Array(ANSWER_BUCKETS.length + 1);
+  sumMs = 0;
+  n = 0;
+
+  observe(ms: number): void {
+    let i = 0;
+    while (i < ANSWER_BUCKETS_MS.length && ms > ANSWER_BUCKETS_MS[i]!) i++;
+    this.counts[i]!++;
+    this.sumMs += ms;
+    this.n++;
+  }
+}
+
 const BADVERS = 16;
 const TCP_MAX = 65535;
 
@@ -80,6 +99,8 @@ export function literalLookup(address: string, _opts: unknown, cb: (err: null, a
 
 export class DnsServer implements UdpAnswerer {
   readonly counts = new QueryCounts();
+  /** How long answers took to be ready, in milliseconds (metrics). */
+  readonly answerTimes = new AnswerTimes();
   private readonly q = new Query();
   private readonly udpPayload: number;
   private readonly tcpIdleMs: number;
@@ -208,19 +229,23 @@ export class DnsServer implements UdpAnswerer {
    * upstream (then `later` sends it). `msg` may be reused by the caller once this returns.
    */
   answerUdp(msg: Buffer, client: string, port: number, later: UdpSender): Buffer | null {
+    const started = performance.now();
     const q = this.q;
     const parsed = parseQuery(msg, q);
     if (parsed === PARSE_DROP) return null;
     // Over the limit: drop. A reply costs us as much as an answer (the send is most of the
     // work per query), and dropping gives a flooding client nothing to amplify.
-    if (this.limiter !== null && !this.limiter.allow(client, performance.now())) return null;
+    if (this.limiter !== null && !this.limiter.allow(client, started)) return null;
     const limit = q.edns ? (q.udpSize < this.udpPayload ? q.udpSize : this.udpPayload) : 512;
     const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, limit, client);
-    if (out !== null) return out;
+    if (out !== null) {
+      this.answerTimes.observe(performance.now() - started);
+      return out;
+    }
     const fq = cloneQuery(q);
     this.forwarder.resolve(fq).then(
-      (a) => sendLater(later, this.reply(fq, a, limit), port, client),
-      () => sendLater(later, this.error(fq, RCODE.SERVFAIL), port, client),
+      (a) => sendLater(later, this.timed(this.reply(fq, a, limit), started), port, client),
+      () => sendLater(later, this.timed(this.error(fq, RCODE.SERVFAIL), started), port, client),
     );
     return null;
   }
@@ -247,25 +272,32 @@ export class DnsServer implements UdpAnswerer {
   }
 
   private onTcpMessage(conn: TcpSocket, msg: Buffer, client: string): void {
+    const started = performance.now();
     const q = this.q;
     const parsed = parseQuery(msg, q);
     if (parsed === PARSE_DROP) return;
     // TCP sources cannot be spoofed: over the limit, say so instead of leaving a pipelined
     // client waiting for a reply that never comes.
-    if (this.limiter !== null && !this.limiter.allow(client, performance.now())) {
+    if (this.limiter !== null && !this.limiter.allow(client, started)) {
       writeFramed(conn, parsed === PARSE_FORMERR ? this.formerr(q) : this.error(q, RCODE.REFUSED));
       return;
     }
     const out = parsed === PARSE_FORMERR ? this.formerr(q) : this.answerNow(q, TCP_MAX, client);
     if (out !== null) {
-      writeFramed(conn, out);
+      writeFramed(conn, this.timed(out, started));
       return;
     }
     const fq = cloneQuery(q);
     this.forwarder.resolve(fq).then(
-      (a) => writeFramed(conn, this.reply(fq, a, TCP_MAX)),
-      () => writeFramed(conn, this.error(fq, RCODE.SERVFAIL)),
+      (a) => writeFramed(conn, this.timed(this.reply(fq, a, TCP_MAX), started)),
+      () => writeFramed(conn, this.timed(this.error(fq, RCODE.SERVFAIL), started)),
     );
+  }
+
+  /** An answer ready now, timed from `started` (performance.now() at its query's arrival). */
+  private timed(out: Buffer, started: number): Buffer {
+    this.answerTimes.observe(performance.now() - started);
+    return out;
   }
 
   /** The reply if it needs no upstream: authoritative, cached, or an error. Null = forward. */

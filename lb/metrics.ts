@@ -2,7 +2,8 @@
 // number increment: tallies are plain objects cached per service/endpoint record, and turned into
 // Prometheus text only when /metrics is scraped (prom-client's label children hash their labels
 // on every call, which costs ~3% of the proxy's CPU).
-import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Gauge, Registry } from 'prom-client';
+import { collectProcessMetrics } from '../api/admin.js';
 import type { Endpoint } from '../api/types.js';
 import type { EjectionReason, OutlierObserver } from './outliers.js';
 import type { RouteTarget } from './routes.js';
@@ -11,6 +12,8 @@ import type { RouteTarget } from './routes.js';
 export interface ProxyObserver {
   /** A response was sent. `target`/`endpoint` are undefined for 404 and 503 answers. */
   response(target: RouteTarget | undefined, endpoint: Endpoint | undefined, code: number, upstreamSeconds: number): void;
+  /** A request that failed to connect was sent again, to another endpoint of `target`. */
+  retried?(target: RouteTarget): void;
 }
 
 type Labels = Record<string, string>;
@@ -89,13 +92,17 @@ export class LbMetrics implements ProxyObserver, OutlierObserver {
   private readonly byEndpoint = new WeakMap<Endpoint, Map<number, Tally>>();
   private readonly byTarget = new WeakMap<RouteTarget, { codes: Map<number, Tally>; seconds: Seconds }>();
   private readonly unrouted = new Map<number, Tally>();
+  private readonly retries = new Map<string, Tally>();
+  private readonly handshakes = { ok: new Tally({ result: 'ok' }), failed: new Tally({ result: 'failed' }) };
+  /** Client connections open now; set by the thread's stack (its proxy counts them). */
+  openConnections: () => number = () => 0;
 
   /**
    * `processMetrics`: Node's default metrics (CPU, memory, event loop). Worker threads leave them
    * out: most describe the whole process, and the main thread already reports them once.
    */
   constructor(processMetrics = true) {
-    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+    if (processMetrics) collectProcessMetrics(this.registry);
     this.registry.registerMetric(counterMetric(
       'corral_lb_requests_total', 'HTTP requests answered by the load balancer, by service, color and status code', this.requests,
     ) as never);
@@ -120,6 +127,30 @@ export class LbMetrics implements ProxyObserver, OutlierObserver {
       // Merging threads (each has its own passive health): 1 while any thread has it ejected.
       aggregator: 'max',
     });
+    this.registry.registerMetric(counterMetric(
+      'corral_lb_retries_total', 'Requests sent again to another endpoint after a connection failure, by service', this.retries,
+    ) as never);
+    this.registry.registerMetric(counterMetric(
+      'corral_lb_tls_handshakes_total', 'TLS handshakes with clients, by result (ok, failed)', new Map(Object.entries(this.handshakes)),
+    ) as never);
+    const open = () => this.openConnections();
+    new Gauge({
+      name: 'corral_lb_connections',
+      help: 'Client connections open now (HTTP/1.1, HTTPS, and HTTP/2 streams)',
+      registers: [this.registry],
+      aggregator: 'sum',
+      collect() {
+        this.set(open());
+      },
+    });
+  }
+
+  tlsHandshake(ok: boolean): void {
+    (ok ? this.handshakes.ok : this.handshakes.failed).value++;
+  }
+
+  retried(target: RouteTarget): void {
+    this.tally(this.retries, { namespace: target.namespace, service: target.name }).value++;
   }
 
   ejected(ep: Endpoint, reason: EjectionReason): void {

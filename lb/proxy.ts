@@ -844,6 +844,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
         const next = target.balancer.pick(peer);
         if (next !== undefined) {
           this.retried = true;
+          this.proxy.retrying(target);
           log?.debug({ service: target.key, upstream: peer.origin, retry: next.origin, err: errText(err) }, 'retrying on another endpoint');
           this.peer = next;
           this.dispatch(next.origin === peer.origin);
@@ -1087,6 +1088,11 @@ export class HttpProxy {
       upstream.destroy();
     });
     upstream.on('close', () => socket.destroy());
+  }
+
+  /** A request is sent again to another endpoint (metrics). */
+  retrying(target: RouteTarget): void {
+    this.observer?.retried?.(target);
   }
 
   /** A response is done: metrics, and the access log line when enabled. */

@@ -60,6 +60,7 @@ export class LbThread {
     }, balancerFor(o.balance, outliers.stateOf));
     this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port, warnNoAcme: thread === 0 && !o.acme.directory }, log);
     this.proxy = new HttpProxy(this.routes, pools, bothObservers(this.metrics, this.gate), log, o, outliers);
+    this.metrics.openConnections = () => this.proxy.connections.size;
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
     this.acme = o.acme.directory ? new AcmeThread(o.acme) : undefined;
     this.proxy.acmeChallenge = this.acme?.challenge;
@@ -86,6 +87,8 @@ export class LbThread {
         else log.error({ err: r.error }, 'TLS certificates not reloaded; the previous ones stay in use');
       });
     }
+    server.on('secureConnection', () => this.metrics.tlsHandshake(true));
+    server.on('tlsClientError', () => this.metrics.tlsHandshake(false));
     acme?.serve(server);
     return server;
   }

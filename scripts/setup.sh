@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Corral needs on a fresh Debian 12 machine, then the npm dependencies.
-#   scripts/setup.sh          what `npm start` needs (the daemons' runtime)
+#   scripts/setup.sh          what `npm start` needs (the daemons' runtime, and what the README's tour uses)
 #   scripts/setup.sh --test   also what `npm test` and `npm run bench` need
 # Idempotent and quick when everything is already there.
 set -euo pipefail
@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-# command -> Debian package
-runtime=(dockerd:docker.io nft:nftables ip:iproute2 wireguard-go:wireguard-go cgroupfs-mount:cgroupfs-mount)
+# command -> Debian package (the tour: busybox-static for its image, dig and curl to ask DNS and the LB)
+runtime=(dockerd:docker.io nft:nftables ip:iproute2 wireguard-go:wireguard-go cgroupfs-mount:cgroupfs-mount busybox:busybox-static dig:dnsutils curl:curl)
 testing=(dig:dnsutils kdig:knot-dnsutils unbound:unbound dnsperf:dnsperf busybox:busybox-static curl:curl wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light etcd:etcd-server iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping podman:podman ctr:containerd chromium:chromium prometheus:prometheus promtool:prometheus pebble:pebble openssl:openssl docker-compose:docker-compose redis-server:redis-server redis-cli:redis-tools psql:postgresql-client)
 
 missing=()
@@ -18,7 +18,7 @@ check() { for pair in "$@"; do cmd=${pair%%:*}; pkg=${pair#*:}; command -v "$cmd
 check "${runtime[@]}"
 [ "$want_test" = 1 ] && check "${testing[@]}"
 # busybox must be the static build: it runs inside containers made from an empty rootfs.
-if [ "$want_test" = 1 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
+if ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
 # The reference CNI plugins (portmap chains after corral-cni in tests; bridge/host-local are the bench anchor).
 if [ "$want_test" = 1 ] && [ ! -x /usr/lib/cni/portmap ]; then missing+=(containernetworking-plugins); fi
 

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Builds the small offline image the README tour uses, `corral-tour/httpd:1`: busybox httpd
 # serving a page that names its color. No registry is needed. Usage: scripts/tour-image.sh
+# Installs what the tour uses when it is missing: busybox-static (the image), dig and curl.
 set -euo pipefail
-command -v busybox >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || {
-  echo "tour-image: needs Debian's busybox-static (apt-get install -y busybox-static)" >&2; exit 1; }
+missing=()
+command -v busybox >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v dig >/dev/null || missing+=(dnsutils)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tour-image: missing ${missing[*]}; run as root or install them: apt-get install -y ${missing[*]}" >&2; exit 1
+  fi
+  echo "tour-image: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/bin" "$root/www" "$root/tmp"

@@ -47,6 +47,14 @@ describe('scheduled key rotation', () => {
     expect(await pings(ctr[0]!, ctr[1]!.address)).toBe(true);
     expect(await pings(ctr[1]!, ctr[0]!.address)).toBe(true);
     for (const h of c.hosts) expect(JSON.parse((await h.agent!.cli(['status', '--json'])).stdout).peers).toHaveLength(1);
+    // What Prometheus sees of the mesh: the rotations, the one peer, and a recent handshake with it.
+    for (const [i, h] of c.hosts.entries()) {
+      const text = (await h.ns.exec('curl', ['-sf', '-m', '5', `http://127.0.0.1:${h.agent!.adminPort}/metrics`])).stdout;
+      const other = c.hosts[1 - i]!.name;
+      expect(Number(/^corral_agent_mesh_key_rotations_total (\d+)$/m.exec(text)?.[1])).toBeGreaterThanOrEqual(2);
+      expect(text).toMatch(/^corral_agent_mesh_peers 1$/m);
+      expect(Number(new RegExp(`^corral_agent_mesh_peer_handshake_age_seconds\\{peer="${other}"\\} (\\S+)$`, 'm').exec(text)?.[1])).toBeLessThan(180);
+    }
   });
 
   it('leaves no wireguard-go process, and no zombie, when a host is killed', async () => {
