@@ -24,6 +24,8 @@ import { DockerSource } from './docker/source.js';
 import { DockerNetworkDriver } from './dockernet/driver.js';
 import { liveEndpoints } from './dockernet/live.js';
 import { DockerPlugin, pluginName } from './dockernet/plugin.js';
+import { Console } from './console/server.js';
+import { CONSOLE_PREFIX } from './console/assets.js';
 import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
 import { AutoPromotion } from './promotion.js';
@@ -58,6 +60,7 @@ export class Agent implements AgentOps {
   private dockerPlugin: DockerPlugin | undefined;
   private grpcServer: grpc.Server | undefined;
   private admin: HttpServer | undefined;
+  private console: Console | undefined;
   private unwatch: (() => void) | undefined;
   private mesh: Mesh | undefined;
   private readonly metrics = new prom.Registry();
@@ -115,10 +118,13 @@ export class Agent implements AgentOps {
     }
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
     await this.startDockerPlugin();
+    this.console = this.startConsole();
+    const web = this.console;
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
       metrics: this.metrics,
       ready: () => this.grpcServer !== undefined,
       status: () => this.status(),
+      ...(web ? { routes: { prefix: CONSOLE_PREFIX, handle: web.handle.bind(web) } } : {}),
     });
     if (this.opts.dockerSocket && existsSync(this.opts.dockerSocket)) {
       this.docker = new DockerSource({ socketPath: this.opts.dockerSocket, node: this.node, sink: this.endpoints, log: this.log });
@@ -151,6 +157,7 @@ export class Agent implements AgentOps {
       });
       server.forceShutdown();
     }
+    this.console?.close();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
     this.admin?.closeAllConnections();
     await this.registry.close();
@@ -320,6 +327,16 @@ export class Agent implements AgentOps {
     }, this.log.child({ part: 'cni' }));
     await reconcile(true);
     await this.attachments.start();
+  }
+
+  /** The web console (agent/console/); without its token file it is not served, and the agent runs on. */
+  private startConsole(): Console | undefined {
+    try {
+      return new Console(this, this.opts.stateDir, this.log.child({ part: 'console' }));
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'web console not served');
+      return undefined;
+    }
   }
 
   /** Docker's network + IPAM driver; a failure here leaves the rest of the agent running. */

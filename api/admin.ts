@@ -17,6 +17,8 @@ export interface AdminHandlers {
   ready(): boolean;
   /** The status page; may be asynchronous (the LB asks its worker threads). */
   status(): unknown;
+  /** More pages under a prefix, which answer for themselves (the agent's web console, agent/console/). */
+  routes?: { prefix: string; handle(req: IncomingMessage, res: ServerResponse): void };
 }
 
 const PAGES = new Map([['/healthz', 'healthz'], ['/readyz', 'readyz'], ['/metrics', 'metrics'], ['/', 'status'], ['/status', 'status']]);
@@ -47,6 +49,7 @@ function answer(req: IncomingMessage, res: ServerResponse, code: number, text: s
 
 function serve(h: AdminHandlers, req: IncomingMessage, res: ServerResponse): void {
   const path = (req.url ?? '/').split('?')[0]!;
+  if (h.routes && (path === h.routes.prefix || path.startsWith(`${h.routes.prefix}/`))) return h.routes.handle(req, res);
   const page = PAGES.get(path);
   if (page === undefined) return answer(req, res, 404, 'not found: try /healthz, /readyz, /metrics or /\n');
   if (req.method !== 'GET' && req.method !== 'HEAD') {

@@ -6,6 +6,7 @@ import { BALANCE_POLICIES, DEFAULT_NAMESPACE, isBalancePolicy, type Endpoint, ty
 import { duration } from '../agent/endpoints.js';
 import type { ColorChanges } from '../agent/color-changes.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
+import { consoleCommands } from './console.js';
 import { ipamCommands } from './ipam.js';
 
 export const CLIENT_FLAGS: FlagSpec[] = [
@@ -30,6 +31,8 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'etcd-key', help: 'with --registry: client key (PEM)' },
   { name: 'etcd-user', help: 'with --registry: the operator\'s etcd user (`corral etcd-init` makes corral-operator)' },
   { name: 'etcd-password-file', help: 'with --registry: file holding its password (mode 600)' },
+  { name: 'state-dir', help: 'console: the agent\'s state dir, holding console.token (default /var/lib/corral)' },
+  { name: 'admin-listen', help: 'console: the agent\'s --admin-listen (default 127.0.0.1:9190)' },
 ];
 
 type Client = ReturnType<typeof agentClient>;
@@ -259,6 +262,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     },
   },
   ...ipamCommands,
+  ...consoleCommands,
 };
 
 /** Peers listed one per line up to this many; beyond, a count (`corral hosts <this host>` lists them all). */
