@@ -1,7 +1,8 @@
 // The web console on the agent's admin listener: the page (/console), its live feed
 // (/console/events, Server-Sent Events fed by the agent's watch) and its actions
-// (POST /console/actions/switch|weight|rollback|drain, with the token). One watch subscription
-// serves every open page; each event is encoded once and written to all of them.
+// (POST /console/actions/switch|weight|rollback|drain, with the token), and a service's endpoints
+// (/console/endpoints?service=<ns>/<name>). One watch subscription keeps the view's rows current
+// and serves every open page; each event is encoded once and written to all of them.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../../api/log.js';
 import type { EndpointReply, HostsReply, HostsRequest, ServiceReply, StatusReply, WatchEvent, WatchRequest } from '../../api/types.js';
@@ -55,7 +56,7 @@ export class Console {
   private readonly view: ConsoleView;
   private readonly assets: Map<string, Asset>;
   private readonly clients = new Set<ServerResponse>();
-  private unwatch: (() => void) | undefined;
+  private readonly unwatch: () => void;
   private timers: NodeJS.Timeout[] = [];
   /** The last payloads sent, to send only what changed. */
   private selfJson = '';
@@ -66,12 +67,14 @@ export class Console {
     this.token = loadOrCreateToken(stateDir, (msg) => log.warn(msg));
     this.view = new ConsoleView(agent.catalog);
     this.assets = consoleAssets();
+    this.unwatch = agent.watch({ component: 'console', kinds: ['endpoints', 'services', 'hosts'] }, (ev) => this.onEvent(ev));
   }
 
   close(): void {
     for (const res of this.clients) res.end();
     this.clients.clear();
     this.stopFeed();
+    this.unwatch();
   }
 
   /** Every request under /console. */
@@ -85,6 +88,7 @@ export class Console {
     const refusal = refuseReader(req);
     if (refusal) return refuse(res, refusal);
     if (path === `${CONSOLE_PREFIX}/events`) return this.subscribe(req, res);
+    if (path === `${CONSOLE_PREFIX}/endpoints`) return this.endpoints(req, res);
     // The page's relative place: /console/ (a browser keeps the #token across the redirect).
     if (path === CONSOLE_PREFIX) return void res.writeHead(302, { location: `${CONSOLE_PREFIX}/` }).end();
     const asset = this.assets.get(path);
@@ -107,7 +111,8 @@ export class Console {
     }
     res.socket?.setNoDelay(true);
     if (this.clients.size === 0) this.startFeed();
-    res.write(`retry: 1000\n\n${this.snapshotEvent()}${sse('self', this.selfJson)}${this.reportsJson ? sse('reports', this.reportsJson) : ''}`);
+    const hello = JSON.stringify({ node: this.agent.node, serverNowMs: Date.now() });
+    res.write(`retry: 1000\n\n${sse('hello', hello)}${this.snapshotEvent()}${sse('self', this.selfJson)}${this.reportsJson ? sse('reports', this.reportsJson) : ''}`);
     this.clients.add(res);
     res.on('close', () => {
       this.clients.delete(res);
@@ -115,16 +120,16 @@ export class Console {
     });
   }
 
+  /** A service's endpoints, when the page opens it: `{"revision":…,"endpoints":[EndpointRow…]}`. */
+  private endpoints(req: IncomingMessage, res: ServerResponse): void {
+    const key = new URL(req.url ?? '/', 'http://x').searchParams.get('service') ?? '';
+    if (!/^[^/]+\/[^/]+$/.test(key)) return refuse(res, { code: 400, text: 'bad request: name the service as ?service=<namespace>/<name>\n' });
+    const body = JSON.stringify({ revision: this.agent.catalog.revision, endpoints: this.view.endpointsOf(key) });
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', ...SECURITY_HEADERS }).end(req.method === 'HEAD' ? undefined : body);
+  }
+
+  /** Timers that only run while a page is open. */
   private startFeed(): void {
-    let first = true;
-    // The watch's first event is a snapshot of what the catalog holds now: the page's snapshot is read from the catalog itself.
-    this.unwatch = this.agent.watch({ component: 'console', kinds: ['endpoints', 'services', 'hosts'] }, (ev) => {
-      if (first) {
-        first = false;
-        return;
-      }
-      this.onEvent(ev);
-    });
     this.refreshSelf();
     void this.refreshReports();
     this.timers = [
@@ -135,8 +140,6 @@ export class Console {
   }
 
   private stopFeed(): void {
-    this.unwatch?.();
-    this.unwatch = undefined;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     this.selfJson = '';
@@ -144,22 +147,23 @@ export class Console {
     this.snapshotCache = undefined;
   }
 
+  /** Every watch event: the view follows it always (cheaply); open pages get what it changed. */
   private onEvent(ev: WatchEvent): void {
+    const changed = this.view.note(ev);
+    if (this.clients.size === 0) return;
     if (ev.snapshot) {
-      this.snapshotCache = undefined;
       this.broadcast(this.snapshotEvent());
-      return;
+    } else {
+      const delta = this.view.deltaJson(ev, changed);
+      if (delta) this.broadcast(sse('delta', delta));
     }
-    const delta = this.view.delta(ev);
-    if (delta) this.broadcast(sse('delta', JSON.stringify(delta)));
     this.refreshSelf();
   }
 
+  /** Pages opened at one revision share one encoding. */
   private snapshotEvent(): string {
     const rev = this.agent.catalog.revision;
-    if (this.snapshotCache?.revision !== rev) {
-      this.snapshotCache = { revision: rev, text: sse('snapshot', JSON.stringify({ node: this.agent.node, serverNowMs: Date.now(), ...this.view.snapshot() })) };
-    }
+    if (this.snapshotCache?.revision !== rev) this.snapshotCache = { revision: rev, text: sse('snapshot', this.view.snapshotJson()) };
     return this.snapshotCache.text;
   }
 

@@ -1,7 +1,8 @@
-// What the console page shows, cut from the agent's catalog: hosts, service rows (colors with
-// their share, serving/total endpoints, routes) and endpoints in a compact form. A snapshot is
-// read from the catalog whole; a watch event becomes a delta naming only the rows it changed, so
-// a switch costs the page one service row, whatever the registry's size.
+// What the console page shows, cut from the agent's catalog: hosts, and one row per service
+// (colors with their share, serving/total endpoints, routes); endpoints are read per service when
+// the page opens one. Rows are kept encoded and patched by the watch's deltas (a row is redone
+// only when its service changed, and only when someone asks), so a page's first load costs a join
+// of ready strings, and a switch costs the open pages one service row, whatever the registry's size.
 import { activeColors, isServing } from '../../api/traffic.js';
 import type { Endpoint, Host, Service, WatchEvent } from '../../api/types.js';
 import { serviceKey } from '../../api/types.js';
@@ -17,22 +18,14 @@ export interface CatalogView {
 
 export interface HostRow { name: string; block: string; underlay: string; overlay: string; version: string; mtu: number; rotating: boolean }
 
-export interface ColorRow { color: string; share: number; total: number; serving: number }
+/** [color, share now (the traffic rule, api/traffic.ts), endpoints, serving endpoints]. */
+export type ColorRow = [color: string, share: number, total: number, serving: number];
 
-export interface ServiceRow {
-  key: string;
-  namespace: string;
-  name: string;
-  /** The service record's colors and shares ({} when it has no record: every color present serves). */
-  active: Record<string, number>;
-  previous: Record<string, number>;
-  /** Every color present or named, with the share it gets now (the traffic rule, api/traffic.ts). */
-  colors: ColorRow[];
-  serving: number;
-  total: number;
-  /** "host/path" the LB routes to it. */
-  routes: string[];
-}
+/**
+ * A service as the page lists it, as a tuple: 5,000 of them are a fifth of the bytes as objects.
+ * serving counts the endpoints that get traffic (healthy, not draining, of a color with a share).
+ */
+export type ServiceRow = [namespace: string, name: string, colors: ColorRow[], serving: number, total: number, routes: string[], previous: Record<string, number>];
 
 export interface EndpointRow {
   id: string;
@@ -46,18 +39,6 @@ export interface EndpointRow {
   node: string;
   origin: string;
   name: string;         // container name, when it has one
-}
-
-export interface ViewSnapshot { revision: number; hosts: HostRow[]; services: ServiceRow[]; endpoints: EndpointRow[] }
-
-export interface ViewDelta {
-  revision: number;
-  hosts: HostRow[];
-  deletedHosts: string[];
-  services: ServiceRow[];
-  deletedServices: string[];
-  endpoints: EndpointRow[];
-  deletedEndpoints: string[];
 }
 
 export function hostRow(h: Host): HostRow {
@@ -77,7 +58,7 @@ export function serviceRow(namespace: string, name: string, svc: Service | undef
   const colors = new Map<string, ColorRow>();
   const color = (c: string) => {
     let row = colors.get(c);
-    if (!row) colors.set(c, (row = { color: c, share: shares.get(c) ?? 0, total: 0, serving: 0 }));
+    if (!row) colors.set(c, (row = [c, shares.get(c) ?? 0, 0, 0]));
     return row;
   };
   for (const c of Object.keys(svc?.active ?? {})) color(c);
@@ -85,84 +66,115 @@ export function serviceRow(namespace: string, name: string, svc: Service | undef
   const routes = new Set<string>();
   for (const ep of eps) {
     const row = color(ep.color);
-    row.total++;
+    row[2]++;
     if (isServing(ep)) {
-      row.serving++;
-      if (row.share > 0) serving++;
+      row[3]++;
+      if (row[1] > 0) serving++;
     }
     for (const h of ep.httpHosts) routes.add(`${h}${ep.httpPath || '/'}`);
   }
-  return {
-    key: serviceKey(namespace, name), namespace, name,
-    active: svc?.active ?? {}, previous: svc?.previous ?? {},
-    colors: [...colors.values()].sort((a, b) => b.share - a.share || a.color.localeCompare(b.color)),
-    serving, total: eps.length, routes: [...routes].sort(),
-  };
+  const sorted = [...colors.values()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return [namespace, name, sorted, serving, eps.length, [...routes].sort(), svc?.previous ?? {}];
 }
 
 export class ConsoleView {
   /** The service of every endpoint seen, so a deleted endpoint's service row is redone too. */
   private readonly serviceOf = new Map<string, string>();
+  /** Encoded rows by service key and by host name. */
+  private readonly services = new Map<string, string>();
+  private readonly hosts = new Map<string, string>();
+  /** Services changed since their row was encoded; everything after a snapshot (rows are built on first demand). */
+  private readonly dirty = new Set<string>();
+  private whole = true;
 
   constructor(private readonly catalog: CatalogView) {}
 
-  snapshot(): ViewSnapshot {
-    const c = this.catalog;
-    this.serviceOf.clear();
-    const keys = new Set<string>(c.services.keys());
-    const endpoints: EndpointRow[] = [];
-    for (const ep of c.endpoints.values()) {
-      const k = serviceKey(ep.namespace, ep.service);
-      this.serviceOf.set(ep.id, k);
-      keys.add(k);
-      endpoints.push(endpointRow(ep));
-    }
-    return {
-      revision: c.revision,
-      hosts: [...c.hosts.values()].map(hostRow),
-      services: [...keys].map((k) => this.row(k)!).filter(Boolean),
-      endpoints,
-    };
-  }
-
-  /** The rows an event changed; undefined when it changed nothing the console shows (allocations). */
-  delta(ev: WatchEvent): ViewDelta | undefined {
+  /**
+   * Follows one watch event: which rows it changed. Cheap (map lookups per record), since it
+   * runs for every event whether or not a page is open; rows are encoded later, on demand.
+   */
+  note(ev: WatchEvent): { services: Set<string>; hosts: boolean } {
     const touched = new Set<string>();
+    if (ev.snapshot) {
+      this.whole = true;
+      return { services: touched, hosts: true };
+    }
+    // Nothing encoded yet (no page ever opened), or a snapshot pending: the next encoding reads the catalog whole.
+    if (this.whole) return { services: touched, hosts: false };
     for (const s of ev.services) touched.add(serviceKey(s.namespace, s.name));
     for (const k of ev.deletedServices) touched.add(k);
-    const endpoints: EndpointRow[] = [];
     for (const ep of ev.endpoints) {
       const k = serviceKey(ep.namespace, ep.service);
       const before = this.serviceOf.get(ep.id);
       if (before !== undefined && before !== k) touched.add(before);
       this.serviceOf.set(ep.id, k);
       touched.add(k);
-      endpoints.push(endpointRow(ep));
     }
     for (const id of ev.deletedEndpoints) {
       const k = this.serviceOf.get(id);
       if (k !== undefined) touched.add(k);
       this.serviceOf.delete(id);
     }
-    if (touched.size === 0 && ev.hosts.length === 0 && ev.deletedHosts.length === 0) return undefined;
-    const services: ServiceRow[] = [];
-    const deletedServices: string[] = [];
-    for (const k of touched) {
-      const row = this.row(k);
-      if (row) services.push(row);
-      else deletedServices.push(k);
-    }
-    return { revision: ev.revision, hosts: ev.hosts.map(hostRow), deletedHosts: ev.deletedHosts, services, deletedServices, endpoints, deletedEndpoints: ev.deletedEndpoints };
+    for (const k of touched) this.dirty.add(k);
+    for (const h of ev.hosts) this.hosts.set(h.name, JSON.stringify(hostRow(h)));
+    for (const n of ev.deletedHosts) this.hosts.delete(n);
+    return { services: touched, hosts: ev.hosts.length > 0 || ev.deletedHosts.length > 0 };
   }
 
-  /** A service's row, or undefined when it has neither a record nor an endpoint any more. */
-  private row(key: string): ServiceRow | undefined {
+  /** The page's first state: `{"revision":…,"hosts":[HostRow…],"services":[ServiceRow…]}`. */
+  snapshotJson(): string {
+    this.clean();
+    return `{"revision":${this.catalog.revision},"hosts":[${[...this.hosts.values()].join(',')}],"services":[${[...this.services.values()].join(',')}]}`;
+  }
+
+  /** What one event changed, for open pages: undefined when nothing they show (allocations). */
+  deltaJson(ev: WatchEvent, changed: { services: Set<string>; hosts: boolean }): string | undefined {
+    if (changed.services.size === 0 && !changed.hosts && ev.endpoints.length === 0 && ev.deletedEndpoints.length === 0) return undefined;
+    this.clean();
+    const rows: string[] = [];
+    const gone: string[] = [];
+    for (const k of changed.services) {
+      const row = this.services.get(k);
+      if (row) rows.push(row);
+      else gone.push(k);
+    }
+    return `{"revision":${ev.revision},"hosts":[${ev.hosts.map((h) => this.hosts.get(h.name) ?? JSON.stringify(hostRow(h))).join(',')}],"deletedHosts":${JSON.stringify(ev.deletedHosts)},` +
+      `"services":[${rows.join(',')}],"deletedServices":${JSON.stringify(gone)},` +
+      `"endpoints":${JSON.stringify(ev.endpoints.map(endpointRow))},"deletedEndpoints":${JSON.stringify(ev.deletedEndpoints)}}`;
+  }
+
+  /** One service's endpoints, for the page's detail pane. */
+  endpointsOf(key: string): EndpointRow[] {
     const slash = key.indexOf('/');
-    const ns = key.slice(0, slash);
-    const name = key.slice(slash + 1);
-    const svc = this.catalog.services.get(key);
-    const eps = this.catalog.endpointsOf(ns, name);
-    if (!svc && eps.length === 0) return undefined;
-    return serviceRow(ns, name, svc, eps);
+    return this.catalog.endpointsOf(key.slice(0, slash), key.slice(slash + 1)).map(endpointRow);
+  }
+
+  /** Encodes what changed since the last encoding (everything after a snapshot). */
+  private clean(): void {
+    const c = this.catalog;
+    if (this.whole) {
+      this.whole = false;
+      this.dirty.clear();
+      this.serviceOf.clear();
+      this.services.clear();
+      this.hosts.clear();
+      for (const ep of c.endpoints.values()) {
+        const k = serviceKey(ep.namespace, ep.service);
+        this.serviceOf.set(ep.id, k);
+        this.dirty.add(k);
+      }
+      for (const k of c.services.keys()) this.dirty.add(k);
+      for (const h of c.hosts.values()) this.hosts.set(h.name, JSON.stringify(hostRow(h)));
+    }
+    for (const k of this.dirty) {
+      const slash = k.indexOf('/');
+      const ns = k.slice(0, slash);
+      const name = k.slice(slash + 1);
+      const svc = c.services.get(k);
+      const eps = c.endpointsOf(ns, name);
+      if (!svc && eps.length === 0) this.services.delete(k);
+      else this.services.set(k, JSON.stringify(serviceRow(ns, name, svc, eps)));
+    }
+    this.dirty.clear();
   }
 }

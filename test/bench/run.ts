@@ -13,6 +13,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
+  console: async () => (await import('./console.js')).benchConsole(),
   // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).
   'scale-5000': async () => {
     const { benchScale, scaleFromEnv } = await import('./scale.js');

@@ -18,8 +18,7 @@ const state = {
   skewMs: 0,                    // server clock - page clock, for ages
   hosts: new Map(),             // name -> HostRow
   services: new Map(),          // "ns/name" -> ServiceRow
-  endpoints: new Map(),         // id -> EndpointRow
-  byService: new Map(),         // "ns/name" -> Set of endpoint ids
+  endpoints: new Map(),         // id -> EndpointRow, of the open service only
   self: null,                   // this host: components, registry health, peers
   peers: new Map(),             // host -> lastHandshakeMs (this host's view)
   reports: new Map(),           // host -> its last status report
@@ -45,27 +44,35 @@ function token() {
 
 function connect() {
   const es = new EventSource('/console/events');
-  es.addEventListener('open', () => setLive(true));
+  es.addEventListener('open', () => {
+    mark('open');
+    setLive(true);
+  });
   es.addEventListener('error', () => setLive(false));
+  es.addEventListener('hello', (e) => {
+    const h = JSON.parse(e.data);
+    state.node = h.node;
+    state.skewMs = h.serverNowMs - Date.now();
+  });
   es.addEventListener('snapshot', (e) => {
+    mark('snapshot');
     const s = JSON.parse(e.data);
-    state.node = s.node;
-    state.skewMs = s.serverNowMs - Date.now();
+    mark('parsed');
     state.hosts = new Map(s.hosts.map((h) => [h.name, h]));
-    state.services = new Map(s.services.map((r) => [r.key, r]));
-    state.endpoints = new Map();
-    state.byService = new Map();
-    for (const ep of s.endpoints) putEndpoint(ep);
+    state.services = new Map();
+    for (const t of s.services) putService(t);
     applied(s.revision);
+    if (state.selected && state.tab === 'services') loadEndpoints(state.selected);
   });
   es.addEventListener('delta', (e) => {
     const d = JSON.parse(e.data);
     for (const h of d.hosts) state.hosts.set(h.name, h);
     for (const n of d.deletedHosts) state.hosts.delete(n);
-    for (const id of d.deletedEndpoints) dropEndpoint(id);
-    for (const ep of d.endpoints) putEndpoint(ep);
-    for (const r of d.services) state.services.set(r.key, r);
+    for (const t of d.services) putService(t);
     for (const k of d.deletedServices) state.services.delete(k);
+    // Endpoints are kept for the open service only.
+    for (const id of d.deletedEndpoints) state.endpoints.delete(id);
+    for (const ep of d.endpoints) if (ep.service === state.selected) state.endpoints.set(ep.id, ep);
     applied(d.revision);
   });
   es.addEventListener('self', (e) => {
@@ -80,20 +87,35 @@ function connect() {
   });
 }
 
-function putEndpoint(ep) {
-  const old = state.endpoints.get(ep.id);
-  if (old && old.service !== ep.service) state.byService.get(old.service)?.delete(ep.id);
-  state.endpoints.set(ep.id, ep);
-  let set = state.byService.get(ep.service);
-  if (!set) state.byService.set(ep.service, (set = new Set()));
-  set.add(ep.id);
+/** A service row arrives as a tuple (agent/console/view.ts ServiceRow). */
+function putService(t) {
+  const [namespace, name, colors, serving, total, routes, previous] = t;
+  const key = `${namespace}/${name}`;
+  state.services.set(key, {
+    key, namespace, name, serving, total, routes, previous,
+    colors: colors.map(([color, share, n, ok]) => ({ color, share, total: n, serving: ok })),
+  });
 }
 
-function dropEndpoint(id) {
-  const ep = state.endpoints.get(id);
-  if (!ep) return;
-  state.endpoints.delete(id);
-  state.byService.get(ep.service)?.delete(id);
+/** The open service's endpoints, read once; deltas keep them current. */
+async function loadEndpoints(key) {
+  for (let tries = 0; tries < 3; tries++) {
+    const res = await fetch(`/console/endpoints?service=${encodeURIComponent(key)}`);
+    if (!res.ok) return toast(`endpoints of ${key}: ${(await res.text()).trim()}`, true);
+    const r = await res.json();
+    if (state.selected !== key) return;
+    // An answer older than a delta already shown would undo it: ask again.
+    if (r.revision < state.revision) continue;
+    state.endpoints = new Map(r.endpoints.map((ep) => [ep.id, ep]));
+    schedule();
+    return;
+  }
+}
+
+/** Milestones of the first load (performance.now()), for the bench: window.corralConsole.marks. */
+function mark(what) {
+  if (!window.corralConsole) window.corralConsole = { firstRenderMs: 0, marks: {} };
+  if (!(what in window.corralConsole.marks)) window.corralConsole.marks[what] = performance.now();
 }
 
 function applied(revision) {
@@ -103,7 +125,7 @@ function applied(revision) {
   renderHeader();
   // For tests and the bench: what the page shows, and when it first showed anything.
   document.documentElement.dataset.revision = String(revision);
-  if (!window.corralConsole) window.corralConsole = { firstRenderMs: 0 };
+  mark('applied');
   window.corralConsole.revision = revision;
 }
 
@@ -143,19 +165,10 @@ function serviceText(r) {
   return `${r.namespace}/${r.name} ${r.routes.join(' ')} ${r.colors.map((c) => c.color).join(' ')}`;
 }
 
-function endpointText(key) {
-  let out = '';
-  for (const id of state.byService.get(key) ?? []) {
-    const ep = state.endpoints.get(id);
-    out += ` ${ep.address} ${ep.node} ${ep.name}`;
-  }
-  return out;
-}
-
 function rebuildRows() {
   if (state.tab === 'services') {
     const rows = [];
-    for (const r of state.services.values()) if (matches(serviceText(r)) || (state.query && matches(endpointText(r.key)))) rows.push(r);
+    for (const r of state.services.values()) if (!state.query || matches(serviceText(r))) rows.push(r);
     rows.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     state.rows = rows;
   } else {
@@ -190,7 +203,10 @@ function render() {
   rowsEl.style.transform = `translateY(${first * ROW}px)`;
   rowsEl.innerHTML = html.join('');
   renderDetail();
-  if (window.corralConsole && !window.corralConsole.firstRenderMs && state.revision) window.corralConsole.firstRenderMs = performance.now();
+  if (window.corralConsole && !window.corralConsole.firstRenderMs && state.revision) {
+    window.corralConsole.firstRenderMs = performance.now();
+    mark('rendered');
+  }
 }
 
 function colorsHtml(r) {
@@ -278,7 +294,7 @@ function renderDetail() {
   const typing = focused && focused.closest && focused.closest('#detail') && focused.tagName === 'INPUT';
   if (typing && pane.dataset.key === r.key && pane.dataset.colors === r.colors.map((c) => c.color).join(',')) return;
   const can = !!token();
-  const eps = [...(state.byService.get(r.key) ?? [])].map((id) => state.endpoints.get(id)).sort((a, b) => (a.color + a.address < b.color + b.address ? -1 : 1));
+  const eps = [...state.endpoints.values()].filter((ep) => ep.service === r.key).sort((a, b) => (a.color + a.address < b.color + b.address ? -1 : 1));
   const colorRows = r.colors.map((c) => `<tr data-color="${esc(c.color)}"><td><b>${esc(c.color)}</b></td><td class="share">${c.share}%</td><td>${c.serving}/${c.total} serving</td>` +
     `<td><input type="number" min="0" max="100" value="${c.share}" data-weight="${esc(c.color)}"></td>` +
     `<td><button data-action="switch" data-color="${esc(c.color)}" ${can && c.total > 0 ? '' : 'disabled'}>switch to ${esc(c.color)}</button></td></tr>`).join('');
@@ -390,6 +406,7 @@ function setTab(tab) {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
+  mark('script');
   token();
   renderHeader();
   for (const b of document.querySelectorAll('.tab')) b.addEventListener('click', () => setTab(b.dataset.tab));
@@ -405,6 +422,8 @@ document.addEventListener('DOMContentLoaded', () => {
     const row = e.target.closest('.row');
     if (!row) return;
     state.selected = row.dataset.key || row.dataset.host || null;
+    state.endpoints = new Map();
+    if (row.dataset.key) loadEndpoints(row.dataset.key);
     schedule();
   });
   $('detail').addEventListener('click', onDetailClick);
