@@ -160,9 +160,14 @@ export async function benchConsole(): Promise<BenchSection> {
     }
     // Scrolling and searching at that size: the time the page takes to show the rows for a query.
     const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    page.on('console', (m) => errors.push(m.text()));
     await page.setViewport({ width: 1400, height: 900 });
     await page.goto(url);
-    await page.waitForFunction(() => (window as unknown as { corralConsole?: { firstRenderMs: number } }).corralConsole?.firstRenderMs || false, { timeout: 30_000 });
+    await page.waitForFunction(() => (window as unknown as { corralConsole?: { firstRenderMs: number } }).corralConsole?.firstRenderMs || false, { timeout: 30_000 }).catch((err: Error) => {
+      throw new Error(`${err.message}; the page said: ${errors.join('; ')}`);
+    });
     const searchMs = await page.evaluate(() => new Promise<number>((resolve) => {
       const input = document.getElementById('search') as HTMLInputElement;
       const t0 = performance.now();
@@ -176,7 +181,7 @@ export async function benchConsole(): Promise<BenchSection> {
 
     // Idle CPU: windows without and with one SSE client, alternating.
     const pid = agent.child.pid!;
-    const window = async (withClient: boolean) => {
+    const cpuWindow = async (withClient: boolean) => {
       const c = withClient ? sseClient(agent!.adminPort) : undefined;
       await new Promise((r) => setTimeout(r, 2000)); // the snapshot goes out before the window opens
       const t0 = cpuSeconds(pid);
@@ -188,8 +193,8 @@ export async function benchConsole(): Promise<BenchSection> {
     const idle: number[] = [];
     const idleSse: number[] = [];
     for (let i = 0; i < CPU_ROUNDS; i++) {
-      idle.push(await window(false));
-      idleSse.push(await window(true));
+      idle.push(await cpuWindow(false));
+      idleSse.push(await cpuWindow(true));
     }
     const load = median(ours);
     const anchorLoad = median(anchor);
@@ -203,10 +208,10 @@ export async function benchConsole(): Promise<BenchSection> {
         { metric: 'first load, median (navigation start to the snapshot rendered)', ours: load, anchor: anchorLoad, unit: 'ms', ratio: ratioLowerBetter(load, anchorLoad), target: `< ${TARGET_LOAD_MS} ms`, pass: load < TARGET_LOAD_MS },
         { metric: 'first load of the first page opened on the agent (its rows encoded for it)', ours: cold.ms, anchor: anchorLoad, unit: 'ms', ratio: ratioLowerBetter(cold.ms, anchorLoad), target: `< ${TARGET_LOAD_MS} ms`, pass: cold.ms < TARGET_LOAD_MS },
         { metric: 'first load, slowest of the runs', ours: Math.max(...ours), anchor: Math.max(...anchor), unit: 'ms', ratio: ratioLowerBetter(Math.max(...ours), Math.max(...anchor)) },
-        { metric: 'search box: rows for a query shown', ours: searchMs, anchor: NaN, unit: 'ms', ratio: NaN },
         { metric: 'agent CPU at idle, median of windows (anchor: no SSE client)', ours: cpu, anchor: cpuAnchor, unit: '% of a core', ratio: ratioLowerBetter(cpu, cpuAnchor), target: 'nothing measurable (within 0.5 points)', pass: cpu - cpuAnchor <= 0.5 },
       ],
       notes: [
+        `search box: the rows for a query over the ${SERVICES} services shown ${searchMs.toFixed(0)} ms after typing (two frames)`,
         `first loads (ms), ours: ${ours.map((x) => x.toFixed(0)).join(', ')}; anchor: ${anchor.map((x) => x.toFixed(0)).join(', ')}`,
         `where the median first load's time went (ms since navigation start): ${Object.entries(marks[ours.indexOf(load)] ?? {}).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')}`,
         `idle CPU windows (% of a core), without a client: ${idle.map((x) => x.toFixed(2)).join(', ')}; with one: ${idleSse.map((x) => x.toFixed(2)).join(', ')}`,
