@@ -3,8 +3,8 @@
 // network namespace, where the agent's admin listener is on loopback). It shows a service the test
 // registered and host h2 with its handshake age, follows a CLI switch live, and its buttons
 // (switch, weight, rollback, drain) move real traffic through `corral lb` (checked with curl);
-// actions without the token or from another origin are refused. A screenshot is kept under
-// test/artifacts/.
+// actions without the token or from another origin are refused; a stopped etcd shows as a stale
+// registry. Screenshots are kept under test/artifacts/ (not committed).
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,6 +41,11 @@ describe('web console', () => {
   };
   const throughLb = async () => (await curl(['-H', 'Host: web.test', `http://127.0.0.1:${lb.httpPort}/`])).body.trim();
   const admin = () => `http://127.0.0.1:${h1.agent!.adminPort}`;
+  /** Clicks what the selector names, again if the page redrew it between finding and clicking. */
+  const click = (selector: string) => until(`a click on ${selector}`, async () => {
+    await page.click(selector);
+    return true;
+  }, { ms: 10_000, everyMs: 100 });
   /** The text of the web service's row in the services table. */
   const webRow = () => page.$eval('.row[data-key="default/web"]', (el) => (el as HTMLElement).innerText.replace(/\s+/g, ' ')).catch(() => '');
 
@@ -95,7 +100,7 @@ describe('web console', () => {
     // The token left the address bar; the page keeps it for its actions.
     expect(page.url()).toBe(`${admin()}/console/`);
     expect(await page.$eval('#token-state', (el) => el.textContent)).toBe('actions enabled');
-    await page.click('#tab-hosts');
+    await click('#tab-hosts');
     await page.waitForSelector('.row[data-host="h2"]', { timeout: 15_000 });
     // wireguard-go handshakes on its first keepalive; the agent reads its peers every 5 s.
     const handshake = await until('h2\'s handshake age in the console', async () => {
@@ -106,11 +111,11 @@ describe('web console', () => {
     const h2 = await page.$eval('.row[data-host="h2"]', (el) => (el as HTMLElement).innerText.replace(/\s+/g, ' '));
     expect(h2).toContain(c.hosts[1]!.address);
     expect(h2).toContain('wireguard-go');
-    await page.click('.row[data-host="h1"]');
+    await click('.row[data-host="h1"]');
     await page.waitForSelector('#detail tr[data-peer="h2"]');
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, 'console-hosts.png') });
-    await page.click('#tab-services');
+    await click('#tab-services');
   });
 
   it('follows a switch made with the CLI within a second, through Server-Sent Events', async () => {
@@ -131,9 +136,9 @@ describe('web console', () => {
       for (let i = 0; i < 4; i++) if ((await throughLb()) !== color) return false;
       return true;
     };
-    await page.click('.row[data-key="default/web"]');
+    await click('.row[data-key="default/web"]');
     await page.waitForSelector('#detail button[data-action="switch"][data-color="blue"]:not([disabled])');
-    await page.click('#detail button[data-action="switch"][data-color="blue"]');
+    await click('#detail button[data-action="switch"][data-color="blue"]');
     await rowShows('blue\\s+100%');
     await until('the LB serves only blue after the switch button', only('blue'), { ms: 10_000 });
     mkdirSync(ARTIFACTS, { recursive: true });
@@ -141,7 +146,7 @@ describe('web console', () => {
 
     // rollback: back to green, the colors before the switch
     await page.waitForSelector('#detail button[data-action="rollback"]:not([disabled])');
-    await page.click('#detail button[data-action="rollback"]');
+    await click('#detail button[data-action="rollback"]');
     await rowShows('green\\s+100%');
     await until('the LB serves only green after rollback', only('green'), { ms: 10_000 });
 
@@ -151,7 +156,7 @@ describe('web console', () => {
       await page.click(input, { count: 3 });
       await page.type(input, '50');
     }
-    await page.click('#detail button[data-action="weight"]');
+    await click('#detail button[data-action="weight"]');
     await rowShows('blue\\s+50%');
     const seen = await until('the LB serves both colors', async () => {
       const got = new Set<string>();
@@ -162,7 +167,7 @@ describe('web console', () => {
 
     // drain the blue endpoint: it gets no new request, and green takes them all
     const blueId = `manual:default:web:127.0.0.1:${BLUE}`;
-    await page.click(`#detail tr[data-endpoint="${blueId}"] button[data-action="drain"]`);
+    await click(`#detail tr[data-endpoint="${blueId}"] button[data-action="drain"]`);
     await until('the LB stops sending to the drained endpoint', only('green'), { ms: 10_000 });
     const row = await until('the drained endpoint shown as draining, or gone after its drain time', async () => {
       const text = await page.$eval('#detail', (el) => (el as HTMLElement).innerText);
@@ -206,5 +211,18 @@ describe('web console', () => {
     expect(ok.status, ok.body).toBe(200);
     expect(JSON.parse(ok.body).service.active).toEqual({ green: 100 });
     await page.waitForFunction(() => /green\s+100%/.test((document.querySelector('.row[data-key="default/web"]') as HTMLElement | null)?.innerText ?? ''), { timeout: 10_000 });
+  });
+
+  it('says the registry is stale while etcd is unreachable, and stops saying it when it is back', async () => {
+    const etcd = c.etcd.members[0]!;
+    await etcd.stop('SIGKILL');
+    try {
+      await page.waitForFunction(() => !(document.getElementById('stale') as HTMLElement).hidden, { timeout: 30_000 });
+      expect(await page.$eval('#stale', (el) => el.textContent)).toMatch(/^STALE: registry unreachable since \d{4}-\d\d-\d\dT.*this host serves the last state it saw$/);
+      await page.screenshot({ path: join(ARTIFACTS, 'console-stale.png') });
+    } finally {
+      await etcd.start();
+    }
+    await page.waitForFunction(() => (document.getElementById('stale') as HTMLElement).hidden, { timeout: 30_000 });
   });
 });

@@ -7,6 +7,7 @@
 // an SSE client connected against the same agent with none, in alternating windows.
 import { request as httpRequest, createServer, type IncomingMessage } from 'node:http';
 import { randomBytes } from 'node:crypto';
+import { loadavg } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { Etcd3 } from 'etcd3';
 import puppeteer, { type Browser } from 'puppeteer-core';
@@ -119,6 +120,7 @@ function sseClient(port: number): { close(): void; bytes(): number } {
 }
 
 export async function benchConsole(): Promise<BenchSection> {
+  const loadBefore = loadavg()[0]!;
   const etcd = await startEtcd();
   const client = new Etcd3({ hosts: `http://${etcd.endpoints[0]}` });
   const browser = await puppeteer.launch({ executablePath: '/usr/bin/chromium', headless: true, args: ['--no-sandbox', '--headless=new', '--disable-gpu'] });
@@ -215,7 +217,8 @@ export async function benchConsole(): Promise<BenchSection> {
         `first loads (ms), ours: ${ours.map((x) => x.toFixed(0)).join(', ')}; anchor: ${anchor.map((x) => x.toFixed(0)).join(', ')}`,
         `where the median first load's time went (ms since navigation start): ${Object.entries(marks[ours.indexOf(load)] ?? {}).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')}`,
         `idle CPU windows (% of a core), without a client: ${idle.map((x) => x.toFixed(2)).join(', ')}; with one: ${idleSse.map((x) => x.toFixed(2)).join(', ')}`,
-        'Idle, the stream carries a keep-alive comment every 25 s and an event only when something changed; the agent looks at its own state once a second and reads the status reports every 10 s while a page is open.',
+        'Idle, the stream carries a keep-alive comment every 25 s and an event only when something changed; the agent looks at its own state once a second and reads the status reports every 30 s while a page is open.',
+        `the machine's load average (1 min) was ${loadBefore.toFixed(1)} when the run began and ${loadavg()[0]!.toFixed(1)} at its end, on 2 cores shared with other work: the anchor's spread shows how much of each figure is the machine.`,
       ],
     };
   } finally {

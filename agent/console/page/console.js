@@ -10,6 +10,14 @@ const STALE_HANDSHAKE_MS = 180_000;
 const TOKEN_KEY = 'corral-console-token';
 
 const $ = (id) => document.getElementById(id);
+/** Replaces an element's content only when it changed: elements that stay keep focus and clicks in flight. */
+const shown = new WeakMap();
+const setHtml = (el, html) => {
+  if (shown.get(el) !== html) {
+    el.innerHTML = html;
+    shown.set(el, html);
+  }
+};
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 
 const state = {
@@ -201,7 +209,8 @@ function render() {
   for (let i = first; i < last; i++) html.push(state.tab === 'services' ? serviceLine(state.rows[i]) : hostLine(state.rows[i]));
   const rowsEl = $('rows');
   rowsEl.style.transform = `translateY(${first * ROW}px)`;
-  rowsEl.innerHTML = html.join('');
+  // Rows that did not change keep their elements (a click in flight lands where it was aimed).
+  setHtml(rowsEl, html.join(''));
   renderDetail();
   if (window.corralConsole && !window.corralConsole.firstRenderMs && state.revision) {
     window.corralConsole.firstRenderMs = performance.now();
@@ -286,7 +295,7 @@ function renderDetail() {
   const r = state.services.get(state.selected);
   if (!r) {
     pane.hidden = false;
-    pane.innerHTML = `<button class="close" data-close>×</button><h2>${esc(state.selected)}</h2><p class="muted">gone from the registry</p>`;
+    setHtml(pane, `<button class="close" data-close>×</button><h2>${esc(state.selected)}</h2><p class="muted">gone from the registry</p>`);
     return;
   }
   // Keep what the operator is typing: redraw the weights form only when the colors changed.
@@ -309,12 +318,12 @@ function renderDetail() {
   pane.hidden = false;
   pane.dataset.key = r.key;
   pane.dataset.colors = r.colors.map((c) => c.color).join(',');
-  pane.innerHTML = `<button class="close" data-close>×</button><h2>${esc(r.name)} <span class="muted">${esc(r.namespace)}</span></h2>` +
+  setHtml(pane, `<button class="close" data-close>×</button><h2>${esc(r.name)} <span class="muted">${esc(r.namespace)}</span></h2>` +
     `<div>${r.serving}/${r.total} endpoints serving · routes: ${r.routes.length ? esc(r.routes.join(', ')) : '<span class="muted">none (DNS only)</span>'}</div>` +
     `<h3>Colors</h3><table><tr><th>color</th><th>share</th><th>endpoints</th><th>weight</th><th></th></tr>${colorRows}</table>` +
     `<div><button class="primary" data-action="weight" ${can ? '' : 'disabled'}>set weights</button>` +
     `<button data-action="rollback" ${can && hasPrevious ? '' : 'disabled'} title="${hasPrevious ? `back to ${esc(Object.entries(r.previous).map(([c, w]) => `${c}=${w}`).join(' '))}` : 'nothing to roll back to'}">rollback</button></div>` +
-    `<h3>Endpoints</h3><table><tr><th>address</th><th>color</th><th>weight</th><th>health</th><th>reason</th><th>host</th><th>origin</th><th></th></tr>${epRows}</table>`;
+    `<h3>Endpoints</h3><table><tr><th>address</th><th>color</th><th>weight</th><th>health</th><th>reason</th><th>host</th><th>origin</th><th></th></tr>${epRows}</table>`);
 }
 
 /** A host: this host's peers with their handshakes (its row of the mesh), or what this host and the other's report say of it. */
@@ -323,7 +332,7 @@ function renderHostDetail(pane) {
   pane.hidden = false;
   pane.dataset.key = '';
   if (!h) {
-    pane.innerHTML = `<button class="close" data-close>×</button><h2>${esc(state.selected)}</h2><p class="muted">gone from the registry</p>`;
+    setHtml(pane, `<button class="close" data-close>×</button><h2>${esc(state.selected)}</h2><p class="muted">gone from the registry</p>`);
     return;
   }
   const facts = `<table><tr><td>block</td><td>${esc(h.block)}</td></tr><tr><td>underlay</td><td>${esc(h.underlay || '-')}</td></tr>` +
@@ -341,7 +350,7 @@ function renderHostDetail(pane) {
         `<tr><td>its oldest handshake</td><td>${rep.worstPeer ? `${esc(rep.worstPeer)} ${handshake(rep.worstHandshakeMs)}` : '-'}</td></tr>` : '<tr><td>its report</td><td class="muted">none yet</td></tr>') +
       `</table><p class="muted">Each host's full peer list is read on that host (its console, or corral hosts ${esc(h.name)} there).</p>`;
   }
-  pane.innerHTML = `<button class="close" data-close>×</button><h2>${esc(h.name)}${h.name === state.node ? ' <span class="muted">this host</span>' : ''}</h2>${facts}${mesh}`;
+  setHtml(pane, `<button class="close" data-close>×</button><h2>${esc(h.name)}${h.name === state.node ? ' <span class="muted">this host</span>' : ''}</h2>${facts}${mesh}`);
 }
 
 // ---- actions ----
