@@ -454,6 +454,50 @@ export class Agent implements AgentOps {
     return { revision: this.catalog.revision, node: this.node, rows, peers: want === this.node ? this.mesh?.peerStatus() ?? [] : [], problems };
   }
 
+  /**
+   * Every host's status report now, then the reports each later write changes (`gone`: hosts
+   * whose report left): the web console's feed, read only while a page is open (nobody else
+   * watches reports). A report that fails its schema is skipped (`corral hosts` names it).
+   */
+  followStatusReports(onChange: (reports: HostStatus[], gone: string[]) => void): () => void {
+    let stopped = false;
+    let unwatch: (() => void) | undefined;
+    const parse = (key: string, value: string): HostStatus | undefined => {
+      try {
+        return this.catalog.status(key, value);
+      } catch {
+        return undefined;
+      }
+    };
+    const follow = (): void => {
+      this.registry.range(STATUS).then((r) => {
+        if (stopped) return;
+        onChange(r.kvs.map((kv) => parse(kv.key, kv.value)).filter((st): st is HostStatus => st !== undefined), []);
+        unwatch = this.registry.watch(STATUS, r.revision, (b) => {
+          const reports: HostStatus[] = [];
+          const gone: string[] = [];
+          for (const e of b.events) {
+            const st = e.type === 'put' ? parse(e.key, e.value) : undefined;
+            if (st) reports.push(st);
+            else if (e.type === 'delete') gone.push(e.key.slice(STATUS.length));
+          }
+          if (reports.length || gone.length) onChange(reports, gone);
+        }, () => {
+          // Its history was compacted away: read them whole again.
+          unwatch?.();
+          if (!stopped) follow();
+        });
+      }, () => {
+        if (!stopped) setTimeout(follow, 5_000).unref();
+      });
+    };
+    follow();
+    return () => {
+      stopped = true;
+      unwatch?.();
+    };
+  }
+
   private registryStatus(): Pick<StatusReply, 'registryConnected' | 'registryError' | 'registrySinceMs' | 'overlay' | 'peers' | 'block' | 'publicKey'> {
     const h = this.registry.health();
     return {

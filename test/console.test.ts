@@ -111,6 +111,8 @@ describe('web console', () => {
     const h2 = await page.$eval('.row[data-host="h2"]', (el) => (el as HTMLElement).innerText.replace(/\s+/g, ' '));
     expect(h2).toContain(c.hosts[1]!.address);
     expect(h2).toContain('wireguard-go');
+    // h2's own status report (read from the registry by h1's agent): its peers, handshaken of all.
+    await until('h2\'s status report in the console', async () => /^\d+\/1/.test(await page.$eval('.row[data-host="h2"] .peers', (el) => (el as HTMLElement).innerText)), { ms: 20_000, everyMs: 500 });
     await click('.row[data-host="h1"]');
     await page.waitForSelector('#detail tr[data-peer="h2"]');
     mkdirSync(ARTIFACTS, { recursive: true });

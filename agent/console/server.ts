@@ -5,7 +5,7 @@
 // and serves every open page; each event is encoded once and written to all of them.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../../api/log.js';
-import type { EndpointReply, HostsReply, HostsRequest, ServiceReply, StatusReply, WatchEvent, WatchRequest } from '../../api/types.js';
+import type { EndpointReply, HostStatus, ServiceReply, StatusReply, WatchEvent, WatchRequest } from '../../api/types.js';
 import { DEFAULT_NAMESPACE } from '../../api/types.js';
 import { NotFound } from '../api.js';
 import { ColorError } from '../colors.js';
@@ -23,19 +23,19 @@ export interface ConsoleAgent {
   readonly endpoints: { remove(id: string): Promise<void> };
   watch(req: WatchRequest, send: (ev: WatchEvent) => void): () => void;
   status(): StatusReply;
-  hosts(req: HostsRequest): Promise<HostsReply>;
+  followStatusReports(onChange: (reports: HostStatus[], gone: string[]) => void): () => void;
   switchColor(req: { service: string; namespace: string; color: string }): Promise<ServiceReply>;
   weight(req: { service: string; namespace: string; weights: Record<string, number> }): Promise<ServiceReply>;
   rollback(req: { service: string; namespace: string }): Promise<ServiceReply>;
 }
 
-/** How often this host's own state (components, registry health, peers) is looked at while a page is open; sent only when it changed. */
-const SELF_EVERY_MS = 1_000;
 /**
- * How often every host's status report is read while a page is open: each host writes its report
- * at most once a minute, and reading 1,000 of them is the feed's largest cost at idle.
+ * How often this host's own state (registry health, peers' handshakes) is looked at while a page
+ * is open; sent only when it changed. Components' applied revisions are also looked at per event.
  */
-const REPORTS_EVERY_MS = 30_000;
+const SELF_EVERY_MS = 2_000;
+/** Status reports changed within this long go out as one event (1,000 hosts may each write one a minute). */
+const REPORTS_BATCH_MS = 1_000;
 /** A page that reads slower than events come is dropped (its EventSource reconnects and gets a fresh snapshot). */
 const MAX_BACKLOG = 16 << 20;
 const MAX_BODY = 16 << 10;
@@ -63,7 +63,11 @@ export class Console {
   private timers: NodeJS.Timeout[] = [];
   /** The last payloads sent, to send only what changed. */
   private selfJson = '';
-  private reportsJson = '';
+  /** Every host's status report, encoded, while a page is open; and what changed since the last send. */
+  private readonly reports = new Map<string, string>();
+  private readonly reportsChanged = new Set<string>();
+  private reportsTimer: NodeJS.Timeout | undefined;
+  private unfollowReports: (() => void) | undefined;
   private snapshotCache: { revision: number; text: string } | undefined;
 
   constructor(private readonly agent: ConsoleAgent, stateDir: string, private readonly log: Logger) {
@@ -115,7 +119,7 @@ export class Console {
     res.socket?.setNoDelay(true);
     if (this.clients.size === 0) this.startFeed();
     const hello = JSON.stringify({ node: this.agent.node, serverNowMs: Date.now() });
-    res.write(`retry: 1000\n\n${sse('hello', hello)}${this.snapshotEvent()}${sse('self', this.selfJson)}${this.reportsJson ? sse('reports', this.reportsJson) : ''}`);
+    res.write(`retry: 1000\n\n${sse('hello', hello)}${this.snapshotEvent()}${sse('self', this.selfJson)}${sse('reports', `{"whole":true,"reports":[${[...this.reports.values()].join(',')}],"gone":[]}`)}`);
     this.clients.add(res);
     res.on('close', () => {
       this.clients.delete(res);
@@ -134,10 +138,9 @@ export class Console {
   /** Timers that only run while a page is open. */
   private startFeed(): void {
     this.refreshSelf();
-    void this.refreshReports();
+    this.unfollowReports = this.agent.followStatusReports((reports, gone) => this.onReports(reports, gone));
     this.timers = [
       setInterval(() => this.refreshSelf(), SELF_EVERY_MS),
-      setInterval(() => void this.refreshReports(), REPORTS_EVERY_MS),
       setInterval(() => this.broadcast(': keepalive\n\n'), KEEPALIVE_MS),
     ];
   }
@@ -145,8 +148,13 @@ export class Console {
   private stopFeed(): void {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    this.unfollowReports?.();
+    this.unfollowReports = undefined;
+    clearTimeout(this.reportsTimer);
+    this.reportsTimer = undefined;
+    this.reports.clear();
+    this.reportsChanged.clear();
     this.selfJson = '';
-    this.reportsJson = '';
     this.snapshotCache = undefined;
   }
 
@@ -188,23 +196,28 @@ export class Console {
     this.broadcast(sse('self', json));
   }
 
-  /** Every host's last status report (applied revision, peers handshaken/stale, the oldest handshake). */
-  private async refreshReports(): Promise<void> {
-    let r: HostsReply;
-    try {
-      r = await this.agent.hosts({ host: '' });
-    } catch (err) {
-      this.log.debug({ err: (err as Error).message }, 'console: host status reports not read');
-      return;
+  /** Status reports as hosts write them: kept encoded, sent to open pages at most once a second. */
+  private onReports(reports: HostStatus[], gone: string[]): void {
+    for (const st of reports) {
+      const json = JSON.stringify({ name: st.name, appliedRevision: st.appliedRevision, reportedMs: st.reportedMs, version: st.version, peers: st.peers, handshaken: st.handshaken, stale: st.stale, worstPeer: st.worstPeer, worstHandshakeMs: st.worstHandshakeMs });
+      if (this.reports.get(st.name) === json) continue;
+      this.reports.set(st.name, json);
+      this.reportsChanged.add(st.name);
     }
-    if (this.clients.size === 0) return;
-    const json = JSON.stringify(r.rows.filter((row) => row.status).map((row) => {
-      const st = row.status!;
-      return { name: st.name, appliedRevision: st.appliedRevision, reportedMs: st.reportedMs, version: st.version, peers: st.peers, handshaken: st.handshaken, stale: st.stale, worstPeer: st.worstPeer, worstHandshakeMs: st.worstHandshakeMs };
-    }));
-    if (json === this.reportsJson) return;
-    this.reportsJson = json;
-    this.broadcast(sse('reports', json));
+    for (const name of gone) if (this.reports.delete(name)) this.reportsChanged.add(name);
+    if (this.reportsChanged.size === 0 || this.reportsTimer) return;
+    this.reportsTimer = setTimeout(() => {
+      this.reportsTimer = undefined;
+      const rows: string[] = [];
+      const left: string[] = [];
+      for (const name of this.reportsChanged) {
+        const row = this.reports.get(name);
+        if (row) rows.push(row);
+        else left.push(name);
+      }
+      this.reportsChanged.clear();
+      this.broadcast(sse('reports', `{"whole":false,"reports":[${rows.join(',')}],"gone":${JSON.stringify(left)}}`));
+    }, REPORTS_BATCH_MS);
   }
 
   private broadcast(text: string): void {

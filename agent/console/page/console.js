@@ -90,7 +90,10 @@ function connect() {
     if (state.tab === 'hosts') schedule();
   });
   es.addEventListener('reports', (e) => {
-    state.reports = new Map(JSON.parse(e.data).map((r) => [r.name, r]));
+    const r = JSON.parse(e.data);
+    if (r.whole) state.reports = new Map();
+    for (const rep of r.reports) state.reports.set(rep.name, rep);
+    for (const name of r.gone) state.reports.delete(name);
     if (state.tab === 'hosts') schedule();
   });
 }
@@ -246,7 +249,7 @@ function hostLine(h) {
   const report = rep ? age(rep.reportedMs) : '';
   return `<div class="row${state.selected === h.name ? ' selected' : ''}" data-host="${esc(h.name)}"><span>${esc(h.name)}${h.rotating ? ' <span class="warn">(rotating key)</span>' : ''}</span>` +
     `<span>${esc(h.block)}</span><span>${esc(h.underlay)}</span><span>${esc(h.overlay || 'none')}</span><span>${esc(h.version)}</span>` +
-    `<span>${esc(applied)}</span><span class="handshake">${hs}</span><span>${peers}</span><span>${worst}</span><span>${esc(report)}</span></div>`;
+    `<span>${esc(applied)}</span><span class="handshake">${hs}</span><span class="peers">${peers}</span><span>${worst}</span><span>${esc(report)}</span></div>`;
 }
 
 /** This host's peers as its status report would count them, from its live peer list. */
