@@ -75,6 +75,8 @@ export class Console {
     this.view = new ConsoleView(agent.catalog);
     this.assets = consoleAssets();
     this.unwatch = agent.watch({ component: 'console', kinds: ['endpoints', 'services', 'hosts'] }, (ev) => this.onEvent(ev));
+    // Rows are encoded once, soon after start (tens of µs a service), so even the first page opened finds them ready.
+    setImmediate(() => this.view.snapshotJson()).unref();
   }
 
   close(): void {

@@ -130,7 +130,7 @@ export async function benchConsole(): Promise<BenchSection> {
     await fill(client);
     agent = await startDaemon('agent', { nodeName: 'bench-agent', args: ['--registry', etcd.spec, '--overlay', 'off', '--cluster-cidr', CLUSTER_CIDR, '--log-level', 'warn'] });
     const url = (await corral(['console', '--state-dir', agent.stateDir, '--admin-listen', `127.0.0.1:${agent.adminPort}`])).stdout.trim();
-    // The first page ever opened on this agent: its rows are encoded for it (later pages find them ready).
+    // The first page opened on this agent, just after it started.
     const cold = await loadOurs(browser, url);
     const { bytes, snap } = await snapshotOf(agent.adminPort);
     if (snap.hosts.length < HOSTS || snap.services.length < SERVICES) throw new Error(`the agent serves ${snap.hosts.length} hosts and ${snap.services.length} services, not ${HOSTS} and ${SERVICES}`);
@@ -208,7 +208,7 @@ export async function benchConsole(): Promise<BenchSection> {
       conditions: `etcd 3.4 (one member) holding ${HOSTS} hosts (record, block lease, status report) and ${SERVICES} services with 2 endpoints each on different hosts (${SERVICES * 2} endpoints); one \`corral agent --overlay off\` on it; Debian's Chromium (headless=new) through puppeteer-core, 1400×900, a fresh browser context per load, ${LOADS} loads each, alternating; the snapshot event is ${(bytes / 1e6).toFixed(2)} MB of JSON. CPU: ${CPU_ROUNDS} alternating windows of ${CPU_WINDOW_S} s each, utime+stime of the agent process from /proc.`,
       rows: [
         { metric: 'first load, median (navigation start to the snapshot rendered)', ours: load, anchor: anchorLoad, unit: 'ms', ratio: ratioLowerBetter(load, anchorLoad), target: `< ${TARGET_LOAD_MS} ms`, pass: load < TARGET_LOAD_MS },
-        { metric: 'first load of the first page opened on the agent (its rows encoded for it)', ours: cold.ms, anchor: anchorLoad, unit: 'ms', ratio: ratioLowerBetter(cold.ms, anchorLoad), target: `< ${TARGET_LOAD_MS} ms`, pass: cold.ms < TARGET_LOAD_MS },
+        { metric: 'first load of the first page opened after the agent started', ours: cold.ms, anchor: anchorLoad, unit: 'ms', ratio: ratioLowerBetter(cold.ms, anchorLoad), target: `< ${TARGET_LOAD_MS} ms`, pass: cold.ms < TARGET_LOAD_MS },
         { metric: 'first load, slowest of the runs', ours: Math.max(...ours), anchor: Math.max(...anchor), unit: 'ms', ratio: ratioLowerBetter(Math.max(...ours), Math.max(...anchor)) },
         { metric: 'agent CPU at idle, median of windows (anchor: no SSE client)', ours: cpu, anchor: cpuAnchor, unit: '% of a core', ratio: ratioLowerBetter(cpu, cpuAnchor), target: 'nothing measurable (within 0.5 points)', pass: cpu - cpuAnchor <= 0.5 },
       ],

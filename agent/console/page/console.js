@@ -98,14 +98,13 @@ function connect() {
   });
 }
 
-/** A service row arrives as a tuple (agent/console/view.ts ServiceRow). */
+/**
+ * A service row arrives as a tuple (agent/console/view.ts ServiceRow); its colors stay tuples,
+ * [color, share, total, serving], since 5,000 rows arrive at once.
+ */
 function putService(t) {
-  const [namespace, name, colors, serving, total, routes, previous] = t;
-  const key = `${namespace}/${name}`;
-  state.services.set(key, {
-    key, namespace, name, serving, total, routes, previous,
-    colors: colors.map(([color, share, n, ok]) => ({ color, share, total: n, serving: ok })),
-  });
+  const key = `${t[0]}/${t[1]}`;
+  state.services.set(key, { key, namespace: t[0], name: t[1], colors: t[2], serving: t[3], total: t[4], routes: t[5], previous: t[6] });
 }
 
 /** The open service's endpoints, read once; deltas keep them current. */
@@ -173,7 +172,7 @@ function matches(text) {
 }
 
 function serviceText(r) {
-  return `${r.namespace}/${r.name} ${r.routes.join(' ')} ${r.colors.map((c) => c.color).join(' ')}`;
+  return `${r.namespace}/${r.name} ${r.routes.join(' ')} ${r.colors.map((c) => c[0]).join(' ')}`;
 }
 
 function rebuildRows() {
@@ -223,7 +222,7 @@ function render() {
 
 function colorsHtml(r) {
   if (r.colors.length === 0) return '<span class="muted">no endpoints</span>';
-  return r.colors.map((c) => `<span class="color"><b class="${c.share > 0 ? '' : 'muted'}">${esc(c.color)}</b> ${c.share}% <span class="${c.serving < c.total ? 'warn' : 'muted'}">${c.serving}/${c.total}</span></span>`).join(' ');
+  return r.colors.map((c) => `<span class="color"><b class="${c[1] > 0 ? '' : 'muted'}">${esc(c[0])}</b> ${c[1]}% <span class="${c[3] < c[2] ? 'warn' : 'muted'}">${c[3]}/${c[2]}</span></span>`).join(' ');
 }
 
 function serviceLine(r) {
@@ -304,12 +303,12 @@ function renderDetail() {
   // Keep what the operator is typing: redraw the weights form only when the colors changed.
   const focused = document.activeElement;
   const typing = focused && focused.closest && focused.closest('#detail') && focused.tagName === 'INPUT';
-  if (typing && pane.dataset.key === r.key && pane.dataset.colors === r.colors.map((c) => c.color).join(',')) return;
+  if (typing && pane.dataset.key === r.key && pane.dataset.colors === r.colors.map((c) => c[0]).join(',')) return;
   const can = !!token();
   const eps = [...state.endpoints.values()].filter((ep) => ep.service === r.key).sort((a, b) => (a.color + a.address < b.color + b.address ? -1 : 1));
-  const colorRows = r.colors.map((c) => `<tr data-color="${esc(c.color)}"><td><b>${esc(c.color)}</b></td><td class="share">${c.share}%</td><td>${c.serving}/${c.total} serving</td>` +
-    `<td><input type="number" min="0" max="100" value="${c.share}" data-weight="${esc(c.color)}"></td>` +
-    `<td><button data-action="switch" data-color="${esc(c.color)}" ${can && c.total > 0 ? '' : 'disabled'}>switch to ${esc(c.color)}</button></td></tr>`).join('');
+  const colorRows = r.colors.map((c) => `<tr data-color="${esc(c[0])}"><td><b>${esc(c[0])}</b></td><td class="share">${c[1]}%</td><td>${c[3]}/${c[2]} serving</td>` +
+    `<td><input type="number" min="0" max="100" value="${c[1]}" data-weight="${esc(c[0])}"></td>` +
+    `<td><button data-action="switch" data-color="${esc(c[0])}" ${can && c[2] > 0 ? '' : 'disabled'}>switch to ${esc(c[0])}</button></td></tr>`).join('');
   const epRows = eps.map((ep) => {
     const health = ep.draining ? '<span class="warn">draining</span>' : ep.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>';
     const mine = ep.node === state.node;
@@ -320,7 +319,7 @@ function renderDetail() {
   const hasPrevious = Object.keys(r.previous).length > 0;
   pane.hidden = false;
   pane.dataset.key = r.key;
-  pane.dataset.colors = r.colors.map((c) => c.color).join(',');
+  pane.dataset.colors = r.colors.map((c) => c[0]).join(',');
   setHtml(pane, `<button class="close" data-close>×</button><h2>${esc(r.name)} <span class="muted">${esc(r.namespace)}</span></h2>` +
     `<div>${r.serving}/${r.total} endpoints serving · routes: ${r.routes.length ? esc(r.routes.join(', ')) : '<span class="muted">none (DNS only)</span>'}</div>` +
     `<h3>Colors</h3><table><tr><th>color</th><th>share</th><th>endpoints</th><th>weight</th><th></th></tr>${colorRows}</table>` +
