@@ -67,6 +67,7 @@ export class Console {
   private readonly reports = new Map<string, string>();
   private readonly reportsChanged = new Set<string>();
   private reportsTimer: NodeJS.Timeout | undefined;
+  private selfSoon: NodeJS.Immediate | undefined;
   private unfollowReports: (() => void) | undefined;
   private snapshotCache: { revision: number; text: string } | undefined;
 
@@ -154,6 +155,8 @@ export class Console {
     this.unfollowReports = undefined;
     clearTimeout(this.reportsTimer);
     this.reportsTimer = undefined;
+    if (this.selfSoon) clearImmediate(this.selfSoon);
+    this.selfSoon = undefined;
     this.reports.clear();
     this.reportsChanged.clear();
     this.selfJson = '';
@@ -170,7 +173,11 @@ export class Console {
       const delta = this.view.deltaJson(ev, changed);
       if (delta) this.broadcast(sse('delta', delta));
     }
-    this.refreshSelf();
+    // After the other consumers of this event (the mesh applies it after the watchers): their applied revisions.
+    this.selfSoon ??= setImmediate(() => {
+      this.selfSoon = undefined;
+      this.refreshSelf();
+    });
   }
 
   /** Pages opened at one revision share one encoding. */
