@@ -25,6 +25,8 @@ import { DockerSource } from './docker/source.js';
 import { DockerNetworkDriver } from './dockernet/driver.js';
 import { liveEndpoints } from './dockernet/live.js';
 import { DockerPlugin, pluginName } from './dockernet/plugin.js';
+import { Console } from './console/server.js';
+import { CONSOLE_PREFIX } from './console/assets.js';
 import { Ipam } from './ipam.js';
 import * as v from './endpoints.js';
 import { AutoPromotion } from './promotion.js';
@@ -66,6 +68,7 @@ export class Agent implements AgentOps {
   private dockerPlugin: DockerPlugin | undefined;
   private grpcServer: grpc.Server | undefined;
   private admin: HttpServer | undefined;
+  private console: Console | undefined;
   private unwatch: (() => void) | undefined;
   private mesh: Mesh | undefined;
   private readonly metrics: AgentMetrics;
@@ -122,10 +125,13 @@ export class Agent implements AgentOps {
     this.grpcServer = await serveApi(this.opts.agentSocket, this, this.log);
     if (this.opts.dockerDaemonJson) applyDockerDefaults(this.opts.dockerDaemonJson, { block, mtu: this.mesh?.mtu || DEFAULT_MTU, dnsDomain: this.opts.dnsDomain }, this.log.child({ part: 'docker' }));
     await this.startDockerPlugin();
+    this.console = this.startConsole();
+    const web = this.console;
     this.admin = await startAdmin(this.opts.adminListen || ADMIN_DEFAULTS.agent, {
       metrics: this.metrics.registry,
       ready: () => this.grpcServer !== undefined,
       status: () => this.status(),
+      ...(web ? { routes: { prefix: CONSOLE_PREFIX, handle: web.handle.bind(web) } } : {}),
     });
     if (this.opts.dockerSocket && existsSync(this.opts.dockerSocket)) {
       this.docker = new DockerSource({ socketPath: this.opts.dockerSocket, node: this.node, sink: this.endpoints, log: this.log });
@@ -160,6 +166,7 @@ export class Agent implements AgentOps {
       });
       server.forceShutdown();
     }
+    this.console?.close();
     await new Promise<void>((resolve) => (this.admin ? this.admin.close(() => resolve()) : resolve()));
     this.admin?.closeAllConnections();
     await this.registry.close();
@@ -359,6 +366,16 @@ export class Agent implements AgentOps {
     await this.attachments.start();
   }
 
+  /** The web console (agent/console/); without its token file it is not served, and the agent runs on. */
+  private startConsole(): Console | undefined {
+    try {
+      return new Console(this, this.opts.stateDir, this.log.child({ part: 'console' }));
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'web console not served');
+      return undefined;
+    }
+  }
+
   /** Docker's network + IPAM driver; a failure here leaves the rest of the agent running. */
   private async startDockerPlugin(): Promise<void> {
     const socket = this.opts.dockerPluginSocket;
@@ -478,6 +495,50 @@ export class Agent implements AgentOps {
       .sort((a, b) => a.name.localeCompare(b.name))
       .map((host) => ({ host, status: statuses.get(host.name) ?? null, peer: peers.get(host.name) ?? null }));
     return { revision: this.catalog.revision, node: this.node, rows, peers: want === this.node ? this.mesh?.peerStatus() ?? [] : [], problems };
+  }
+
+  /**
+   * Every host's status report now, then the reports each later write changes (`gone`: hosts
+   * whose report left): the web console's feed, read only while a page is open (nobody else
+   * watches reports). A report that fails its schema is skipped (`corral hosts` names it).
+   */
+  followStatusReports(onChange: (reports: HostStatus[], gone: string[]) => void): () => void {
+    let stopped = false;
+    let unwatch: (() => void) | undefined;
+    const parse = (key: string, value: string): HostStatus | undefined => {
+      try {
+        return this.catalog.status(key, value);
+      } catch {
+        return undefined;
+      }
+    };
+    const follow = (): void => {
+      this.registry.range(STATUS).then((r) => {
+        if (stopped) return;
+        onChange(r.kvs.map((kv) => parse(kv.key, kv.value)).filter((st): st is HostStatus => st !== undefined), []);
+        unwatch = this.registry.watch(STATUS, r.revision, (b) => {
+          const reports: HostStatus[] = [];
+          const gone: string[] = [];
+          for (const e of b.events) {
+            const st = e.type === 'put' ? parse(e.key, e.value) : undefined;
+            if (st) reports.push(st);
+            else if (e.type === 'delete') gone.push(e.key.slice(STATUS.length));
+          }
+          if (reports.length || gone.length) onChange(reports, gone);
+        }, () => {
+          // Its history was compacted away: read them whole again.
+          unwatch?.();
+          if (!stopped) follow();
+        });
+      }, () => {
+        if (!stopped) setTimeout(follow, 5_000).unref();
+      });
+    };
+    follow();
+    return () => {
+      stopped = true;
+      unwatch?.();
+    };
   }
 
   private registryStatus(): Pick<StatusReply, 'registryConnected' | 'registryError' | 'registrySinceMs' | 'overlay' | 'peers' | 'block' | 'publicKey'> {

@@ -19,6 +19,8 @@ export interface AdminHandlers {
   status(): unknown;
   /** More JSON pages, loopback clients only like the status page (the LB's /gate). */
   pages?: Record<string, (query: URLSearchParams) => unknown>;
+  /** More pages under a prefix, which answer for themselves (the agent's web console, agent/console/). */
+  routes?: { prefix: string; handle(req: IncomingMessage, res: ServerResponse): void };
 }
 
 const PAGES = new Map([['/healthz', 'healthz'], ['/readyz', 'readyz'], ['/metrics', 'metrics'], ['/', 'status'], ['/status', 'status']]);
@@ -49,6 +51,7 @@ function answer(req: IncomingMessage, res: ServerResponse, code: number, text: s
 
 function serve(h: AdminHandlers, req: IncomingMessage, res: ServerResponse): void {
   const path = (req.url ?? '/').split('?')[0]!;
+  if (h.routes && (path === h.routes.prefix || path.startsWith(`${h.routes.prefix}/`))) return h.routes.handle(req, res);
   const extra = h.pages?.[path];
   const page = extra ? 'extra' : PAGES.get(path);
   if (page === undefined) return answer(req, res, 404, 'not found: try /healthz, /readyz, /metrics or /\n');

@@ -7,6 +7,7 @@ import { duration } from '../agent/endpoints.js';
 import type { ColorChanges } from '../agent/color-changes.js';
 import { type FlagSpec, type Parsed, UsageError } from './flags.js';
 import { describe } from '../agent/upgrade/describe.js';
+import { consoleCommands } from './console.js';
 import { ipamCommands } from './ipam.js';
 import { UPGRADE_FLAGS, upgradeCommand } from './upgrade.js';
 
@@ -36,6 +37,8 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'etcd-password-file', help: 'with --registry: file holding its password (mode 600)' },
   ...UPGRADE_FLAGS,
   { name: 'log-format', help: 'with --registry: json or pretty for its warnings (default: pretty on a terminal)' },
+  { name: 'state-dir', help: 'console: the agent\'s state dir, holding console.token (default /var/lib/corral)' },
+  { name: 'admin-listen', help: 'console: the agent\'s --admin-listen (default 127.0.0.1:9190)' },
 ];
 
 type Client = ReturnType<typeof agentClient>;
@@ -269,6 +272,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
   },
   upgrade: upgradeCommand,
   ...ipamCommands,
+  ...consoleCommands,
 };
 
 /** Peers listed one per line up to this many; beyond, a count (`corral hosts <this host>` lists them all). */

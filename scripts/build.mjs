@@ -3,9 +3,12 @@
 // Builds into a fresh directory and swaps it in, so processes running from dist/ (tests in
 // parallel, a running daemon) never see it half-written or empty.
 import { build } from 'esbuild';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 
 const { version } = JSON.parse(readFileSync('package.json', 'utf8'));
+
+// The web console's page (agent/console/page/) travels inside the bundle: no files to install beside it.
+const consolePage = Object.fromEntries(readdirSync('agent/console/page').map((f) => [f, readFileSync(`agent/console/page/${f}`, 'utf8')]));
 
 const out = `dist.new-${process.pid}`;
 rmSync(out, { recursive: true, force: true });
@@ -26,7 +29,7 @@ await build({
   banner: {
     js: "#!/usr/bin/env node\nimport { createRequire as __corralRequire } from 'node:module'; const require = __corralRequire(import.meta.url);",
   },
-  define: { __CORRAL_VERSION__: JSON.stringify(version) },
+  define: { __CORRAL_VERSION__: JSON.stringify(version), __CORRAL_CONSOLE_PAGE__: JSON.stringify(consolePage) },
   logLevel: 'warning',
 });
 // The CNI plugin: one self-contained file (no chunks, no dependencies), exec'd per container.

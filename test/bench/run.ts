@@ -16,6 +16,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   scale: async () => (await import('./scale.js')).benchScale(),
   restart: async () => (await import('./restart.js')).benchRestart(),
   upgrade: async () => (await import('./upgrade.js')).benchUpgrade(),
+  console: async () => (await import('./console.js')).benchConsole(),
   // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).
   'scale-5000': async () => {
     const { benchScale, scaleFromEnv } = await import('./scale.js');
