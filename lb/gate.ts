@@ -67,5 +67,8 @@ export function addFigures(lists: ColorFigures[][]): ColorFigures[] {
 
 /** Reports each response to both observers (the Prometheus metrics and the gate figures). */
 export function bothObservers(a: ProxyObserver, b: ProxyObserver): ProxyObserver {
-  return { response: (t, e, c, s) => { a.response(t, e, c, s); b.response(t, e, c, s); } };
+  return {
+    response: (t, e, c, s) => { a.response(t, e, c, s); b.response(t, e, c, s); },
+    retried: (t) => { a.retried?.(t); b.retried?.(t); },
+  };
 }
