@@ -255,8 +255,21 @@ describe('HTTP/2 clients', () => {
 });
 
 describe('h2 request heads for HTTP/1.1', () => {
-  it('keeps end-to-end fields, joins cookies, drops connection-specific ones, and says how the body is framed', () => {
-    const head = requestHead({ ':method': 'POST', ':path': '/p?q', ':authority': 'a.test', ':scheme': 'https', cookie: 'x=1; y=2', te: 'trailers', accept: ['text/plain', 'text/html'] } as never, true);
-    expect(head).toBe('POST /p?q HTTP/1.1\r\nhost: a.test\r\ncookie: x=1; y=2\r\naccept: text/plain\r\naccept: text/html\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n');
+  it('keeps end-to-end fields, joins cookies, drops connection-specific ones, adds the forwarding fields, and says how the body is framed', () => {
+    const head = requestHead({ ':method': 'POST', ':path': '/p?q', ':authority': 'a.test', ':scheme': 'https', cookie: ['x=1', 'y=2'], te: 'trailers', 'proxy-authorization': 'x', accept: ['text/plain', 'text/html'] } as never,
+      { client: '10.0.0.1', authority: 'a.test', chunked: true });
+    expect(head).toBe('POST /p?q HTTP/1.1\r\nhost: a.test\r\ncookie: x=1; y=2\r\naccept: text/plain\r\naccept: text/html\r\n' +
+      'x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: a.test\r\nforwarded: for=10.0.0.1;host="a.test";proto=https\r\n' +
+      'connection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n');
+  });
+
+  it('appends to the forwarding fields a client sent and replaces its X-Forwarded-Proto/-Host, even with a cached tail', () => {
+    const c = { client: '::1', authority: 'a.test', chunked: false };
+    const cached = 'x-forwarded-for: ::1\r\nCACHED\r\n\r\n';
+    const head = requestHead({ ':method': 'GET', ':path': '/', ':authority': 'a.test', 'x-forwarded-for': '192.0.2.1', forwarded: 'for=192.0.2.1', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'evil.test' } as never, c, cached);
+    expect(head).toBe('GET / HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 192.0.2.1, ::1\r\nx-forwarded-proto: https\r\nx-forwarded-host: a.test\r\n' +
+      'forwarded: for=192.0.2.1, for="[::1]";host="a.test";proto=https\r\nconnection: keep-alive\r\n\r\n');
+    // without forwarding fields from the client, the cached tail is used as is
+    expect(requestHead({ ':method': 'GET', ':path': '/', ':authority': 'a.test' } as never, c, cached)).toBe(`GET / HTTP/1.1\r\nhost: a.test\r\n${cached}`);
   });
 });
