@@ -13,14 +13,16 @@ import { createServer as createTlsServer } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_STREAMS, requestHead } from './h2.js';
+import { balancerFor } from './balancer.js';
 import { LbMetrics } from './metrics.js';
-import { HttpProxy } from './proxy.js';
+import { PassiveHealth } from './outliers.js';
+import { HttpProxy, type ProxyOptions } from './proxy.js';
 import { RouteTable } from './routes.js';
-import { Backend, backendEndpoint, startBackends } from '../test/support/lb.js';
+import { Backend, backendEndpoint, deadPort, startBackends } from '../test/support/lb.js';
 import { endpoint, snapshot } from '../test/support/records.js';
 import { until } from '../test/support/until.js';
 import { CertificateStore } from './tls.js';
-import { UPSTREAM_DEFAULTS, UpstreamPools } from './upstreams.js';
+import { UPSTREAM_DEFAULTS, UpstreamPools, type UpstreamTimeouts } from './upstreams.js';
 
 const run = promisify(execFile);
 
@@ -34,18 +36,31 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** The real proxy with an HTTPS listener offering h2 and http/1.1, fed watch events directly. */
+/** The real proxy with passive health and an HTTPS listener offering h2 and http/1.1, fed watch events directly. */
 class Lb {
-  readonly pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000 });
-  readonly routes = new RouteTable(undefined, (origin) => this.pools.retire(origin));
+  readonly pools: UpstreamPools;
   readonly metrics = new LbMetrics();
-  readonly proxy = new HttpProxy(this.routes, this.pools, this.metrics);
+  readonly outliers = new PassiveHealth({ connectFailures: 3, serverErrors: 5, probeIntervalMs: 200, probeTimeoutMs: 500 }, this.metrics);
+  readonly routes: RouteTable;
+  readonly proxy: HttpProxy;
   port = 0;
+  constructor(opts: Partial<ProxyOptions> = {}, upstream: Partial<UpstreamTimeouts> = {}) {
+    this.pools = new UpstreamPools({ ...UPSTREAM_DEFAULTS, connectTimeoutMs: 2_000, headersTimeoutMs: 5_000, ...upstream });
+    this.routes = new RouteTable(undefined, (origin, last) => {
+      this.outliers.drop(origin);
+      this.pools.retire(origin, last.drainMs);
+    }, balancerFor('round-robin', this.outliers.stateOf));
+    this.proxy = new HttpProxy(this.routes, this.pools, this.metrics, undefined, opts, this.outliers);
+  }
   async start(): Promise<this> {
     const certs = CertificateStore.load(dir);
-    const https = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'] }));
+    const https = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
     this.port = await this.proxy.listen('127.0.0.1:0', https);
     return this;
+  }
+  async close(graceMs = 1_000): Promise<void> {
+    this.outliers.close();
+    await this.proxy.close(graceMs);
   }
 }
 
@@ -55,7 +70,7 @@ let sessions: ClientHttp2Session[] = [];
 afterEach(async () => {
   for (const s of sessions) s.destroy();
   sessions = [];
-  await lb?.proxy.close(1_000);
+  await lb?.close();
   lb = undefined;
   await Promise.all(backends.map((b) => b.stop()));
   backends = [];
@@ -235,7 +250,7 @@ describe('HTTP/2 clients', () => {
     const arrived = b.nextArrival();
     const slow = exchange(s, { ':path': '/slow?ms=500' });
     await arrived;
-    const closed = l.proxy.close(5_000);
+    const closed = l.close(5_000);
     lb = undefined;
     // GOAWAY: the session takes no new stream.
     await new Promise((r) => setTimeout(r, 100));
@@ -251,6 +266,102 @@ describe('HTTP/2 clients', () => {
     expect(r.status).toBe(200);
     expect(r.body.toString()).toBe('s default\n');
     await closed;
+  });
+  it('retries an idempotent stream on another endpoint when one refuses, ejects it after 3 failures, and answers 502 when none can be reached', async () => {
+    backends = await startBackends(['a']);
+    const dead = await deadPort();
+    lb = await new Lb().start();
+    const down = endpoint({ service: 'web', port: dead, id: 'dead', httpHosts: ['web.h2.test'] });
+    lb.routes.apply(snapshot(1, [down, backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] }),
+      endpoint({ service: 'gone', port: dead, id: 'gone', httpHosts: ['gone.h2.test'] })]));
+    const s = session(lb);
+    const answers = [];
+    for (let i = 0; i < 6; i++) answers.push(await exchange(s, { ':path': '/' }));
+    expect(answers.map((a) => a.status)).toEqual(Array(6).fill(200));
+    expect(answers.every((a) => a.body.toString() === 'a default\n')).toBe(true);
+    expect(lb.outliers.ejectedCount).toBe(1);
+    // A body is never replayed: with the dead endpoint ejected, POSTs go to a.
+    const post = await exchange(s, { ':method': 'POST', ':path': '/echo', 'content-length': '5' }, Buffer.from('hello'));
+    expect(post.status).toBe(200);
+    expect(post.body.toString()).toBe('hello');
+    const gone = await exchange(s, { ':authority': 'gone.h2.test', ':path': '/' });
+    expect(gone.status).toBe(502);
+    expect(gone.body.toString()).toContain('bad gateway: endpoint 127.0.0.1:' + dead + ' of service default/gone cannot be reached');
+  });
+
+  it('answers 504 when the endpoint sends no headers in time, 408 when an upload stalls, 413 over --lb-max-body', async () => {
+    backends = await startBackends(['a']);
+    lb = await new Lb({ requestTimeoutMs: 400, maxBodyBytes: 1000 }, { headersTimeoutMs: 300 }).start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] })]));
+    const s = session(lb);
+    const late = await exchange(s, { ':path': '/slow?ms=3000' });
+    expect(late.status).toBe(504);
+    expect(late.body.toString()).toContain('gateway timeout');
+    // an upload that stops half way (the endpoint waits for it): 408, and the session goes on
+    const stalled = await new Promise<Answer>((resolve) => {
+      const req = s.request({ ':authority': 'web.h2.test', ':method': 'POST', ':path': '/slow?ms=5000' }, { endStream: false });
+      let status = 0;
+      const parts: Buffer[] = [];
+      req.on('response', (h) => (status = Number(h[':status'])));
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('close', () => resolve({ status, headers: {}, body: Buffer.concat(parts) }));
+      req.on('error', () => undefined);
+      req.write('half of it');
+    });
+    expect(stalled.status).toBe(408);
+    const declared = await exchange(s, { ':method': 'POST', ':path': '/echo', 'content-length': '5000' }, randomBytes(5000));
+    expect(declared.status).toBe(413);
+    expect(declared.body.toString()).toContain('(5000 bytes) is over 1000 bytes');
+    const streamed = await exchange(s, { ':method': 'POST', ':path': '/slow?ms=2000' }, randomBytes(3000));
+    expect(streamed.status).toBe(413);
+    expect((await exchange(s, { ':path': '/' })).status).toBe(200);
+    expect(lb.metrics.answered).toBe(5);
+  });
+
+  it("appends to the client's X-Forwarded-For and Forwarded, and answers 502 for a response head h2 cannot carry", async () => {
+    const raw = createNetServer((c) => {
+      c.on('error', () => undefined);
+      c.on('data', () => c.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nok'));
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      backends = await startBackends(['a']);
+      lb = await new Lb().start();
+      lb.routes.apply(snapshot(1, [
+        backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] }),
+        endpoint({ service: 'twice', port: (raw.address() as AddressInfo).port, httpHosts: ['twice.h2.test'] }),
+      ]));
+      const s = session(lb);
+      const r = await exchange(s, { ':path': '/headers', 'x-forwarded-for': '10.1.2.3', forwarded: 'for=10.1.2.3', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'spoofed.test' });
+      const seen = JSON.parse(r.body.toString()) as { headers: Record<string, string> };
+      expect(seen.headers['x-forwarded-for']).toBe('10.1.2.3, 127.0.0.1');
+      expect(seen.headers.forwarded).toBe('for=10.1.2.3, for=127.0.0.1;host="web.h2.test";proto=https');
+      expect(seen.headers['x-forwarded-proto']).toBe('https');
+      expect(seen.headers['x-forwarded-host']).toBe('web.h2.test');
+      const twice = await exchange(s, { ':authority': 'twice.h2.test', ':path': '/' });
+      expect(twice.status).toBe(502);
+      expect(twice.body.toString()).toContain('not valid in HTTP/2');
+      expect((await exchange(s, { ':path': '/' })).status).toBe(200);
+    } finally {
+      await new Promise<void>((resolve) => raw.close(() => resolve()));
+    }
+  });
+
+  it('serves curl --http2 (a POST body both ways) and h2load (800 streams, 8 at a time on each of 4 connections)', async () => {
+    backends = await startBackends(['a'], ['b']);
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, backends.map((b) => backendEndpoint(b, 'web', { httpHosts: ['web.h2.test'] }))));
+    const ca = join(dir, '_.h2.test.crt');
+    const curl = await run('curl', ['-sS', '--http2', '--noproxy', '*', '--cacert', ca, '--resolve', `web.h2.test:${lb.port}:127.0.0.1`,
+      '--data-binary', 'posted by curl', '-w', ' %{http_version} %{http_code}', `https://web.h2.test:${lb.port}/echo`]);
+    expect(curl.stdout).toBe('posted by curl 2 200');
+    const load = await run('h2load', ['-n', '800', '-c', '4', '-m', '8', '-H', ':authority: web.h2.test', `https://127.0.0.1:${lb.port}/`]);
+    expect(load.stdout).toContain('Application protocol: h2');
+    expect(load.stdout).toMatch(/requests: 800 total, 800 started, 800 done, 800 succeeded, 0 failed/);
+    expect(load.stdout).toMatch(/status codes: 800 2xx/);
+    const [a, b] = backends as [Backend, Backend];
+    expect(a.requests + b.requests).toBe(801); // round robin over both, curl's POST included
+    expect(Math.abs(a.requests - b.requests)).toBe(1);
   });
 });
 

@@ -50,6 +50,10 @@ function onStreamEnd(this: Carrier): void {
 function onStreamDrain(this: Carrier): void {
   this[EXCHANGE]?.clientDrain();
 }
+/** Our answer is out while the client is still uploading: ask it to stop, without error (RFC 9113 8.1). */
+function onAnsweredEarly(this: ServerHttp2Stream): void {
+  if (!this.closed && !this.destroyed && !this.readableEnded) this.close(constants.NGHTTP2_NO_ERROR);
+}
 function ignore(): void {
   // stream errors end in 'close', handled there
 }
@@ -81,6 +85,8 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   /** The request body goes up chunked (h2 body without content-length). */
   private chunked = false;
   private bodySeen = 0;
+  /** The client has not ended its side yet (an upload that may go on after our answer). */
+  private clientUploading = false;
   /** performance.now() when the stream started (the request timeout counts from it). */
   readonly since: number;
   private reqHead = '';
@@ -124,6 +130,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     const hasBody = !stream.endAfterHeaders;
     if (hasBody) {
       this.upload = U_BODY;
+      this.clientUploading = true;
       this.chunked = headers['content-length'] === undefined;
       owner.uploading.add(this);
       s.on('data', onStreamData);
@@ -220,6 +227,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   }
 
   uploadEnd(): void {
+    this.clientUploading = false;
     if (this.upload !== U_BODY) return;
     this.upload = U_NONE;
     this.owner.uploading.delete(this);
@@ -259,6 +267,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   /** No more of the upload goes anywhere; the stream keeps being read so flow control does not stall the session. */
   private stopUpload(): void {
     if (this.upload === U_BODY) this.owner.uploading.delete(this);
+    if (this.upload !== U_DROP && this.clientUploading) this.stream.on('finish', onAnsweredEarly);
     this.upload = U_DROP;
     if (this.streamPaused) {
       this.streamPaused = false;
