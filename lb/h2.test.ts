@@ -129,6 +129,8 @@ describe('HTTP/2 clients', () => {
     expect(head.status).toBe(200);
     expect(head.body.length).toBe(0);
     expect(lb.metrics.answered).toBe(2);
+    // the session counts as one open client connection (the status page's perThread.connections)
+    expect(lb.proxy.clientConnections).toBe(1);
   });
 
   it(':authority wins over a host field (RFC 9113 8.3.1): routed by it and forwarded as Host; host alone is used without it', async () => {

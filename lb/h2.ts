@@ -58,6 +58,11 @@ export class H2Front implements H2Owner {
     }
   }
 
+  /** Open h2 client connections. */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
   /** A TLS connection whose client chose "h2". */
   take(tls: Socket): void {
     this.server.emit('connection', tls);

@@ -920,6 +920,11 @@ export class HttpProxy {
     this.server = this.serve(createServer({ pauseOnConnect: true }));
   }
 
+  /** Open client connections: HTTP/1.1 ones and h2 sessions. */
+  get clientConnections(): number {
+    return this.connections.size + (this.h2?.sessionCount ?? 0);
+  }
+
   /** Serve on `server`: a net.Server (HTTP), or a tls.Server (HTTPS; create it with SNICallback from tls.ts). */
   serve<S extends Server>(server: S): S {
     if (server instanceof TlsServer) {
