@@ -19,7 +19,7 @@ import { PassiveHealth } from './outliers.js';
 import { HttpProxy, type ProxyOptions } from './proxy.js';
 import { RouteTable } from './routes.js';
 import { Backend, backendEndpoint, deadPort, startBackends } from '../test/support/lb.js';
-import { endpoint, snapshot } from '../test/support/records.js';
+import { delta, endpoint, service, snapshot } from '../test/support/records.js';
 import { until } from '../test/support/until.js';
 import { CertificateStore } from './tls.js';
 import { UPSTREAM_DEFAULTS, UpstreamPools, type UpstreamTimeouts } from './upstreams.js';
@@ -364,6 +364,27 @@ describe('HTTP/2 clients', () => {
     const [a, b] = backends as [Backend, Backend];
     expect(a.requests + b.requests).toBe(801); // round robin over both, curl's POST included
     expect(Math.abs(a.requests - b.requests)).toBe(1);
+  });
+  it('moves new streams on a blue/green switch while a stream to blue finishes on the same session; a draining endpoint gets none', async () => {
+    backends = await startBackends(['b1', 'blue'], ['g1', 'green'], ['g2', 'green']);
+    const [b1, g1, g2] = backends as [Backend, Backend, Backend];
+    lb = await new Lb().start();
+    const eps = [b1, g1, g2].map((b) => backendEndpoint(b, 'web', { httpHosts: ['web.h2.test'] }));
+    lb.routes.apply(snapshot(1, eps, [service('web', { blue: 100 })]));
+    const s = session(lb);
+    const names = async (n: number) => (await Promise.all(Array.from({ length: n }, () => exchange(s, { ':path': '/' })))).map((a) => a.body.toString().trim()).sort();
+    expect(await names(3)).toEqual(['b1 blue', 'b1 blue', 'b1 blue']);
+    const arrived = b1.nextArrival();
+    const slow = exchange(s, { ':path': '/slow?ms=600' });
+    await arrived;
+    lb.routes.apply(delta(2, { services: [{ ...service('web', { green: 100 }), previous: { blue: 100 } }] }));
+    expect(await names(4)).toEqual(['g1 green', 'g1 green', 'g2 green', 'g2 green']);
+    expect(b1.inFlight).toBe(1);
+    lb.routes.apply(delta(3, { endpoints: [{ ...eps[2]!, draining: true }] }));
+    expect(await names(4)).toEqual(['g1 green', 'g1 green', 'g1 green', 'g1 green']);
+    const done = await slow;
+    expect(done.status).toBe(200);
+    expect(done.body.toString()).toBe('b1 blue\n');
   });
 });
 
