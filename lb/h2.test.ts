@@ -386,6 +386,24 @@ describe('HTTP/2 clients', () => {
     expect(done.status).toBe(200);
     expect(done.body.toString()).toBe('b1 blue\n');
   });
+  it('sends GOAWAY to a session without streams for --lb-idle-timeout, not to one with a stream in flight', async () => {
+    backends = await startBackends(['a']);
+    lb = await new Lb({ idleTimeoutMs: 400 }).start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] })]));
+    const busy = session(lb);
+    const idle = session(lb);
+    expect((await exchange(idle, { ':path': '/' })).status).toBe(200);
+    let idleGoaway = false;
+    let busyGoaway = false;
+    idle.on('goaway', () => (idleGoaway = true));
+    busy.on('goaway', () => (busyGoaway = true));
+    // a stream that outlasts the idle timeout keeps its session
+    const slow = await exchange(busy, { ':path': '/slow?ms=1500' });
+    expect(slow.status).toBe(200);
+    expect(busyGoaway).toBe(false);
+    expect(idleGoaway).toBe(true);
+    await until('the idle session closed', () => idle.closed || idle.destroyed, { ms: 3_000, everyMs: 20 });
+  });
 });
 
 describe('h2 request heads for HTTP/1.1', () => {

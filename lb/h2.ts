@@ -32,30 +32,33 @@ export class H2Front implements H2Owner {
   constructor(readonly proxy: HttpProxy) {
     const idleMs = proxy.opts.idleTimeoutMs;
     this.server.on('session', (session: ServerHttp2Session) => {
-      this.sessions.add(session);
       let client = session.socket?.remoteAddress ?? '';
       if (client.startsWith('::ffff:')) client = client.slice(7); // IPv4 on a dual-stack socket
       (session as Tagged)[CLIENT] = new H2Client(client);
+      this.sessions.add(session);
       session.on('close', () => this.sessions.delete(session));
       session.on('error', () => undefined);
-      // A session with no stream and no frame for the idle timeout closes (GOAWAY), like an idle keep-alive connection.
-      session.setTimeout(idleMs, () => session.close());
     });
     this.server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
       const client = (stream.session as Tagged | undefined)?.[CLIENT];
       if (client === undefined) return; // the session is gone already
       new H2Exchange(stream, headers, this, client); // eslint-disable-line no-new
     });
-    // Request bodies that do not arrive within --lb-request-timeout get a 408 (or a reset once the answer has begun).
+    // One sweep for the timeouts instead of a timer per session (Node's session timer is
+    // refreshed on every frame): a session with no stream for the idle timeout gets a GOAWAY, like
+    // an idle keep-alive connection; request bodies that do not arrive within
+    // --lb-request-timeout get a 408 (or a reset once the answer has begun).
     const timeout = proxy.opts.requestTimeoutMs;
-    if (timeout > 0) {
-      this.sweeper = setInterval(() => {
-        if (this.uploading.size === 0) return;
-        const now = performance.now();
-        for (const ex of this.uploading) if (now - ex.since > timeout) ex.requestTimedOut();
-      }, Math.max(100, Math.min(1_000, timeout / 4)));
-      this.sweeper.unref();
-    }
+    const every = Math.max(100, Math.min(1_000, idleMs / 4, timeout > 0 ? timeout / 4 : Infinity));
+    this.sweeper = setInterval(() => {
+      const now = performance.now();
+      for (const s of this.sessions) {
+        const c = (s as Tagged)[CLIENT]!;
+        if (c.open === 0 && now - c.lastActive > idleMs && !s.closed) s.close();
+      }
+      if (timeout > 0) for (const ex of this.uploading) if (now - ex.since > timeout) ex.requestTimedOut();
+    }, every);
+    this.sweeper.unref();
   }
 
   /** Open h2 client connections. */

@@ -61,10 +61,13 @@ function ignore(): void {
 /** One parse target per thread (its field tables are large): heads are parsed and read synchronously. */
 const RES = new ResponseHead();
 
-/** Per h2 session: the client address and the forwarding tail last built for it. */
+/** Per h2 session: the client address, its streams in flight, and the forwarding tail last built for it. */
 export class H2Client {
   tailHost = '';
   tail = '';
+  /** Streams open now, and performance.now() when the last one started or ended (the idle timeout). */
+  open = 0;
+  lastActive = performance.now();
   constructor(readonly client: string) {}
 }
 
@@ -123,6 +126,8 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     this.path = headers[':path'] ?? '';
     this.client = session.client;
     this.since = performance.now();
+    session.open++;
+    session.lastActive = this.since;
     const s = stream as Carrier;
     s[EXCHANGE] = this;
     s.on('close', onStreamClose);
@@ -285,6 +290,9 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   /** The stream closed: after our answer (nothing to do), or the client reset it / went away. */
   clientClosed(): void {
     (this.stream as Carrier)[EXCHANGE] = undefined;
+    const session = this.session;
+    session.open--;
+    session.lastActive = performance.now();
     if (this.upload === U_BODY) this.owner.uploading.delete(this);
     this.upload = U_DROP;
     if (this.resState === RS_DONE) return;
