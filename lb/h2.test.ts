@@ -404,6 +404,28 @@ describe('HTTP/2 clients', () => {
     expect(idleGoaway).toBe(true);
     await until('the idle session closed', () => idle.closed || idle.destroyed, { ms: 3_000, everyMs: 20 });
   });
+  it('answers Expect: 100-continue with a 100 once the stream is routed (the field is not sent up), and any other expectation with 417', async () => {
+    backends = await startBackends(['echo']);
+    lb = await new Lb().start();
+    lb.routes.apply(snapshot(1, [backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] })]));
+    const s = session(lb);
+    const echoed = await new Promise<Answer>((resolve) => {
+      const req = s.request({ ':authority': 'web.h2.test', ':method': 'POST', ':path': '/echo', expect: '100-continue' }, { endStream: false });
+      const parts: Buffer[] = [];
+      let status = 0;
+      // the body goes only after the 100 (Node's client emits 'continue' for it)
+      req.on('continue', () => req.end('after the 100'));
+      req.on('response', (h) => (status = Number(h[':status'])));
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('end', () => resolve({ status, headers: {}, body: Buffer.concat(parts) }));
+      req.on('error', (err: Error) => resolve({ status, headers: {}, body: Buffer.concat(parts), error: err.message }));
+    });
+    expect(echoed.status).toBe(200);
+    expect(echoed.body.toString()).toBe('after the 100');
+    expect(backends[0]!.last?.headers.expect).toBeUndefined();
+    const odd = await exchange(s, { ':method': 'POST', ':path': '/echo', expect: 'something-else' }, Buffer.from('x'));
+    expect(odd.status).toBe(417);
+  });
 });
 
 describe('h2 request heads for HTTP/1.1', () => {

@@ -169,10 +169,17 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     if (maxBody > 0 && length !== undefined && Number(length) > maxBody) {
       return this.answer(413, `content too large: the request body (${length} bytes) is over ${maxBody} bytes\n`);
     }
+    const expect = headers.expect;
+    const continues = expect !== undefined && expect.toLowerCase() === '100-continue';
+    if (expect !== undefined && !continues) {
+      return this.answer(417, 'expectation failed: only "Expect: 100-continue" is understood\n');
+    }
     this.peer = peer;
     this.reqHead = this.head(headers, authority);
     this.replayable = this.upload === U_NONE && IDEMPOTENT.has(this.method);
     this.start = this.since;
+    // As on HTTP/1.1: the LB itself says 100 once the request is going somewhere (the Expect field is not sent up).
+    if (continues && this.upload === U_BODY) this.stream.additionalHeaders({ ':status': 100 });
     this.dispatch(false);
   }
 
