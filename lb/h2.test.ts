@@ -9,7 +9,7 @@ import { connect as h2connect, constants, type ClientHttp2Session, type Incoming
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer as createTlsServer } from 'node:tls';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_STREAMS, requestHead } from './h2.js';
@@ -100,6 +100,57 @@ function exchange(s: ClientHttp2Session, headers: OutgoingHttpHeaders, body?: Bu
     req.on('end', () => resolve({ status, headers: got, body: Buffer.concat(parts) }));
     req.on('error', (err: Error & { code?: string }) => resolve({ status, headers: got, body: Buffer.concat(parts), error: err.code ?? err.message }));
     if (body !== undefined) req.end(body);
+  });
+}
+
+/**
+ * One request on a hand-made h2 connection (fields as HPACK literals, no validation on our side):
+ * the :status answered (0: none) and the RST_STREAM code for the stream (-1: none).
+ */
+function rawH2(port: number, fields: Array<[string, string]>): Promise<{ status: number; reset: number }> {
+  const frame = (type: number, flags: number, id: number, payload: Buffer) => {
+    const h = Buffer.alloc(9);
+    h.writeUIntBE(payload.length, 0, 3);
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(id, 5);
+    return Buffer.concat([h, payload]);
+  };
+  // literal without indexing, new name, no Huffman coding (RFC 7541 6.2.2); short strings only
+  const literal = ([n, v]: [string, string]) => Buffer.concat([Buffer.from([0, n.length]), Buffer.from(n, 'latin1'), Buffer.from([v.length]), Buffer.from(v, 'latin1')]);
+  return new Promise((resolve) => {
+    const out = { status: 0, reset: -1 };
+    const s = tlsConnect({ port, host: '127.0.0.1', ALPNProtocols: ['h2'], ca, servername: 'web.h2.test' }, () => {
+      s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+      s.write(frame(4, 0, 0, Buffer.alloc(0)));
+      s.write(frame(1, 0x5, 1, Buffer.concat(fields.map(literal)))); // END_STREAM | END_HEADERS
+    });
+    let buf = Buffer.alloc(0);
+    const done = () => {
+      s.destroy();
+      resolve(out);
+    };
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+        const len = buf.readUIntBE(0, 3);
+        const type = buf[3]!;
+        const flags = buf[4]!;
+        const id = buf.readUInt32BE(5) & 0x7fffffff;
+        const p = buf.subarray(9, 9 + len);
+        buf = buf.subarray(9 + len);
+        if (id !== 1) continue;
+        // HEADERS: our answers start with an indexed :status (0x88 = 200) or a literal one
+        if (type === 1) out.status = p[0] === 0x88 ? 200 : -2;
+        if (type === 3) {
+          out.reset = p.readUInt32BE(0);
+          done();
+        }
+        if ((type === 0 || type === 1) && (flags & 1) !== 0) done();
+      }
+    });
+    s.on('error', done);
+    s.on('close', done);
   });
 }
 
@@ -425,6 +476,33 @@ describe('HTTP/2 clients', () => {
     expect(backends[0]!.last?.headers.expect).toBeUndefined();
     const odd = await exchange(s, { ':method': 'POST', ':path': '/echo', expect: 'something-else' }, Buffer.from('x'));
     expect(odd.status).toBe(417);
+  });
+  it('never writes a CR, LF or NUL of an h2 field into the HTTP/1.1 head: nghttp2 drops such fields and resets a stream whose pseudo-header carries one', async () => {
+    // The head is serialized from Node's header object without a second parse, so this relies on
+    // nghttp2's field validation; a hand-made client sends what Node's own client refuses to.
+    const heads: string[] = [];
+    const raw = createNetServer((c) => {
+      c.on('error', () => undefined);
+      c.on('data', (d: Buffer) => {
+        heads.push(d.toString('latin1'));
+        c.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+      });
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      lb = await new Lb().start();
+      lb.routes.apply(snapshot(1, [endpoint({ service: 'raw', port: (raw.address() as AddressInfo).port, httpHosts: ['web.h2.test'] })]));
+      const base: Array<[string, string]> = [[':method', 'GET'], [':scheme', 'https'], [':path', '/x'], [':authority', 'web.h2.test']];
+      expect(await rawH2(lb.port, [...base, ['x-a', '1\r\nx-injected: yes'], ['x-b', 'a\0b'], ['x c', 'd'], ['x-ok', 'fine']])).toEqual({ status: 200, reset: -1 });
+      expect(await rawH2(lb.port, [[':method', 'GET'], [':scheme', 'https'], [':path', '/x HTTP/1.1\r\nx-injected: yes\r\n\r\nGET /y'], [':authority', 'web.h2.test']])).toEqual({ status: 0, reset: 1 });
+      expect(await rawH2(lb.port, [[':method', 'GET /z'], [':scheme', 'https'], [':path', '/x'], [':authority', 'web.h2.test']])).toEqual({ status: 0, reset: 1 });
+      expect(await rawH2(lb.port, [[':method', 'GET'], [':scheme', 'https'], [':path', '/x'], [':authority', 'web.h2.test\r\nx-injected: yes']])).toEqual({ status: 0, reset: 1 });
+      expect(heads).toHaveLength(1);
+      expect(heads[0]).toContain('x-ok: fine\r\n');
+      expect(heads[0]).not.toMatch(/x-a|x-b|x c|injected|\0/);
+    } finally {
+      await new Promise<void>((resolve) => raw.close(() => resolve()));
+    }
   });
 });
 
