@@ -60,13 +60,13 @@ const MAX_RESPONSE_HEAD = 64 * 1024;
 const LINGER_MS = 2_000;
 
 /** Errors that mean "no answer came from this connection": worth one retry elsewhere, and passive health counts them. */
-const CONNECTION_FAILURES = new Set([
+export const CONNECTION_FAILURES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ETIMEDOUT',
   'UPSTREAM_CLOSED', 'CONNECT_TIMEOUT',
 ]);
 
 /** Methods that may be replayed (RFC 9110 9.2.2), when they carry no body. */
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 // What the connection is reading.
 const R_HEAD = 0; // the next request head
@@ -88,17 +88,17 @@ const CRLF = '\r\n';
 const REQ = new RequestHead();
 const RES = new ResponseHead();
 
-function hostPort(ep: Endpoint): string {
+export function hostPort(ep: Endpoint): string {
   return ep.address.includes(':') ? `[${ep.address}]:${ep.port}` : `${ep.address}:${ep.port}`;
 }
 
-function errText(err: { code?: string; message: string }): string {
+export function errText(err: { code?: string; message: string }): string {
   return err.code ? `${err.code}: ${err.message}` : err.message;
 }
 
 /** Host headers seen -> normalized: a handful of names carry nearly all traffic. */
 const hostCache = new Map<string, string>();
-function normalizedHost(raw: string): string {
+export function normalizedHost(raw: string): string {
   let host = hostCache.get(raw);
   if (host === undefined) {
     if (hostCache.size >= 4096) hostCache.clear();
@@ -114,6 +114,14 @@ function methodOf(buf: Buffer, start: number, end: number): string {
   if (n === 4 && buf[start] === 80 && buf[start + 1] === 79 && buf[start + 2] === 83 && buf[start + 3] === 84) return 'POST';
   if (n === 4 && buf[start] === 72 && buf[start + 1] === 69 && buf[start + 2] === 65 && buf[start + 3] === 68) return 'HEAD';
   return buf.latin1Slice(start, end);
+}
+
+/** What the access log says about a request (a client connection, or an h2 stream). */
+export interface AccessInfo {
+  readonly method: string;
+  readonly hostRaw: string;
+  readonly path: string;
+  readonly client: string;
 }
 
 /** One client connection (plain or TLS) and the request it has in flight. */
@@ -963,10 +971,15 @@ export class HttpProxy {
     this.server = this.serve(createServer({ pauseOnConnect: true }));
   }
 
+  /** Open client connections: HTTP/1.1 ones and h2 sessions. */
+  get clientConnections(): number {
+    return this.connections.size + (this.h2?.sessionCount ?? 0);
+  }
+
   /** Serve on `server`: a net.Server (HTTP), or a tls.Server (HTTPS; create it with SNICallback from tls.ts). */
   serve<S extends Server>(server: S): S {
     if (server instanceof TlsServer) {
-      this.h2 ??= new H2Front((stream) => this.accept(stream, true), this.opts.idleTimeoutMs);
+      this.h2 ??= new H2Front(this);
       server.on('secureConnection', (socket: TLSSocket) => {
         if (socket.alpnProtocol === 'h2' && !this.closing) this.h2!.take(socket);
         else this.accept(socket, true);
@@ -1096,7 +1109,7 @@ export class HttpProxy {
   }
 
   /** A response is done: metrics, and the access log line when enabled. */
-  finish(conn: ClientConnection | undefined, target: RouteTarget | undefined, peer: Peer | undefined, code: number, start: number): void {
+  finish(conn: AccessInfo | undefined, target: RouteTarget | undefined, peer: Peer | undefined, code: number, start: number): void {
     const seconds = start === 0 ? 0 : (performance.now() - start) / 1000;
     this.observer?.response(target, peer?.endpoint, code, seconds);
     if (this.access !== undefined) {

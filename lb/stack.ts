@@ -102,7 +102,7 @@ export class LbThread {
     return {
       thread: this.thread,
       requests: this.metrics.answered,
-      connections: this.proxy.connections.size,
+      connections: this.proxy.clientConnections,
       revision: this.routes.revision,
       ready: this.routes.ready,
       upstreamPools: this.pools.size,

@@ -1,7 +1,8 @@
-// HTTP/2 over TLS: h2load through `corral lb --lb-threads 1` (each h2 stream translated to an
-// HTTP/1.1 exchange upstream, lb/h2.ts) versus HAProxy (nbthread 1, `bind … ssl alpn h2,http/1.1`,
-// http-reuse always), both in front of the same nginx. No issue sets a target for it: reported so
-// that the cost of the translation is known. Two alternating runs each, the better one kept.
+// HTTP/2 over TLS: h2load through `corral lb --lb-threads 1` (each h2 stream answered from the
+// upstream's HTTP/1.1 keep-alive pool, lb/h2/exchange.ts) versus HAProxy (nbthread 1,
+// `bind … ssl alpn h2,http/1.1`, http-reuse always), both in front of the same nginx. Issue 16's
+// targets: ≥ 0.5× HAProxy's requests/s, CPU per request within 2×. Three alternating rounds, the
+// better run of each kept, every round's figures in the notes (the machine is shared and noisy).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,7 @@ import { ratioHigherBetter, ratioLowerBetter } from './report.js';
 const SECONDS = 8;
 const CONNECTIONS = 32;
 const STREAMS = 4; // concurrent streams per connection
+const ROUNDS = 3;
 
 interface H2Result { rps: number; meanMs: number; succeeded: number; failed: number; cpuUs: number }
 
@@ -92,24 +94,36 @@ export async function benchLbH2(): Promise<BenchSection> {
     const hp = haproxy.pid;
     const cp = lb.child.pid;
     for (const port of [haproxyPort, lbHttps]) await h2load(port, 2);
-    let h = await h2load(haproxyPort, SECONDS, hp);
-    let c = await h2load(lbHttps, SECONDS, cp);
-    const better = (a: H2Result, b: H2Result) => (a.rps >= b.rps ? a : b);
-    h = better(h, await h2load(haproxyPort, SECONDS, hp));
-    c = better(c, await h2load(lbHttps, SECONDS, cp));
+    const hs: H2Result[] = [];
+    const cs: H2Result[] = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      // Alternate who goes first, so a change in the machine's load does not favour one side.
+      if (i % 2 === 0) {
+        hs.push(await h2load(haproxyPort, SECONDS, hp));
+        cs.push(await h2load(lbHttps, SECONDS, cp));
+      } else {
+        cs.push(await h2load(lbHttps, SECONDS, cp));
+        hs.push(await h2load(haproxyPort, SECONDS, hp));
+      }
+    }
+    const best = (rs: H2Result[]) => rs.reduce((a, b) => (a.rps >= b.rps ? a : b));
+    const h = best(hs);
+    const c = best(cs);
+    const per = (rs: H2Result[], f: (r: H2Result) => string) => rs.map(f).join(', ');
 
     return {
       title: 'HTTP/2 over TLS through the load balancer to nginx',
       anchor: 'HAProxy 2.6 (nbthread 1, bind ssl alpn h2,http/1.1, http-reuse always)',
-      conditions: `h2load -D ${SECONDS} -c ${CONNECTIONS} -m ${STREAMS} -t 1 (TLS 1.3, ALPN h2, :authority bench.test), GET / answered with 17 bytes by nginx (1 worker) over HTTP/1.1 keep-alive; \`corral lb --lb-threads 1\` (one thread, like nbthread 1) fed by a real \`corral agent\`; all on 127.0.0.1 sharing the same cores; better of two alternating runs each after a 2 s warm-up`,
+      conditions: `h2load -D ${SECONDS} -c ${CONNECTIONS} -m ${STREAMS} -t 1 (TLS 1.3, ALPN h2, :authority bench.test), GET / answered with 17 bytes by nginx (1 worker) over HTTP/1.1 keep-alive; \`corral lb --lb-threads 1\` (one thread, like nbthread 1) fed by a real \`corral agent\`; all on 127.0.0.1 sharing the same cores; a 2 s warm-up of each, then ${ROUNDS} alternating rounds (who goes first alternates), the better run of each side kept`,
       rows: [
-        { metric: 'requests/s vs HAProxy', ours: c.rps, anchor: h.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, h.rps) },
+        { metric: 'requests/s vs HAProxy', ours: c.rps, anchor: h.rps, unit: 'req/s', ratio: ratioHigherBetter(c.rps, h.rps), target: '≥ 0.5×', pass: c.rps >= 0.5 * h.rps },
         { metric: 'mean time per request vs HAProxy', ours: c.meanMs, anchor: h.meanMs, unit: 'ms', ratio: ratioLowerBetter(c.meanMs, h.meanMs) },
-        { metric: 'CPU per request vs HAProxy (user + system)', ours: c.cpuUs, anchor: h.cpuUs, unit: 'µs', ratio: ratioLowerBetter(c.cpuUs, h.cpuUs) },
+        { metric: 'CPU per request vs HAProxy (user + system)', ours: c.cpuUs, anchor: h.cpuUs, unit: 'µs', ratio: ratioLowerBetter(c.cpuUs, h.cpuUs), target: 'within 2× (≥ 0.5×)', pass: c.cpuUs <= 2 * h.cpuUs },
       ],
       notes: [
-        `failed requests: corral ${c.failed} of ${c.succeeded + c.failed}, HAProxy ${h.failed} of ${h.succeeded + h.failed}`,
-        'no target: no issue sets one for HTTP/2; corral parses each request twice (h2, then the HTTP/1.1 it is turned into), HAProxy once',
+        `every round (HAProxy / corral): requests/s ${per(hs, (r) => r.rps.toFixed(0))} / ${per(cs, (r) => r.rps.toFixed(0))}; CPU per request (µs) ${per(hs, (r) => r.cpuUs.toFixed(1))} / ${per(cs, (r) => r.cpuUs.toFixed(1))}; ratio of requests/s per round ${hs.map((r, i) => (cs[i]!.rps / r.rps).toFixed(2)).join(', ')}`,
+        `failed requests: corral ${cs.reduce((n, r) => n + r.failed, 0)} of ${cs.reduce((n, r) => n + r.succeeded + r.failed, 0)}, HAProxy ${hs.reduce((n, r) => n + r.failed, 0)} of ${hs.reduce((n, r) => n + r.succeeded + r.failed, 0)}`,
+        'corral runs Node\'s http2 (nghttp2) for the client side and writes each stream to the endpoint as one HTTP/1.1 head serialized from the h2 header object; the endpoint\'s head is parsed once into the h2 response (no HTTP/1.1 text is made for the client side and parsed back)',
       ],
     };
   } finally {
