@@ -160,6 +160,23 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     const route = proxy.routes.lookup(host, path);
     if (route === undefined) return this.answer(404, `not found: no route for host "${host}" and path "${path}"\n`);
     this.target = route;
+    const mw = route.middleware;
+    let edge: HeadContext | null = null;
+    if (mw !== null) {
+      const auth = headers.authorization;
+      const v = mw.request(this.client, 'https', authority, url, null, null, typeof auth === 'string' ? auth : undefined);
+      if (v !== null) {
+        if (v instanceof Promise) return this.holdFor(v, headers);
+        return this.answer(v.code, v.text, v.headers);
+      }
+      const stripped = mw.rewrite(url);
+      edge = {
+        client: this.client, authority, chunked: this.chunked,
+        path: stripped ?? undefined,
+        drop: mw.dropRequest(null),
+        extra: mw.requestTail + (mw.strip !== '' ? `x-forwarded-prefix: ${mw.strip}\r\n` : ''),
+      };
+    }
     const peer = route.balancer.pick();
     if (peer === undefined) {
       return this.answer(503, `service unavailable: service ${route.key} (host "${authority}") has no healthy endpoint in its active color\n`);
@@ -175,12 +192,23 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
       return this.answer(417, 'expectation failed: only "Expect: 100-continue" is understood\n');
     }
     this.peer = peer;
-    this.reqHead = this.head(headers, authority);
+    this.reqHead = edge !== null ? requestHead(headers, edge) : this.head(headers, authority);
     this.replayable = this.upload === U_NONE && IDEMPOTENT.has(this.method);
     this.start = this.since;
     // As on HTTP/1.1: the LB itself says 100 once the request is going somewhere (the Expect field is not sent up).
     if (continues && this.upload === U_BODY) this.stream.additionalHeaders({ ':status': 100 });
     this.dispatch(false);
+  }
+
+  /** A middleware check still running (a password hash): the stream waits, then is routed again. */
+  private holdFor(check: Promise<void>, headers: IncomingHttpHeaders): void {
+    this.target = null;
+    this.stream.pause();
+    void check.then(() => {
+      if (this.resState === RS_DONE || this.stream.destroyed || this.stream.closed) return;
+      this.stream.resume();
+      this.route(headers);
+    });
   }
 
   /** The upstream head; the forwarding tail is cached per session for its last authority. */
@@ -312,18 +340,26 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   // ---- answers -----------------------------------------------------------------------------
 
   /** An answer of the load balancer itself (404, 503, 502, ...). */
-  private answer(code: number, text: string): void {
+  private answer(code: number, text: string, fields = ''): void {
     this.resState = RS_DONE;
     if (this.upload === U_BODY) this.stopUpload();
     this.owner.proxy.finish(this, this.target ?? undefined, code >= 502 && this.peer !== null ? this.peer : undefined, code, this.start);
     const stream = this.stream;
     if (stream.destroyed || stream.closed) return;
     try {
-      stream.respond({
+      const headers: OutgoingHttpHeaders = {
         ':status': code,
         'content-type': 'text/plain; charset=utf-8',
         'content-length': Buffer.byteLength(text),
-      }, { endStream: this.isHead });
+      };
+      // A middleware's own fields (www-authenticate, retry-after), as CRLF-ended lines.
+      if (fields !== '') {
+        for (const line of fields.split(CRLF)) {
+          const colon = line.indexOf(':');
+          if (colon > 0) headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
+        }
+      }
+      stream.respond(headers, { endStream: this.isHead });
       if (!this.isHead) stream.end(text);
     } catch {
       this.reset(constants.NGHTTP2_INTERNAL_ERROR);
@@ -393,6 +429,11 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     this.resKind = kind;
     this.upstreamReusable = kind !== BODY_UNTIL_CLOSE && (h.version === 11 ? (h.connection & C_CLOSE) === 0 : (h.connection & C_KEEP_ALIVE) !== 0);
     const headers = responseHeaders(buf, h);
+    const mw = this.target!.middleware;
+    if (mw !== null) {
+      for (const name of mw.responseRemoved) delete headers[name];
+      for (const [name, value] of mw.responseFieldsHttps) headers[name] = value;
+    }
     let bodyEnd = end;
     if (kind === BODY_LENGTH) {
       bodyEnd = end + Math.min(h.contentLength, buf.length - end);

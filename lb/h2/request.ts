@@ -32,6 +32,10 @@ export interface HeadContext {
   client: string;
   authority: string;
   chunked: boolean;
+  /** A route's middlewares (lb/middleware/): the target after strip-prefix, fields dropped, lines added. */
+  path?: string;
+  drop?: ReadonlySet<string> | null;
+  extra?: string;
 }
 
 /** The proxy's own fields and the end of the head; `priorXff`/`priorForwarded` are what the client sent. */
@@ -53,7 +57,8 @@ export function forwardingTail(c: HeadContext, priorXff: string | undefined, pri
  * http2 hands field values over byte for byte.
  */
 export function requestHead(headers: IncomingHttpHeaders, c: HeadContext, tail?: string): string {
-  let head = `${headers[':method']} ${headers[':path']} HTTP/1.1\r\nhost: ${c.authority}\r\n`;
+  let head = `${headers[':method']} ${c.path ?? headers[':path']} HTTP/1.1\r\nhost: ${c.authority}\r\n`;
+  const drop = c.drop;
   let priorXff: string | undefined;
   let priorForwarded: string | undefined;
   let prior = false;
@@ -73,9 +78,11 @@ export function requestHead(headers: IncomingHttpHeaders, c: HeadContext, tail?:
       }
       continue;
     }
+    if (drop != null && drop.has(name)) continue;
     if (typeof value === 'string') head += `${name}: ${value}\r\n`;
     else if (name === 'cookie') head += `cookie: ${value.join('; ')}\r\n`;
     else for (const v of value) head += `${name}: ${v}\r\n`;
   }
+  if (c.extra) head += c.extra;
   return head + (tail !== undefined && !prior ? tail : forwardingTail(c, priorXff, priorForwarded));
 }

@@ -73,10 +73,22 @@ export class RouteMiddleware {
     this.responseTailHttp = resSet;
     this.responseTailHttps = config.hsts ? `${resSet}strict-transport-security: ${config.hsts}\r\n` : resSet;
     this.strip = config.stripPrefix && routePath !== '/' ? routePath : '';
+    const set: Array<readonly [string, string]> = config.responseSet.map(([n, v]) => [n.toLowerCase(), v] as const);
+    if (config.hsts) set.push(['strict-transport-security', config.hsts]);
+    this.responseFieldsHttps = set;
+    this.responseRemoved = new Set([...resDrop].map((n) => n.toLowerCase()));
   }
 
-  /** Checks one request before it is balanced. `url` is the origin-form target. */
-  request(client: string, proto: string, hostHeader: string, url: string, buf: Buffer, fields: Fields): Verdict {
+  /** The response fields set on HTTPS (h2 answers): lower-case names, HSTS included. */
+  readonly responseFieldsHttps: ReadonlyArray<readonly [string, string]>;
+  /** The response fields removed (lower-case; the ones set are removed first). */
+  readonly responseRemoved: ReadonlySet<string>;
+
+  /**
+   * Checks one request before it is balanced. `url` is the origin-form target. The Authorization
+   * field is read from the HTTP/1.1 head (`buf`, `fields`), or given (h2: `buf` null).
+   */
+  request(client: string, proto: string, hostHeader: string, url: string, buf: Buffer | null, fields: Fields | null, authorization?: string): Verdict {
     const c = this.config;
     if (c.redirectHttps && proto === 'http') {
       const host = hostHeader.replace(/:\d+$/, '');
@@ -90,7 +102,7 @@ export class RouteMiddleware {
       if (wait > 0) return { code: 429, text: 'too many requests: this route\'s rate limit for your address is used up; retry later\n', headers: `retry-after: ${Math.ceil(wait)}\r\n` };
     }
     if (this.auth !== null) {
-      const r = this.auth.check(fieldValue(buf, fields, 'authorization'));
+      const r = this.auth.check(buf !== null && fields !== null ? fieldValue(buf, fields, 'authorization') : authorization);
       if (r === true) return null;
       if (r === false) return { code: 401, text: 'unauthorized: this route needs a user name and password\n', headers: `www-authenticate: Basic realm="${this.auth.realm}", charset="UTF-8"\r\n` };
       return r;

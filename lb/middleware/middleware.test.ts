@@ -148,6 +148,26 @@ describe('edge labels on real requests', () => {
     expect(root.body).toBe('b1 default\n');
   });
 
+  it('applies the same middlewares to HTTP/2 streams: basic auth, header set/remove, strip-prefix, a bad route\'s 503', async () => {
+    const h2 = (host: string, path: string, ...args: string[]) =>
+      curl(['-k', '--http2', '--resolve', `${host}:${lb.httpsPort}:127.0.0.1`, ...args, `https://${host}:${lb.httpsPort}${path}`]);
+    const none = await h2('auth.test', '/');
+    expect(none.status).toBe(401);
+    expect(none.headers['www-authenticate']).toBe('Basic realm="team", charset="UTF-8"');
+    const ok = await h2('auth.test', '/headers', '-u', 'alice:wonderland');
+    expect(ok.status).toBe(200);
+    expect((JSON.parse(ok.body) as { headers: Record<string, string> }).headers.authorization).toBeUndefined();
+    const hdr = await h2('hdr.test', '/headers', '-H', 'X-Drop-Me: secret', '-H', 'X-Env: dev', '-H', 'X-Keep: yes');
+    const seen = JSON.parse(hdr.body) as { headers: Record<string, string> };
+    expect([seen.headers['x-env'], seen.headers['x-drop-me'], seen.headers['x-keep']]).toEqual(['prod', undefined, 'yes']);
+    expect([hdr.headers['x-served-by'], hdr.headers['x-color'], hdr.headers['x-backend']]).toEqual(['corral', undefined, 'b1']);
+    const strip = JSON.parse((await h2('strip.test', '/api/headers?q=1')).body) as { url: string; headers: Record<string, string> };
+    expect([strip.url, strip.headers['x-forwarded-prefix']]).toEqual(['/headers?q=1', '/api']);
+    const bad = await h2('bad.test', '/');
+    expect(bad.status).toBe(503);
+    expect(bad.body).toContain('label corral.http.rate-limit="fast" is not valid');
+  });
+
   it('a route with bad edge labels answers 503 saying why; the others keep serving', async () => {
     const r = await get('bad.test');
     expect(r.status).toBe(503);
