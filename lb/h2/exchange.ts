@@ -581,6 +581,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
         const next = target.balancer.pick(peer);
         if (next !== undefined) {
           this.retried = true;
+          this.owner.proxy.retrying(target);
           log?.debug({ service: target.key, upstream: peer.origin, retry: next.origin, err: errText(err) }, 'retrying on another endpoint');
           this.peer = next;
           this.dispatch(next.origin === peer.origin);
