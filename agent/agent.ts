@@ -472,6 +472,9 @@ export class Agent implements AgentOps {
       httpPath: v.httpPath('http path', req.httpPath || '/'),
       healthCheck: healthCheckFrom(req.healthCheck),
       lbBalance: req.lbBalance ? v.balancePolicy('lb balance', req.lbBalance) : undefined,
+      tcpPort: req.tcpPort || undefined,
+      tlsSni: req.tlsSni?.length ? v.tlsServerNames('tls sni', req.tlsSni.join(',')) : undefined,
+      proxyProtocol: req.proxyProtocol || undefined,
     });
     await this.endpoints.upsert(ep);
     return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(ep.id) ?? ep };

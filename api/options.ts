@@ -68,6 +68,7 @@ export interface LbOptions {
   httpsListen: string;        // used when tlsCertDir has certificates
   accessLog: boolean;         // one pino line per request
   threads: number;            // threads serving HTTP(S) in the one lb process (SO_REUSEPORT); 0 = one per CPU
+  httpListen?: string;        // filled by runLb from --http-listen: TCP routes (lb/tcp/) listen on its address
 }
 
 export const LB_DEFAULTS: LbOptions = {

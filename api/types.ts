@@ -39,6 +39,15 @@ export interface Endpoint {
    * existed — means "the LB's --lb-balance".
    */
   lbBalance?: string;
+  /**
+   * TCP routing (lb/tcp/): the LB port that forwards raw connections to this endpoint (label
+   * `corral.tcp.port`); 0 or absent: none, or, with `tlsSni`, the LB's HTTPS port.
+   */
+  tcpPort?: number;
+  /** TLS routed by SNI without terminating it (label `corral.tls.sni`); empty or absent: none. */
+  tlsSni?: string[];
+  /** PROXY protocol header sent to this endpoint on TCP/TLS routes: 'v2', or '' (none). */
+  proxyProtocol?: string;
 }
 
 /** The LB's balancing policies (`--lb-balance`, label `corral.lb.balance`). */
@@ -161,6 +170,10 @@ export interface RegisterRequest {
   portName: string;
   /** '' or absent: the LB's --lb-balance. */
   lbBalance?: string;
+  /** TCP/TLS routing, as in Endpoint; 0, empty or absent: none. */
+  tcpPort?: number;
+  tlsSni?: string[];
+  proxyProtocol?: string;
 }
 export interface DeregisterRequest { service: string; namespace: string; address: string; port: number }
 export interface EndpointReply { revision: number; endpoint: Endpoint | null }

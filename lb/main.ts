@@ -31,7 +31,7 @@ export interface LbTuning {
 }
 
 export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning = {}): Promise<RunningLb> {
-  const o = { ...LB_DEFAULTS, ...opts.lb };
+  const o = { ...LB_DEFAULTS, ...opts.lb, httpListen: opts.httpListen };
   const main = new LbThread(0, o, log, true);
   const { routes, proxy, certs } = main;
   if (certs && certs.size === 0) log.warn({ dir: o.tlsCertDir }, 'no <host>.crt + <host>.key pair in --tls-cert-dir yet; HTTPS answers once one is there');

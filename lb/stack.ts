@@ -10,6 +10,7 @@ import { LbMetrics } from './metrics.js';
 import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
 import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
+import { TcpRouter } from './tcp/router.js';
 import { CertificateStore } from './tls.js';
 import { UpstreamPools } from './upstreams.js';
 
@@ -25,6 +26,8 @@ export interface ThreadStats {
   ready: boolean;
   upstreamPools: number;
   ejected: number;
+  /** TCP/TLS connections open now (lb/tcp/). */
+  tcpConnections: number;
 }
 
 /** One thread's serving stack: everything a request touches lives here, one per thread. */
@@ -35,6 +38,8 @@ export class LbThread {
   readonly routes: RouteTable;
   readonly proxy: HttpProxy;
   readonly certs: CertificateStore | undefined;
+  /** TCP and TLS-by-SNI routes (lb/tcp/). */
+  readonly tcp: TcpRouter;
 
   constructor(readonly thread: number, o: LbOptions, log: Logger, processMetrics: boolean) {
     this.metrics = new LbMetrics(processMetrics);
@@ -46,10 +51,13 @@ export class LbThread {
       keepAliveTimeoutMs: o.idleTimeoutMs,
     }, log));
     const outliers = (this.outliers = new PassiveHealth(OUTLIER_DEFAULTS, this.metrics, log));
+    const tcp = (this.tcp = new TcpRouter({ ...o, terminatesHttps: !!o.tlsCertDir }, balancerFor(o.balance, outliers.stateOf), outliers, this.metrics.registry, log));
     this.routes = new RouteTable(log, (origin, last) => {
       outliers.drop(origin);
       // A drained endpoint has had its drain time already; one removed at once gets it now.
-      pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
+      const drainMs = last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS);
+      pools.retire(origin, drainMs);
+      tcp.retire(origin, drainMs);
     }, balancerFor(o.balance, outliers.stateOf));
     this.proxy = new HttpProxy(this.routes, pools, this.metrics, log, o, outliers);
     this.certs = o.tlsCertDir ? CertificateStore.load(o.tlsCertDir) : undefined;
@@ -77,6 +85,7 @@ export class LbThread {
 
   apply(ev: WatchEvent): void {
     this.routes.apply(ev);
+    this.tcp.apply(ev);
     this.metrics.appliedRevision.set(ev.revision);
   }
 
@@ -89,12 +98,13 @@ export class LbThread {
       ready: this.routes.ready,
       upstreamPools: this.pools.size,
       ejected: this.outliers.ejectedCount,
+      tcpConnections: this.tcp.connections,
     };
   }
 
   async close(graceMs: number): Promise<void> {
     this.outliers.close();
     this.certs?.close();
-    await this.proxy.close(graceMs);
+    await Promise.all([this.proxy.close(graceMs), this.tcp.close(graceMs)]);
   }
 }

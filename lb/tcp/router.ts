@@ -1,0 +1,330 @@
+// One thread's TCP/TLS routing: a listening socket per routed port (SO_REUSEPORT, so every
+// thread of the LB accepts on it, as for HTTP), and per connection: route (by port, or by the
+// ClientHello's server name), pick an endpoint with the service's balancer, connect (once more to
+// another endpoint when the connect fails: nothing has been sent yet), optionally send a PROXY v2
+// header, then copy bytes both ways with backpressure and half-closes until either side is done.
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { LbOptions } from '../../api/options.js';
+import { parseHostPort } from '../../api/options.js';
+import type { WatchEvent } from '../../api/types.js';
+import type { BalancerFactory, Peer } from '../balancer.js';
+import { reusePortListeners } from '../listeners.js';
+import type { PassiveHealth } from '../outliers.js';
+import { MAX_CLIENT_HELLO, readServerName } from './clienthello.js';
+import { proxyV2Header } from './proxy-header.js';
+import { HTTPS_PORT, TcpRouteTable, type PortRoutes, type TcpService } from './routes.js';
+
+/** TCP keep-alive probes on both sides, so a vanished peer does not hold a connection forever. */
+const KEEPALIVE_MS = 60_000;
+/** How long a client gets to take the last bytes of an endpoint that closed. */
+const FLUSH_MS = 30_000;
+/** Rejections of one kind are logged once per this period, with how many were not logged. */
+const REJECT_LOG_MS = 10_000;
+
+/** Options the TCP router reads (LbOptions plus where the LB's HTTP listener is). */
+export type TcpRouterOptions = Pick<LbOptions, 'connectTimeoutMs' | 'clientHeadersTimeoutMs' | 'httpsListen'> & {
+  /** --http-listen: TCP routes listen on its address, and never on its port. */
+  httpListen?: string;
+  /** True when this thread terminates HTTPS on --https-listen (SNI routes without a port share it). */
+  terminatesHttps: boolean;
+};
+
+/** One proxied connection. */
+class TcpConn {
+  upstream: Socket | undefined;
+  peer: Peer | undefined;
+  service: TcpService | undefined;
+  /** Client bytes read before the upstream was there (the ClientHello). */
+  head: Buffer | undefined;
+  closed = false;
+  constructor(readonly client: Socket, readonly port: number) {}
+}
+
+export class TcpRouter {
+  readonly table: TcpRouteTable;
+  private readonly listeners = new Map<number, Server>();
+  /** Ports that failed to bind, with the error (logged once per error). */
+  private readonly bindErrors = new Map<number, string>();
+  private readonly conns = new Set<TcpConn>();
+  private readonly byOrigin = new Map<string, Set<TcpConn>>();
+  private readonly host: string;
+  private readonly reserved: Set<number>;
+  private readonly httpsPort: number;
+  private readonly rejected: Counter<'reason'>;
+  private readonly accepted: Counter<'service'>;
+  private readonly rejectLog = new Map<string, { at: number; suppressed: number }>();
+  private closing = false;
+
+  constructor(
+    private readonly o: TcpRouterOptions,
+    newBalancer: BalancerFactory,
+    private readonly outliers: PassiveHealth,
+    registry: Registry,
+    private readonly log: Logger,
+  ) {
+    this.table = new TcpRouteTable(newBalancer, log);
+    const http = o.httpListen ? parseHostPort(o.httpListen, '--http-listen') : { host: '', port: 0 };
+    this.host = http.host;
+    this.httpsPort = parseHostPort(o.httpsListen, '--https-listen').port;
+    this.reserved = new Set([http.port, ...(o.terminatesHttps ? [this.httpsPort] : [])].filter((p) => p > 0));
+    this.rejected = new Counter({ name: 'corral_lb_tcp_rejected_total', help: 'TCP/TLS connections closed before reaching an endpoint, by reason', labelNames: ['reason'], registers: [registry] });
+    this.accepted = new Counter({ name: 'corral_lb_tcp_connections_total', help: 'TCP/TLS connections forwarded to an endpoint, by service', labelNames: ['service'], registers: [registry] });
+    const conns = this.conns;
+    new Gauge({ name: 'corral_lb_tcp_open_connections', help: 'TCP/TLS connections open now', registers: [registry], collect() { this.set(conns.size); } });
+  }
+
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  apply(ev: WatchEvent): void {
+    this.table.apply(ev);
+    this.syncListeners();
+  }
+
+  /**
+   * An upstream origin left the registry: its connections are cut after `afterMs` (its drain
+   * time; a draining endpoint has had it already). A color switch does not come here: existing
+   * connections to the old color stay until they close.
+   */
+  retire(origin: string, afterMs: number): void {
+    const set = this.byOrigin.get(origin);
+    if (!set || set.size === 0) return;
+    const victims = [...set];
+    setTimeout(() => {
+      let n = 0;
+      for (const c of victims) if (!c.closed) {
+        n++;
+        this.finish(c, true);
+      }
+      if (n > 0) this.log.info({ upstream: origin, connections: n }, 'TCP connections to an endpoint that left the registry closed after its drain time');
+    }, afterMs).unref();
+  }
+
+  /** The TCP port a route key stands for. */
+  private listenPort(key: number): number {
+    return key === HTTPS_PORT ? this.httpsPort : key;
+  }
+
+  private syncListeners(): void {
+    if (this.closing) return;
+    const wanted = new Set<number>();
+    for (const key of this.table.ports) {
+      // SNI routes on the HTTPS port are served by the HTTPS listener when this LB terminates TLS there.
+      if (key === HTTPS_PORT && this.o.terminatesHttps) continue;
+      wanted.add(key);
+    }
+    for (const [key, server] of this.listeners) {
+      if (wanted.has(key)) continue;
+      this.listeners.delete(key);
+      server.close(); // open connections stay; only accepting stops
+    }
+    for (const key of this.table.ports) if (!wanted.has(key)) this.bindErrors.delete(key);
+    for (const key of wanted) if (!this.listeners.has(key)) this.listen(key);
+  }
+
+  private listen(key: number): void {
+    const port = this.listenPort(key);
+    const fail = (msg: string) => {
+      if (this.bindErrors.get(key) === msg) return;
+      this.bindErrors.set(key, msg);
+      this.log.error({ port, err: msg }, 'cannot listen for a TCP route; its connections are not served (the next registry revision tries again)');
+    };
+    if (this.reserved.has(port)) return fail(`port ${port} is the LB's own HTTP or HTTPS port; choose another corral.tcp.port`);
+    const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => this.accept(s, key));
+    server.on('error', (err) => fail(err.message));
+    this.listeners.set(key, server);
+    const addr = this.host.includes(':') ? `[${this.host}]:${port}` : `${this.host}:${port}`;
+    reusePortListeners(addr, 1, 'corral.tcp.port').then(
+      ({ fds }) => {
+        if (this.listeners.get(key) !== server || this.closing) {
+          // Dropped while binding: let go of the descriptor through a server that closes at once.
+          server.listen({ fd: fds[0]! }, () => server.close());
+          return;
+        }
+        server.listen({ fd: fds[0]! }, () => {
+          this.bindErrors.delete(key);
+          this.log.info({ port, address: this.host || '*' }, 'listening for a TCP route');
+        });
+      },
+      (err: Error & { unsupported?: boolean }) => {
+        if (this.listeners.get(key) !== server) return;
+        if (err.unsupported) {
+          // No SO_REUSEPORT here (the LB runs one thread then): Node's own listen.
+          server.listen(port, this.host || undefined);
+          return;
+        }
+        this.listeners.delete(key);
+        fail(err.message);
+      },
+    );
+  }
+
+  /** A connection on a TCP route's port. */
+  private accept(client: Socket, key: number): void {
+    const c = new TcpConn(client, key);
+    this.conns.add(c);
+    client.on('error', () => this.finish(c, true));
+    client.on('close', () => this.finish(c, true));
+    client.setNoDelay(true);
+    client.setKeepAlive(true, KEEPALIVE_MS);
+    const routes = this.table.port(key);
+    if (!routes) return this.reject(c, 'no route', 'no route on this port any more');
+    if (!routes.bySni) return this.route(c, routes.fallback, undefined);
+    this.readHello(c, routes);
+  }
+
+  /** Reads until the ClientHello is complete (bounded in time and size), then routes by its name. */
+  private readHello(c: TcpConn, routes: PortRoutes): void {
+    const client = c.client;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => {
+      client.off('data', onData);
+      this.reject(c, 'hello timeout', `no complete TLS ClientHello within ${this.o.clientHeadersTimeoutMs} ms`);
+    }, this.o.clientHeadersTimeoutMs);
+    const onData = (d: Buffer) => {
+      chunks.push(d);
+      size += d.length;
+      const data = chunks.length === 1 ? d : Buffer.concat(chunks, size);
+      const r = readServerName(data);
+      if (r.kind === 'more') {
+        if (size > MAX_CLIENT_HELLO + 1024) {
+          clearTimeout(timer);
+          client.off('data', onData);
+          this.reject(c, 'bad hello', `more than ${MAX_CLIENT_HELLO} bytes without a complete ClientHello`);
+        }
+        return;
+      }
+      clearTimeout(timer);
+      client.off('data', onData);
+      client.pause();
+      c.head = data;
+      if (r.kind === 'error') {
+        // Not TLS at all: the port's plain-TCP service takes it, if it has one.
+        if (routes.fallback) return this.route(c, routes.fallback, undefined);
+        return this.reject(c, 'bad hello', `malformed or non-TLS ClientHello: ${r.reason}`);
+      }
+      const svc = r.kind === 'sni' ? (routes.sni(r.name) ?? routes.fallback) : routes.fallback;
+      if (!svc) return this.reject(c, 'unknown sni', r.kind === 'sni' ? `no TLS route for server name "${r.name}"` : 'ClientHello without a server name and no plain TCP route on the port');
+      this.route(c, svc, r.kind === 'sni' ? r.name : undefined);
+    };
+    client.on('data', onData);
+    client.resume();
+  }
+
+  private route(c: TcpConn, svc: TcpService | undefined, sni: string | undefined, avoid?: Peer): void {
+    if (c.closed) return;
+    if (!svc) return this.reject(c, 'no route', 'no route on this port any more');
+    c.service = svc;
+    const peer = svc.balancer.pick(avoid);
+    if (!peer) return this.reject(c, 'no endpoint', `service ${svc.key} has no serving endpoint`, { service: svc.key });
+    c.peer = peer;
+    peer.state.active++;
+    const ep = peer.endpoint;
+    const up = connect({ host: ep.address, port: ep.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_MS });
+    c.upstream = up;
+    let connected = false;
+    up.setTimeout(this.o.connectTimeoutMs);
+    const failed = (why: string) => {
+      if (connected || c.closed) return;
+      c.upstream = undefined;
+      up.destroy();
+      peer.state.active--;
+      c.peer = undefined;
+      this.outliers.connectFailed(peer.state);
+      // Nothing was sent: another endpoint (or the same one again when it is the only one) may take it.
+      if (avoid === undefined) return this.route(c, svc, sni, peer);
+      this.reject(c, 'connect failed', `cannot connect to ${ep.address}:${ep.port} of ${svc.key}: ${why}`, { service: svc.key });
+    };
+    up.once('timeout', () => failed(`no answer within ${this.o.connectTimeoutMs} ms`));
+    up.once('error', (err) => failed(err.message));
+    up.once('connect', () => {
+      if (c.closed) {
+        up.destroy();
+        return;
+      }
+      connected = true;
+      up.setTimeout(0);
+      up.removeAllListeners('error');
+      up.removeAllListeners('timeout');
+      // A connection that opened clears the endpoint's run of connect failures.
+      this.outliers.answered(peer.state, 0);
+      let set = this.byOrigin.get(peer.origin);
+      if (!set) this.byOrigin.set(peer.origin, (set = new Set()));
+      set.add(c);
+      this.accepted.inc({ service: svc.key });
+      if (ep.proxyProtocol === 'v2') up.write(proxyV2Header(c.client.remoteAddress, c.client.remotePort, c.client.localAddress, c.client.localPort));
+      if (c.head) up.write(c.head);
+      c.head = undefined;
+      this.splice(c, c.client, up);
+    });
+  }
+
+  /** Bytes both ways: each side pauses while the other cannot take more; ends are passed on. */
+  private splice(c: TcpConn, client: Socket, up: Socket): void {
+    client.on('data', (d: Buffer) => {
+      if (!up.write(d)) client.pause();
+    });
+    up.on('data', (d: Buffer) => {
+      if (!client.write(d)) up.pause();
+    });
+    up.on('drain', () => client.resume());
+    client.on('drain', () => up.resume());
+    client.on('end', () => up.end());
+    up.on('end', () => client.end());
+    up.on('error', () => this.finish(c, true));
+    // The endpoint closed: what it sent is flushed to the client, then the client is closed.
+    up.on('close', () => this.finish(c, false));
+    client.resume();
+  }
+
+  private finish(c: TcpConn, hard: boolean): void {
+    if (c.closed) {
+      if (hard) {
+        c.client.destroy();
+        c.upstream?.destroy();
+      }
+      return;
+    }
+    c.closed = true;
+    this.conns.delete(c);
+    if (c.peer) {
+      c.peer.state.active--;
+      this.byOrigin.get(c.peer.origin)?.delete(c);
+    }
+    c.upstream?.destroy();
+    if (hard) return void c.client.destroy();
+    // What the endpoint sent is flushed first; a client that never reads it is cut after a while.
+    const client = c.client;
+    const cut = setTimeout(() => client.destroy(), FLUSH_MS).unref();
+    client.end(() => {
+      clearTimeout(cut);
+      client.destroy();
+    });
+  }
+
+  private reject(c: TcpConn, reason: string, detail: string, extra: object = {}): void {
+    this.rejected.inc({ reason });
+    const now = Date.now();
+    const seen = this.rejectLog.get(reason);
+    if (!seen || now - seen.at >= REJECT_LOG_MS) {
+      this.log.warn({ client: c.client.remoteAddress, port: this.listenPort(c.port), reason: detail, notLogged: seen?.suppressed ?? 0, ...extra }, 'TCP connection closed before reaching an endpoint');
+      this.rejectLog.set(reason, { at: now, suppressed: 0 });
+    } else {
+      seen.suppressed++;
+    }
+    this.finish(c, true);
+  }
+
+  async close(graceMs: number): Promise<void> {
+    this.closing = true;
+    for (const s of this.listeners.values()) s.close();
+    this.listeners.clear();
+    const deadline = Date.now() + graceMs;
+    while (this.conns.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const c of [...this.conns]) this.finish(c, true);
+  }
+}
