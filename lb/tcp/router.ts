@@ -11,6 +11,7 @@ import { parseHostPort } from '../../api/options.js';
 import type { WatchEvent } from '../../api/types.js';
 import type { BalancerFactory, Peer } from '../balancer.js';
 import { reusePortListeners } from '../listeners.js';
+import { adoptAccepted, onreadInto } from '../reads.js';
 import type { PassiveHealth } from '../outliers.js';
 import { MAX_CLIENT_HELLO, readServerName } from './clienthello.js';
 import { proxyV2Header } from './proxy-header.js';
@@ -18,6 +19,12 @@ import { HTTPS_PORT, TcpRouteTable, type PortRoutes, type TcpService } from './r
 
 /** TCP keep-alive probes on both sides, so a vanished peer does not hold a connection forever. */
 const KEEPALIVE_MS = 60_000;
+/**
+ * Bytes queued for one side before the other stops reading. Above a socket's 16 KiB high-water
+ * mark (one 64 KiB read would pause it every time), low enough to bound memory per connection;
+ * past the mark Node still emits 'drain' once the queue is empty.
+ */
+const MAX_BUFFERED = 256 * 1024;
 /** How long a client gets to take the last bytes of an endpoint that closed. */
 const FLUSH_MS = 30_000;
 /** Rejections of one kind are logged once per this period, with how many were not logged. */
@@ -33,13 +40,18 @@ export type TcpRouterOptions = Pick<LbOptions, 'connectTimeoutMs' | 'clientHeade
 
 /** One proxied connection. */
 class TcpConn {
+  client!: Socket;
   upstream: Socket | undefined;
   peer: Peer | undefined;
-  service: TcpService | undefined;
-  /** Client bytes read before the upstream was there (the ClientHello). */
+  /** Client bytes read before the upstream was there (the ClientHello, or what came while connecting). */
   head: Buffer | undefined;
+  /** The port's routes while its ClientHello is being read. */
+  hello: PortRoutes | undefined;
+  helloTimer: NodeJS.Timeout | undefined;
+  /** Bytes flow both ways. */
+  spliced = false;
   closed = false;
-  constructor(readonly client: Socket, readonly port: number) {}
+  constructor(readonly port: number) {}
 }
 
 export class TcpRouter {
@@ -162,69 +174,75 @@ export class TcpRouter {
     );
   }
 
-  /** A connection on a TCP route's port. */
-  private accept(client: Socket, key: number): void {
-    const c = new TcpConn(client, key);
+  /** A connection on a TCP route's port (accepted paused; it reads through onread from here). */
+  private accept(accepted: Socket, key: number): void {
+    const routes = this.table.port(key);
+    const c = new TcpConn(key);
+    const client = (c.client = adoptAccepted(accepted, (chunk) => this.fromClient(c, chunk)));
     this.conns.add(c);
     client.on('error', () => this.finish(c, true));
     client.on('close', () => this.finish(c, true));
     client.setNoDelay(true);
     client.setKeepAlive(true, KEEPALIVE_MS);
-    const routes = this.table.port(key);
     if (!routes) return this.reject(c, 'no route', 'no route on this port any more');
     if (!routes.bySni) return this.route(c, routes.fallback, undefined);
-    this.readHello(c, routes);
+    c.hello = routes;
+    c.helloTimer = setTimeout(() => this.reject(c, 'hello timeout', `no complete TLS ClientHello within ${this.o.clientHeadersTimeoutMs} ms`), this.o.clientHeadersTimeoutMs);
   }
 
-  /** Reads until the ClientHello is complete (bounded in time and size), then routes by its name. */
-  private readHello(c: TcpConn, routes: PortRoutes): void {
-    const client = c.client;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const timer = setTimeout(() => {
-      client.off('data', onData);
-      this.reject(c, 'hello timeout', `no complete TLS ClientHello within ${this.o.clientHeadersTimeoutMs} ms`);
-    }, this.o.clientHeadersTimeoutMs);
-    const onData = (d: Buffer) => {
-      chunks.push(d);
-      size += d.length;
-      const data = chunks.length === 1 ? d : Buffer.concat(chunks, size);
-      const r = readServerName(data);
-      if (r.kind === 'more') {
-        if (size > MAX_CLIENT_HELLO + 1024) {
-          clearTimeout(timer);
-          client.off('data', onData);
-          this.reject(c, 'bad hello', `more than ${MAX_CLIENT_HELLO} bytes without a complete ClientHello`);
-        }
-        return;
-      }
-      clearTimeout(timer);
-      client.off('data', onData);
-      client.pause();
-      c.head = data;
-      if (r.kind === 'error') {
-        // Not TLS at all: the port's plain-TCP service takes it, if it has one.
-        if (routes.fallback) return this.route(c, routes.fallback, undefined);
-        return this.reject(c, 'bad hello', `malformed or non-TLS ClientHello: ${r.reason}`);
-      }
-      const svc = r.kind === 'sni' ? (routes.sni(r.name) ?? routes.fallback) : routes.fallback;
-      if (!svc) return this.reject(c, 'unknown sni', r.kind === 'sni' ? `no TLS route for server name "${r.name}"` : 'ClientHello without a server name and no plain TCP route on the port');
-      this.route(c, svc, r.kind === 'sni' ? r.name : undefined);
-    };
-    client.on('data', onData);
-    client.resume();
+  /** Client bytes: the ClientHello being read, or held until the endpoint is connected, or passed on. */
+  private fromClient(c: TcpConn, chunk: Buffer): void {
+    const up = c.upstream;
+    if (up !== undefined && c.spliced) {
+      up.write(chunk);
+      if (up.writableLength > MAX_BUFFERED) c.client.pause();
+      return;
+    }
+    c.head = c.head === undefined ? chunk : Buffer.concat([c.head, chunk]);
+    if (c.hello === undefined) {
+      // Connecting: hold what came and stop reading until the endpoint is there.
+      c.client.pause();
+      return;
+    }
+    this.readHello(c, c.hello, c.head);
+  }
+
+  /** Routes by the ClientHello's server name once it is complete (bounded in time and size). */
+  private readHello(c: TcpConn, routes: PortRoutes, data: Buffer): void {
+    const r = readServerName(data);
+    if (r.kind === 'more') {
+      if (data.length > MAX_CLIENT_HELLO + 1024) this.reject(c, 'bad hello', `more than ${MAX_CLIENT_HELLO} bytes without a complete ClientHello`);
+      return;
+    }
+    clearTimeout(c.helloTimer);
+    c.hello = undefined;
+    c.client.pause();
+    if (r.kind === 'error') {
+      // Not TLS at all: the port's plain-TCP service takes it, if it has one.
+      if (routes.fallback) return this.route(c, routes.fallback, undefined);
+      return this.reject(c, 'bad hello', `malformed or non-TLS ClientHello: ${r.reason}`);
+    }
+    const svc = r.kind === 'sni' ? (routes.sni(r.name) ?? routes.fallback) : routes.fallback;
+    if (!svc) return this.reject(c, 'unknown sni', r.kind === 'sni' ? `no TLS route for server name "${r.name}"` : 'ClientHello without a server name and no plain TCP route on the port');
+    this.route(c, svc, r.kind === 'sni' ? r.name : undefined);
   }
 
   private route(c: TcpConn, svc: TcpService | undefined, sni: string | undefined, avoid?: Peer): void {
     if (c.closed) return;
     if (!svc) return this.reject(c, 'no route', 'no route on this port any more');
-    c.service = svc;
     const peer = svc.balancer.pick(avoid);
     if (!peer) return this.reject(c, 'no endpoint', `service ${svc.key} has no serving endpoint`, { service: svc.key });
     c.peer = peer;
     peer.state.active++;
     const ep = peer.endpoint;
-    const up = connect({ host: ep.address, port: ep.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_MS });
+    const client = c.client;
+    const up = connect({
+      host: ep.address, port: ep.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_MS,
+      onread: onreadInto((chunk) => {
+        client.write(chunk);
+        if (client.writableLength > MAX_BUFFERED) up.pause();
+      }),
+    });
     c.upstream = up;
     let connected = false;
     up.setTimeout(this.o.connectTimeoutMs);
@@ -256,29 +274,22 @@ export class TcpRouter {
       if (!set) this.byOrigin.set(peer.origin, (set = new Set()));
       set.add(c);
       this.accepted.inc({ service: svc.key });
-      if (ep.proxyProtocol === 'v2') up.write(proxyV2Header(c.client.remoteAddress, c.client.remotePort, c.client.localAddress, c.client.localPort));
+      if (ep.proxyProtocol === 'v2') up.write(proxyV2Header(client.remoteAddress, client.remotePort, client.localAddress, client.localPort));
       if (c.head) up.write(c.head);
       c.head = undefined;
-      this.splice(c, c.client, up);
+      c.spliced = true;
+      // Each side pauses while the other cannot take more; half-closes are passed on.
+      up.on('drain', () => client.resume());
+      client.on('drain', () => up.resume());
+      client.on('end', () => up.end());
+      up.on('end', () => client.end());
+      up.on('error', () => this.finish(c, true));
+      // The endpoint closed: what it sent is flushed to the client, then the client is closed.
+      up.on('close', () => this.finish(c, false));
+      // Flowing, so that an end of stream is seen ('end') even though bytes arrive through onread.
+      up.resume();
+      client.resume();
     });
-  }
-
-  /** Bytes both ways: each side pauses while the other cannot take more; ends are passed on. */
-  private splice(c: TcpConn, client: Socket, up: Socket): void {
-    client.on('data', (d: Buffer) => {
-      if (!up.write(d)) client.pause();
-    });
-    up.on('data', (d: Buffer) => {
-      if (!client.write(d)) up.pause();
-    });
-    up.on('drain', () => client.resume());
-    client.on('drain', () => up.resume());
-    client.on('end', () => up.end());
-    up.on('end', () => client.end());
-    up.on('error', () => this.finish(c, true));
-    // The endpoint closed: what it sent is flushed to the client, then the client is closed.
-    up.on('close', () => this.finish(c, false));
-    client.resume();
   }
 
   private finish(c: TcpConn, hard: boolean): void {
@@ -290,6 +301,7 @@ export class TcpRouter {
       return;
     }
     c.closed = true;
+    clearTimeout(c.helloTimer);
     this.conns.delete(c);
     if (c.peer) {
       c.peer.state.active--;

@@ -10,6 +10,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   cni: async () => (await import('./cni.js')).benchCni(),
   lb: async () => (await import('./lb.js')).benchLb(),
   'lb-h2': async () => (await import('./lb-h2.js')).benchLbH2(),
+  'lb-tcp': async () => (await import('./lb-tcp.js')).benchLbTcp(),
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
