@@ -74,6 +74,8 @@ export class LbThread {
     // HTTP/2 for the clients that offer it (h2.ts), HTTP/1.1 for the rest and for WebSocket.
     // The server's own certificate is the fallback one: clients without SNI get it.
     const server = this.proxy.serve(createTlsServer({ SNICallback: certs.sniCallback, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
+    // SNI routes without a port (lb/tcp/) are passed through on this port, before TLS.
+    this.tcp.shareHttps(server);
     certs.watch((r) => {
       if (r.ok) server.setSecureContext(certs.defaultPair());
       if (this.thread !== 0) return;

@@ -174,6 +174,65 @@ export class TcpRouter {
     );
   }
 
+  /**
+   * SNI routes without a port share the HTTPS port of an LB that terminates TLS there: a hello
+   * naming one of them is passed through, everything else goes to `server`'s own TLS (the bytes
+   * read are put back first). Costs nothing while there is no such route.
+   */
+  shareHttps(server: Server): void {
+    const tlsListeners = server.listeners('connection') as Array<(s: Socket) => void>;
+    server.removeAllListeners('connection');
+    const terminate = (raw: Socket) => {
+      for (const l of tlsListeners) l.call(server, raw);
+    };
+    server.on('connection', (raw: Socket) => {
+      const routes = this.table.port(HTTPS_PORT);
+      if (!routes?.bySni || this.closing) return terminate(raw);
+      this.peekHttps(raw, routes, terminate);
+    });
+  }
+
+  private peekHttps(raw: Socket, routes: PortRoutes, terminate: (raw: Socket) => void): void {
+    let data: Buffer | undefined;
+    const done = () => {
+      clearTimeout(timer);
+      raw.off('data', onData);
+      raw.off('error', onError);
+      raw.pause();
+    };
+    const handOver = () => {
+      done();
+      if (data) raw.unshift(data);
+      terminate(raw);
+    };
+    // Too slow or too long a hello: the TLS server's own handshake rules deal with it.
+    const timer = setTimeout(handOver, this.o.clientHeadersTimeoutMs);
+    const onError = () => {
+      done();
+      raw.destroy();
+    };
+    const onData = (chunk: Buffer) => {
+      data = data === undefined ? chunk : Buffer.concat([data, chunk]);
+      const r = readServerName(data);
+      if (r.kind === 'more' && data.length <= MAX_CLIENT_HELLO + 1024) return;
+      const svc = r.kind === 'sni' ? routes.sni(r.name) : undefined;
+      if (!svc || r.kind !== 'sni') return handOver();
+      done();
+      const c = new TcpConn(HTTPS_PORT);
+      c.client = raw;
+      c.head = data;
+      this.conns.add(c);
+      raw.on('data', (d: Buffer) => this.fromClient(c, d));
+      raw.on('error', () => this.finish(c, true));
+      raw.on('close', () => this.finish(c, true));
+      raw.setNoDelay(true);
+      raw.setKeepAlive(true, KEEPALIVE_MS);
+      this.route(c, svc, r.name);
+    };
+    raw.on('data', onData);
+    raw.on('error', onError);
+  }
+
   /** A connection on a TCP route's port (accepted paused; it reads through onread from here). */
   private accept(accepted: Socket, key: number): void {
     const routes = this.table.port(key);

@@ -3,13 +3,16 @@
 // and real servers and clients: redis-server + redis-cli, PostgreSQL + psql, `openssl s_server` +
 // `openssl s_client`, HAProxy reading the PROXY v2 header.
 import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect, type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startDaemon, type Daemon } from '../../test/support/corral.js';
 import { cliOk } from '../../test/support/lb.js';
 import { run } from '../../test/support/netns.js';
-import { redisCli, startPostgres, startProxyProtocolEcho, startRedis, startTlsServer, tlsSubject, type TcpServer } from '../../test/support/tcp.js';
+import { redisCli, selfSigned, startPostgres, startProxyProtocolEcho, startRedis, startTlsServer, tlsSubject, type TcpServer } from '../../test/support/tcp.js';
 import { until } from '../../test/support/until.js';
 
 const exec = promisify(execFile);
@@ -185,6 +188,24 @@ describe('TLS routes by SNI (corral.tls.sni)', () => {
     servers.push(c);
     await applied(await register('tls-c', c, ['--tls-sni', 'c.test']));
     await until('c.test on the HTTPS port', async () => (await tlsSubject(httpsPort, 'c.test')) === 'c.test', { detail });
+  });
+
+  it('shares the HTTPS port with an LB that terminates TLS there: routed names pass through, the others get the LB\'s own certificate', async () => {
+    const d = await startTlsServer('d.test');
+    servers.push(d);
+    const certs = mkdtempSync(join(tmpdir(), 'corral-tcp-certs-'));
+    await selfSigned(certs, 'web.test');
+    const port = await freePort();
+    const tlsLb = await startDaemon('lb', { args: ['--agent-socket', agent.socket, '--lb-threads', '2', '--tls-cert-dir', certs, '--https-listen', `127.0.0.1:${port}`] });
+    try {
+      await register('tls-d', d, ['--tls-sni', 'd.test']);
+      await until('d.test passed through on the terminating LB\'s HTTPS port', async () => (await tlsSubject(port, 'd.test')) === 'd.test', { detail: () => tlsLb.logs().slice(-3000) });
+      expect(await tlsSubject(port, 'web.test')).toBe('web.test');
+      expect(await tlsSubject(port, 'other.test')).toBe('web.test');
+    } finally {
+      await tlsLb.stop();
+      rmSync(certs, { recursive: true, force: true });
+    }
   });
 
   it('refuses labels that make no sense, saying which', async () => {
