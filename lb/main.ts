@@ -112,6 +112,8 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
       revision: Math.min(...all.map((t) => t.revision)),
       ready: ready(),
       ...routes.stats,
+      ...main.tcp.table.stats,
+      tcpConnections: all.reduce((n, t) => n + t.tcpConnections, 0),
       upstreamPools: all.reduce((n, t) => n + t.upstreamPools, 0),
       ejected: Math.max(...all.map((t) => t.ejected)),
       threads: all.length,

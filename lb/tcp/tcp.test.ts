@@ -133,6 +133,33 @@ describe('TCP routes (corral.tcp.port)', () => {
     expect(answers).toEqual(new Array(12).fill('b'));
   });
 
+  it('drains an endpoint that leaves: new connections go elsewhere at once, open ones are closed after its drain time', async () => {
+    const a = await startRedis('a');
+    const b = await startRedis('b');
+    servers.push(a, b);
+    const port = await freePort();
+    await register('queue', a, ['--tcp-port', String(port)]);
+    await applied(await register('queue', b, ['--tcp-port', String(port)]));
+    // A connection that landed on a.
+    let held: Socket | undefined;
+    await until('a connection to a', async () => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.on('error', () => undefined);
+      await new Promise((r) => s.once('connect', r));
+      if ((await ask(s, 'GET color')) === 'a') return (held = s);
+      s.destroy();
+      return undefined;
+    }, { detail });
+    const closed = new Promise<number>((r) => held!.once('close', () => r(Date.now())));
+    const out = JSON.parse(await cli(['deregister', 'queue', `127.0.0.1:${a.port}`, '--json'])) as { revision: number; endpoint: { drainMs: number } };
+    const leftAt = Date.now();
+    await applied(out.revision);
+    for (let i = 0; i < 6; i++) expect((await redisCli(port, ['GET', 'color'])).trim()).toBe('b');
+    expect(await ask(held!, 'GET color')).toBe('a'); // still served while draining
+    const at = await closed;
+    expect(at - leftAt).toBeGreaterThanOrEqual(out.endpoint.drainMs - 1_000);
+  }, 60_000);
+
   it('carries psql to PostgreSQL', async () => {
     const pg = await startPostgres();
     servers.push(pg);
