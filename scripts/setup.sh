@@ -11,7 +11,7 @@ want_test=0
 
 # command -> Debian package
 runtime=(dockerd:docker.io nft:nftables ip:iproute2 wireguard-go:wireguard-go cgroupfs-mount:cgroupfs-mount)
-testing=(dig:dnsutils kdig:knot-dnsutils unbound:unbound dnsperf:dnsperf busybox:busybox-static curl:curl wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light etcd:etcd-server iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping podman:podman ctr:containerd chromium:chromium prometheus:prometheus promtool:prometheus pebble:pebble docker-compose:docker-compose redis-server:redis-server redis-cli:redis-tools psql:postgresql-client)
+testing=(dig:dnsutils kdig:knot-dnsutils unbound:unbound dnsperf:dnsperf busybox:busybox-static curl:curl wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light etcd:etcd-server iperf3:iperf3 tcpdump:tcpdump ping:iputils-ping podman:podman ctr:containerd chromium:chromium prometheus:prometheus promtool:prometheus pebble:pebble docker-compose:docker-compose redis-server:redis-server redis-cli:redis-tools psql:postgresql-client openssl:openssl)
 
 missing=()
 check() { for pair in "$@"; do cmd=${pair%%:*}; pkg=${pair#*:}; command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg"); done; }
@@ -19,6 +19,8 @@ check "${runtime[@]}"
 [ "$want_test" = 1 ] && check "${testing[@]}"
 # busybox must be the static build: it runs inside containers made from an empty rootfs.
 if [ "$want_test" = 1 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
+# The PostgreSQL server: lb/tcp tests run a private cluster (initdb, postgres are not on PATH).
+if [ "$want_test" = 1 ] && ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then missing+=(postgresql); fi
 # The reference CNI plugins (portmap chains after corral-cni in tests; bridge/host-local are the bench anchor).
 if [ "$want_test" = 1 ] && [ ! -x /usr/lib/cni/portmap ]; then missing+=(containernetworking-plugins); fi
 

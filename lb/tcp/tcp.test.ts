@@ -7,6 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startDaemon, type Daemon } from '../../test/support/corral.js';
@@ -72,6 +74,42 @@ function ask(s: Socket, command: string): Promise<string> {
   });
 }
 
+/**
+ * A real TLS handshake (Node's client) whose bytes reach the LB 1-7 bytes per TCP segment, 1 ms
+ * apart: the CN of the certificate the far end presented.
+ */
+async function trickledHandshake(port: number, servername: string): Promise<string> {
+  const raw = connect({ host: '127.0.0.1', port, noDelay: true });
+  await new Promise((r) => raw.once('connect', r));
+  const slow = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, done) {
+      void (async () => {
+        for (let i = 0; i < chunk.length;) {
+          const n = 1 + Math.floor(Math.random() * 7);
+          raw.write(chunk.subarray(i, i + n));
+          i += n;
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        done();
+      })();
+    },
+  });
+  raw.on('data', (d: Buffer) => slow.push(d));
+  raw.on('end', () => slow.push(null));
+  const tls = tlsConnect({ socket: slow, servername, rejectUnauthorized: false });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      tls.once('secureConnect', () => resolve());
+      tls.once('error', reject);
+    });
+    return String(tls.getPeerCertificate().subject?.CN ?? '');
+  } finally {
+    tls.destroy();
+    raw.destroy();
+  }
+}
+
 describe('TCP routes (corral.tcp.port)', () => {
   it('carries redis-cli to redis-server, and a color switch under a client loop fails no command; open connections stay on the old color', async () => {
     const blue = await startRedis('blue');
@@ -83,6 +121,8 @@ describe('TCP routes (corral.tcp.port)', () => {
     const r0 = (JSON.parse(await cli(['switch', 'cache', 'blue', '--json'])) as { revision: number }).revision;
     await applied(r0);
     await until('redis-cli through the LB', async () => (await redisCli(port, ['GET', 'color'])).trim() === 'blue', { detail });
+    // Both threads of the LB accept on the port (SO_REUSEPORT), like its HTTP port.
+    await until('both LB threads listening on the TCP port', () => lb.logs().split('\n').filter((l) => l.includes('listening for a TCP route') && l.includes(`"port":${port}`)).length === 2, { detail });
 
     // A connection opened before the switch: it must keep working, on blue, after it.
     const held = connect({ host: '127.0.0.1', port });
@@ -195,6 +235,9 @@ describe('TLS routes by SNI (corral.tls.sni)', () => {
     expect(await tlsSubject(port, 'b.test')).toBe('b.test');
     expect(await tlsSubject(port, 'x.b.test')).toBe('b.test');
     expect(await tlsSubject(port, 'A.TEST')).toBe('a.test');
+
+    // A ClientHello trickling in a few bytes per TCP segment is still routed by its name.
+    expect(await trickledHandshake(port, 'b.test')).toBe('b.test');
 
     expect(await tlsSubject(port, 'nobody.test')).toBe('');
     await until('the unknown name logged', () => lb.logs().includes('no TLS route for server name \\"nobody.test\\"'), { detail });
