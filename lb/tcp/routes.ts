@@ -99,8 +99,8 @@ export class TcpRouteTable {
   apply(ev: WatchEvent): void {
     const touched = new Set<ServiceState>();
     if (ev.snapshot) {
-      const old = new Map(this.services);
-      for (const s of old.values()) {
+      // Every known service is emptied, then refilled from the snapshot; those left empty go.
+      for (const s of this.services.values()) {
         s.endpoints.clear();
         s.record = undefined;
         touched.add(s);

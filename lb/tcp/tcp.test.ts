@@ -278,6 +278,16 @@ describe('TLS routes by SNI (corral.tls.sni)', () => {
     }
   });
 
+  it('does not take the LB\'s own HTTP port for a TCP route, and says so', async () => {
+    const a = await startRedis('a');
+    servers.push(a);
+    await applied(await register('clash', a, ['--tcp-port', String(lb.httpPort)]));
+    await until('the refusal logged', () => lb.logs().includes(`port ${lb.httpPort} is the LB's own HTTP or HTTPS port`), { detail });
+    const res = await fetch(`http://127.0.0.1:${lb.httpPort}/`, { headers: { host: 'nothing.test' } });
+    expect(res.status).toBe(404); // still the HTTP listener, answering for itself
+    await cli(['deregister', 'clash', `127.0.0.1:${a.port}`]);
+  });
+
   it('refuses labels that make no sense, saying which', async () => {
     const bad = await agent.cli(['register', 'x', '127.0.0.1:9', '--proxy-protocol', 'v2']);
     expect(bad.code).toBe(2); // bad usage, as every invalid argument
