@@ -76,10 +76,10 @@ export class TcpRouter {
     registry: Registry,
     private readonly log: Logger,
   ) {
-    this.table = new TcpRouteTable(newBalancer, log);
     const http = o.httpListen ? parseHostPort(o.httpListen, '--http-listen') : { host: '', port: 0 };
     this.host = http.host;
     this.httpsPort = parseHostPort(o.httpsListen, '--https-listen').port;
+    this.table = new TcpRouteTable(newBalancer, log, o.terminatesHttps ? HTTPS_PORT : this.httpsPort);
     this.reserved = new Set([http.port, ...(o.terminatesHttps ? [this.httpsPort] : [])].filter((p) => p > 0));
     this.rejected = new Counter({ name: 'corral_lb_tcp_rejected_total', help: 'TCP/TLS connections closed before reaching an endpoint, by reason', labelNames: ['reason'], registers: [registry] });
     this.accepted = new Counter({ name: 'corral_lb_tcp_connections_total', help: 'TCP/TLS connections forwarded to an endpoint, by service', labelNames: ['service'], registers: [registry] });

@@ -78,6 +78,11 @@ export class TcpRouteTable {
   constructor(
     private readonly newBalancer: BalancerFactory,
     private readonly log?: Logger,
+    /**
+     * Where SNI routes without `tcpPort` go: HTTPS_PORT when the LB terminates HTTPS (they share
+     * its listener), else the HTTPS port's number (a plain route on that port is their fallback).
+     */
+    private readonly sniPort: number = HTTPS_PORT,
   ) {}
 
   /** The routes of a port (HTTPS_PORT for SNI routes on the HTTPS port), or undefined. */
@@ -156,10 +161,10 @@ export class TcpRouteTable {
     const endpoints = [...s.endpoints.values()];
     const next = new Set<string>();
     for (const ep of endpoints) {
-      const port = ep.tcpPort ?? 0;
+      const port = ep.tcpPort || this.sniPort;
       const names = ep.tlsSni ?? [];
       if (names.length > 0) for (const n of names) next.add(`${port} ${n}`);
-      else if (port > 0) next.add(String(port));
+      else if (ep.tcpPort) next.add(String(ep.tcpPort));
     }
     for (const c of s.claims) if (!next.has(c)) this.release(s, c);
     for (const c of next) if (!s.claims.has(c)) this.claim(s, c);

@@ -101,16 +101,29 @@ export async function benchLbTcp(): Promise<BenchSection> {
     }
     await untilAccepts(lbPort, 'corral lb TCP route');
 
+    // A run iperf3 reports as failed is noted, per side, and made again (at most twice).
+    const failures = { corral: [] as string[], haproxy: [] as string[] };
+    const attempt = async (port: number, seconds: number, reverse: boolean, pid?: number): Promise<IperfResult> => {
+      const side = port === lbPort ? failures.corral : failures.haproxy;
+      for (let i = 0; ; i++) {
+        try {
+          return await iperf(port, seconds, reverse, pid);
+        } catch (err) {
+          side.push((err as Error).message.slice(0, 200));
+          if (i >= 2) throw err;
+        }
+      }
+    };
     const hp = haproxy.pid;
     const cp = lb.child.pid;
-    for (const port of [haproxyPort, lbPort]) await iperf(port, 2, false);
+    for (const port of [haproxyPort, lbPort]) await attempt(port, 2, false);
     const better = (a: IperfResult, b: IperfResult) => (a.gbps >= b.gbps ? a : b);
     const measure = async (reverse: boolean) => {
-      let h = await iperf(haproxyPort, SECONDS, reverse, hp);
-      let c = await iperf(lbPort, SECONDS, reverse, cp);
+      let h = await attempt(haproxyPort, SECONDS, reverse, hp);
+      let c = await attempt(lbPort, SECONDS, reverse, cp);
       for (let i = 1; i < RUNS; i++) {
-        h = better(h, await iperf(haproxyPort, SECONDS, reverse, hp));
-        c = better(c, await iperf(lbPort, SECONDS, reverse, cp));
+        h = better(h, await attempt(haproxyPort, SECONDS, reverse, hp));
+        c = better(c, await attempt(lbPort, SECONDS, reverse, cp));
       }
       return { h, c };
     };
@@ -128,7 +141,10 @@ export async function benchLbTcp(): Promise<BenchSection> {
         { metric: 'proxy CPU per GB client→server', ours: up.c.cpuSPerGB, anchor: up.h.cpuSPerGB, unit: 's/GB', ratio: ratioLowerBetter(up.c.cpuSPerGB, up.h.cpuSPerGB) },
         { metric: 'proxy CPU per GB server→client', ours: down.c.cpuSPerGB, anchor: down.h.cpuSPerGB, unit: 's/GB', ratio: ratioLowerBetter(down.c.cpuSPerGB, down.h.cpuSPerGB) },
       ],
-      notes: ['the same thread count on both sides: one; with --lb-threads N the LB accepts TCP routes on N threads (SO_REUSEPORT), like nbthread N'],
+      notes: [
+        'the same thread count on both sides: one; with --lb-threads N the LB accepts TCP routes on N threads (SO_REUSEPORT), like nbthread N',
+        `iperf3 runs that failed and were made again: corral ${failures.corral.length}${failures.corral.length ? ` (${failures.corral.join('; ')})` : ''}, HAProxy ${failures.haproxy.length}${failures.haproxy.length ? ` (${failures.haproxy.join('; ')})` : ''}`,
+      ],
     };
   } finally {
     await lb?.stop();
