@@ -1,6 +1,6 @@
 // TCP routing throughput: iperf3 through a `corral.tcp.port` route of `corral lb --lb-threads 1`
 // (lb/tcp/) versus HAProxy `mode tcp` (nbthread 1, its defaults: no splicing), both in front of
-// the same iperf3 server, one thread each. Both directions (client→server, and -R), best of four
+// the same iperf3 server, one thread each. Both directions (client→server, and -R), best of six
 // alternating runs each. Target (issue 16): ≥ 0.8× HAProxy's throughput.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,9 +15,9 @@ import { stopChild } from './lb.js';
 import type { BenchSection } from './report.js';
 import { ratioHigherBetter, ratioLowerBetter } from './report.js';
 
-const SECONDS = 5;
+const SECONDS = 3;
 /** Alternating runs per side and direction; the best of each is kept (a busy machine only slows runs down). */
-const RUNS = 4;
+const RUNS = 6;
 const STREAMS = 4;
 
 interface IperfResult { gbps: number; cpuSPerGB: number }
