@@ -118,23 +118,24 @@ export async function benchLbTcp(): Promise<BenchSection> {
     const cp = lb.child.pid;
     for (const port of [haproxyPort, lbPort]) await attempt(port, 2, false);
     const better = (a: IperfResult, b: IperfResult) => (a.gbps >= b.gbps ? a : b);
-    const measure = async (reverse: boolean) => {
-      let h = await attempt(haproxyPort, SECONDS, reverse, hp);
-      let c = await attempt(lbPort, SECONDS, reverse, cp);
-      for (let i = 1; i < RUNS; i++) {
-        h = better(h, await attempt(haproxyPort, SECONDS, reverse, hp));
-        c = better(c, await attempt(lbPort, SECONDS, reverse, cp));
-      }
-      return { h, c };
-    };
-    const up = await measure(false);
-    const down = await measure(true);
+    // Sides and directions alternate within each round, so a burst of load elsewhere on the
+    // machine falls on all four rather than on one of them.
+    const runs = { upH: [] as IperfResult[], upC: [] as IperfResult[], downH: [] as IperfResult[], downC: [] as IperfResult[] };
+    for (let i = 0; i < RUNS; i++) {
+      runs.upH.push(await attempt(haproxyPort, SECONDS, false, hp));
+      runs.upC.push(await attempt(lbPort, SECONDS, false, cp));
+      runs.downH.push(await attempt(haproxyPort, SECONDS, true, hp));
+      runs.downC.push(await attempt(lbPort, SECONDS, true, cp));
+    }
+    const best = (l: IperfResult[]) => l.reduce(better);
+    const up = { h: best(runs.upH), c: best(runs.upC) };
+    const down = { h: best(runs.downH), c: best(runs.downC) };
     const target = (c: IperfResult, h: IperfResult) => ({ target: '≥ 0.8×', pass: c.gbps / h.gbps >= 0.8 });
 
     return {
       title: 'TCP routing: iperf3 through a corral.tcp.port route',
       anchor: 'HAProxy 2.6 `mode tcp` (nbthread 1, default buffers, no splice)',
-      conditions: `iperf3 -t ${SECONDS} -P ${STREAMS} to an iperf3 server, through \`corral lb --lb-threads 1\` (one thread, like nbthread 1; route registered with tcpPort, fed by a real \`corral agent\`) and through HAProxy; client, proxy and server on 127.0.0.1 sharing the machine's cores; better of ${RUNS} alternating runs each after a 2 s warm-up (the machine is shared and busy: runs vary by 2× either way); CPU is the proxy process's user + system time during the kept run`,
+      conditions: `iperf3 -t ${SECONDS} -P ${STREAMS} to an iperf3 server, through \`corral lb --lb-threads 1\` (one thread, like nbthread 1; route registered with tcpPort, fed by a real \`corral agent\`) and through HAProxy; client, proxy and server on 127.0.0.1 sharing the machine's cores; best of ${RUNS} rounds, each round running HAProxy and corral in both directions one after the other, after a 2 s warm-up (the machine is shared and busy: runs vary by 2× either way); CPU is the proxy process's user + system time during the kept run`,
       rows: [
         { metric: 'throughput client→server vs HAProxy', ours: up.c.gbps, anchor: up.h.gbps, unit: 'Gbit/s', ratio: ratioHigherBetter(up.c.gbps, up.h.gbps), ...target(up.c, up.h) },
         { metric: 'throughput server→client (-R) vs HAProxy', ours: down.c.gbps, anchor: down.h.gbps, unit: 'Gbit/s', ratio: ratioHigherBetter(down.c.gbps, down.h.gbps), ...target(down.c, down.h) },
@@ -143,6 +144,7 @@ export async function benchLbTcp(): Promise<BenchSection> {
       ],
       notes: [
         'the same thread count on both sides: one; with --lb-threads N the LB accepts TCP routes on N threads (SO_REUSEPORT), like nbthread N',
+        `every run, Gbit/s: client→server corral ${runs.upC.map((r) => r.gbps.toFixed(1)).join(', ')} / HAProxy ${runs.upH.map((r) => r.gbps.toFixed(1)).join(', ')}; server→client corral ${runs.downC.map((r) => r.gbps.toFixed(1)).join(', ')} / HAProxy ${runs.downH.map((r) => r.gbps.toFixed(1)).join(', ')}`,
         `iperf3 runs that failed and were made again: corral ${failures.corral.length}${failures.corral.length ? ` (${failures.corral.join('; ')})` : ''}, HAProxy ${failures.haproxy.length}${failures.haproxy.length ? ` (${failures.haproxy.join('; ')})` : ''}`,
       ],
     };
