@@ -198,6 +198,7 @@ export class TcpRouter {
       clearTimeout(timer);
       raw.off('data', onData);
       raw.off('error', onError);
+      raw.off('close', done);
       raw.pause();
     };
     const handOver = () => {
@@ -231,6 +232,7 @@ export class TcpRouter {
     };
     raw.on('data', onData);
     raw.on('error', onError);
+    raw.once('close', done); // gone mid-hello: nothing left to wait for
   }
 
   /** A connection on a TCP route's port (accepted paused; it reads through onread from here). */
@@ -246,6 +248,11 @@ export class TcpRouter {
     if (!routes) return this.reject(c, 'no route', 'no route on this port any more');
     if (!routes.bySni) return this.route(c, routes.fallback, undefined);
     c.hello = routes;
+    // Flowing (bytes still come through onread), so that a client closing mid-hello is seen.
+    client.once('end', () => {
+      if (c.hello) this.reject(c, 'cut hello', 'the client closed before its ClientHello was complete');
+    });
+    client.resume();
     c.helloTimer = setTimeout(() => this.reject(c, 'hello timeout', `no complete TLS ClientHello within ${this.o.clientHeadersTimeoutMs} ms`), this.o.clientHeadersTimeoutMs);
   }
 

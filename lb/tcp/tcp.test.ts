@@ -250,6 +250,12 @@ describe('TLS routes by SNI (corral.tls.sni)', () => {
       await new Promise((r) => s.once('close', r));
     }
     await until('the malformed hello logged', () => lb.logs().includes('malformed or non-TLS ClientHello'), { detail });
+    // Half a hello, then the client's FIN: closed at once, not after the hello timeout.
+    const half = connect({ host: '127.0.0.1', port });
+    half.on('error', () => undefined);
+    half.end(Buffer.from([22, 3, 1, 1, 0, 1, 0, 0, 252, 3, 3]));
+    await new Promise((r) => half.once('close', r));
+    await until('the cut hello logged', () => lb.logs().includes('the client closed before its ClientHello was complete'), { detail });
     expect(await tlsSubject(port, 'b.test')).toBe('b.test');
   });
 
