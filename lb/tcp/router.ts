@@ -11,7 +11,7 @@ import { parseHostPort } from '../../api/options.js';
 import type { WatchEvent } from '../../api/types.js';
 import type { BalancerFactory, Peer } from '../balancer.js';
 import { reusePortListeners } from '../listeners.js';
-import { adoptAccepted, onreadInto } from '../reads.js';
+import { adoptAccepted } from '../reads.js';
 import type { PassiveHealth } from '../outliers.js';
 import { MAX_CLIENT_HELLO, readServerName } from './clienthello.js';
 import { proxyV2Header } from './proxy-header.js';
@@ -25,6 +25,28 @@ const KEEPALIVE_MS = 60_000;
  * past the mark Node still emits 'drain' once the queue is empty.
  */
 const MAX_BUFFERED = 256 * 1024;
+/** Bytes in flight are copied into reusable chunks of this size, shared by the thread's connections. */
+const CHUNK = 64 * 1024;
+/** Chunks kept for reuse (16 MiB); more in flight are allocated and left to the GC. */
+const POOL_MAX = 256;
+const pool: Buffer[] = [];
+/** What every TCP socket of this thread reads into, valid only inside its onread callback. */
+const READ = Buffer.allocUnsafe(CHUNK);
+
+/**
+ * Sends the `n` bytes just read (in READ) on `dst`: copied into a pooled chunk that goes back to
+ * the pool once written, so a gigabyte costs no allocation (malloc, brk and GC were about a third
+ * of the CPU with a fresh buffer per read). Returns how many bytes `dst` has queued.
+ */
+function forward(dst: Socket, n: number): number {
+  const chunk = pool.pop() ?? Buffer.allocUnsafeSlow(CHUNK);
+  READ.copy(chunk, 0, 0, n);
+  dst.write(n === CHUNK ? chunk : chunk.subarray(0, n), () => {
+    if (pool.length < POOL_MAX) pool.push(chunk);
+  });
+  return dst.writableLength;
+}
+
 /** How long a client gets to take the last bytes of an endpoint that closed. */
 const FLUSH_MS = 30_000;
 /** Rejections of one kind are logged once per this period, with how many were not logged. */
@@ -239,7 +261,17 @@ export class TcpRouter {
   private accept(accepted: Socket, key: number): void {
     const routes = this.table.port(key);
     const c = new TcpConn(key);
-    const client = (c.client = adoptAccepted(accepted, (chunk) => this.fromClient(c, chunk)));
+    const fromClient = (chunk: Buffer) => this.fromClient(c, chunk);
+    const client = (c.client = adoptAccepted(accepted, fromClient, {
+      buffer: READ,
+      callback: (n: number) => {
+        // Spliced: straight into a pooled chunk; before that, a copy of its own (hello, or held).
+        if (c.spliced && c.upstream !== undefined) {
+          if (forward(c.upstream, n) > MAX_BUFFERED) c.client.pause();
+        } else fromClient(Buffer.from(READ.subarray(0, n)));
+        return true;
+      },
+    }));
     this.conns.add(c);
     client.on('error', () => this.finish(c, true));
     client.on('close', () => this.finish(c, true));
@@ -304,10 +336,13 @@ export class TcpRouter {
     const client = c.client;
     const up = connect({
       host: ep.address, port: ep.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: KEEPALIVE_MS,
-      onread: onreadInto((chunk) => {
-        client.write(chunk);
-        if (client.writableLength > MAX_BUFFERED) up.pause();
-      }),
+      onread: {
+        buffer: READ,
+        callback: (n: number) => {
+          if (forward(client, n) > MAX_BUFFERED) up.pause();
+          return true;
+        },
+      },
     });
     c.upstream = up;
     let connected = false;
