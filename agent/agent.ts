@@ -577,6 +577,9 @@ export class Agent implements AgentOps {
       healthCheck: healthCheckFrom(req.healthCheck),
       lbBalance: req.lbBalance ? v.balancePolicy('lb balance', req.lbBalance) : undefined,
       edge: checkedEdge(req.edge),
+      tcpPort: req.tcpPort || undefined,
+      tlsSni: req.tlsSni?.length ? v.tlsServerNames('tls sni', req.tlsSni.join(',')) : undefined,
+      proxyProtocol: req.proxyProtocol || undefined,
     });
     await this.endpoints.upsert(ep);
     return { revision: this.catalog.revision, endpoint: this.catalog.endpoints.get(ep.id) ?? ep };

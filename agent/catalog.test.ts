@@ -56,6 +56,11 @@ describe('registry records from other hosts are validated on read', () => {
     ['a weight out of range', endpoint('e', { weight: -1 }), 'weight', '-1 is outside 1..1000'],
     ['an id that is not its key', endpoint('other'), 'id', '"other" does not match its key ("e")'],
     ['too many host names', endpoint('e', { httpHosts: Array.from({ length: 40 }, (_, i) => `h${i}.test`) }), 'httpHosts', 'not a list of at most 32 host names'],
+    ['a TCP port out of range', endpoint('e', { tcpPort: 65536 }), 'tcpPort', '65536 is outside 0..65535'],
+    ['an SNI name that is none', endpoint('e', { tlsSni: ['db..test'] }), 'tlsSni', '"db..test" is not a server name'],
+    ['an SNI list that is not one', endpoint('e', { tlsSni: 'db.test' }), 'tlsSni', 'not a list of at most 32 server names'],
+    ['an unknown PROXY protocol', endpoint('e', { tcpPort: 5432, proxyProtocol: 'v1' }), 'proxyProtocol', '"v1" is not v2 or empty'],
+    ['a PROXY header without a TCP route', endpoint('e', { proxyProtocol: 'v2' }), 'proxyProtocol', 'set without tcpPort or tlsSni (it applies to TCP and TLS routes only)'],
     ['a bad health check', endpoint('e', { healthCheck: { path: 'x', tcp: false, intervalMs: 1000, timeoutMs: 500, rise: 1, fall: 1 } }), 'healthCheck.path', '"x" does not start with "/"'],
   ])('refuses an endpoint with %s', (_what, rec, field, problem) => {
     const { c, problems } = catalog();

@@ -63,6 +63,28 @@ export function balancePolicy(field: string, value: string): BalancePolicy {
   return v;
 }
 
+/** The PROXY protocol version sent on TCP/TLS routes (`corral.tcp.proxy-protocol`): v2, or off. */
+export function proxyProtocol(field: string, value: string): string {
+  const v = value.trim().toLowerCase();
+  if (v === 'v2' || v === '2') return 'v2';
+  if (v === '' || v === 'off' || v === 'false' || v === 'none') return '';
+  throw new InvalidEndpoint(field, value, 'v2 (a PROXY protocol v2 header before the client\'s bytes) or off');
+}
+
+/** TLS server names for SNI routing (`corral.tls.sni`): like http hosts, `*.example.com` allowed. */
+export function tlsServerNames(field: string, value: string): string[] {
+  const out: string[] = [];
+  for (const raw of value.split(',')) {
+    const h = raw.trim().toLowerCase().replace(/\.$/, '');
+    if (!h) continue;
+    if (h.length > 253 || !HOSTNAME.test(h)) throw new InvalidEndpoint(field, value, 'comma-separated TLS server names such as db.example.com or *.example.com');
+    out.push(h);
+  }
+  if (out.length === 0) throw new InvalidEndpoint(field, value, 'at least one TLS server name such as db.example.com');
+  if (out.length > 32) throw new InvalidEndpoint(field, value, 'at most 32 server names');
+  return out;
+}
+
 export function address(field: string, value: string): string {
   const v = value.trim();
   if (addressProblem(v)) throw new InvalidEndpoint(field, value, 'an IPv4 or IPv6 address other hosts can reach (not 0.0.0.0 or ::, no %zone)');
@@ -95,6 +117,10 @@ export interface EndpointSpec {
   lbBalance?: BalancePolicy;
   /** corral.http.* edge labels, already checked (lb/middleware/labels.ts); unset or {}: none. */
   edge?: Record<string, string>;
+  /** TCP/TLS routing (lb/tcp/): LB port, SNI names, PROXY protocol ('v2' or ''). */
+  tcpPort?: number;
+  tlsSni?: string[];
+  proxyProtocol?: string;
   /** Initial health: true unless an active check must pass first. */
   healthy?: boolean;
   healthReason?: string;
@@ -125,7 +151,17 @@ export function newEndpoint(s: EndpointSpec): Endpoint {
     draining: false,
     lbBalance: s.lbBalance ? balancePolicy('lb balance', s.lbBalance) : '',
     ...(s.edge && Object.keys(s.edge).length ? { edge: s.edge } : {}),
+    ...tcpRouting(s),
   };
+}
+
+/** The TCP/TLS routing fields, checked together: a PROXY header needs a TCP or TLS route. */
+function tcpRouting(s: EndpointSpec): Pick<Endpoint, 'tcpPort' | 'tlsSni' | 'proxyProtocol'> {
+  const tcpPort = s.tcpPort ? port('tcp port', s.tcpPort) : 0;
+  const tlsSni = s.tlsSni?.length ? tlsServerNames('tls sni', s.tlsSni.join(',')) : [];
+  const pp = s.proxyProtocol ? proxyProtocol('proxy protocol', s.proxyProtocol) : '';
+  if (pp && tcpPort === 0 && tlsSni.length === 0) throw new InvalidEndpoint('proxy protocol', s.proxyProtocol!, 'used only with a TCP port or TLS server names (it applies to TCP and TLS routes)');
+  return { tcpPort, tlsSni, proxyProtocol: pp };
 }
 
 export function manualEndpointId(namespace: string, service: string, addr: string, p: number): string {

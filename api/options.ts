@@ -72,6 +72,7 @@ export interface LbOptions {
   threads: number;            // threads serving HTTP(S) in the one lb process (SO_REUSEPORT); 0 = one per CPU
   authDir: string;            // basic-auth password files named by corral.http.auth.basic; "" = <state dir>/lb-auth
   acme: AcmeOptions;
+  httpListen?: string;        // filled by runLb from --http-listen: TCP routes (lb/tcp/) listen on its address
 }
 
 /** ACME (lb/acme/): certificates for routes labelled corral.http.tls=acme (flags --acme-*). */

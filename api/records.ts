@@ -117,6 +117,12 @@ export class RecordRules {
     for (const h of hosts) if (typeof h !== 'string' || h.length > 253 || !HOSTNAME.test(h)) throw new InvalidRecord('httpHosts', `"${String(h).slice(0, 80)}" is not a host name`);
     const lbBalance = str(o, 'lbBalance', 32, { dflt: '' });
     const edge = edgeMap(o.edge);
+    const tlsSni = o.tlsSni ?? [];
+    if (!Array.isArray(tlsSni) || tlsSni.length > 32) throw new InvalidRecord('tlsSni', 'not a list of at most 32 server names');
+    for (const h of tlsSni) if (typeof h !== 'string' || h.length > 253 || !HOSTNAME.test(h)) throw new InvalidRecord('tlsSni', `"${String(h).slice(0, 80)}" is not a server name`);
+    const tcpPort = int(o, 'tcpPort', 0, 65535, 0);
+    const proxyProtocol = str(o, 'proxyProtocol', 8, { dflt: '', re: /^v2$/, what: 'v2 or empty' });
+    if (proxyProtocol && tcpPort === 0 && tlsSni.length === 0) throw new InvalidRecord('proxyProtocol', 'set without tcpPort or tlsSni (it applies to TCP and TLS routes only)');
     return {
       id: str(o, 'id', 512, { re: /^[\x21-\x7e]+$/, what: 'an id of printable characters' }),
       service: label(o, 'service'),
@@ -140,6 +146,9 @@ export class RecordRules {
       draining: bool(o, 'draining', false),
       lbBalance,
       ...(edge ? { edge } : {}),
+      tcpPort,
+      tlsSni: tlsSni as string[],
+      proxyProtocol,
     };
   }
 

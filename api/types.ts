@@ -44,6 +44,15 @@ export interface Endpoint {
    * -> values, lb/middleware/labels.ts). Absent or {} (records written before the field): none.
    */
   edge?: Record<string, string>;
+  /**
+   * TCP routing (lb/tcp/): the LB port that forwards raw connections to this endpoint (label
+   * `corral.tcp.port`); 0 or absent: none, or, with `tlsSni`, the LB's HTTPS port.
+   */
+  tcpPort?: number;
+  /** TLS routed by SNI without terminating it (label `corral.tls.sni`); empty or absent: none. */
+  tlsSni?: string[];
+  /** PROXY protocol header sent to this endpoint on TCP/TLS routes: 'v2', or '' (none). */
+  proxyProtocol?: string;
 }
 
 /** The LB's balancing policies (`--lb-balance`, label `corral.lb.balance`). */
@@ -168,6 +177,11 @@ export interface RegisterRequest {
   lbBalance?: string;
   /** corral.http.* edge labels (TLS by ACME, redirect, middlewares), checked as container labels are. */
   edge?: Record<string, string>;
+  /**
+  /** TCP/TLS routing, as in Endpoint; 0, empty or absent: none. */
+  tcpPort?: number;
+  tlsSni?: string[];
+  proxyProtocol?: string;
 }
 export interface DeregisterRequest { service: string; namespace: string; address: string; port: number }
 export interface EndpointReply { revision: number; endpoint: Endpoint | null }

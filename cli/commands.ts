@@ -25,6 +25,9 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'weight', help: 'register: endpoint weight (default 1)' },
   { name: 'port-name', help: 'register: SRV port name (default http)' },
   { name: 'lb-balance', help: 'register: how the LB balances this service: round-robin or least-request (default: the LB\'s --lb-balance)' },
+  { name: 'tcp-port', help: 'register: LB port that forwards raw TCP connections to this endpoint (corral.tcp.port)' },
+  { name: 'tls-sni', help: 'register: TLS server names the LB routes to this endpoint without terminating TLS, comma-separated (corral.tls.sni)' },
+  { name: 'proxy-protocol', help: 'register: v2 to send a PROXY protocol v2 header on TCP/TLS routes (corral.tcp.proxy-protocol)' },
   { name: 'bin-dir', help: 'install-cni: CNI bin dir (default /opt/cni/bin)' },
   { name: 'conf-dir', help: 'install-cni: CNI config dir (default /etc/cni/net.d)' },
   { name: 'node-binary', help: 'install-cni: the node executable the plugin runs with on this host (default: the one running corral)' },
@@ -81,6 +84,12 @@ function addrPort(text: string | undefined, what: string): { address: string; po
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 1 || port > 65535) throw new UsageError(`${what} needs ADDR:PORT (for example 10.0.0.5:8080 or [fd00::5]:8080), got "${text ?? ''}"`);
   return { address: m[1] ?? m[2]!, port };
+}
+
+function tcpPortFlag(text: string): number {
+  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text) : NaN;
+  if (!(n >= 1 && n <= 65535)) throw new UsageError(`--tcp-port "${text}" is not a port number from 1 to 65535`);
+  return n;
 }
 
 function need(p: Parsed, n: number, usage: string): string[] {
@@ -201,7 +210,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     },
   },
   register: {
-    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w] [--lb-balance round-robin|least-request]',
+    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w] [--lb-balance round-robin|least-request] [--tcp-port p] [--tls-sni names] [--proxy-protocol v2]',
     async run(p, c) {
       const [service, target] = need(p, 2, this.usage);
       const { address, port } = addrPort(target, 'register');
@@ -216,6 +225,9 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
       const r = await unary<object, EndpointReply>(c, 'Register', {
         service, namespace: f.get('namespace') ?? DEFAULT_NAMESPACE, address, port, color: f.get('color') ?? '',
         httpHosts: f.has('http-host') ? [f.get('http-host')!] : [], httpPath: f.get('http-path') ?? '', weight, healthCheck, portName: f.get('port-name') ?? '', lbBalance,
+        tcpPort: f.has('tcp-port') ? tcpPortFlag(f.get('tcp-port')!) : 0,
+        tlsSni: f.has('tls-sni') ? f.get('tls-sni')!.split(',').map((h) => h.trim()).filter(Boolean) : [],
+        proxyProtocol: f.get('proxy-protocol') ?? '',
       });
       out(p, r, `registered ${target} as ${r.endpoint?.service}.${r.endpoint?.namespace} (color ${r.endpoint?.color}) at revision ${r.revision}`);
     },

@@ -37,7 +37,7 @@ export interface LbTuning {
 }
 
 export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning = {}): Promise<RunningLb> {
-  const o = { ...LB_DEFAULTS, ...opts.lb };
+  const o = { ...LB_DEFAULTS, ...opts.lb, httpListen: opts.httpListen };
   o.authDir ||= join(opts.stateDir, 'lb-auth');
   o.acme = { ...o.acme, dir: o.acme.dir || join(opts.stateDir, 'acme') };
   const main = new LbThread(0, o, log, true);
@@ -131,6 +131,8 @@ export async function runLb(opts: DaemonOptions, log: Logger, tuning: LbTuning =
       revision: Math.min(...all.map((t) => t.revision)),
       ready: ready(),
       ...routes.stats,
+      ...main.tcp.table.stats,
+      tcpConnections: all.reduce((n, t) => n + t.tcpConnections, 0),
       upstreamPools: all.reduce((n, t) => n + t.upstreamPools, 0),
       ejected: Math.max(...all.map((t) => t.ejected)),
       threads: all.length,

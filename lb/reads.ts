@@ -28,15 +28,16 @@ interface Internals { _handle: unknown; _server: Server | null; server: Server |
  * with `pauseOnConnect` hands over sockets that have not read yet; this moves such a socket's
  * handle into a new Socket that reads through onread. The server's connection count moves with
  * it (server.close() waits for the new socket), and the old wrapper lets go of the handle.
+ * `onread` replaces the copy-out reader (lb/tcp copies into pooled chunks instead).
  */
-export function adoptAccepted(accepted: Socket, onData: (chunk: Buffer) => void): Socket {
+export function adoptAccepted(accepted: Socket, onData: (chunk: Buffer) => void, onread = onreadInto(onData)): Socket {
   const old = accepted as unknown as Internals;
   const handle = old._handle;
   const server = old._server;
   old._handle = null;
   old._server = null;
   old.server = null;
-  const s = new Socket({ handle, readable: true, writable: true, onread: onreadInto(onData) } as ConstructorParameters<typeof Socket>[0]);
+  const s = new Socket({ handle, readable: true, writable: true, onread } as ConstructorParameters<typeof Socket>[0]);
   const moved = s as unknown as Internals;
   moved._server = server;
   moved.server = server;

@@ -13,6 +13,7 @@ import { AcmeThread } from './acme/thread.js';
 import { OUTLIER_DEFAULTS, PassiveHealth } from './outliers.js';
 import { HttpProxy } from './proxy.js';
 import { RouteTable } from './routes.js';
+import { TcpRouter } from './tcp/router.js';
 import { CertificateStore } from './tls.js';
 import { UpstreamPools } from './upstreams.js';
 
@@ -28,6 +29,8 @@ export interface ThreadStats {
   ready: boolean;
   upstreamPools: number;
   ejected: number;
+  /** TCP/TLS connections open now (lb/tcp/). */
+  tcpConnections: number;
 }
 
 /** One thread's serving stack: everything a request touches lives here, one per thread. */
@@ -42,6 +45,8 @@ export class LbThread {
   readonly certs: CertificateStore | undefined;
   /** ACME certificates and challenges (lb/acme/), with --acme-directory. */
   readonly acme: AcmeThread | undefined;
+  /** TCP and TLS-by-SNI routes (lb/tcp/). */
+  readonly tcp: TcpRouter;
 
   constructor(readonly thread: number, o: LbOptions, log: Logger, processMetrics: boolean) {
     this.metrics = new LbMetrics(processMetrics);
@@ -53,10 +58,13 @@ export class LbThread {
       keepAliveTimeoutMs: o.idleTimeoutMs,
     }, log));
     const outliers = (this.outliers = new PassiveHealth(OUTLIER_DEFAULTS, this.metrics, log));
+    const tcp = (this.tcp = new TcpRouter({ ...o, terminatesHttps: !!o.tlsCertDir }, balancerFor(o.balance, outliers.stateOf), outliers, this.metrics.registry, log));
     this.routes = new RouteTable(log, (origin, last) => {
       outliers.drop(origin);
       // A drained endpoint has had its drain time already; one removed at once gets it now.
-      pools.retire(origin, last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS));
+      const drainMs = last.draining ? DRAIN_SLACK_MS : Math.max(last.drainMs, DRAIN_SLACK_MS);
+      pools.retire(origin, drainMs);
+      tcp.retire(origin, drainMs);
     }, balancerFor(o.balance, outliers.stateOf));
     this.routes.edges = new EdgeRoutes({ authDir: o.authDir, httpsPort: parseHostPort(o.httpsListen, '--https-listen').port, warnNoAcme: thread === 0 && !o.acme.directory }, log);
     this.proxy = new HttpProxy(this.routes, pools, bothObservers(this.metrics, this.gate), log, o, outliers);
@@ -79,6 +87,8 @@ export class LbThread {
     // The server's own certificate is the fallback one: clients without SNI get it.
     const sni = acme ? acme.sni(this.certs) : certs.sniCallback;
     const server = this.proxy.serve(createTlsServer({ SNICallback: sni, ALPNProtocols: ['h2', 'http/1.1'], ...certs.defaultPair() }));
+    // SNI routes without a port (lb/tcp/) are passed through on this port, before TLS.
+    this.tcp.shareHttps(server);
     for (const store of new Set([certs, acme?.certs])) {
       store?.watch((r) => {
         if (r.ok && store === certs) server.setSecureContext(certs.defaultPair());
@@ -95,6 +105,7 @@ export class LbThread {
 
   apply(ev: WatchEvent): void {
     this.routes.apply(ev);
+    this.tcp.apply(ev);
     this.metrics.appliedRevision.set(ev.revision);
   }
 
@@ -107,6 +118,7 @@ export class LbThread {
       ready: this.routes.ready,
       upstreamPools: this.pools.size,
       ejected: this.outliers.ejectedCount,
+      tcpConnections: this.tcp.connections,
     };
   }
 
@@ -114,6 +126,6 @@ export class LbThread {
     this.outliers.close();
     this.certs?.close();
     this.acme?.close();
-    await this.proxy.close(graceMs);
+    await Promise.all([this.proxy.close(graceMs), this.tcp.close(graceMs)]);
   }
 }

@@ -19,6 +19,8 @@ check "${runtime[@]}"
 [ "$want_test" = 1 ] && check "${testing[@]}"
 # busybox must be the static build: it runs inside containers made from an empty rootfs.
 if ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
+# The PostgreSQL server: lb/tcp tests run a private cluster (initdb, postgres are not on PATH).
+if [ "$want_test" = 1 ] && ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then missing+=(postgresql); fi
 # The reference CNI plugins (portmap chains after corral-cni in tests; bridge/host-local are the bench anchor).
 if [ "$want_test" = 1 ] && [ ! -x /usr/lib/cni/portmap ]; then missing+=(containernetworking-plugins); fi
 

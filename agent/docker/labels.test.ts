@@ -88,6 +88,29 @@ describe('Docker labels', () => {
     expect(lb()).toBe('');
   });
 
+  it('reads the TCP and TLS routing labels: corral.tcp.port, corral.tls.sni, corral.tcp.proxy-protocol', () => {
+    const ep = endpointFromContainer(container({
+      'corral.service': 'db', 'corral.port': '5432', 'corral.tcp.port': '15432', 'corral.tls.sni': ' DB.example.com., *.db.example.com ', 'corral.tcp.proxy-protocol': 'v2',
+    }), 'n1')!;
+    expect(ep).toMatchObject({ port: 5432, tcpPort: 15432, tlsSni: ['db.example.com', '*.db.example.com'], proxyProtocol: 'v2' });
+    expect(endpointFromContainer(container({ 'corral.service': 'web' }), 'n1')).toMatchObject({ tcpPort: 0, tlsSni: [], proxyProtocol: '' });
+    expect(endpointFromContainer(container({ 'corral.service': 'db', 'corral.tcp.port': '5432', 'corral.tcp.proxy-protocol': 'off' }), 'n1')!.proxyProtocol).toBe('');
+  });
+
+  it.each([
+    [{ 'corral.tcp.port': '0' }, 'corral.tcp.port', 'a port number from 1 to 65535'],
+    [{ 'corral.tcp.port': '5432x' }, 'corral.tcp.port', 'a port number from 1 to 65535'],
+    [{ 'corral.tls.sni': 'db example.com' }, 'corral.tls.sni', 'comma-separated TLS server names'],
+    [{ 'corral.tls.sni': ' , ' }, 'corral.tls.sni', 'at least one TLS server name'],
+    [{ 'corral.tls.sni': 'a.*.test' }, 'corral.tls.sni', 'comma-separated TLS server names'],
+    [{ 'corral.tcp.port': '5432', 'corral.tcp.proxy-protocol': 'v1' }, 'corral.tcp.proxy-protocol', 'v2 (a PROXY protocol v2 header'],
+    [{ 'corral.tcp.proxy-protocol': 'v2' }, 'corral.tcp.proxy-protocol', 'used only with corral.tcp.port or corral.tls.sni'],
+  ])('refuses wrong TCP/TLS routing labels %o, naming the label', (labels, label, accepted) => {
+    const e = labelError({ 'corral.service': 'db', ...labels });
+    expect(e.label).toBe(label);
+    expect(e.message).toContain(accepted);
+  });
+
   it('uses the health check defaults 2s, 1s, 2, 2 and supports a TCP check', () => {
     expect(endpointFromContainer(container({ 'corral.service': 'web', 'corral.health.path': '/' }), 'n1')!.healthCheck)
       .toEqual({ path: '/', tcp: false, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 2 });

@@ -4,7 +4,7 @@
 import type { Endpoint } from '../../api/types.js';
 import {
   balancePolicy, dockerEndpointId, dnsLabel, duration, HEALTH_DEFAULTS, httpHosts, httpPath, InvalidEndpoint, newEndpoint,
-  port, positiveInt, type EndpointSpec,
+  port, positiveInt, proxyProtocol, tlsServerNames, type EndpointSpec,
 } from '../endpoints.js';
 import { DEFAULT_COLOR, DEFAULT_NAMESPACE } from '../../api/types.js';
 import { EdgeLabelError, edgeLabels, isEdgeLabel, parseEdge } from '../../lb/middleware/labels.js';
@@ -28,6 +28,9 @@ export const LABEL = {
   deploy: 'corral.deploy',
   drain: 'corral.drain',
   lbBalance: 'corral.lb.balance',
+  tcpPort: 'corral.tcp.port',
+  tlsSni: 'corral.tls.sni',
+  proxyProtocol: 'corral.tcp.proxy-protocol',
 } as const;
 
 const KNOWN = new Set<string>(Object.values(LABEL));
@@ -108,6 +111,7 @@ export function endpointSpecFromContainer(c: InspectedContainer, node: string): 
       drainMs: opt(get(LABEL.drain), (v) => duration(LABEL.drain, v)) ?? undefined,
       lbBalance: opt(get(LABEL.lbBalance), (v) => balancePolicy(LABEL.lbBalance, v)),
       edge,
+      ...tcpRouting(get),
       containerId: c.Id,
       containerName: name,
     };
@@ -184,6 +188,18 @@ function deploy(value: string): string {
   const v = value.trim().toLowerCase();
   if (v !== 'manual' && v !== 'auto') throw new InvalidEndpoint(LABEL.deploy, value, 'manual or auto');
   return v;
+}
+
+/** corral.tcp.port, corral.tls.sni, corral.tcp.proxy-protocol: a PROXY header needs one of the two routes. */
+function tcpRouting(get: (label: string) => string | undefined): Pick<EndpointSpec, 'tcpPort' | 'tlsSni' | 'proxyProtocol'> {
+  const tcpPort = opt(get(LABEL.tcpPort), (v) => port(LABEL.tcpPort, v));
+  const tlsSni = opt(get(LABEL.tlsSni), (v) => tlsServerNames(LABEL.tlsSni, v));
+  const rawPp = get(LABEL.proxyProtocol);
+  const pp = opt(rawPp, (v) => proxyProtocol(LABEL.proxyProtocol, v));
+  if (pp && tcpPort === undefined && tlsSni === undefined) {
+    throw new InvalidEndpoint(LABEL.proxyProtocol, rawPp!, `used only with ${LABEL.tcpPort} or ${LABEL.tlsSni} (it applies to TCP and TLS routes), and neither is set`);
+  }
+  return { tcpPort, tlsSni, proxyProtocol: pp };
 }
 
 function healthCheck(get: (label: string) => string | undefined): EndpointSpec['healthCheck'] {

@@ -11,6 +11,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   cri: async () => (await import('./cri.js')).benchCri(),
   lb: async () => (await import('./lb.js')).benchLb(),
   'lb-h2': async () => (await import('./lb-h2.js')).benchLbH2(),
+  'lb-tcp': async () => (await import('./lb-tcp.js')).benchLbTcp(),
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
