@@ -455,7 +455,7 @@ export class Agent implements AgentOps {
       healthyEndpoints: healthy,
       ...this.registryStatus(),
       // The LB of this host reports ACME failures beside it (lb/acme/report.ts).
-      problems: [...acmeProblems(this.opts.stateDir), ...this.problemLines(), ...this.upgrades.problemLines()],
+      problems: [...acmeProblems(this.opts.stateDir), ...this.problemLines()],
       upgrades: this.upgrades.lines(),
     };
   }
@@ -463,13 +463,19 @@ export class Agent implements AgentOps {
   /** Records not served, one line each, the first PROBLEM_LINES by key and a count of the rest. */
   private problemLines(): string[] {
     const all = this.catalog.problems;
+    const upgrades = this.upgrades.problemLines();
+    const total = all.size + upgrades.length;
     const lines: string[] = [];
     for (const p of all.values()) {
-      lines.push(`${p.key}: ${p.field}: ${p.problem} (written by ${p.writer || 'unknown'})`);
       if (lines.length === PROBLEM_LINES) break;
+      lines.push(`${p.key}: ${p.field}: ${p.problem} (written by ${p.writer || 'unknown'})`);
+    }
+    for (const line of upgrades) {
+      if (lines.length === PROBLEM_LINES) break;
+      lines.push(line);
     }
     lines.sort();
-    if (all.size > PROBLEM_LINES) lines.push(`... and ${all.size - PROBLEM_LINES} more records not served (the agent's log names each once)`);
+    if (total > PROBLEM_LINES) lines.push(`... and ${total - PROBLEM_LINES} more records not served (the agent's log names each once)`);
     return lines;
   }
 

@@ -46,6 +46,17 @@ describe('the upgrade record, read as untrusted input', () => {
     expect(problems.find((p) => p.startsWith(upgradeKeys.upgrade('default', 'huge')))).toMatch(/bytes, at most 8192/);
   });
 
+  it('reads only upgrade records from the whole registry: endpoints, blocks and services are none of its business', () => {
+    const up = upgradesWith([
+      { key: '/corral/endpoints/h1/manual:default:web:10.42.0.5:80', value: '{"id":"x"}' },
+      { key: '/corral/blocks/h1/10.42.0.0_24', value: '{"block":"10.42.0.0/24","node":"h1","sinceMs":1}' },
+      { key: '/corral/services/default/web', value: 'null' },
+      { key: upgradeKeys.upgrade('default', 'web'), value: JSON.stringify(base) },
+    ]);
+    expect(up.list(() => true).map((u) => u.name)).toEqual(['web']);
+    expect(up.problemLines()).toEqual([]);
+  });
+
   it('takes a host\'s report only under that host\'s key', () => {
     const report = { node: 'h2', namespace: 'default', name: 'web', id: base.id, phase: 'cloning', done: true, error: '', clones: [], step: -1, figures: [] };
     const up = upgradesWith([

@@ -68,7 +68,8 @@ export class Upgrades {
   load(r: RangeResult): void {
     this.records.clear();
     this.reports.clear();
-    for (const kv of r.kvs) this.put(kv.key, kv.value, kv.modRevision);
+    this.problems.clear();
+    for (const kv of r.kvs) if (kv.key.startsWith(UPGRADES) || kv.key.startsWith(REPORTS)) this.put(kv.key, kv.value, kv.modRevision);
     if (this.started) for (const k of this.records.keys()) this.review(k);
   }
 
