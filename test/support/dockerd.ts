@@ -118,7 +118,7 @@ export async function startDockerd(o: { netns?: Netns; daemonJson?: Record<strin
       if (ids) await exec(['rm', '-f', '-v', ...ids.split(/\s+/)], { timeoutMs: 60_000 }).catch(() => undefined);
     }
     await stopDaemon().catch(() => undefined);
-    killProcessesUnder(dir);
+    killProcessesNaming(dir);
     await unmountUnder(dir);
     await rm(dir, { recursive: true, force: true }).catch(async () => {
       // A mount that would not go lazily: one more pass, then give up loudly.
@@ -154,20 +154,21 @@ async function importImage(dir: string, exec: Dockerd['exec']): Promise<void> {
   await rm(tar, { force: true });
 }
 
-/** containerd, shims and anything else that still names our dirs on its command line. */
-function killProcessesUnder(dir: string): void {
+/** Processes whose command line names `s` (our dirs or socket): containerd, shims, pod processes. */
+export function killProcessesNaming(s: string): void {
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
     try {
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmdline.includes(dir)) process.kill(Number(pid), 'SIGKILL');
+      if (cmdline.includes(s)) process.kill(Number(pid), 'SIGKILL');
     } catch {
       // gone already, or not ours to read
     }
   }
 }
 
-async function unmountUnder(dir: string): Promise<void> {
+/** Lazily unmounts every mount at or under dir, deepest first. */
+export async function unmountUnder(dir: string): Promise<void> {
   const info = await readFile('/proc/self/mountinfo', 'utf8');
   const points = info.split('\n')
     .map((l) => l.split(' ')[4])

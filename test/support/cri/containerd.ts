@@ -6,7 +6,7 @@
 // unmounts and removes its dirs.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createWriteStream, existsSync, readFileSync, readdirSync } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import type { Netns } from '../netns.js';
 import { run } from '../netns.js';
 import { until } from '../until.js';
 import { childEnv } from '../corral.js';
+import { killProcessesNaming, unmountUnder } from '../dockerd.js';
 
 export const PAUSE_IMAGE = 'corral-test/pause:1';
 export const BUSYBOX_IMAGE = 'corral-test/busybox:1';
@@ -200,25 +201,3 @@ async function importImages(dir: string, socket: string): Promise<void> {
   await rm(tar, { force: true });
 }
 
-/** Shims and pod processes whose command line names our dirs or socket. */
-function killProcessesNaming(s: string): void {
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmdline.includes(s)) process.kill(Number(pid), 'SIGKILL');
-    } catch {
-      // gone already, or not ours to read
-    }
-  }
-}
-
-async function unmountUnder(dir: string): Promise<void> {
-  const info = await readFile('/proc/self/mountinfo', 'utf8');
-  const points = info.split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((p): p is string => !!p && (p === dir || p.startsWith(dir + '/')))
-    .map((p) => p.replace(/\\040/g, ' '))
-    .sort((a, b) => b.length - a.length);
-  for (const p of points) await run('umount', ['-l', p]).catch(() => undefined);
-}
