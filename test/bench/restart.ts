@@ -7,16 +7,16 @@ import { writeFileSync } from 'node:fs';
 import { Fleet } from '../scale/fleet.js';
 import { RealHosts } from '../scale/real-hosts.js';
 import type { BenchRow, BenchSection } from './report.js';
+import { scaleFromEnv } from './scale.js';
 
-const env = (k: string, d: number) => Number(process.env[k] ?? d);
 const log = (m: string) => process.stderr.write(`[restart ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 const CIDR = '10.64.0.0/11';
 
 export async function benchRestart(): Promise<BenchSection> {
-  const hosts = env('SCALE_HOSTS', 250);
-  const endpoints = env('SCALE_ENDPOINTS', 50_000);
-  const services = env('SCALE_SERVICES', 5000);
-  const times = env('RESTART_TIMES', 3);
+  // The fleet's size from the scale bench's SCALE_* knobs; 250 hosts by default (the fewest that
+  // hold 50,000 endpoints in their /24 blocks).
+  const { hosts, endpoints, services } = scaleFromEnv({ hosts: 250 });
+  const times = Number(process.env.RESTART_TIMES ?? 3);
   const real = await RealHosts.start({ count: 2, etcdMembers: 1, clusterCidr: CIDR, leaseTtlS: 10 });
   const fleet = new Fleet({ endpoints: real.etcdEndpoints, leaseTtlS: 30, coalesceEvents: true, clusterCidr: CIDR, blockOffset: 16, httpRoutes: true, deliverEvents: false });
   try {
