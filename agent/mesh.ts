@@ -57,6 +57,8 @@ const CONFIRM_POLL_MS = 200;
 /** First wait before bringing back a device whose process died; doubles while it keeps dying. */
 const RESTORE_MIN_MS = 1000;
 const RESTORE_MAX_MS = 30_000;
+/** First wait before a failed peer update is tried again; doubles up to RESTORE_MAX_MS. */
+const SYNC_RETRY_MIN_MS = 500;
 /** How often a peer in the middle of a key rotation is checked for a handshake with its next key. */
 const ROTATION_POLL_MS = 100;
 const KEEPALIVE_S = 25;
@@ -96,6 +98,8 @@ export class Mesh {
   private restoreDelayMs = RESTORE_MIN_MS;
   private restoreTimer: NodeJS.Timeout | undefined;
   private rotationPoll: NodeJS.Timeout | undefined;
+  private syncRetry: NodeJS.Timeout | undefined;
+  private syncRetryMs = SYNC_RETRY_MIN_MS;
 
   constructor(
     private readonly registry: Registry,
@@ -157,6 +161,7 @@ export class Mesh {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.restoreTimer);
+    clearTimeout(this.syncRetry);
     clearInterval(this.rotationPoll);
     clearInterval(this.heartbeat);
     clearInterval(this.rotation);
@@ -173,11 +178,26 @@ export class Mesh {
       return;
     }
     // One sync waiting in the queue reads the catalog when it runs: later events need no other.
+    this.queueSync();
+  }
+
+  /** One sync waiting in the queue; a failed one (the device did not answer) is tried again after a wait, doubling. */
+  private queueSync(): void {
     if (this.syncQueued) return;
     this.syncQueued = true;
     void this.enqueue(() => {
       this.syncQueued = false;
       return this.sync();
+    }).then(() => {
+      this.syncRetryMs = SYNC_RETRY_MIN_MS;
+    }, () => {
+      if (this.stopped || this.syncRetry) return;
+      this.syncRetry = setTimeout(() => {
+        this.syncRetry = undefined;
+        this.queueSync();
+      }, this.syncRetryMs);
+      this.syncRetry.unref();
+      this.syncRetryMs = Math.min(this.syncRetryMs * 2, RESTORE_MAX_MS);
     });
   }
 
@@ -274,7 +294,7 @@ export class Mesh {
   private enqueue<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(() => (this.stopped ? (undefined as T) : fn()));
     this.queue = run.then(() => undefined, (err: Error) => {
-      this.log.error({ err: err.message }, 'overlay update failed; retried with the next change');
+      this.log.error({ err: err.message }, 'overlay update failed; retried shortly and with the next change');
     });
     return run;
   }

@@ -19,6 +19,8 @@ import { OverlayError, type DeviceConfig, type PeerChange, type WireGuardPeer, t
 
 export const UAPI_DIR = '/var/run/wireguard';
 const UAPI_TIMEOUT_MS = 3000;
+/** Up to this many new peers in one change get their endpoints (and first handshake) in the first set. */
+const FEW_NEW_PEERS = 16;
 const UAPI_MS_PER_PEER = 20;
 
 const hex = (b64: string) => Buffer.from(b64, 'base64').toString('hex');
@@ -59,8 +61,12 @@ export class WireGuardGo implements WireGuardDevice {
     // already started. Without an endpoint yet, that initiation fails at once, and the endpoint
     // set within RekeyTimeout (5 s) sends none: wireguard-go's retransmit timer sends the first
     // handshake ~5 s later, outside the lock. Peers it has keep their endpoint in the first set, as
-    // before: a key rotation's promoted peer, an endpoint that moved.
+    // before: a key rotation's promoted peer, an endpoint that moved. A few new peers (a host
+    // joined) fill no send buffer: their endpoints go in the first set and handshake at once.
     const onDevice = new Set((await this.peers()).map((p) => p.publicKey));
+    let added = 0;
+    for (const c of changes) if (!('remove' in c) && !onDevice.has(c.publicKey)) added++;
+    const deferEndpoints = added > FEW_NEW_PEERS;
     const config: string[] = [];
     const later = new Map<string, string>(); // new peers' endpoints, the last word per key; "" = removed
     for (const c of changes) {
@@ -71,7 +77,7 @@ export class WireGuardGo implements WireGuardDevice {
         if (later.has(c.publicKey)) later.set(c.publicKey, '');
         continue;
       }
-      if (onDevice.has(c.publicKey)) {
+      if (onDevice.has(c.publicKey) || !deferEndpoints) {
         if (c.endpoint) config.push(`endpoint=${c.endpoint}`);
       } else {
         later.set(c.publicKey, c.endpoint);

@@ -14,7 +14,7 @@ import { startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { makePki, type TestPki } from '../support/tls.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corral } from '../support/corral.js';
-import { pings, startCluster, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
+import { pings, reaches, startCluster, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
 import { until } from '../support/until.js';
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
@@ -53,7 +53,7 @@ describe('per-host write authority with etcd auth on', () => {
     [h1, h2] = c.hosts as [TestHost, TestHost];
     url = c.etcd.members[0]!.clientUrl;
     ctr.push(await c.container(h1), await c.container(h2));
-    await until('h1 container -> h2 container', () => pings(ctr[0]!, ctr[1]!.address), { ms: 20_000, everyMs: 100 });
+    await reaches(c, ctr[0]!, ctr[1]!.address, 'h1 container -> h2 container');
   });
   afterAll(async () => {
     await c?.close();
@@ -78,7 +78,7 @@ describe('per-host write authority with etcd auth on', () => {
   });
 
   it('runs two hosts as usual: containers reach each other, each host\'s endpoints are served on both, and the operator sets colors', async () => {
-    await until('h2 container -> h1 container', () => pings(ctr[1]!, ctr[0]!.address), { ms: 10_000, everyMs: 100 });
+    await reaches(c, ctr[1]!, ctr[0]!.address, 'h2 container -> h1 container');
     const r1 = await h1.agent!.cli(['register', 'web', `${ctr[0]!.address}:8080`, '--color', 'blue']);
     expect(r1.code, r1.stderr).toBe(0);
     const r2 = await h2.agent!.cli(['register', 'web', `${ctr[1]!.address}:8080`, '--color', 'green']);

@@ -2,7 +2,7 @@
 // of etcd leaves every agent serving the last state (overlay, endpoints) and saying it is stale.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cpuSeconds } from '../support/proc.js';
-import { pings, startCluster, wgPeers, wgPid, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
+import { pings, reaches, startCluster, wgPeers, wgPid, type Cluster, type TestContainer, type TestHost } from '../support/cluster.js';
 import { until } from '../support/until.js';
 
 /** `corral <args> --json` on a host; a failed command fails with its exit code, stderr and the agent's log, not a JSON error. */
@@ -18,7 +18,7 @@ describe('the mesh when etcd members fail', () => {
   beforeAll(async () => {
     c = await startCluster({ hosts: 2, etcdMembers: 3, leaseTtlS: 5 });
     for (const h of c.hosts) ctr.push(await c.container(h));
-    await until('overlay up', () => pings(ctr[0]!, ctr[1]!.address), { ms: 15_000, everyMs: 100 });
+    await reaches(c, ctr[0]!, ctr[1]!.address, 'overlay up');
   });
   afterAll(async () => {
     await c?.close();
@@ -51,7 +51,7 @@ describe('the mesh when etcd members fail', () => {
       process.kill(pid, 'SIGKILL');
       // Back in seconds: 1 s before the restart, then the device and its peer (1.1 s with etcd
       // answering: overlay.test.ts). The bound is generous for a busy machine.
-      await until('h2 container -> h1 container', () => pings(ctr[1]!, ctr[0]!.address), { ms: 15_000, everyMs: 100 });
+      await reaches(c, ctr[1]!, ctr[0]!.address, 'h2 container -> h1 container');
     } finally {
       for (const m of c.etcd.members) m.child!.kill('SIGCONT');
     }

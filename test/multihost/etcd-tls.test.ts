@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corral } from '../support/corral.js';
-import { pings, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, reaches, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
 import { until } from '../support/until.js';
 
 const json = (s: string) => JSON.parse(s);
@@ -24,7 +24,7 @@ describe('etcd over TLS', () => {
 
   it('forms the mesh with client certificates', async () => {
     expect(c.etcd.members[0]!.clientUrl).toMatch(/^https:/);
-    await until('h1 container -> h2 container', () => pings(ctr[0]!, ctr[1]!.address), { ms: 15_000, everyMs: 100 });
+    await reaches(c, ctr[0]!, ctr[1]!.address, 'h1 container -> h2 container');
     for (const h of c.hosts) {
       const s = json((await h.agent!.cli(['status', '--json'])).stdout);
       expect(s.registry).toBe('etcd');

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pings, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, reaches, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
 import { until } from '../support/until.js';
 
 const INTERVAL_S = 4;
@@ -15,7 +15,7 @@ describe('scheduled key rotation', () => {
   beforeAll(async () => {
     c = await startCluster({ hosts: 2, leaseTtlS: 5, agentArgs: ['--key-rotation', `${INTERVAL_S}s`] });
     for (const h of c.hosts) ctr.push(await c.container(h));
-    await until('overlay up', () => pings(ctr[0]!, ctr[1]!.address), { ms: 15_000, everyMs: 100 });
+    await reaches(c, ctr[0]!, ctr[1]!.address, 'overlay up');
   });
   afterAll(async () => {
     await c?.close();

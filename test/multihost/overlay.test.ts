@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { procStat } from '../support/proc.js';
-import { pings, startCluster, wgDump, wgPeers, wgPid, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, reaches, startCluster, wgDump, wgPeers, wgPid, type Cluster, type TestContainer } from '../support/cluster.js';
 import { until } from '../support/until.js';
 
 const TTL = 3;
@@ -42,7 +42,7 @@ describe('multi-host WireGuard overlay over etcd', () => {
     for (const a of ctr) {
       for (const b of ctr) {
         if (a === b) continue;
-        await until(`${a.host.name} -> ${b.host.name}`, () => pings(a, b.address), { ms: 10_000, everyMs: 100 });
+        await reaches(c, a, b.address, `${a.host.name} -> ${b.host.name}`);
       }
     }
     // One line per host (its peers summed up from its last report), and one host's full peer list where it lives.
@@ -89,8 +89,8 @@ describe('multi-host WireGuard overlay over etcd', () => {
     process.kill(pid, 'SIGKILL');
     await until('a new wireguard-go on h1', () => (wgPid(h1) ?? pid) !== pid, { ms: 15_000, everyMs: 100 });
     await until('h1 peers restored', async () => (await wgPeers(h1)) === 2, { ms: 10_000, everyMs: 100 });
-    await until('h2 container -> h1 container', () => pings(ctr[1]!, ctr[0]!.address), { ms: 10_000, everyMs: 100 });
-    await until('h1 container -> h3 container', () => pings(ctr[0]!, ctr[2]!.address), { ms: 10_000, everyMs: 100 });
+    await reaches(c, ctr[1]!, ctr[0]!.address, 'h2 container -> h1 container');
+    await reaches(c, ctr[0]!, ctr[2]!.address, 'h1 container -> h3 container');
     console.log(`wireguard-go killed: traffic back after ${Date.now() - t0} ms`);
     expect(h1.agent!.logs()).toMatch(/WireGuard device is gone/);
     expect(h1.agent!.logs()).toMatch(/WireGuard device restored with its peers/);
@@ -119,8 +119,8 @@ describe('multi-host WireGuard overlay over etcd', () => {
     const after = json((await h3.agent!.cli(['status', '--json'])).stdout);
     expect(after.block).toBe(before.block);
     expect(after.publicKey).toBe(before.publicKey);
-    await until('h1 container -> h3 container after restart', () => pings(ctr[0]!, ctr[2]!.address), { ms: 15_000, everyMs: 100 });
-    await until('h3 container -> h2 container after restart', () => pings(ctr[2]!, ctr[1]!.address), { ms: 15_000, everyMs: 100 });
+    await reaches(c, ctr[0]!, ctr[2]!.address, 'h1 container -> h3 container after restart');
+    await reaches(c, ctr[2]!, ctr[1]!.address, 'h3 container -> h2 container after restart');
   });
 
   it('rotates a key under a running ping losing at most one handshake', async () => {

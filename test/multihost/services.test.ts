@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../support/corral.js';
-import { pings, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
+import { pings, reaches, startCluster, type Cluster, type TestContainer } from '../support/cluster.js';
 import { until } from '../support/until.js';
 
 const json = (s: string) => JSON.parse(s);
@@ -39,7 +39,7 @@ describe('services across hosts over the overlay', () => {
     lb = await startDaemon('lb', { netns: h1.ns.name, args: ['--agent-socket', h1.agent!.socket] });
     daemons.push(lb);
     // the overlay is up: h1 reaches the backends on h2
-    for (const b of backends) await until(`h1 -> ${b.address}`, () => pings(h1, b.address), { ms: 15_000, everyMs: 100 });
+    for (const b of backends) await reaches(c, h1, b.address, `h1 -> ${b.address}`);
   });
   afterAll(async () => {
     for (const d of daemons) await d.stop().catch(() => {});

@@ -233,6 +233,25 @@ export async function wgPeers(h: TestHost): Promise<number> {
   return ((await wgDump(h).catch(() => '')).match(/^public_key=/gm) ?? []).length;
 }
 
+/**
+ * Waits until `from` pings `to` over the overlay. The mesh forms in about a second; the wait is
+ * long only so a loaded machine does not fail it. On timeout the error carries what explains it:
+ * every host's agent log tail and wireguard-go's peers.
+ */
+export async function reaches(c: Cluster, from: TestContainer | TestHost, to: string, what: string, ms = 30_000): Promise<void> {
+  try {
+    await until(what, () => pings(from, to), { ms, everyMs: 100 });
+  } catch (err) {
+    const parts: string[] = [(err as Error).message];
+    for (const h of c.hosts) {
+      const dump = await wgDump(h).catch((e: Error) => `(no answer: ${e.message})`);
+      const peers = dump.split('\n').filter((l) => /^(public_key|endpoint|allowed_ip|last_handshake_time_sec)=/.test(l)).join(' ');
+      parts.push(`--- ${h.name} wireguard-go: ${peers}`, `--- ${h.name} agent log (tail):`, (h.agent?.logs() ?? '').split('\n').slice(-25).join('\n'));
+    }
+    throw new Error(parts.join('\n'));
+  }
+}
+
 /** One ping from a container to an address; true when answered. */
 export async function pings(from: TestContainer | TestHost, to: string, waitS = 1): Promise<boolean> {
   try {
