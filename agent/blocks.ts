@@ -33,8 +33,8 @@ function claims(kvs: KeyValue[], rules: RecordRules): Claim[] {
       continue;
     }
     if (kv.key !== blockKey(lease.node, lease.block)) continue;
-    const r = IPv4CidrRange.fromCidr(lease.block);
-    out.push({ key: kv.key, node: lease.node, block: lease.block, first: Number(r.getFirst().getValue()), last: Number(r.getLast().getValue()), modRevision: kv.modRevision });
+    const [first, last] = bounds(lease.block);
+    out.push({ key: kv.key, node: lease.node, block: lease.block, first, last, modRevision: kv.modRevision });
   }
   return out.sort((a, b) => a.modRevision - b.modRevision || (a.key < b.key ? -1 : 1));
 }
@@ -72,17 +72,25 @@ export async function leaseBlock(registry: Registry, clusterCidr: string, node: 
     if (lost.length) await registry.txn(lost.map((kv) => ({ delete: kv.key })));
     if (held) return held.block;
     if (attempt === 20) break;
+    // Blocks taken, one mark per block: O(leases + blocks), not their product (5,000 hosts join).
+    const taken = new Uint8Array(count);
+    const mark = (first: number, last: number) => {
+      for (let i = Math.max(0, Math.floor((first - base) / size)), end = Math.min(count - 1, Math.floor((last - base) / size)); i <= end; i++) taken[i] = 1;
+    };
+    for (const c of all) mark(c.first, c.last);
     // A key someone wrote names a taken block, whatever it holds (untrusted like every record).
-    const taken = new Set(r.kvs.map((kv) => kv.key.slice(kv.key.lastIndexOf('/') + 1)));
+    for (const kv of r.kvs) {
+      const m = /\/(\d+\.\d+\.\d+\.\d+)_(\d+)$/.exec(kv.key);
+      if (m && Number(m[2]) === prefixLen) {
+        const first = ipToInt(m[1]!);
+        if (first >= 0) mark(first, first + size - 1);
+      }
+    }
     // The first free block (a single host gets the first: 10.42.0.0/24, gateway 10.42.0.1).
     // Hosts joining together race for the same one and all but the oldest lose; a loser then
     // takes a free block at random, so a burst of N hosts settles in a few rounds, not N.
     const free: number[] = [];
-    for (let i = 0; i < count && (attempt > 0 || free.length === 0); i++) {
-      const first = base + i * size;
-      if (taken.has(`${intToIp(first)}_${prefixLen}`) || all.some((c) => c.first <= first + size - 1 && first <= c.last)) continue;
-      free.push(first);
-    }
+    for (let i = 0; i < count && (attempt > 0 || free.length === 0); i++) if (!taken[i]) free.push(base + i * size);
     if (free.length > 0) {
       const block = `${intToIp(free[attempt === 0 ? 0 : Math.floor(Math.random() * free.length)]!)}/${prefixLen}`;
       const key = blockKey(node, block);
@@ -92,6 +100,26 @@ export async function leaseBlock(registry: Registry, clusterCidr: string, node: 
     if (free.length === 0) throw new Error(`cluster CIDR ${clusterCidr} has no free /${prefixLen} block left for host ${node}: widen --cluster-cidr or remove departed hosts' leases`);
   }
   throw new Error(`could not lease a block from ${clusterCidr}: other hosts kept taking the same one; try again`);
+}
+
+/** A valid lease's block (checked by RecordRules) as its first and last address. */
+function bounds(block: string): [number, number] {
+  const slash = block.indexOf('/');
+  const first = ipToInt(block.slice(0, slash));
+  return [first, first + 2 ** (32 - Number(block.slice(slash + 1))) - 1];
+}
+
+/** Dotted IPv4 to its number, or -1. */
+function ipToInt(ip: string): number {
+  const p = ip.split('.');
+  if (p.length !== 4) return -1;
+  let n = 0;
+  for (const o of p) {
+    const v = Number(o);
+    if (!(v >= 0 && v <= 255) || o === '') return -1;
+    n = n * 256 + v;
+  }
+  return n;
 }
 
 function intToIp(n: number): string {
