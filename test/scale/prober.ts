@@ -7,7 +7,7 @@
 //     polls every 5 ms until DNS answers the name with addr and the LB answers 200 for the host:
 //     {"id":"p1","dnsAt":…,"lbAt":…} (null for whichever did not happen within 20 s)
 //   {"op":"steady",…same fields…}: checks that name and host every 50 ms until the end;
-//   {"op":"stats"}: {"stats":{"dnsOk":…,"dnsFail":…,"lbOk":…,"lbFail":…}} since the last stats.
+//   {"op":"stats"}: {"stats":{"dnsOk":…,"dnsFail":…,"lbOk":…,"lbFail":…,"lbWhy":{reason:count}}} since the last stats.
 import { createSocket } from 'node:dgram';
 import { Agent, request } from 'node:http';
 import { createInterface } from 'node:readline';
@@ -57,16 +57,27 @@ function dns(t: Target): Promise<boolean> {
   });
 }
 
+/** Why steady LB checks failed since the last stats: "timeout (1 s)", "status 502", "error ECONNRESET". */
+const lbWhy: Record<string, number> = {};
+
 /** One GET / with the Host; true on 200. */
-function lb(t: Target): Promise<boolean> {
+function lb(t: Target, why?: Record<string, number>): Promise<boolean> {
   return new Promise((res) => {
+    let timedOut = false;
+    const fail = (reason: string) => {
+      if (why) why[reason] = (why[reason] ?? 0) + 1;
+      res(false);
+    };
     const req = request({ host: '127.0.0.1', port: httpPort, path: '/', headers: { host: t.host }, agent, timeout: 1000 }, (r) => {
       r.resume();
-      r.on('end', () => res(r.statusCode === 200));
-      r.on('error', () => res(false));
+      r.on('end', () => (r.statusCode === 200 ? res(true) : fail(`status ${r.statusCode}`)));
+      r.on('error', (e: NodeJS.ErrnoException) => fail(`response error ${e.code ?? e.message}`));
     });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => res(false));
+    req.on('timeout', () => {
+      timedOut = true;
+      req.destroy();
+    });
+    req.on('error', (e: NodeJS.ErrnoException) => fail(timedOut ? 'timeout (1 s)' : `error ${e.code ?? e.message}`));
     req.end();
   });
 }
@@ -102,7 +113,7 @@ const steady: Target[] = [];
 setInterval(() => {
   for (const t of steady) {
     void dns(t).then((ok) => void (ok ? stats.dnsOk++ : stats.dnsFail++));
-    void lb(t).then((ok) => void (ok ? stats.lbOk++ : stats.lbFail++));
+    void lb(t, lbWhy).then((ok) => void (ok ? stats.lbOk++ : stats.lbFail++));
   }
 }, 50);
 
@@ -112,7 +123,8 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   if (m.op === 'watch') watches.set(m.id!, { id: m.id!, name: m.name, addr: m.addr, host: m.host, since: Date.now(), dnsAt: null, lbAt: null, lbBusy: false });
   else if (m.op === 'steady') steady.push({ name: m.name, addr: m.addr, host: m.host });
   else if (m.op === 'stats') {
-    out({ stats: { ...stats } });
+    out({ stats: { ...stats, lbWhy: { ...lbWhy } } });
     stats.dnsOk = stats.dnsFail = stats.lbOk = stats.lbFail = 0;
+    for (const k of Object.keys(lbWhy)) delete lbWhy[k];
   }
 }).on('close', () => process.exit(0));

@@ -64,7 +64,7 @@ class Prober {
   }
 }
 
-export interface ProbeStats { dnsOk: number; dnsFail: number; lbOk: number; lbFail: number }
+export interface ProbeStats { dnsOk: number; dnsFail: number; lbOk: number; lbFail: number; lbWhy: Record<string, number> }
 
 export interface RealHost {
   host: TestHost;
@@ -164,7 +164,9 @@ export class RealHosts {
 
   async stats(): Promise<ProbeStats> {
     const all = await Promise.all(this.hosts.map((h) => h.prober.stats()));
-    return all.reduce((a, s) => ({ dnsOk: a.dnsOk + s.dnsOk, dnsFail: a.dnsFail + s.dnsFail, lbOk: a.lbOk + s.lbOk, lbFail: a.lbFail + s.lbFail }), { dnsOk: 0, dnsFail: 0, lbOk: 0, lbFail: 0 });
+    const why: Record<string, number> = {};
+    for (const s of all) for (const [k, n] of Object.entries(s.lbWhy ?? {})) why[k] = (why[k] ?? 0) + n;
+    return all.reduce((a, s) => ({ dnsOk: a.dnsOk + s.dnsOk, dnsFail: a.dnsFail + s.dnsFail, lbOk: a.lbOk + s.lbOk, lbFail: a.lbFail + s.lbFail, lbWhy: why }), { dnsOk: 0, dnsFail: 0, lbOk: 0, lbFail: 0, lbWhy: why });
   }
 
   /**
