@@ -27,6 +27,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   { name: 'lb-balance', help: 'register: how the LB balances this service: round-robin or least-request (default: the LB\'s --lb-balance)' },
   { name: 'tcp-port', help: 'register: LB port that forwards raw TCP connections to this endpoint (corral.tcp.port)' },
   { name: 'tls-sni', help: 'register: TLS server names the LB routes to this endpoint without terminating TLS, comma-separated (corral.tls.sni)' },
+  { name: 'label', repeat: true, help: 'register: a corral.http.* edge label as on a container, name=value (corral.http.redirect=https, corral.http.rate-limit=100/s, ...); repeatable' },
   { name: 'proxy-protocol', help: 'register: v2 to send a PROXY protocol v2 header on TCP/TLS routes (corral.tcp.proxy-protocol)' },
   { name: 'bin-dir', help: 'install-cni: CNI bin dir (default /opt/cni/bin)' },
   { name: 'conf-dir', help: 'install-cni: CNI config dir (default /etc/cni/net.d)' },
@@ -90,6 +91,17 @@ function tcpPortFlag(text: string): number {
   const n = /^\d{1,5}$/.test(text.trim()) ? Number(text) : NaN;
   if (!(n >= 1 && n <= 65535)) throw new UsageError(`--tcp-port "${text}" is not a port number from 1 to 65535`);
   return n;
+}
+
+/** `--label name=value` values as a map; the agent checks names and values as it checks container labels. */
+function edgeLabels(values: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values) {
+    const eq = v.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--label "${v}" is not name=value (for example corral.http.redirect=https)`);
+    out[v.slice(0, eq).trim()] = v.slice(eq + 1);
+  }
+  return out;
 }
 
 function need(p: Parsed, n: number, usage: string): string[] {
@@ -210,7 +222,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
     },
   },
   register: {
-    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w] [--lb-balance round-robin|least-request] [--tcp-port p] [--tls-sni names] [--proxy-protocol v2]',
+    usage: 'register <service> <addr>:<port> [-n ns] [--color c] [--http-host h] [--http-path p] [--health-path p] [--weight w] [--lb-balance round-robin|least-request] [--tcp-port p] [--tls-sni names] [--proxy-protocol v2] [--label corral.http.<name>=<value> ...]',
     async run(p, c) {
       const [service, target] = need(p, 2, this.usage);
       const { address, port } = addrPort(target, 'register');
@@ -228,6 +240,7 @@ export const commands: Record<string, { usage: string; run(p: Parsed, c: Client)
         tcpPort: f.has('tcp-port') ? tcpPortFlag(f.get('tcp-port')!) : 0,
         tlsSni: f.has('tls-sni') ? f.get('tls-sni')!.split(',').map((h) => h.trim()).filter(Boolean) : [],
         proxyProtocol: f.get('proxy-protocol') ?? '',
+        edge: edgeLabels(p.lists.get('label') ?? []),
       });
       out(p, r, `registered ${target} as ${r.endpoint?.service}.${r.endpoint?.namespace} (color ${r.endpoint?.color}) at revision ${r.revision}`);
     },

@@ -7,12 +7,16 @@ export interface FlagSpec {
   name: string;               // "dns-listen"
   short?: string;             // "n"
   boolean?: boolean;
+  /** May be given more than once: every value is kept in Parsed.lists, in order. */
+  repeat?: boolean;
   help: string;
 }
 
 export interface Parsed {
   flags: Map<string, string>;
   bools: Set<string>;
+  /** Every value of a repeatable flag, in order. */
+  lists: Map<string, string[]>;
   args: string[];
 }
 
@@ -25,6 +29,7 @@ export function parseFlags(argv: string[], specs: FlagSpec[], env: NodeJS.Proces
   const byShort = new Map(specs.filter((s) => s.short).map((s) => [s.short!, s]));
   const flags = new Map<string, string>();
   const bools = new Set<string>();
+  const lists = new Map<string, string[]>();
   const args: string[] = [];
   for (const s of specs) {
     const e = env[envName(s.name)];
@@ -62,6 +67,7 @@ export function parseFlags(argv: string[], specs: FlagSpec[], env: NodeJS.Proces
     const value = inline ?? argv[++i];
     if (value === undefined) throw new UsageError(`--${spec.name} needs a value`);
     flags.set(spec.name, value);
+    if (spec.repeat) lists.set(spec.name, [...(lists.get(spec.name) ?? []), value]);
   }
-  return { flags, bools, args };
+  return { flags, bools, lists, args };
 }

@@ -193,6 +193,40 @@ describe('corral lb with the real agent', () => {
     }
   });
 
+  it('`corral register --label` puts edge labels on the route (response header, rate limit); a bad label is refused, naming it', async () => {
+    backends = await startBackends(['e1', 'blue']);
+    await register(backends[0]!, ['--label', 'corral.http.response.set-header.X-Edge=on', '--label', 'corral.http.rate-limit=3/m']);
+    const res = await until('the route answers with its header', async () => {
+      const r = await request(`http://127.0.0.1:${lb.httpPort}/`, { headers: { host: `${svc}.test` }, dispatcher: client });
+      await r.body.text();
+      return r;
+    }, (r) => r.statusCode === 200 && r.headers['x-edge'] === 'on');
+    expect(res.headers['x-edge']).toBe('on');
+    // 3 a minute per client for the whole LB (2 threads here): each request on a new connection,
+    // which the kernel spreads over the threads; 3 pass in all (the ones above included), the rest
+    // get 429 with Retry-After.
+    const statuses: number[] = [];
+    let retryAfter = '';
+    for (let i = 0; i < 8; i++) {
+      const r = await request(`http://127.0.0.1:${lb.httpPort}/`, { headers: { host: `${svc}.test` }, reset: true });
+      await r.body.text();
+      statuses.push(r.statusCode);
+      if (r.statusCode === 429) retryAfter = String(r.headers['retry-after']);
+    }
+    expect(statuses.filter((s) => s === 200).length + 1).toBe(3);
+    expect(statuses.filter((s) => s === 429).length).toBe(6);
+    expect(Number(retryAfter)).toBeGreaterThan(0);
+    const bad = await agent.cli(['register', svc, `127.0.0.1:${backends[0]!.port}`, '--http-host', `${svc}.test`, '--label', 'corral.http.rate-limit=fast']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/corral\.http\.rate-limit/);
+    expect(bad.stderr).toMatch(/fast/);
+    const noValue = await agent.cli(['register', svc, `127.0.0.1:${backends[0]!.port}`, '--label', 'corral.http.redirect']);
+    expect(noValue.code).toBe(2);
+    expect(noValue.stderr).toMatch(/not name=value/);
+    // the refused registrations changed nothing: the route still answers with its header
+    expect((await get()).status).toBe(429);
+  });
+
   it('wrk while a backend process is killed: zero non-2xx responses and zero socket errors (retries, then ejection)', async () => {
     const procs = await Promise.all(['k1', 'k2', 'k3'].map(async (name) => {
       const src = `require('http').createServer((q, s) => s.end('${name}\\n')).listen(0, '127.0.0.1', function () { console.log(this.address().port); });`;

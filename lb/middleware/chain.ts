@@ -58,8 +58,9 @@ export class RouteMiddleware {
   /** Path prefix removed before the request goes up ('' none). */
   readonly strip: string;
 
-  constructor(readonly config: EdgeConfig, routePath: string, private readonly ctx: ChainContext) {
-    this.limiter = config.rateLimit ? new RateLimiter(config.rateLimit) : null;
+  /** `service` (namespace/service) keys the rate limit's counts, which every LB thread shares. */
+  constructor(readonly config: EdgeConfig, routePath: string, private readonly ctx: ChainContext, service = '') {
+    this.limiter = config.rateLimit ? new RateLimiter(config.rateLimit, service) : null;
     this.auth = config.basicAuth ? ctx.auth(config.basicAuth) : null;
     const reqDrop = new Set([...config.requestRemove, ...config.requestSet.map(([n]) => n)]);
     // The credentials are for the LB: the endpoint does not get them.

@@ -78,7 +78,7 @@ export class EdgeRoutes {
     }
     state.edge = config;
     if (config.tls === 'acme' && this.o.warnNoAcme) this.log?.warn({ service: state.key }, 'the service asks for an ACME certificate (corral.http.tls=acme) but this LB has no --acme-directory; its hosts get no certificate from it');
-    state.middleware = hasMiddleware(config) ? new RouteMiddleware(config, normalizedPath(from.httpPath), this.ctx) : null;
+    state.middleware = hasMiddleware(config) ? new RouteMiddleware(config, normalizedPath(from.httpPath), this.ctx, state.key) : null;
   }
 }
 
