@@ -10,6 +10,7 @@
 import { getHeapStatistics } from 'node:v8';
 import { isMainThread, parentPort, Worker, workerData, type WorkerOptions } from 'node:worker_threads';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
+import { compactEvent, Interner, slimEvent, type EndpointFields } from './compact.js';
 import type { Logger } from './log.js';
 import type { WatchEvent } from './types.js';
 
@@ -57,6 +58,8 @@ export interface PoolOptions<Setup> {
   spawn?: SpawnWorker;
   /** When start fails: the setups no thread was started with (what they hold is the caller's to free). */
   onAbandoned?(setups: Setup[]): void;
+  /** The endpoint fields the threads read: only these cross to them (api/compact.ts). Default: all. */
+  fields?: EndpointFields;
 }
 
 interface Envelope<Setup> {
@@ -95,11 +98,11 @@ export class WorkerPool<Setup, Q extends Questions<Q>> {
   /** Sequence number of the first snapshot, once one has been sent. */
   private snapshotSeq = 0;
 
-  private constructor(private readonly name: string, private readonly log: Logger) {}
+  private constructor(private readonly name: string, private readonly log: Logger, private readonly fields: EndpointFields | undefined) {}
 
   /** Starts one thread per setup, one after the other; resolves once each is ready, or rejects when one cannot start. */
   static async start<Setup, Q extends Questions<Q>>(o: PoolOptions<Setup>): Promise<WorkerPool<Setup, Q>> {
-    const pool = new WorkerPool<Setup, Q>(o.name, o.log);
+    const pool = new WorkerPool<Setup, Q>(o.name, o.log, o.fields);
     const spawn = o.spawn ?? spawnWorker;
     let i = 0;
     try {
@@ -146,7 +149,9 @@ export class WorkerPool<Setup, Q extends Questions<Q>> {
   apply(ev: WatchEvent): Promise<void> {
     const seq = ++this.seq;
     if (ev.snapshot && this.snapshotSeq === 0) this.snapshotSeq = seq;
-    for (const s of this.threads) if (s.alive) s.worker.postMessage({ t: 'event', seq, ev } satisfies ToWorker);
+    // Fields the threads never read are not copied to each of them.
+    const sent = this.fields ? slimEvent(ev, this.fields) : ev;
+    for (const s of this.threads) if (s.alive) s.worker.postMessage({ t: 'event', seq, ev: sent } satisfies ToWorker);
     return new Promise<void>((resolve) => {
       this.waiting.push({ seq, resolve });
       this.settle();
@@ -234,13 +239,15 @@ export function serveWorker<Setup, Q extends Questions<Q>>(kind: string, start: 
   const envelope = workerData as Envelope<Setup> | null;
   if (isMainThread || envelope?.kind !== kind) return;
   const port = parentPort!;
+  // The thread's copy of each record is kept in one shape with shared strings (api/compact.ts).
+  const intern = new Interner();
   // A start that throws ends the thread with an 'error' the pool's start() rejects with.
   void Promise.resolve(start(envelope.setup, envelope.thread)).then((t) => {
     const answers = t.answers as unknown as Record<string, (arg: unknown) => unknown>;
     port.on('message', (m: ToWorker) => {
       switch (m.t) {
         case 'event':
-          t.apply(m.ev);
+          t.apply(compactEvent(m.ev, intern));
           port.postMessage({ t: 'applied', seq: m.seq } satisfies FromWorker);
           break;
         case 'ask':
