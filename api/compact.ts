@@ -101,10 +101,49 @@ export function compactEndpoint(ep: Endpoint, intern: Interner): Endpoint {
   };
 }
 
-/** The event with its endpoints compacted (in place: the event is the thread's own copy). */
-export function compactEvent(ev: WatchEvent, intern: Interner): WatchEvent {
+/**
+ * An endpoint as DNS keeps it: its DNS_FIELDS as own properties (one small object), every other
+ * field read from the prototype (shared constants: DNS never reads them).
+ */
+class DnsEndpoint {
+  readonly id: string;
+  readonly service: string;
+  readonly namespace: string;
+  readonly address: string;
+  readonly port: number;
+  readonly portName: string;
+  readonly color: string;
+  readonly weight: number;
+  readonly healthy: boolean;
+  readonly draining: boolean;
+  constructor(ep: Endpoint, intern: Interner) {
+    this.id = ep.id;
+    this.service = intern.s(ep.service);
+    this.namespace = intern.s(ep.namespace);
+    this.address = ep.address;
+    this.port = ep.port ?? 0;
+    this.portName = intern.s(ep.portName);
+    this.color = intern.s(ep.color);
+    this.weight = ep.weight ?? 0;
+    this.healthy = ep.healthy ?? false;
+    this.draining = ep.draining ?? false;
+  }
+}
+type Unread = Omit<Endpoint, keyof DnsEndpoint>;
+const UNREAD_BY_DNS: Unread = {
+  healthReason: '', origin: '', node: '', httpHosts: NO_STRINGS, httpPath: '', healthCheck: null, deploy: '', drainMs: 0, containerId: '', containerName: '',
+  lbBalance: '', edge: undefined, tcpPort: 0, tlsSni: NO_STRINGS, proxyProtocol: '',
+};
+Object.assign(DnsEndpoint.prototype, UNREAD_BY_DNS);
+
+/** The event with its endpoints compacted (in place: the event is the thread's own copy); `fields` as the pool sent them. */
+export function compactEvent(ev: WatchEvent, intern: Interner, fields?: EndpointFields): WatchEvent {
   if (ev.snapshot) intern.clear();
   const eps = ev.endpoints;
-  for (let i = 0; i < eps.length; i++) eps[i] = compactEndpoint(eps[i]!, intern);
+  if (fields === DNS_FIELDS || (fields !== undefined && fields.length === DNS_FIELDS.length && fields.every((f, i) => f === DNS_FIELDS[i]))) {
+    for (let i = 0; i < eps.length; i++) eps[i] = new DnsEndpoint(eps[i]!, intern) as unknown as Endpoint;
+  } else {
+    for (let i = 0; i < eps.length; i++) eps[i] = compactEndpoint(eps[i]!, intern);
+  }
   return ev;
 }

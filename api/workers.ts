@@ -24,7 +24,9 @@ const STOP_SLACK_MS = 5_000;
 /** Every pool's threads answer this one themselves (WorkerPool.heaps). */
 const HEAP_QUESTION = '@heap';
 
-function heapNow(): { usedBytes: number; totalBytes: number } {
+/** This thread's V8 heap; live bytes only when node runs with --expose-gc (a measurement: collect first). */
+export function heapNow(): { usedBytes: number; totalBytes: number } {
+  (globalThis as { gc?: () => void }).gc?.();
   const h = getHeapStatistics();
   return { usedBytes: h.used_heap_size, totalBytes: h.total_heap_size };
 }
@@ -66,6 +68,8 @@ interface Envelope<Setup> {
   kind: string;
   thread: number;
   setup: Setup;
+  /** The endpoint fields the pool sends (PoolOptions.fields). */
+  fields?: EndpointFields;
 }
 
 type ToWorker =
@@ -108,7 +112,7 @@ export class WorkerPool<Setup, Q extends Questions<Q>> {
     try {
       for (; i < o.setups.length; i++) {
         const thread = i + 1;
-        const worker = spawn(o.script, { workerData: { kind: o.kind, thread, setup: o.setups[i]! } satisfies Envelope<Setup> });
+        const worker = spawn(o.script, { workerData: { kind: o.kind, thread, setup: o.setups[i]!, fields: o.fields } satisfies Envelope<Setup> });
         const state: Thread = { worker, thread, applied: 0, alive: true };
         pool.threads.push(state);
         await new Promise<void>((resolve, reject) => {
@@ -247,7 +251,7 @@ export function serveWorker<Setup, Q extends Questions<Q>>(kind: string, start: 
     port.on('message', (m: ToWorker) => {
       switch (m.t) {
         case 'event':
-          t.apply(compactEvent(m.ev, intern));
+          t.apply(compactEvent(m.ev, intern, envelope.fields));
           port.postMessage({ t: 'applied', seq: m.seq } satisfies FromWorker);
           break;
         case 'ask':

@@ -8,7 +8,7 @@ import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, parseHostPort, type DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { socketWatch, type WatchSource, type WatchStream } from '../api/watch.js';
-import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
+import { heapNow, mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { batchSupport } from './batch.js';
@@ -115,6 +115,8 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning
         answerCacheNames: answers.size,
         forwardCacheEntries: forwarder.cacheSize,
         workerHeaps: (await workers?.heaps()) ?? [],
+        // The main thread's (in `corral up` shared with the agent and the LB).
+        mainHeap: heapNow(),
       }),
     });
     watch = (tuning.watch ?? socketWatch(opts.agentSocket))('dns', {
