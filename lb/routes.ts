@@ -202,6 +202,16 @@ export class RouteTable {
     }
   }
 
+  /** Every service the table holds ("<ns>/<name>"). */
+  serviceKeys(): Iterable<string> {
+    return this.services.keys();
+  }
+
+  /** The registered endpoints of a service (none for one the table does not hold). */
+  endpointsOf(key: string): Iterable<Endpoint> {
+    return this.services.get(key)?.endpoints.values() ?? [];
+  }
+
   /** The service for a request, or undefined (404). `host` must be normalized (normalizeHost). */
   lookup(host: string, path: string): RouteTarget | undefined {
     const exact = this.exact.get(host);
