@@ -89,13 +89,22 @@ const ALLOC_OWNER = '@alloc:';
 /** Owner of a service's endpoint names and PTRs (the service key owns its service-wide names). */
 const ENDPOINTS_OWNER = '@endpoints:';
 
-/** One service's endpoints, and how many of them have each address (one endpoint name per address). */
+/** One service's endpoints (an array: a change costs a pass over its service anyway). */
 interface ServiceEndpoints {
-  readonly ids: Set<string>;
-  /** Address key (addressKey) -> how many of the service's endpoints have it. */
-  readonly addresses: Map<string, number>;
+  /** The service key, one string shared by every reference to it (byAddress). */
+  readonly key: string;
+  readonly eps: Endpoint[];
   /** `<svc>.<ns>.<domain>` */
   readonly base: string;
+}
+
+/** How many times `owners` (a byAddress value) lists `key`: the service's endpoints at that address. */
+function countOf(owners: string | string[] | undefined, key: string): number {
+  if (owners === undefined) return 0;
+  if (typeof owners === 'string') return owners === key ? 1 : 0;
+  let n = 0;
+  for (const k of owners) if (k === key) n++;
+  return n;
 }
 
 /** The namespace of a client without an Allocation record (the host, other machines). */
@@ -121,7 +130,10 @@ export class Zone {
   private readonly names = new Map<string, NameNode>();
   /** `<svc>.<ns>.<domain>` -> service key, for endpoint names. */
   private readonly bases = new Map<string, string>();
-  /** Address key -> the key(s) of the services with an endpoint at that address (their PTRs). */
+  /**
+   * Address key -> the service key of each endpoint at that address (one string when there is
+   * one endpoint; a key repeats for a service with several endpoints there): endpoint names, PTRs.
+   */
   private readonly byAddress = new Map<string, string | string[]>();
   /** Endpoint names (one per address per service): each has a PTR too. */
   private endpointNames = 0;
@@ -235,7 +247,7 @@ export class Zone {
     if (key === undefined) return undefined;
     const se = this.byService.get(key);
     const address = labelAddress(name.slice(0, dot));
-    if (se === undefined || address === null || !se.addresses.has(address)) return undefined;
+    if (se === undefined || address === null || countOf(this.byAddress.get(address), se.key) === 0) return undefined;
     return isIPv4(address) ? { a: [address], aaaa: NONE, srv: NONE, ptr: NONE, ns: NONE, soa: false } : { a: NONE, aaaa: [compressIPv6(address)], srv: NONE, ptr: NONE, ns: NONE, soa: false };
   }
 
@@ -246,7 +258,7 @@ export class Zone {
     const owners = this.byAddress.get(address);
     if (owners === undefined) return undefined;
     const ptr: string[] = [];
-    for (const key of typeof owners === 'string' ? [owners] : owners) {
+    for (const key of typeof owners === 'string' ? [owners] : new Set(owners)) {
       const se = this.byService.get(key);
       if (se) ptr.push(endpointName(address, se.base));
     }
@@ -369,20 +381,19 @@ export class Zone {
     this.endpoints.set(ep.id, ep);
     let se = this.byService.get(key);
     if (!se) {
-      this.byService.set(key, (se = { ids: new Set(), addresses: new Map(), base: serviceBase(key, this.domain) }));
+      this.byService.set(key, (se = { key, eps: [], base: serviceBase(key, this.domain) }));
       this.bases.set(se.base, key);
     }
-    se.ids.add(ep.id);
+    se.eps.push(ep);
     const address = addressKey(ep.address);
     if (address === null) return key;
-    const count = se.addresses.get(address) ?? 0;
-    se.addresses.set(address, count + 1);
+    const owners = this.byAddress.get(address);
+    const count = countOf(owners, se.key);
+    if (owners === undefined) this.byAddress.set(address, se.key);
+    else if (typeof owners === 'string') this.byAddress.set(address, [owners, se.key]);
+    else owners.push(se.key);
     if (count > 0) return key;
     this.endpointNames++;
-    const owners = this.byAddress.get(address);
-    if (owners === undefined) this.byAddress.set(address, key);
-    else if (typeof owners === 'string') this.byAddress.set(address, [owners, key]);
-    else owners.push(key);
     changed?.add(endpointName(address, se.base));
     changed?.add(reverseName(address));
     return key;
@@ -393,22 +404,20 @@ export class Zone {
     const key = endpointKey(ep);
     this.endpoints.delete(ep.id);
     const se = this.byService.get(key);
-    if (!se || !se.ids.delete(ep.id)) return key;
+    const at = se ? se.eps.findIndex((e) => e.id === ep.id) : -1;
+    if (!se || at < 0) return key;
+    se.eps.splice(at, 1);
     const address = addressKey(ep.address);
     if (address === null) return key;
-    const count = (se.addresses.get(address) ?? 1) - 1;
-    if (count > 0) {
-      se.addresses.set(address, count);
-      return key;
-    }
-    se.addresses.delete(address);
-    this.endpointNames--;
     const owners = this.byAddress.get(address);
-    if (owners === key) this.byAddress.delete(address);
+    if (owners === se.key) this.byAddress.delete(address);
     else if (Array.isArray(owners)) {
-      const rest = owners.filter((k) => k !== key);
-      this.byAddress.set(address, rest.length === 1 ? rest[0]! : rest);
+      const i = owners.indexOf(se.key);
+      if (i >= 0) owners.splice(i, 1);
+      if (owners.length === 1) this.byAddress.set(address, owners[0]!);
     }
+    if (countOf(this.byAddress.get(address), se.key) > 0) return key;
+    this.endpointNames--;
     changed?.add(endpointName(address, se.base));
     changed?.add(reverseName(address));
     return key;
@@ -431,7 +440,7 @@ export class Zone {
       }
     }
     const se = this.byService.get(key);
-    if (se && se.ids.size === 0) {
+    if (se && se.eps.length === 0) {
       this.byService.delete(key);
       this.bases.delete(se.base);
     }
@@ -452,7 +461,7 @@ export class Zone {
     const view = new Map<string, RRsets>();
     const service = this.services.get(key);
     const eps: Endpoint[] = [];
-    for (const id of this.byService.get(key)?.ids ?? []) eps.push(this.endpoints.get(id)!);
+    for (const ep of this.byService.get(key)?.eps ?? []) eps.push(ep);
     if (eps.length === 0 && !service) return view;
     const base = serviceBase(key, this.domain);
     const nsName = base.slice(base.indexOf('.') + 1);
