@@ -4,11 +4,12 @@ import type { Server as HttpServer } from 'node:http';
 import { availableParallelism } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { startAdmin } from '../api/admin.js';
+import { compactEvent, DNS_FIELDS, Interner } from '../api/compact.js';
 import type { Logger } from '../api/log.js';
 import { ADMIN_DEFAULTS, parseHostPort, type DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
 import { socketWatch, type WatchSource, type WatchStream } from '../api/watch.js';
-import { mergedMetrics, type SpawnWorker } from '../api/workers.js';
+import { heapNow, mergedMetrics, type SpawnWorker } from '../api/workers.js';
 import { RecursionAcl } from './access.js';
 import { AnswerCache } from './answers.js';
 import { batchSupport } from './batch.js';
@@ -115,14 +116,20 @@ export async function runDns(opts: DaemonOptions, log: Logger, tuning: DnsTuning
         answerCacheNames: answers.size,
         forwardCacheEntries: forwarder.cacheSize,
         workerHeaps: (await workers?.heaps()) ?? [],
+        // The main thread's (in `corral up` shared with the agent and the LB).
+        mainHeap: heapNow(),
       }),
     });
+    const ownCopies = tuning.watch === undefined;
+    const intern = new Interner();
     watch = (tuning.watch ?? socketWatch(opts.agentSocket))('dns', {
       // Hosts: this node's record gives the block gateway to listen on; allocations: PTR and client namespaces.
       kinds: ['endpoints', 'services', 'hosts', 'allocations'],
       onEvent: (ev) => {
         const first = !zone.synced;
-        const applied = apply(ev);
+        // Records off the agent socket are fresh copies: kept compact (api/compact.ts). Inside
+        // `corral up` they are the agent's own objects, shared, and not ours to change.
+        const applied = apply(ownCopies ? compactEvent(ev, intern, DNS_FIELDS) : ev);
         if (first && ev.snapshot) log.info(zone.stats(), 'DNS ready: first snapshot applied');
         // Acked to the agent only once every thread answers from it: `corral status` must not
         // claim a change is served while a worker thread still answers the old records.

@@ -6,6 +6,7 @@
 // the agent only once every worker answers from it (api/workers.ts).
 import { setFlagsFromString } from 'node:v8';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { DNS_FIELDS } from '../api/compact.js';
 import { makeLogger, type Logger } from '../api/log.js';
 import type { DaemonOptions } from '../api/options.js';
 import type { WatchEvent } from '../api/types.js';
@@ -55,7 +56,7 @@ export class UdpWorkers implements UdpShare {
     const setups = Array.from({ length: count }, () => setup);
     let pool: WorkerPool<Setup, UdpThreadAnswers>;
     try {
-      pool = await WorkerPool.start<Setup, UdpThreadAnswers>({ name: 'DNS', kind: KIND, script: new URL(import.meta.url), setups, log, spawn });
+      pool = await WorkerPool.start<Setup, UdpThreadAnswers>({ name: 'DNS', kind: KIND, script: new URL(import.meta.url), setups, log, spawn, fields: DNS_FIELDS });
     } finally {
       // Back to V8's default for isolates made later (`corral up`'s LB threads): 16 MB semi-spaces
       // are resident once used, ~32 MB a thread that does not answer UDP.

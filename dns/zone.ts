@@ -3,16 +3,20 @@
 // carries (their own name and PTR), rebuilds only the service-wide names of the services it
 // touches, and tells listeners which names changed, so cached answers for everything else stay
 // valid. What a change costs grows with the size of its service, not with the zone.
+// Memory: each endpoint's own name and PTR are not stored as names (two per endpoint, most of what
+// a zone held): they are worked out from the name asked (`<addr label>.<service base>`, reversed
+// address) against each service's address counts, so an endpoint costs a few Map entries.
 import { isIPv4, isIPv6 } from 'node:net';
 import { colorEndpoints, servingEndpoints } from '../api/traffic.js';
 import { DEFAULT_NAMESPACE, serviceKey, type Allocation, type Endpoint, type Service, type WatchEvent } from '../api/types.js';
 import { expandIPv6, RCODE, TYPE, HEADER_FLAGS, type ResourceRecord, type Sections } from './wire.js';
 
+/** One SRV record: priority 0; the target is the endpoint name of `address` under `base` (made when answered). */
 export interface SrvTarget {
-  priority: number;
   weight: number;
   port: number;
-  target: string;
+  address: string;
+  base: string;
 }
 
 /** The records one owner (a service, or the apex) puts at one name. Empty = empty non-terminal. */
@@ -76,17 +80,7 @@ class NameNode {
 
   records(): RRsets {
     if (this.owners === undefined) return this.only!;
-    if (this.merged) return this.merged;
-    const m = rrsets();
-    for (const rr of this.owners.values()) {
-      for (const x of rr.a) if (!m.a.includes(x)) m.a.push(x);
-      for (const x of rr.aaaa) if (!m.aaaa.includes(x)) m.aaaa.push(x);
-      for (const x of rr.ptr) if (!m.ptr.includes(x)) m.ptr.push(x);
-      for (const x of rr.ns) if (!m.ns.includes(x)) m.ns.push(x);
-      m.srv.push(...rr.srv);
-      m.soa ||= rr.soa;
-    }
-    return (this.merged = m);
+    return (this.merged ??= merge(this.owners.values()));
   }
 }
 
@@ -95,12 +89,22 @@ const ALLOC_OWNER = '@alloc:';
 /** Owner of a service's endpoint names and PTRs (the service key owns its service-wide names). */
 const ENDPOINTS_OWNER = '@endpoints:';
 
-/** One service's endpoints, and how many of them have each endpoint name (one per address). */
+/** One service's endpoints (an array: a change costs a pass over its service anyway). */
 interface ServiceEndpoints {
-  readonly ids: Set<string>;
-  readonly names: Map<string, number>;
+  /** The service key, one string shared by every reference to it (byAddress). */
+  readonly key: string;
+  readonly eps: Endpoint[];
   /** `<svc>.<ns>.<domain>` */
   readonly base: string;
+}
+
+/** How many times `owners` (a byAddress value) lists `key`: the service's endpoints at that address. */
+function countOf(owners: string | string[] | undefined, key: string): number {
+  if (owners === undefined) return 0;
+  if (typeof owners === 'string') return owners === key ? 1 : 0;
+  let n = 0;
+  for (const k of owners) if (k === key) n++;
+  return n;
 }
 
 /** The namespace of a client without an Allocation record (the host, other machines). */
@@ -124,9 +128,18 @@ export class Zone {
   private readonly byService = new Map<string, ServiceEndpoints>();
   private readonly views = new Map<string, Map<string, RRsets>>();
   private readonly names = new Map<string, NameNode>();
+  /** `<svc>.<ns>.<domain>` -> service key, for endpoint names. */
+  private readonly bases = new Map<string, string>();
+  /**
+   * Address key -> the service key of each endpoint at that address (one string when there is
+   * one endpoint; a key repeats for a service with several endpoints there): endpoint names, PTRs.
+   */
+  private readonly byAddress = new Map<string, string | string[]>();
+  /** Endpoint names (one per address per service): each has a PTR too. */
+  private endpointNames = 0;
   /** Names the zone holds (each endpoint's, PTRs, services'...). */
   get nameCount(): number {
-    return this.names.size;
+    return this.names.size + 2 * this.endpointNames;
   }
   /** Allocation records by address: PTR names and each client's namespace. */
   private readonly allocations = new Map<string, Allocation>();
@@ -154,6 +167,9 @@ export class Zone {
       this.byService.clear();
       this.views.clear();
       this.names.clear();
+      this.bases.clear();
+      this.byAddress.clear();
+      this.endpointNames = 0;
       this.allocations.clear();
       this.addApex();
       for (const a of ev.allocations ?? []) this.putAllocation(a, null);
@@ -210,12 +226,43 @@ export class Zone {
    * relative to the asking client's namespace, as the search path `<ns>.<domain> <domain>` implies.
    */
   isRelative(name: string): boolean {
-    return name !== this.domain && !this.names.has(name) && name.endsWith(this.domainSuffix);
+    return name !== this.domain && name.endsWith(this.domainSuffix) && this.lookup(name) === undefined;
   }
 
   /** Records at a name, or undefined when the name does not exist. */
   lookup(name: string): RRsets | undefined {
-    return this.names.get(name)?.records();
+    const stored = this.names.get(name)?.records();
+    const own = this.endpointRecords(name);
+    const ptr = own === undefined ? this.ptrRecords(name) : undefined;
+    const found = own ?? ptr;
+    if (found === undefined) return stored;
+    return stored === undefined ? found : merge([stored, found]);
+  }
+
+  /** `<addr label>.<svc>.<ns>.<domain>` of a registered endpoint: its address. */
+  private endpointRecords(name: string): RRsets | undefined {
+    const dot = name.indexOf('.');
+    if (dot <= 0) return undefined;
+    const key = this.bases.get(name.slice(dot + 1));
+    if (key === undefined) return undefined;
+    const se = this.byService.get(key);
+    const address = labelAddress(name.slice(0, dot));
+    if (se === undefined || address === null || countOf(this.byAddress.get(address), se.key) === 0) return undefined;
+    return isIPv4(address) ? { a: [address], aaaa: NONE, srv: NONE, ptr: NONE, ns: NONE, soa: false } : { a: NONE, aaaa: [compressIPv6(address)], srv: NONE, ptr: NONE, ns: NONE, soa: false };
+  }
+
+  /** The PTR name of a registered endpoint's address: the endpoint name in each service with it. */
+  private ptrRecords(name: string): RRsets | undefined {
+    const address = reverseAddress(name);
+    if (address === null) return undefined;
+    const owners = this.byAddress.get(address);
+    if (owners === undefined) return undefined;
+    const ptr: string[] = [];
+    for (const key of typeof owners === 'string' ? [owners] : new Set(owners)) {
+      const se = this.byService.get(key);
+      if (se) ptr.push(endpointName(address, se.base));
+    }
+    return { a: NONE, aaaa: NONE, srv: NONE, ptr, ns: NONE, soa: false };
   }
 
   /**
@@ -225,20 +272,20 @@ export class Zone {
    * under the name asked.
    */
   answer(name: string, qtype: number, clientNamespace: string | null = null): Sections | null {
-    let node = this.names.get(name);
     const inDomain = this.inDomain(name);
-    if (!node && !inDomain) return null;
-    if (!node && clientNamespace !== null && this.isRelative(name)) {
+    // Only names under the domain and reverse names can be worked out; any other is stored or not ours.
+    let rr = inDomain || name.endsWith('.arpa') ? this.lookup(name) : this.names.get(name)?.records();
+    if (!rr && !inDomain) return null;
+    if (!rr && clientNamespace !== null && name !== this.domain && inDomain) {
       const prefix = name.slice(0, name.length - this.domainSuffix.length);
-      node = this.names.get(`${prefix}.${clientNamespace.toLowerCase()}${this.domainSuffix}`);
+      rr = this.lookup(`${prefix}.${clientNamespace.toLowerCase()}${this.domainSuffix}`);
     }
     const out: Sections = { flags: HEADER_FLAGS.AA, answer: [], authority: [], additional: [] };
-    if (!node) {
+    if (!rr) {
       out.flags |= RCODE.NXDOMAIN;
       out.authority.push(this.soaRecord());
       return out;
     }
-    const rr = node.records();
     const ttl = this.ttl;
     const any = qtype === TYPE.ANY;
     if (qtype === TYPE.A || any) for (const a of rr.a) out.answer.push({ name, ttl, data: { type: TYPE.A, address: a } });
@@ -254,10 +301,11 @@ export class Zone {
     if (qtype === TYPE.SRV || any) {
       const seen = new Set<string>();
       for (const s of rr.srv) {
-        out.answer.push({ name, ttl, data: { type: TYPE.SRV, priority: s.priority, weight: s.weight, port: s.port, target: s.target } });
-        if (!seen.has(s.target)) {
-          seen.add(s.target);
-          this.addressRecords(s.target, out.additional);
+        const target = endpointName(s.address, s.base);
+        out.answer.push({ name, ttl, data: { type: TYPE.SRV, priority: 0, weight: s.weight, port: s.port, target } });
+        if (!seen.has(target)) {
+          seen.add(target);
+          this.addressRecords(target, out.additional);
         }
       }
     }
@@ -267,11 +315,11 @@ export class Zone {
 
   /** Counts for the status page. */
   stats(): { revision: number; names: number; services: number; endpoints: number } {
-    return { revision: this.revision, names: this.names.size, services: this.views.size, endpoints: this.endpoints.size };
+    return { revision: this.revision, names: this.nameCount, services: this.views.size, endpoints: this.endpoints.size };
   }
 
   private addressRecords(target: string, into: ResourceRecord[]): void {
-    const rr = this.names.get(target)?.records();
+    const rr = this.lookup(target);
     if (!rr) return;
     for (const a of rr.a) into.push({ name: target, ttl: this.ttl, data: { type: TYPE.A, address: a } });
     for (const a of rr.aaaa) into.push({ name: target, ttl: this.ttl, data: { type: TYPE.AAAA, address: a } });
@@ -332,20 +380,22 @@ export class Zone {
     const key = endpointKey(ep);
     this.endpoints.set(ep.id, ep);
     let se = this.byService.get(key);
-    if (!se) this.byService.set(key, (se = { ids: new Set(), names: new Map(), base: serviceBase(key, this.domain) }));
-    se.ids.add(ep.id);
-    const v4 = isIPv4(ep.address);
-    if (!v4 && !isIPv6(ep.address)) return key;
-    const own = endpointName(ep.address, se.base);
-    const count = se.names.get(own) ?? 0;
-    se.names.set(own, count + 1);
+    if (!se) {
+      this.byService.set(key, (se = { key, eps: [], base: serviceBase(key, this.domain) }));
+      this.bases.set(se.base, key);
+    }
+    se.eps.push(ep);
+    const address = addressKey(ep.address);
+    if (address === null) return key;
+    const owners = this.byAddress.get(address);
+    const count = countOf(owners, se.key);
+    if (owners === undefined) this.byAddress.set(address, se.key);
+    else if (typeof owners === 'string') this.byAddress.set(address, [owners, se.key]);
+    else owners.push(se.key);
     if (count > 0) return key;
-    const owner = ENDPOINTS_OWNER + key;
-    this.node(own).set(owner, { a: v4 ? [ep.address] : NONE, aaaa: v4 ? NONE : [ep.address], srv: NONE, ptr: NONE, ns: NONE, soa: false });
-    const ptrName = reverseName(ep.address);
-    this.node(ptrName).set(owner, { a: NONE, aaaa: NONE, srv: NONE, ptr: [own], ns: NONE, soa: false });
-    changed?.add(own);
-    changed?.add(ptrName);
+    this.endpointNames++;
+    changed?.add(endpointName(address, se.base));
+    changed?.add(reverseName(address));
     return key;
   }
 
@@ -354,23 +404,22 @@ export class Zone {
     const key = endpointKey(ep);
     this.endpoints.delete(ep.id);
     const se = this.byService.get(key);
-    if (!se || !se.ids.delete(ep.id)) return key;
-    if (!isIPv4(ep.address) && !isIPv6(ep.address)) return key;
-    const own = endpointName(ep.address, se.base);
-    const count = (se.names.get(own) ?? 1) - 1;
-    if (count > 0) {
-      se.names.set(own, count);
-      return key;
+    const at = se ? se.eps.findIndex((e) => e.id === ep.id) : -1;
+    if (!se || at < 0) return key;
+    se.eps.splice(at, 1);
+    const address = addressKey(ep.address);
+    if (address === null) return key;
+    const owners = this.byAddress.get(address);
+    if (owners === se.key) this.byAddress.delete(address);
+    else if (Array.isArray(owners)) {
+      const i = owners.indexOf(se.key);
+      if (i >= 0) owners.splice(i, 1);
+      if (owners.length === 1) this.byAddress.set(address, owners[0]!);
     }
-    se.names.delete(own);
-    const owner = ENDPOINTS_OWNER + key;
-    for (const name of [own, reverseName(ep.address)]) {
-      const n = this.names.get(name);
-      if (!n) continue;
-      n.delete(owner);
-      if (n.empty) this.names.delete(name);
-      changed?.add(name);
-    }
+    if (countOf(this.byAddress.get(address), se.key) > 0) return key;
+    this.endpointNames--;
+    changed?.add(endpointName(address, se.base));
+    changed?.add(reverseName(address));
     return key;
   }
 
@@ -391,7 +440,10 @@ export class Zone {
       }
     }
     const se = this.byService.get(key);
-    if (se && se.ids.size === 0) this.byService.delete(key);
+    if (se && se.eps.length === 0) {
+      this.byService.delete(key);
+      this.bases.delete(se.base);
+    }
     const view = this.buildView(key);
     if (view.size === 0) {
       this.views.delete(key);
@@ -409,7 +461,7 @@ export class Zone {
     const view = new Map<string, RRsets>();
     const service = this.services.get(key);
     const eps: Endpoint[] = [];
-    for (const id of this.byService.get(key)?.ids ?? []) eps.push(this.endpoints.get(id)!);
+    for (const ep of this.byService.get(key)?.eps ?? []) eps.push(ep);
     if (eps.length === 0 && !service) return view;
     const base = serviceBase(key, this.domain);
     const nsName = base.slice(base.indexOf('.') + 1);
@@ -432,12 +484,7 @@ export class Zone {
       addAddressOnce(root, ep.address, inRoot);
       at(`_tcp.${base}`);
       const srv = at(`_${(ep.portName || DEFAULT_PORT_NAME).toLowerCase()}._tcp.${base}`);
-      srv.srv.push({
-        priority: 0,
-        weight: Math.min(65535, Math.max(1, Math.round(weight * factor))),
-        port: ep.port,
-        target: endpointName(ep.address, base),
-      });
+      srv.srv.push({ weight: Math.min(65535, Math.max(1, Math.round(weight * factor))), port: ep.port, address: ep.address, base });
     }
 
     // <color>.<svc>: serving endpoints of that color, active or not (test green before switching).
@@ -492,6 +539,85 @@ function normalizeAddress(address: string): string | null {
 function dnsLabel(text: string): string {
   const l = text.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
   return l || 'container';
+}
+
+/** The records of several owners at one name, each value once. */
+function merge(all: Iterable<RRsets>): RRsets {
+  const m = rrsets();
+  for (const rr of all) {
+    for (const x of rr.a) if (!m.a.includes(x)) m.a.push(x);
+    for (const x of rr.aaaa) if (!m.aaaa.includes(x)) m.aaaa.push(x);
+    for (const x of rr.ptr) if (!m.ptr.includes(x)) m.ptr.push(x);
+    for (const x of rr.ns) if (!m.ns.includes(x)) m.ns.push(x);
+    m.srv.push(...rr.srv);
+    m.soa ||= rr.soa;
+  }
+  return m;
+}
+
+/**
+ * An endpoint address as the zone keys it, one key per address: IPv4 as written, IPv6 as eight
+ * hex groups without leading zeros (what its endpoint name and PTR spell); null for neither.
+ */
+function addressKey(address: string): string | null {
+  if (isIPv4(address)) return address;
+  if (isIPv6(address)) return expandIPv6(address).map((g) => g.toString(16)).join(':');
+  return null;
+}
+
+/** An IPv6 address key (eight groups) the way RFC 5952 writes it: the longest run of zero groups (two or more) as `::`. */
+function compressIPv6(key: string): string {
+  const g = key.split(':');
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === '0') j++;
+    if (j - i > bestLen) [best, bestLen] = [i, j - i];
+    i = j;
+  }
+  if (best < 0) return key;
+  return `${g.slice(0, best).join(':')}::${g.slice(best + bestLen).join(':')}`;
+}
+
+/** The address key an endpoint name's first label spells (`10-42-0-5`, `fd00-0-0-0-0-0-0-1`), or null. */
+function labelAddress(label: string): string | null {
+  const parts = label.split('-');
+  if (parts.length === 4) {
+    const a = parts.join('.');
+    return isIPv4(a) ? a : null;
+  }
+  if (parts.length !== 8) return null;
+  for (const p of parts) if (!/^(0|[1-9a-f][0-9a-f]{0,3})$/.test(p)) return null;
+  return parts.join(':');
+}
+
+/** The address key a reverse name (`5.0.42.10.in-addr.arpa`, 32 nibbles `.ip6.arpa`) spells, or null. */
+function reverseAddress(name: string): string | null {
+  if (name.endsWith('.in-addr.arpa')) {
+    const parts = name.slice(0, -'.in-addr.arpa'.length).split('.');
+    if (parts.length !== 4) return null;
+    const a = parts.reverse().join('.');
+    return isIPv4(a) ? a : null;
+  }
+  if (!name.endsWith('.ip6.arpa')) return null;
+  const nibbles = name.slice(0, -'.ip6.arpa'.length).split('.');
+  if (nibbles.length !== 32) return null;
+  const groups: string[] = [];
+  for (let g = 0; g < 8; g++) {
+    let v = 0;
+    for (let i = 0; i < 4; i++) {
+      const n = nibbles[31 - (g * 4 + i)]!;
+      if (!/^[0-9a-f]$/.test(n)) return null;
+      v = v * 16 + parseInt(n, 16);
+    }
+    groups.push(v.toString(16));
+  }
+  return groups.join(':');
 }
 
 /** `10-42-0-5.<svc>.<ns>.<domain>`, `fd00-0-0-0-0-0-0-1.<...>`: the name of one endpoint. */

@@ -135,10 +135,8 @@ export class RouteTable {
   /** origin -> how many endpoints use it. */
   private readonly origins = new Map<string, number>();
   private routeCount = 0;
-  /** Origins whose count reached 0 during the current event; retired once it is fully applied. */
+  /** Origins whose count reached 0 during the current event (with the last record that used each); retired once it is fully applied. */
   private readonly released: Array<[string, Endpoint]> = [];
-  /** The last endpoint record seen per origin, for OriginRemoved. */
-  private readonly originEndpoint = new Map<string, Endpoint>();
 
   /** Edge labels to middlewares (set by the thread's stack); unset: no middleware anywhere. */
   edges: EdgeRoutes | undefined;
@@ -200,9 +198,18 @@ export class RouteTable {
     // An origin that left and came back in the same event (endpoint renamed) keeps its pool.
     for (const [origin, last] of this.released.splice(0)) {
       if (this.origins.has(origin)) continue;
-      this.originEndpoint.delete(origin);
       this.onOriginRemoved?.(origin, last);
     }
+  }
+
+  /** Every service the table holds ("<ns>/<name>"). */
+  serviceKeys(): Iterable<string> {
+    return this.services.keys();
+  }
+
+  /** The registered endpoints of a service (none for one the table does not hold). */
+  endpointsOf(key: string): Iterable<Endpoint> {
+    return this.services.get(key)?.endpoints.values() ?? [];
   }
 
   /** The service for a request, or undefined (404). `host` must be normalized (normalizeHost). */
@@ -235,7 +242,9 @@ export class RouteTable {
   }
 
   private replace(ev: WatchEvent): void {
-    const oldOrigins = new Map(this.originEndpoint);
+    // Every origin in use before, with a record that used it: those the snapshot does not bring back are retired.
+    const oldOrigins = new Map<string, Endpoint>();
+    for (const state of this.services.values()) for (const ep of state.endpoints.values()) oldOrigins.set(originOf(ep), ep);
     // Keep ServiceState objects (and their balancer scores) for services that survive.
     const old = new Map(this.services);
     this.services.clear();
@@ -295,10 +304,10 @@ export class RouteTable {
     }
     const state = this.stateFor(ep.namespace, ep.service);
     state.endpoints.set(ep.id, ep);
-    this.endpointService.set(ep.id, key);
+    // The service's own key string: one per service, not one per endpoint.
+    this.endpointService.set(ep.id, state.key);
     const origin = originOf(ep);
     this.origins.set(origin, (this.origins.get(origin) ?? 0) + 1);
-    this.originEndpoint.set(origin, ep);
     if (touchedFormer) this.recompute(touchedFormer);
     return state;
   }

@@ -4,7 +4,7 @@
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import type { Logger } from '../api/log.js';
 import { parseHostPort, type LbOptions } from '../api/options.js';
-import type { WatchEvent } from '../api/types.js';
+import { serviceKey, type Endpoint, type WatchEvent } from '../api/types.js';
 import { balancerFor } from './balancer.js';
 import { bothObservers, GateFigures } from './gate.js';
 import { LbMetrics } from './metrics.js';
@@ -47,6 +47,8 @@ export class LbThread {
   readonly acme: AcmeThread | undefined;
   /** TCP and TLS-by-SNI routes (lb/tcp/). */
   readonly tcp: TcpRouter;
+  /** Services whose endpoints the TCP router holds (tcpEvent). */
+  private readonly tcpServices = new Set<string>();
 
   constructor(readonly thread: number, o: LbOptions, log: Logger, processMetrics: boolean) {
     this.metrics = new LbMetrics(processMetrics);
@@ -105,8 +107,49 @@ export class LbThread {
 
   apply(ev: WatchEvent): void {
     this.routes.apply(ev);
-    this.tcp.apply(ev);
+    this.tcp.apply(this.tcpEvent(ev));
     this.metrics.appliedRevision.set(ev.revision);
+  }
+
+  /**
+   * The event as the TCP router needs it: the endpoints of services with a TCP or TLS route
+   * (lb/tcp/ balances over all of such a service's endpoints), and none of the others, which it
+   * would otherwise keep too (most services have no TCP route). An endpoint of a service without
+   * one goes to it as a deletion (it may have left a service with one). Called after the route
+   * table applied the event: it holds every service's endpoints.
+   */
+  private tcpEvent(ev: WatchEvent): WatchEvent {
+    const touched = new Set<string>();
+    if (ev.snapshot) {
+      this.tcpServices.clear();
+      for (const key of this.routes.serviceKeys()) touched.add(key);
+    } else {
+      for (const ep of ev.endpoints) touched.add(serviceKey(ep.namespace, ep.service));
+    }
+    const endpoints: Endpoint[] = [];
+    const deletedEndpoints = ev.snapshot ? [] : [...ev.deletedEndpoints];
+    const whole = new Set<string>();
+    for (const key of touched) {
+      let tcp = false;
+      for (const ep of this.routes.endpointsOf(key)) if (ep.tcpPort || (ep.tlsSni?.length ?? 0) > 0) tcp = true;
+      const was = this.tcpServices.has(key);
+      if (tcp && !was) {
+        this.tcpServices.add(key);
+        whole.add(key);
+        for (const ep of this.routes.endpointsOf(key)) endpoints.push(ep);
+      } else if (!tcp && was) {
+        this.tcpServices.delete(key);
+        for (const ep of this.routes.endpointsOf(key)) deletedEndpoints.push(ep.id);
+      }
+    }
+    if (!ev.snapshot) {
+      for (const ep of ev.endpoints) {
+        const key = serviceKey(ep.namespace, ep.service);
+        if (!this.tcpServices.has(key)) deletedEndpoints.push(ep.id);
+        else if (!whole.has(key)) endpoints.push(ep);
+      }
+    }
+    return { ...ev, endpoints, deletedEndpoints };
   }
 
   stats(): ThreadStats {

@@ -3,6 +3,7 @@
 // (listeners.ts), so nothing is shared on the hot path. The main thread keeps the agent watch
 // and the admin endpoint, forwards every watch event through the pool (api/workers.ts) and acks
 // a revision only once every thread has applied it.
+import { LB_FIELDS } from '../api/compact.js';
 import { makeLogger, type Logger } from '../api/log.js';
 import type { LbOptions } from '../api/options.js';
 import type { ColorFigures } from '../api/types.js';
@@ -37,7 +38,7 @@ export type LbWorkers = WorkerPool<Setup, LbThreadAnswers>;
 export function startLbWorkers(opts: LbOptions, logLevel: string, http: number[], https: number[], log: Logger, spawn?: SpawnWorker): Promise<LbWorkers> {
   const setups = http.map((httpFd, i): Setup => ({ opts, logLevel, httpFd, httpsFd: https[i] ?? -1 }));
   return WorkerPool.start<Setup, LbThreadAnswers>({
-    name: 'LB', kind: KIND, script: new URL(import.meta.url), setups, log, spawn,
+    name: 'LB', kind: KIND, script: new URL(import.meta.url), setups, log, spawn, fields: LB_FIELDS,
     onAbandoned: (rest) => closeFds(rest.flatMap((s) => (s.httpsFd >= 0 ? [s.httpFd, s.httpsFd] : [s.httpFd]))),
   });
 }

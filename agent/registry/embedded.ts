@@ -15,15 +15,45 @@ import type { Compare, KeyValue, KvBatch, KvEvent, RangeResult, Registry, Regist
 import { RegistryError } from './registry.js';
 
 interface Stored {
-  value: string;
+  /** The value as packValue keeps it in memory (unpackValue gives it back exactly). */
+  packed: string;
   modRevision: number;
+}
+
+/**
+ * What records repeat, most of their bytes: field names (and a few common values) of the agent's
+ * JSON records. In memory each becomes one control character (\x01..\x1f, which JSON text never
+ * holds unescaped): an endpoint record of ~460 bytes is kept in ~200. Longest first, so one that
+ * starts with another wins. Disk and readers see the value as written.
+ */
+const TOKENS = [
+  '","containerName":"', '],"proxyProtocol":"', ',"healthReason":"', '","namespace":"', '","httpHosts":[', '","healthCheck":', ',"containerId":"',
+  'no health check', '],"httpPath":"', '","service":"', '","address":"', ',"lbBalance":"', '","draining":', '","drainMs":', ',"portName":"',
+  '","tcpPort":', '","origin":"', '","weight":', ',"tlsSni":[', ',"healthy":', '","color":"', ',"deploy":"', '","node":"', ',"port":', '{"id":"',
+  'default', 'manual', 'false', 'true', 'null', 'http',
+];
+const CODE = new Map(TOKENS.map((t, i) => [t, String.fromCharCode(i + 1)]));
+const PACK = new RegExp(TOKENS.map((t) => t.replace(/[[\]{}()*+?.\\^$|]/g, '\\$&')).join('|'), 'g');
+const UNPACK = /[\x01-\x1f]/g;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\x00-\x1f]/;
+
+/** A value as kept in memory: tokens replaced; a value that holds control characters itself is kept as is, after a \x00. */
+export function packValue(v: string): string {
+  if (CONTROL.test(v)) return `\x00${v}`;
+  return v.replace(PACK, (t) => CODE.get(t)!);
+}
+
+export function unpackValue(p: string): string {
+  if (p.charCodeAt(0) === 0) return p.slice(1);
+  return p.replace(UNPACK, (c) => TOKENS[c.charCodeAt(0) - 1]!);
 }
 
 /** The single-file format of releases before the log; read once and migrated. */
 interface LegacyFile {
   format: 'corral-registry/1';
   revision: number;
-  kvs: Record<string, Stored>;
+  kvs: Record<string, { value: string; modRevision: number }>;
 }
 
 /** The snapshot's first line; then one `[key, value, modRevision]` line per key. */
@@ -163,7 +193,7 @@ export class EmbeddedRegistry implements Registry {
     for (;;) {
       const kvs: KeyValue[] = [];
       for (const [key, s] of this.kvs) {
-        if (key.startsWith(prefix)) kvs.push({ key, value: s.value, modRevision: s.modRevision });
+        if (key.startsWith(prefix)) kvs.push({ key, value: unpackValue(s.packed), modRevision: s.modRevision });
       }
       kvs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
       const result = { revision: this.revision, kvs };
@@ -192,9 +222,10 @@ export class EmbeddedRegistry implements Registry {
     for (const op of ops) {
       if ('put' in op) {
         const old = this.kvs.get(op.put);
-        if (old && old.value === op.value) continue;
+        const packed = packValue(op.value);
+        if (old && old.packed === packed) continue;
         undo.push([op.put, old]);
-        this.kvs.set(op.put, { value: op.value, modRevision: next });
+        this.kvs.set(op.put, { packed, modRevision: next });
         events.push({ type: 'put', key: op.put, value: op.value });
       } else {
         const old = this.kvs.get(op.delete);
@@ -401,7 +432,7 @@ export class EmbeddedRegistry implements Registry {
       } catch (err) {
         throw damaged(`key ${i + 1} is not JSON: ${(err as Error).message}`);
       }
-      this.kvs.set(kv[0], { value: kv[1], modRevision: kv[2] });
+      this.kvs.set(kv[0], { packed: packValue(kv[1]), modRevision: kv[2] });
     }
     if (off !== buf.length) throw damaged(`it has more than the ${header.keys} keys its header counts`);
     this.revision = header.revision;
@@ -419,7 +450,7 @@ export class EmbeddedRegistry implements Registry {
       throw new RegistryError(`registry file ${file} has an unknown format; move it away to start empty`);
     }
     this.revision = data.revision;
-    for (const [k, v] of Object.entries(data.kvs)) this.kvs.set(k, { value: v.value, modRevision: v.modRevision });
+    for (const [k, v] of Object.entries(data.kvs)) this.kvs.set(k, { packed: packValue(v.value), modRevision: v.modRevision });
   }
 
   /** Applies one log file's records after the current revision; the last file may end in a torn record, which is cut off. */
@@ -458,7 +489,7 @@ export class EmbeddedRegistry implements Registry {
         throw new RegistryError(`registry log ${file} jumps from revision ${this.revision} to ${rec.revision} at byte ${off}: records are missing; restore the state dir ${this.dir} from a backup`);
       }
       for (const op of rec.ops) {
-        if ('put' in op) this.kvs.set(op.put, { value: op.value, modRevision: rec.revision });
+        if ('put' in op) this.kvs.set(op.put, { packed: packValue(op.value), modRevision: rec.revision });
         else this.kvs.delete(op.delete);
       }
       this.revision = rec.revision;
@@ -545,7 +576,7 @@ function writeSnapshotSync(dir: string, revision: number, kvs: Map<string, Store
   let bytes = 0;
   try {
     let text = snapshotHeader(revision, kvs.size);
-    for (const [k, s] of kvs) text += JSON.stringify([k, s.value, s.modRevision]) + '\n';
+    for (const [k, s] of kvs) text += JSON.stringify([k, unpackValue(s.packed), s.modRevision]) + '\n';
     bytes = writeSync(fd, text);
     fsyncSync(fd);
   } finally {
@@ -571,7 +602,7 @@ async function writeSnapshot(dir: string, revision: number, kvs: Map<string, Sto
     let text = '';
     let n = 0;
     for (const [k, s] of kvs) {
-      text += JSON.stringify([k, s.value, s.modRevision]) + '\n';
+      text += JSON.stringify([k, unpackValue(s.packed), s.modRevision]) + '\n';
       if (++n % SNAPSHOT_SLICE === 0) {
         await put(text);
         text = '';
