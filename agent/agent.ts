@@ -17,7 +17,7 @@ import { InvalidRecord } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import type { WatchHandlers, WatchStream } from '../api/watch.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
-import { ALLOC, BLOCK, Catalog, EP, keys, PREFIX, STATUS } from './catalog.js';
+import { ALLOC, BLOCK, Catalog, EP, keys, mergeEvents, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './attachments.js';
 import { applyDockerDefaults, dockerRange, inDockerHalf } from './docker/defaults.js';
@@ -212,15 +212,9 @@ export class Agent implements AgentOps {
       PREFIX,
       this.catalog.revision,
       (batch) => {
-        const ev = this.catalog.apply(batch);
         this.upgrades.onBatch(batch);
-        this.metrics.applied(ev.revision);
-        for (const ep of ev.endpoints) this.trackHealth(ep);
-        for (const id of ev.deletedEndpoints) this.health.untrack(id);
-        this.promotion.review(ev);
-        this.broadcast(ev);
-        this.mesh?.onEvent(ev);
-        for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
+        // Every revision of one watch response arrives in one turn: they go out as one event.
+        if (this.pending.push(this.catalog.apply(batch)) === 1) queueMicrotask(() => this.flush());
       },
       () => {
         this.unwatch?.();
@@ -230,9 +224,28 @@ export class Agent implements AgentOps {
     );
   }
 
+  /** Events applied to the catalog and not yet sent: the revisions of one watch response. */
+  private pending: WatchEvent[] = [];
+
+  /** The pending events as one, to DNS, LB, the mesh and the rest: one message per watch response, not per revision. */
+  private flush(): void {
+    const evs = this.pending;
+    this.pending = [];
+    if (evs.length === 0) return;
+    const ev = mergeEvents(evs);
+    this.metrics.applied(ev.revision);
+    for (const ep of ev.endpoints) this.trackHealth(ep);
+    for (const id of ev.deletedEndpoints) this.health.untrack(id);
+    this.promotion.review(ev);
+    this.broadcast(ev);
+    this.mesh?.onEvent(ev);
+    for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
+  }
+
   /** Reads the registry whole and watches on from there; a failed read (etcd unreachable) is tried again, not dropped with the watch. */
   private reload(): void {
     this.registry.range(PREFIX).then((r) => {
+      this.flush(); // what the cancelled watch delivered goes out before the snapshot that replaces it
       const ev = this.loadFrom(r);
       this.broadcast(ev);
       this.mesh?.onEvent(ev);

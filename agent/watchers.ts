@@ -194,6 +194,8 @@ function carries(ev: WatchEvent, k: RecordKindName): boolean {
 function only(ev: WatchEvent, kinds: readonly RecordKindName[]): WatchEvent | undefined {
   if (kinds.length === RECORD_KINDS.length) return ev;
   if (!ev.snapshot && !kinds.some((k) => carries(ev, k))) return undefined;
+  // A delta of only these kinds goes out as it is: every stream then shares its one encoding.
+  if (!ev.snapshot && RECORD_KINDS.every((k) => kinds.includes(k) || !carries(ev, k))) return ev;
   const out = emptyEvent(ev.revision, ev.snapshot);
   if (kinds.includes('endpoints')) [out.endpoints, out.deletedEndpoints] = [ev.endpoints, ev.deletedEndpoints];
   if (kinds.includes('services')) [out.services, out.deletedServices] = [ev.services, ev.deletedServices];
