@@ -45,6 +45,13 @@ import { PermissionDenied, type Registry, type TxnOp } from './registry/registry
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
 
+/**
+ * Under churn, registry changes go to DNS, LB and the mesh at most this often (one merged event):
+ * each message costs the agent and every consumer far more than the records in it. A change after
+ * a quiet spell goes at once.
+ */
+const BATCH_MS = 15;
+
 /** Problem lines in `corral status` and `corral hosts` (a registry full of junk must not make the reply huge). */
 const PROBLEM_LINES = 100;
 
@@ -151,6 +158,7 @@ export class Agent implements AgentOps {
     this.upgrades.stop();
     this.endpoints.close();
     this.unwatch?.();
+    clearTimeout(this.flushTimer);
     await this.mesh?.stop();
     await this.dockerPlugin?.stop();
     await this.attachments?.close();
@@ -213,8 +221,12 @@ export class Agent implements AgentOps {
       this.catalog.revision,
       (batch) => {
         this.upgrades.onBatch(batch);
-        // Every revision of one watch response arrives in one turn: they go out as one event.
-        if (this.pending.push(this.catalog.apply(batch)) === 1) queueMicrotask(() => this.flush());
+        // Every revision of one watch response arrives in one turn: they go out as one event,
+        // with those of the next BATCH_MS when one went out just before (under churn).
+        if (this.pending.push(this.catalog.apply(batch)) > 1 || this.flushTimer) return;
+        const wait = this.flushedMs + BATCH_MS - performance.now();
+        if (wait <= 0) queueMicrotask(() => this.flush());
+        else this.flushTimer = setTimeout(() => this.flush(), wait);
       },
       () => {
         this.unwatch?.();
@@ -224,14 +236,19 @@ export class Agent implements AgentOps {
     );
   }
 
-  /** Events applied to the catalog and not yet sent: the revisions of one watch response. */
+  /** Events applied to the catalog and not yet sent: the revisions of one watch response, or of BATCH_MS. */
   private pending: WatchEvent[] = [];
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushedMs = -Infinity;
 
   /** The pending events as one, to DNS, LB, the mesh and the rest: one message per watch response, not per revision. */
   private flush(): void {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
     const evs = this.pending;
     this.pending = [];
     if (evs.length === 0) return;
+    this.flushedMs = performance.now();
     const ev = mergeEvents(evs);
     this.metrics.applied(ev.revision);
     for (const ep of ev.endpoints) this.trackHealth(ep);

@@ -11,8 +11,11 @@ import type { Logger } from 'pino';
 import { agentClient, grpc, unary } from './grpc.js';
 import type { RecordKindName, WatchEvent } from './types.js';
 
-/** Acks to the agent at most this often while events keep coming (what `corral status` shows may lag by as much). */
-const ACK_EVERY_MS = 200;
+/**
+ * Acks to the agent at most this often while events keep coming (what `corral status` shows may
+ * lag by as much): each is a unary call, which costs the agent as much as ten watch messages.
+ */
+const ACK_EVERY_MS = 500;
 
 export interface WatchHandlers {
   /**
