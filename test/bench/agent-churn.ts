@@ -9,7 +9,7 @@
 // before the per-change work), on the same etcd and records, rounds alternating ours / anchor.
 // AGENT_CHURN_PROF=<dir>: the agent runs with --cpu-prof into <dir>/<variant>-<round>/ (see
 // test/bench/cpuprofile-top.ts to read the churn window of it).
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -35,7 +35,7 @@ const CIDR = '10.64.0.0/11';
 /** The code before the per-change work (this bench's anchor). */
 const DEFAULT_ANCHOR = 'b5f2d29';
 
-interface Window { seconds: number; changes: number; revisions: number; agentS: number; dnsS: number; lbS: number; quietPct: number; catchUpMs: number }
+interface Window { seconds: number; changes: number; revisions: number; agentS: number; dnsS: number; lbS: number; floorS: number; quietPct: number; catchUpMs: number }
 
 /** The executable built from a git revision, in a temporary directory (node_modules shared through a symlink). */
 function buildAt(rev: string): { bin: string; dir: string } {
@@ -63,6 +63,7 @@ export async function benchAgentChurn(): Promise<BenchSection> {
   const etcd = await startEtcd();
   const client = new Etcd3({ hosts: etcd.endpoints.map((h) => `http://${h}`) });
   const running: Daemon[] = [];
+  const floors: ChildProcess[] = [];
   try {
     log(`${H} hosts, ${N} endpoints in ${S} services`);
     const endpoints: Endpoint[] = [];
@@ -150,11 +151,14 @@ export async function benchAgentChurn(): Promise<BenchSection> {
       running.push(dns);
       const lb = await startDaemon('lb', { bin, args: ['--agent-socket', agent.socket, '--log-level', 'warn', '--lb-threads', '1'] });
       running.push(lb);
+      // The etcd client alone, watching the same prefix through the same code from now (warmed up as the agent is): what any agent on it pays per change.
+      const floor = spawn(process.execPath, ['--import', 'tsx', 'test/bench/etcd-watch-floor.ts', etcd.endpoints[0]!], { stdio: ['ignore', 'ignore', 'inherit'] });
+      floors.push(floor);
       const rev0 = await head();
       await until(`${variant}: DNS and LB applied the registry`, () => applied(agent, rev0), { ms: 300_000, everyMs: 500 });
       await churn(warmS); // warm-up: V8 compiles the hot paths (a long-running agent has long done it)
       await until(`${variant}: caught up after the warm-up`, async () => applied(agent, await head()), { ms: 120_000, everyMs: 200 });
-      const pids = [agent.child.pid!, dns.child.pid!, lb.child.pid!];
+      const pids = [agent.child.pid!, dns.child.pid!, lb.child.pid!, floor.pid!];
       const q0 = cpuSeconds(pids[0]);
       await sleep(quietS * 1000);
       const quietPct = (100 * (cpuSeconds(pids[0]) - q0)) / quietS;
@@ -172,6 +176,7 @@ export async function benchAgentChurn(): Promise<BenchSection> {
       await until(`${variant}: caught up after the churn`, () => applied(agent, revEnd), { ms: 120_000, everyMs: 100 });
       const catchUpMs = Date.now() - t1;
       const c1 = pids.map(cpuSeconds);
+      floor.kill('SIGTERM');
       // AGENT_CHURN_LOGS=<dir>: the three daemons' logs of each run.
       const logs = process.env.AGENT_CHURN_LOGS;
       if (logs) for (const [name, d] of [['agent', agent], ['dns', dns], ['lb', lb]] as const) writeFileSync(join(logs, `${variant}-${round}-${name}.log`), d.logs());
@@ -179,7 +184,7 @@ export async function benchAgentChurn(): Promise<BenchSection> {
         await d.stop();
         running.splice(running.indexOf(d), 1);
       }
-      const out = { seconds: (t1 - t0) / 1000, changes: w.changes, revisions: w.revisions, agentS: c1[0]! - c0[0]!, dnsS: c1[1]! - c0[1]!, lbS: c1[2]! - c0[2]!, quietPct, catchUpMs };
+      const out = { seconds: (t1 - t0) / 1000, changes: w.changes, revisions: w.revisions, agentS: c1[0]! - c0[0]!, dnsS: c1[1]! - c0[1]!, lbS: c1[2]! - c0[2]!, floorS: c1[3]! - c0[3]!, quietPct, catchUpMs };
       log(`${variant} round ${round}: ${JSON.stringify(out)}; agent ${((1000 * out.agentS) / out.changes).toFixed(3)} ms/change, ${((100 * out.agentS) / out.seconds).toFixed(2)} % of a core`);
       return out;
     };
@@ -201,10 +206,11 @@ export async function benchAgentChurn(): Promise<BenchSection> {
       { metric: `agent CPU per endpoint change (ms, user+sys over ${seconds} s × ${rounds} of churn ${rate}/s)`, ours: oursMs, anchor: anchorMs, unit: 'ms', ratio: ratioLowerBetter(oursMs, anchorMs), target: '≤ 0.4 ms', pass: oursMs <= 0.4 },
       { metric: `agent CPU under churn ${rate}/s (% of a core)`, ours: oursPct, anchor: anchorPct, unit: '%', ratio: ratioLowerBetter(oursPct, anchorPct), target: '≤ 2%', pass: oursPct <= 2 },
       { metric: `agent CPU without churn (% of a core, ${quietS} s)`, ours: sum(ours, (w) => w.quietPct) / rounds, anchor: sum(anchors, (w) => w.quietPct) / rounds, unit: '%', ratio: ratioLowerBetter(sum(ours, (w) => w.quietPct), sum(anchors, (w) => w.quietPct)) },
+      { metric: 'the etcd client alone (agent/registry/etcd.ts watching /corral/, nothing done with the events) per change, in the same windows (ms): the floor under both', ours: perChange(ours, (w) => w.floorS), anchor: perChange(anchors, (w) => w.floorS), unit: 'ms', ratio: NaN },
       { metric: 'corral dns CPU per endpoint change (ms)', ours: perChange(ours, (w) => w.dnsS), anchor: perChange(anchors, (w) => w.dnsS), unit: 'ms', ratio: ratioLowerBetter(perChange(ours, (w) => w.dnsS), perChange(anchors, (w) => w.dnsS)) },
       { metric: 'corral lb CPU per endpoint change (ms)', ours: perChange(ours, (w) => w.lbS), anchor: perChange(anchors, (w) => w.lbS), unit: 'ms', ratio: ratioLowerBetter(perChange(ours, (w) => w.lbS), perChange(anchors, (w) => w.lbS)) },
     ];
-    const line = (name: string, ws: Window[]) => ws.map((w, i) => `${name} ${i + 1}: ${w.changes} changes (${w.revisions} revisions) in ${w.seconds.toFixed(1)} s, agent ${w.agentS.toFixed(2)} s CPU (${((1000 * w.agentS) / w.changes).toFixed(3)} ms/change), DNS ${w.dnsS.toFixed(2)} s, LB ${w.lbS.toFixed(2)} s, agent without churn ${w.quietPct.toFixed(2)} %, caught up ${w.catchUpMs} ms after the last write`).join('; ');
+    const line = (name: string, ws: Window[]) => ws.map((w, i) => `${name} ${i + 1}: ${w.changes} changes (${w.revisions} revisions) in ${w.seconds.toFixed(1)} s, agent ${w.agentS.toFixed(2)} s CPU (${((1000 * w.agentS) / w.changes).toFixed(3)} ms/change), DNS ${w.dnsS.toFixed(2)} s, LB ${w.lbS.toFixed(2)} s, etcd client alone ${w.floorS.toFixed(2)} s, agent without churn ${w.quietPct.toFixed(2)} %, caught up ${w.catchUpMs} ms after the last write`).join('; ');
     return {
       title: `Agent CPU per endpoint change: ${N.toLocaleString('en')} endpoints, churn ${rate}/s`,
       anchor: `the same executables built from ${anchorRev} (before the per-change work), same etcd and records, in the same run`,
@@ -214,6 +220,7 @@ export async function benchAgentChurn(): Promise<BenchSection> {
     };
   } finally {
     for (const d of running) await d.stop().catch(() => {});
+    for (const f of floors) f.kill('SIGKILL');
     client.close();
     await etcd.stop();
     if (anchor.dir) rmSync(anchor.dir, { recursive: true, force: true });
