@@ -125,6 +125,14 @@ describe('registry records from other hosts are validated on read', () => {
     ]);
   });
 
+  it('takes allocations at both ends of the cluster CIDR and none just outside it', () => {
+    const { c, problems } = catalog();
+    const alloc = (address: string): [string, unknown] => [`/corral/allocations/h1/${address}`, { address, namespace: 'default', node: 'h1' }];
+    c.apply(batch(alloc('10.42.0.0'), alloc('10.42.255.255'), alloc('10.41.255.255'), alloc('10.43.0.0'), alloc('255.255.255.255'), alloc('0.0.0.1')));
+    expect([...c.allocations.keys()].sort()).toEqual(['10.42.0.0', '10.42.255.255']);
+    expect(problems.map((p) => p.key.slice('/corral/allocations/h1/'.length)).sort()).toEqual(['0.0.0.1', '10.41.255.255', '10.43.0.0', '255.255.255.255']);
+  });
+
   it('refuses a host whose key is no WireGuard key or whose block is outside the cluster', () => {
     const { c, problems } = catalog();
     c.apply(batch(
