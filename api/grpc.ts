@@ -52,24 +52,24 @@ export function agentServiceDefinition(): grpc.ServiceDefinition {
   return service;
 }
 
-/** Encodings of broadcast events, by event: every stream that gets the same object shares one. */
-const encoded = new WeakMap<object, Buffer>();
+/**
+ * The last event encoded and its bytes: a broadcast hands one event to every stream in a row, so
+ * one slot shares the encoding without keeping the history's events' bytes alive.
+ */
+let last: { ev: object; bytes: Buffer } | undefined;
 let watchEncoder: ((w: Writer, v: unknown) => void) | undefined;
 
 /**
  * A WatchEvent as Watch replies carry it (api/wire.ts, not protobufjs: see there why), encoded
- * once per event object: events are never changed after they are sent.
+ * once for the streams it goes to one after another: events are never changed after they are sent.
  */
 export function encodeWatchEvent(ev: object): Buffer {
-  let b = encoded.get(ev);
-  if (!b) {
-    watchEncoder ??= messageEncoder('WatchEvent');
-    const w = new Writer();
-    watchEncoder(w, ev);
-    b = w.finish();
-    encoded.set(ev, b);
-  }
-  return b;
+  if (last?.ev === ev) return last.bytes;
+  watchEncoder ??= messageEncoder('WatchEvent');
+  const w = new Writer();
+  watchEncoder(w, ev);
+  last = { ev, bytes: w.finish() };
+  return last.bytes;
 }
 
 /** The api/wire.ts encoder of a corral.v1 message, from the loaded .proto's descriptors. */
