@@ -50,7 +50,7 @@ interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeo
  * each message costs the agent and every consumer far more than the records in it. A change after
  * a quiet spell goes at once.
  */
-const BATCH_MS = 25;
+const BATCH_MS = 10;
 
 /** Problem lines in `corral status` and `corral hosts` (a registry full of junk must not make the reply huge). */
 const PROBLEM_LINES = 100;
