@@ -17,7 +17,7 @@ import { InvalidRecord } from '../api/records.js';
 import { VERSION } from '../api/version.js';
 import type { WatchHandlers, WatchStream } from '../api/watch.js';
 import { NotFound, serveApi, type AgentOps } from './api.js';
-import { ALLOC, BLOCK, Catalog, EP, keys, PREFIX, STATUS } from './catalog.js';
+import { ALLOC, BLOCK, Catalog, EP, keys, mergeEvents, PREFIX, STATUS } from './catalog.js';
 import { leaseBlock } from './blocks.js';
 import { Attachments } from './attachments.js';
 import { applyDockerDefaults, dockerRange, inDockerHalf } from './docker/defaults.js';
@@ -44,6 +44,13 @@ import { MeasuredRegistry } from './registry/measured.js';
 import { PermissionDenied, type Registry, type TxnOp } from './registry/registry.js';
 
 interface RevisionWaiter { rev: number; resolve: () => void; timer: NodeJS.Timeout }
+
+/**
+ * Under churn, registry changes go to DNS, LB and the mesh at most this often (one merged event):
+ * each message costs the agent and every consumer far more than the records in it. A change after
+ * a quiet spell goes at once.
+ */
+const BATCH_MS = 10;
 
 /** Problem lines in `corral status` and `corral hosts` (a registry full of junk must not make the reply huge). */
 const PROBLEM_LINES = 100;
@@ -151,6 +158,7 @@ export class Agent implements AgentOps {
     this.upgrades.stop();
     this.endpoints.close();
     this.unwatch?.();
+    clearTimeout(this.flushTimer);
     await this.mesh?.stop();
     await this.dockerPlugin?.stop();
     await this.attachments?.close();
@@ -212,15 +220,13 @@ export class Agent implements AgentOps {
       PREFIX,
       this.catalog.revision,
       (batch) => {
-        const ev = this.catalog.apply(batch);
         this.upgrades.onBatch(batch);
-        this.metrics.applied(ev.revision);
-        for (const ep of ev.endpoints) this.trackHealth(ep);
-        for (const id of ev.deletedEndpoints) this.health.untrack(id);
-        this.promotion.review(ev);
-        this.broadcast(ev);
-        this.mesh?.onEvent(ev);
-        for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
+        // Every revision of one watch response arrives in one turn: they go out as one event,
+        // with those of the next BATCH_MS when one went out just before (under churn).
+        if (this.pending.push(this.catalog.apply(batch)) > 1 || this.flushTimer) return;
+        const wait = this.flushedMs + BATCH_MS - performance.now();
+        if (wait <= 0) queueMicrotask(() => this.flush());
+        else this.flushTimer = setTimeout(() => this.flush(), wait);
       },
       () => {
         this.unwatch?.();
@@ -230,9 +236,33 @@ export class Agent implements AgentOps {
     );
   }
 
+  /** Events applied to the catalog and not yet sent: the revisions of one watch response, or of BATCH_MS. */
+  private pending: WatchEvent[] = [];
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushedMs = -Infinity;
+
+  /** The pending events as one, to DNS, LB, the mesh and the rest: one message per watch response, not per revision. */
+  private flush(): void {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const evs = this.pending;
+    this.pending = [];
+    if (evs.length === 0) return;
+    this.flushedMs = performance.now();
+    const ev = mergeEvents(evs);
+    this.metrics.applied(ev.revision);
+    for (const ep of ev.endpoints) this.trackHealth(ep);
+    for (const id of ev.deletedEndpoints) this.health.untrack(id);
+    this.promotion.review(ev);
+    this.broadcast(ev);
+    this.mesh?.onEvent(ev);
+    for (const w of this.revisionWaiters) if (w.rev <= ev.revision) this.settle(w);
+  }
+
   /** Reads the registry whole and watches on from there; a failed read (etcd unreachable) is tried again, not dropped with the watch. */
   private reload(): void {
     this.registry.range(PREFIX).then((r) => {
+      this.flush(); // what the cancelled watch delivered goes out before the snapshot that replaces it
       const ev = this.loadFrom(r);
       this.broadcast(ev);
       this.mesh?.onEvent(ev);

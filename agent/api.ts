@@ -2,7 +2,7 @@
 // deregister, switch, weight, rollback. Errors cross as gRPC status codes with one readable line.
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { agentServiceDefinition, grpc } from '../api/grpc.js';
+import { agentServiceDefinition, CHANNEL_OPTIONS, encodeWatchEvent, grpc } from '../api/grpc.js';
 import type { Logger } from '../api/log.js';
 import type {
   AckRequest, DeregisterRequest, ListReply, ListRequest, RegisterRequest, RollbackRequest,
@@ -61,12 +61,12 @@ function unaryHandler<Req, Rep>(log: Logger, name: string, fn: (req: Req) => Rep
 }
 
 export async function serveApi(socketPath: string, ops: AgentOps, log: Logger): Promise<grpc.Server> {
-  const server = new grpc.Server();
+  const server = new grpc.Server(CHANNEL_OPTIONS);
   server.addService(agentServiceDefinition(), {
     Watch: (call: grpc.ServerWritableStream<WatchRequest, WatchEvent>) => {
       const component = call.request.component || 'unknown';
       ops.watching(component, 1, call.request.kinds);
-      const unsubscribe = ops.watch(call.request, (ev) => call.write(ev));
+      const unsubscribe = ops.watch(call.request, (ev) => call.write(encodeWatchEvent(ev) as unknown as WatchEvent));
       const done = () => {
         unsubscribe();
         ops.watching(component, -1);

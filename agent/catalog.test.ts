@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Catalog, type Problem } from './catalog.js';
+import { Catalog, mergeEvents, type Problem } from './catalog.js';
 import type { KvBatch } from './registry/registry.js';
 
 const KEY = 'FAKEkeyFAKEkeyFAKEkeyFAKEkeyFAKEkeyFAKEkeyA=';
@@ -125,6 +125,14 @@ describe('registry records from other hosts are validated on read', () => {
     ]);
   });
 
+  it('takes allocations at both ends of the cluster CIDR and none just outside it', () => {
+    const { c, problems } = catalog();
+    const alloc = (address: string): [string, unknown] => [`/corral/allocations/h1/${address}`, { address, namespace: 'default', node: 'h1' }];
+    c.apply(batch(alloc('10.42.0.0'), alloc('10.42.255.255'), alloc('10.41.255.255'), alloc('10.43.0.0'), alloc('255.255.255.255'), alloc('0.0.0.1')));
+    expect([...c.allocations.keys()].sort()).toEqual(['10.42.0.0', '10.42.255.255']);
+    expect(problems.map((p) => p.key.slice('/corral/allocations/h1/'.length)).sort()).toEqual(['0.0.0.1', '10.41.255.255', '10.43.0.0', '255.255.255.255']);
+  });
+
   it('refuses a host whose key is no WireGuard key or whose block is outside the cluster', () => {
     const { c, problems } = catalog();
     c.apply(batch(
@@ -206,6 +214,32 @@ describe('registry records from other hosts are validated on read', () => {
     c.apply(batch(['/corral/endpoints/h1/a'], ['/corral/endpoints/h1/c', 'null']));
     expect(c.endpointsOf('default', 'web')).toEqual([]);
     expect(c.endpointsOf('default', 'api').map((e) => e.id)).toEqual(['b']);
+  });
+
+  it('merges the revisions of one watch response into one event: each record as the last revision left it', () => {
+    const { c } = catalog();
+    const snap = c.load({ revision: 0, kvs: [{ key: '/corral/endpoints/h1/keep', value: JSON.stringify(endpoint('keep')), modRevision: 0 }] });
+    const evs = [
+      c.apply(batch(['/corral/endpoints/h1/a', endpoint('a')], ['/corral/services/default/web', { namespace: 'default', name: 'web', active: { blue: 100 }, previous: {} }])),
+      c.apply(batch(['/corral/endpoints/h1/a'], ['/corral/endpoints/h1/keep'])), // a put, then deleted
+      c.apply(batch(['/corral/endpoints/h1/keep', endpoint('keep', { healthy: false })], ['/corral/services/default/web'])), // deleted, then put again
+      c.apply(batch(['/corral/endpoints/h1/b', endpoint('b')], ['/corral/allocations/h1/10.42.0.9', { address: '10.42.0.9', namespace: 'default', node: 'h1' }])),
+      c.apply(batch(['/corral/endpoints/h1/b', endpoint('b', { weight: 7 })])),
+    ];
+    const m = mergeEvents(evs);
+    expect(m.revision).toBe(evs[evs.length - 1]!.revision);
+    expect(m.snapshot).toBe(false);
+    expect(m.endpoints.map((e) => [e.id, e.healthy, e.weight]).sort()).toEqual([['b', true, 7], ['keep', false, 1]]);
+    expect(m.deletedEndpoints).toEqual(['a']);
+    expect(m.services).toEqual([]);
+    expect(m.deletedServices).toEqual(['default/web']);
+    expect(m.allocations.map((a) => a.address)).toEqual(['10.42.0.9']);
+    // Applied as consumers apply an event (deletions, then upserts) on the state before, it gives the catalog's state.
+    const state = new Map(snap.endpoints.map((e) => [e.id, e]));
+    for (const id of m.deletedEndpoints) state.delete(id);
+    for (const e of m.endpoints) state.set(e.id, e);
+    expect([...state.values()].sort((x, y) => x.id.localeCompare(y.id))).toEqual([...c.endpoints.values()].sort((x, y) => x.id.localeCompare(y.id)));
+    expect(mergeEvents([evs[0]!])).toBe(evs[0]);
   });
 
   it('reads a status report through the same checks: size, JSON, schema, and the key naming it', () => {

@@ -428,3 +428,37 @@ export function keyWriter(key: string): string {
 function named(inRecord: string, inKey: string, field: string): void {
   if (inRecord !== inKey) throw new InvalidRecord(field, `"${inRecord.slice(0, 80)}" does not match its key ("${inKey.slice(0, 80)}")`);
 }
+
+/**
+ * Deltas in revision order as one delta at the last revision: each record's last state (a
+ * consumer applies deletions, then upserts, so a record ends in one list or the other).
+ */
+export function mergeEvents(evs: WatchEvent[]): WatchEvent {
+  if (evs.length === 1) return evs[0]!;
+  const out = emptyEvent(evs[evs.length - 1]!.revision, false);
+  const eps = new Map<string, Endpoint | null>();
+  const svcs = new Map<string, Service | null>();
+  const hosts = new Map<string, Host | null>();
+  const allocs = new Map<string, Allocation | null>();
+  for (const ev of evs) {
+    for (const id of ev.deletedEndpoints) eps.set(id, null);
+    for (const ep of ev.endpoints) eps.set(ep.id, ep);
+    for (const k of ev.deletedServices) svcs.set(k, null);
+    for (const s of ev.services) svcs.set(serviceKey(s.namespace, s.name), s);
+    for (const name of ev.deletedHosts) hosts.set(name, null);
+    for (const h of ev.hosts) hosts.set(h.name, h);
+    for (const a of ev.deletedAllocations) allocs.set(a, null);
+    for (const a of ev.allocations) allocs.set(a.address, a);
+  }
+  const into = <T>(m: Map<string, T | null>, up: T[], del: string[]) => {
+    for (const [k, v] of m) {
+      if (v) up.push(v);
+      else del.push(k);
+    }
+  };
+  into(eps, out.endpoints, out.deletedEndpoints);
+  into(svcs, out.services, out.deletedServices);
+  into(hosts, out.hosts, out.deletedHosts);
+  into(allocs, out.allocations, out.deletedAllocations);
+  return out;
+}

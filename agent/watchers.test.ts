@@ -58,3 +58,40 @@ describe('a consumer older than the agent\'s history', () => {
     expect(got).toEqual([]);
   });
 });
+
+describe('events still being batched by the agent', () => {
+  it('a resumed consumer is closed at the last revision sent, not the catalog\'s, and status claims no more', () => {
+    const current = { revision: 12, snapshot: () => emptyEvent(12, true) }; // 12 applied to the catalog, not sent yet
+    const w = new Watchers(current);
+    w.reset(10);
+    w.broadcast(delta(11, 'a'));
+    const got: WatchEvent[] = [];
+    w.watch({ component: 'dns', kinds: [], fromRevision: 10 }, (ev) => got.push(ev));
+    expect(got.map((e) => e.revision)).toEqual([11]);
+    w.ack('dns', 11);
+    w.watching('dns', 1);
+    expect(w.status()).toEqual([{ component: 'dns', appliedRevision: 11, connected: true }]);
+    w.broadcast(delta(12, 'b'));
+    expect(got.map((e) => e.revision)).toEqual([11, 12]);
+  });
+
+  it('a delta of only the kinds a consumer asked for reaches it as the same object (one encoding for every stream)', () => {
+    const w = new Watchers({ snapshot: () => emptyEvent(1, true) });
+    w.reset(1);
+    const lb: WatchEvent[] = [];
+    const dns: WatchEvent[] = [];
+    w.watch({ component: 'lb', kinds: ['endpoints', 'services'], fromRevision: 1 }, (ev) => lb.push(ev));
+    w.watch({ component: 'dns', kinds: [], fromRevision: 1 }, (ev) => dns.push(ev));
+    lb.length = dns.length = 0; // each got the empty event that closes its resume at revision 1
+    const ev = delta(2, 'a');
+    w.broadcast(ev);
+    expect(lb[0]).toBe(ev);
+    expect(dns[0]).toBe(ev);
+    const withHost = { ...delta(3, 'b'), deletedHosts: ['h9'] };
+    w.broadcast(withHost);
+    expect(lb[1]).not.toBe(withHost);
+    expect(lb[1]!.deletedHosts).toEqual([]);
+    expect(lb[1]!.deletedEndpoints).toEqual(['b']);
+    expect(dns[1]).toBe(withHost);
+  });
+});

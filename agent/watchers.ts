@@ -20,6 +20,8 @@ export class Watchers {
   private readonly lastRevisionOf = new Map<RecordKindName, number>();
   private readonly subscribers = new Set<(ev: WatchEvent) => void>();
   private readonly components = new Map<string, Component>();
+  /** The revision of the last event sent: the catalog may be ahead by events still being batched (agent.ts BATCH_MS). */
+  private sent = 0;
 
   /**
    * @param current the catalog: its snapshot and revision.
@@ -27,7 +29,7 @@ export class Watchers {
    *   delta from its revision to the current one, or null when that cannot be known.
    */
   constructor(
-    private readonly current: { snapshot(): WatchEvent; readonly revision: number },
+    private readonly current: { snapshot(): WatchEvent },
     private readonly resume?: (fromRevision: number) => Promise<WatchEvent | null>,
   ) {}
 
@@ -35,10 +37,12 @@ export class Watchers {
   reset(revision: number): void {
     this.history.length = 0;
     this.floor = revision;
+    this.sent = revision;
     for (const k of RECORD_KINDS) this.lastRevisionOf.set(k, revision);
   }
 
   broadcast(ev: WatchEvent): void {
+    this.sent = ev.revision;
     if (!ev.snapshot) {
       this.history.push(ev);
       if (this.history.length > HISTORY) this.floor = this.history.shift()!.revision;
@@ -55,7 +59,7 @@ export class Watchers {
   watch(req: WatchRequest, send: (ev: WatchEvent) => void): () => void {
     const kinds = kindsOf(req.kinds);
     const from = req.fromRevision ?? 0;
-    const now = this.current.revision;
+    const now = this.sent;
     const fn = (ev: WatchEvent) => {
       const cut = only(ev, kinds);
       if (cut) send(cut);
@@ -172,7 +176,7 @@ export class Watchers {
   private applied(c: Component): number {
     let relevant = 0;
     for (const k of c.kinds) relevant = Math.max(relevant, this.lastRevisionOf.get(k) ?? 0);
-    return c.applied >= relevant ? Math.max(c.applied, this.current.revision) : c.applied;
+    return c.applied >= relevant ? Math.max(c.applied, this.sent) : c.applied;
   }
 }
 
@@ -194,6 +198,8 @@ function carries(ev: WatchEvent, k: RecordKindName): boolean {
 function only(ev: WatchEvent, kinds: readonly RecordKindName[]): WatchEvent | undefined {
   if (kinds.length === RECORD_KINDS.length) return ev;
   if (!ev.snapshot && !kinds.some((k) => carries(ev, k))) return undefined;
+  // A delta of only these kinds goes out as it is: every stream then shares its one encoding.
+  if (!ev.snapshot && RECORD_KINDS.every((k) => kinds.includes(k) || !carries(ev, k))) return ev;
   const out = emptyEvent(ev.revision, ev.snapshot);
   if (kinds.includes('endpoints')) [out.endpoints, out.deletedEndpoints] = [ev.endpoints, ev.deletedEndpoints];
   if (kinds.includes('services')) [out.services, out.deletedServices] = [ev.services, ev.deletedServices];

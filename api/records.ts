@@ -79,6 +79,13 @@ export function addressProblem(v: string): string {
   return '';
 }
 
+/** A dotted IPv4 address (isIP said so) as its 32-bit number. */
+function ipv4Number(address: string): number {
+  let n = 0;
+  for (const part of address.split('.')) n = n * 256 + Number(part);
+  return n;
+}
+
 function wgKey(o: Obj, field: string): string {
   return str(o, field, 44, { dflt: '', re: WG_KEY, what: 'a WireGuard key (44 characters of base64, 32 bytes)' });
 }
@@ -86,9 +93,14 @@ function wgKey(o: Obj, field: string): string {
 /** The cluster CIDR that blocks and allocations must fall inside. */
 export class RecordRules {
   private readonly cluster: IPv4CidrRange;
+  /** The cluster CIDR's first and last address as numbers: an address check per record without ip-num's big numbers. */
+  private readonly first: number;
+  private readonly last: number;
 
   constructor(readonly clusterCidr: string) {
     this.cluster = IPv4CidrRange.fromCidr(clusterCidr);
+    this.first = Number(this.cluster.getFirst().getValue());
+    this.last = Number(this.cluster.getLast().getValue());
   }
 
   /** A CIDR inside the cluster CIDR, as its canonical string. */
@@ -106,7 +118,8 @@ export class RecordRules {
 
   inCluster(address: string): boolean {
     if (isIP(address) !== 4) return false;
-    return this.cluster.contains(IPv4CidrRange.fromCidr(`${address}/32`));
+    const n = ipv4Number(address);
+    return n >= this.first && n <= this.last;
   }
 
   endpoint(v: unknown): Endpoint {

@@ -11,6 +11,12 @@ import type { Logger } from 'pino';
 import { agentClient, grpc, unary } from './grpc.js';
 import type { RecordKindName, WatchEvent } from './types.js';
 
+/**
+ * Acks to the agent at most this often while events keep coming (what `corral status` shows may
+ * lag by as much): each is a unary call, which costs the agent as much as ten watch messages.
+ */
+const ACK_EVERY_MS = 500;
+
 export interface WatchHandlers {
   /**
    * Apply one event to the data plane. Called in order; snapshot=true replaces everything.
@@ -54,6 +60,8 @@ export class AgentWatch implements WatchStream {
   private acking = false;
   private acked = 0;
   private ackWanted = 0;
+  private lastAckMs = 0;
+  private ackTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly socketPath: string,
@@ -74,6 +82,8 @@ export class AgentWatch implements WatchStream {
     // A new stream may reach a new agent, which knows no ack yet.
     this.acked = 0;
     this.ackWanted = 0;
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
     const call = this.client.Watch({ component: this.component, kinds: this.handlers.kinds ?? [], fromRevision: this.revision }) as grpc.ClientReadableStream<WatchEvent>;
     this.call = call;
     call.on('data', (ev: WatchEvent) => {
@@ -112,30 +122,44 @@ export class AgentWatch implements WatchStream {
   }
 
   /**
-   * One Ack in flight at most, carrying the newest applied revision: under a burst of changes
-   * the agent gets one round trip per reply, not one per event.
+   * One Ack in flight at most, carrying the newest applied revision, and at most one per
+   * ACK_EVERY_MS: under churn the agent gets a few acks a second, not one per event; after a
+   * quiet spell the first goes at once, so `corral status` shows a lone change applied at once.
    */
   private ack(revision: number): void {
     if (revision <= this.acked) return;
     this.ackWanted = Math.max(this.ackWanted, revision);
-    if (this.acking) return;
-    const send = (): void => {
-      const r = this.ackWanted;
-      this.acking = true;
-      void unary(this.client, 'Ack', { component: this.component, revision: r }, 5_000).then(
-        () => (this.acked = Math.max(this.acked, r)),
-        () => {},
-      ).finally(() => {
-        this.acking = false;
-        if (this.ackWanted > r && !this.closed) send();
-      });
-    };
-    send();
+    if (this.acking || this.ackTimer) return;
+    const wait = this.lastAckMs + ACK_EVERY_MS - Date.now();
+    if (wait > 0) {
+      this.ackTimer = setTimeout(() => {
+        this.ackTimer = undefined;
+        this.sendAck();
+      }, wait);
+      this.ackTimer.unref();
+      return;
+    }
+    this.sendAck();
+  }
+
+  private sendAck(): void {
+    if (this.closed) return;
+    const r = this.ackWanted;
+    this.acking = true;
+    this.lastAckMs = Date.now();
+    void unary(this.client, 'Ack', { component: this.component, revision: r }, 5_000).then(
+      () => (this.acked = Math.max(this.acked, r)),
+      () => {},
+    ).finally(() => {
+      this.acking = false;
+      if (this.ackWanted > r) this.ack(this.ackWanted);
+    });
   }
 
   close(): void {
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    clearTimeout(this.ackTimer);
     this.call?.cancel();
     this.call = undefined;
     this.client.close();

@@ -136,7 +136,8 @@ export class EtcdRegistry implements Registry {
       dialTimeout: 3000,
       // One watch response covers every change since the last: after a pause it can be tens of MB,
       // and so can the first range of a large registry. gRPC's 4 MB default would drop it silently.
-      grpcOptions: { 'grpc.max_receive_message_length': -1 },
+      // No channelz: its per-call bookkeeping is paid on every watch response and nobody reads it.
+      grpcOptions: { 'grpc.max_receive_message_length': -1, 'grpc.enable_channelz': 0 },
       // Unary calls only: a deadline on the lease keep-alive and watch streams would cut and reopen
       // them every few seconds.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.timeoutMs }),

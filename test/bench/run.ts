@@ -16,6 +16,7 @@ const benches: Record<string, () => Promise<BenchSection>> = {
   register: async () => (await import('./register.js')).benchRegister(),
   scale: async () => (await import('./scale.js')).benchScale(),
   restart: async () => (await import('./restart.js')).benchRestart(),
+  'agent-churn': async () => (await import('./agent-churn.js')).benchAgentChurn(),
   upgrade: async () => (await import('./upgrade.js')).benchUpgrade(),
   console: async () => (await import('./console.js')).benchConsole(),
   // 5,000 hosts, 100,000 endpoints, no targets; the simulated devices do not follow the fleet (see FleetOptions.deliverEvents).

@@ -81,6 +81,10 @@ export interface DaemonOpts {
   env?: Record<string, string>;
   dockerSocket?: string;   // default: none
   nodeName?: string;
+  /** Another build of the executable (a bench's anchor: the code before a change); default dist/corral.mjs. */
+  bin?: string;
+  /** Flags for node itself (a bench's --cpu-prof, which NODE_OPTIONS does not take). */
+  nodeArgs?: string[];
 }
 
 /** Starts `corral up|agent|dns|lb` and waits until its admin /readyz answers 200. */
@@ -107,8 +111,8 @@ export async function startDaemon(part: 'up' | 'agent' | 'dns' | 'lb', o: Daemon
     ...(o.args ?? []),
   ];
   const [cmd, argv] = o.netns
-    ? ['nsenter', [`--net=/run/netns/${o.netns}`, process.execPath, CORRAL, ...args]]
-    : [process.execPath, [CORRAL, ...args]];
+    ? ['nsenter', [`--net=/run/netns/${o.netns}`, process.execPath, ...(o.nodeArgs ?? []), o.bin ?? CORRAL, ...args]]
+    : [process.execPath, [...(o.nodeArgs ?? []), o.bin ?? CORRAL, ...args]];
   const child = spawn(cmd, argv, { env: childEnv(o.env), stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d: Buffer) => (log += d));
