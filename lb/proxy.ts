@@ -29,6 +29,7 @@ import { H2Front } from './h2.js';
 import { adoptAccepted } from './reads.js';
 import { normalizeHost, type RouteTable, type RouteTarget } from './routes.js';
 import type { UpstreamConnection, UpstreamError, UpstreamPools, UpstreamUser } from './upstreams.js';
+import { writeWhole } from './writes.js';
 
 /** Proxy knobs (a subset of LbOptions). */
 export interface ProxyOptions {
@@ -479,7 +480,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     const conn = this.proxy.pools.get(peer.origin).acquire(this, fresh);
     this.upstream = conn;
     if (this.reading === R_DONE) conn.waitingSince = performance.now();
-    conn.socket.write(this.reqHead!);
+    writeWhole(conn.socket, this.reqHead!);
   }
 
   /** Body bytes of the current request, from chunk. What follows the body goes back to this.buf. */
@@ -734,7 +735,9 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     this.resState = RS_BODY;
     const head = buildResponseHead(buf, h, dropLength, tail, named, end, bodyEnd);
-    this.writeDown(head);
+    // The head (with the body when it came along) in one write; the Writable's backpressure
+    // covers the body writes after it.
+    if (!writeWhole(this.socket, head)) this.clientFull();
     if (kind === B_NONE || (kind === B_LENGTH && this.resLeft === 0)) {
       this.responseComplete(bodyEnd === buf.length);
       return;
@@ -785,8 +788,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   private writeDown(data: Buffer | string): void {
-    if (this.socket.write(data) || this.upstreamPaused || this.upstream === null) return;
-    // The client reads slower than the endpoint sends: stop reading the endpoint until it drains.
+    if (!this.socket.write(data)) this.clientFull();
+  }
+
+  /** The client reads slower than the endpoint sends: stop reading the endpoint until it drains. */
+  private clientFull(): void {
+    if (this.upstreamPaused || this.upstream === null || this.socket.writableLength === 0) return;
     this.upstreamPaused = true;
     this.upstream.socket.pause();
   }

@@ -17,6 +17,7 @@ import { connectionNamed } from '../http1/build.js';
 import { CONNECTION_FAILURES, errText, hostPort, IDEMPOTENT, normalizedHost, type AccessInfo, type HttpProxy } from '../proxy.js';
 import type { RouteTarget } from '../routes.js';
 import type { UpstreamConnection, UpstreamError, UpstreamUser } from '../upstreams.js';
+import { writeWhole } from '../writes.js';
 import { authorityOf, forwardingTail, requestHead, type HeadContext } from './request.js';
 
 /** Largest response head accepted from an endpoint (then 502), as in proxy.ts. */
@@ -57,6 +58,10 @@ function onAnsweredEarly(this: ServerHttp2Stream): void {
 function ignore(): void {
   // stream errors end in 'close', handled there
 }
+
+/** respond() options (copied by Node): the endpoint's Date (if any) is kept; none is invented. */
+const RESPOND_END = { endStream: true, sendDate: false } as never;
+const RESPOND_BODY = { endStream: false, sendDate: false } as never;
 
 /** One parse target per thread (its field tables are large): heads are parsed and read synchronously. */
 const RES = new ResponseHead();
@@ -126,8 +131,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     this.path = headers[':path'] ?? '';
     this.client = session.client;
     this.since = performance.now();
-    session.open++;
-    session.lastActive = this.since;
+    session.open++; // lastActive matters only once none is open (clientClosed)
     const s = stream as Carrier;
     s[EXCHANGE] = this;
     s.on('close', onStreamClose);
@@ -233,8 +237,9 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     this.resState = RS_HEAD;
     const conn = this.owner.proxy.pools.get(peer.origin).acquire(this, fresh);
     this.upstream = conn;
-    if (this.upload !== U_BODY) conn.waitingSince = performance.now();
-    conn.socket.write(this.reqHead, 'latin1');
+    // The headers timeout counts from the end of the request: the stream's start for one without a body.
+    if (this.upload !== U_BODY) conn.waitingSince = this.retried ? performance.now() : this.since;
+    writeWhole(conn.socket, this.reqHead);
   }
 
   // ---- the client's stream -----------------------------------------------------------------
@@ -326,8 +331,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   clientClosed(): void {
     (this.stream as Carrier)[EXCHANGE] = undefined;
     const session = this.session;
-    session.open--;
-    session.lastActive = performance.now();
+    if (--session.open === 0) session.lastActive = performance.now();
     if (this.upload === U_BODY) this.owner.uploading.delete(this);
     this.upload = U_DROP;
     if (this.resState === RS_DONE) return;
@@ -442,8 +446,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     const stream = this.stream;
     const done = kind === BODY_NONE;
     try {
-      // The endpoint's Date (if any) is kept; none is invented.
-      stream.respond(headers, { endStream: done, sendDate: false } as never);
+      stream.respond(headers, done ? RESPOND_END : RESPOND_BODY);
     } catch (err) {
       // Fields h2 cannot carry (two content-type fields, say): the endpoint's answer is unusable.
       this.upstreamFailed({ code: 'BAD_RESPONSE', message: `response head not valid in HTTP/2 (${(err as Error).message})` }, true);
