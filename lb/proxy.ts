@@ -479,7 +479,8 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     this.resState = RS_HEAD;
     const conn = this.proxy.pools.get(peer.origin).acquire(this, fresh);
     this.upstream = conn;
-    if (this.reading === R_DONE) conn.waitingSince = performance.now();
+    // The headers timeout counts from the end of the request: for one without a body, when its head was read.
+    if (this.reading === R_DONE) conn.waitingSince = this.retried ? performance.now() : this.start;
     writeWhole(conn.socket, this.reqHead!);
   }
 
@@ -630,7 +631,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   /** The response to the current request is complete on the client side. */
-  private responseEnded(close: boolean): void {
+  private responseEnded(close: boolean, now = performance.now()): void {
     this.resState = RS_NONE;
     this.target = null;
     this.peer = null;
@@ -641,7 +642,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     this.reading = R_HEAD;
     this.headSince = 0;
-    this.idleSince = performance.now();
+    this.idleSince = now;
     if (this.pausedForPipeline) {
       this.pausedForPipeline = false;
       if (!this.pausedForUpstream) this.socket.resume();
@@ -809,6 +810,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
 
   /** The response ended on the upstream side. `clean`: nothing followed it in the last chunk. */
   private responseComplete(clean: boolean): void {
+    const now = performance.now(); // one clock read for the pool, the metrics and the idle time
     const up = this.upstream!;
     this.upstream = null;
     this.settle();
@@ -818,10 +820,10 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     // A request body still arriving cannot be finished on this connection: not reusable, and the client connection closes.
     const requestDone = this.reading === R_DONE;
-    up.pool.release(up, this.upstreamReusable && clean && requestDone);
+    up.pool.release(up, this.upstreamReusable && clean && requestDone, now);
     this.resState = RS_DONE;
-    this.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start);
-    this.responseEnded(this.closeAfter || !requestDone);
+    this.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start, now);
+    this.responseEnded(this.closeAfter || !requestDone, now);
   }
 
   onUpstreamError(err: UpstreamError): void {
@@ -1116,8 +1118,8 @@ export class HttpProxy {
   }
 
   /** A response is done: metrics, and the access log line when enabled. */
-  finish(conn: AccessInfo | undefined, target: RouteTarget | undefined, peer: Peer | undefined, code: number, start: number): void {
-    const seconds = start === 0 ? 0 : (performance.now() - start) / 1000;
+  finish(conn: AccessInfo | undefined, target: RouteTarget | undefined, peer: Peer | undefined, code: number, start: number, now?: number): void {
+    const seconds = start === 0 ? 0 : ((now ?? performance.now()) - start) / 1000;
     this.observer?.response(target, peer?.endpoint, code, seconds);
     if (this.access !== undefined) {
       this.access.info({

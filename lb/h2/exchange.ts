@@ -533,6 +533,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
 
   /** The response ended on the upstream side. `clean`: nothing followed it. */
   private responseComplete(clean: boolean): void {
+    const now = performance.now(); // one clock read for the pool and the metrics
     const up = this.upstream!;
     this.upstream = null;
     this.settle();
@@ -542,10 +543,10 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     }
     // A request body still arriving: the endpoint answered early; the connection cannot be reused.
     const requestDone = this.upload === U_NONE;
-    up.pool.release(up, this.upstreamReusable && clean && requestDone);
+    up.pool.release(up, this.upstreamReusable && clean && requestDone, now);
     if (!requestDone) this.stopUpload();
     this.resState = RS_DONE;
-    this.owner.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start);
+    this.owner.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start, now);
   }
 
   onUpstreamError(err: UpstreamError): void {
