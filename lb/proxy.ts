@@ -181,6 +181,13 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   /** The forwarding fields for the last Host seen (nearly every request on a connection has the same). */
   private tailHost = '';
   private tail = '';
+  /** A route middleware's lines joined to the last tail each way (built once, not per request). */
+  private mwReqOf: object | null = null;
+  private mwReqBase = '';
+  private mwReq = '';
+  private mwResOf: object | null = null;
+  private mwResBase = '';
+  private mwRes = '';
 
   /** Sinks for the two chunked decoders: request bodies go upstream, response bodies to the client. */
   private readonly responseSink: ChunkSink = { chunkData: (b, s, e) => this.responseChunk(b, s, e) };
@@ -412,7 +419,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     let tail = this.tailFor(buf, h, hostHeader, target !== null, false);
     if (mw !== null) {
       named = mw.dropRequest(named);
-      tail = mw.requestTail + (mw.strip !== '' ? `x-forwarded-prefix: ${mw.strip}\r\n` : '') + tail;
+      if (this.mwReqOf !== mw || this.mwReqBase !== tail) {
+        this.mwReqOf = mw;
+        this.mwReqBase = tail;
+        this.mwReq = mw.requestTail + (mw.strip !== '' ? `x-forwarded-prefix: ${mw.strip}\r\n` : '') + tail;
+      }
+      tail = this.mwReq;
     }
     this.reqHead = buildRequestHead(buf, from, h, target, tail, false, named);
     this.replayable = this.bodyKind === B_NONE && IDEMPOTENT.has(this.method);
@@ -727,7 +739,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     const mw = this.target?.middleware ?? null;
     if (mw !== null) {
       named = mw.dropResponse(named);
-      tail = mw.responseTail(this.proto) + tail;
+      if (this.mwResOf !== mw || this.mwResBase !== tail) {
+        this.mwResOf = mw;
+        this.mwResBase = tail;
+        this.mwRes = mw.responseTail(this.proto) + tail;
+      }
+      tail = this.mwRes;
     }
     let bodyEnd = end;
     if (kind === B_LENGTH) {
