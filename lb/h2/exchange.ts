@@ -10,7 +10,7 @@ import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type Ser
 import type { Peer } from '../balancer.js';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder, chunkSizeLine, LAST_CHUNK, type ChunkSink } from '../http1/chunked.js';
 import {
-  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, C_CLOSE, C_KEEP_ALIVE, C_OTHER, F_CONNECTION, headEnd, isHopByHop,
+  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, C_CLOSE, C_KEEP_ALIVE, C_OTHER, eqLower, F_CONNECTION, headEnd, isHopByHop,
   keepAliveTimeoutMs, parseResponseHead, ResponseHead, responseFraming,
 } from '../http1/head.js';
 import { connectionNamed } from '../http1/build.js';
@@ -619,6 +619,20 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   }
 }
 
+/** Names endpoints send most, by length: matched in place, so most fields make no name string. */
+const COMMON_NAMES: string[][] = [];
+for (const name of [
+  'date', 'etag', 'vary', 'server', 'expires', 'location', 'set-cookie', 'content-type', 'accept-ranges', 'cache-control',
+  'last-modified', 'content-length', 'content-encoding', 'x-content-type-options', 'strict-transport-security',
+]) (COMMON_NAMES[name.length] ??= []).push(name);
+
+/** The lower-case name of the field at buf[s, e) (a validated token). */
+function lowerName(buf: Buffer, s: number, e: number): string {
+  const common = COMMON_NAMES[e - s];
+  if (common !== undefined) for (const name of common) if (eqLower(buf, s, name)) return name;
+  return buf.latin1Slice(s, e).toLowerCase();
+}
+
 /** The endpoint's response head as h2 headers: `:status` and the end-to-end fields, names lower-cased. */
 function responseHeaders(buf: Buffer, h: ResponseHead): OutgoingHttpHeaders {
   const headers: OutgoingHttpHeaders = { ':status': h.status };
@@ -628,7 +642,7 @@ function responseHeaders(buf: Buffer, h: ResponseHead): OutgoingHttpHeaders {
   for (let i = 0; i < h.fields.count; i++) {
     if (isHopByHop(kinds[i]!)) continue;
     const p = i * 5;
-    const name = buf.latin1Slice(pos[p]!, pos[p + 1]!).toLowerCase();
+    const name = lowerName(buf, pos[p]!, pos[p + 1]!);
     if (named !== null && named.has(name)) continue;
     const value = buf.latin1Slice(pos[p + 2]!, pos[p + 3]!);
     const had = headers[name];
