@@ -400,6 +400,30 @@ describe('HTTP/2 clients', () => {
     }
   });
 
+  it("passes the endpoint's field names on lower-cased whatever their case, repeated ones together, look-alikes as they are", async () => {
+    const raw = createNetServer((c) => {
+      c.on('error', () => undefined);
+      c.on('data', () => c.write('HTTP/1.1 200 OK\r\nSERVER: raw\r\nContent-TYPE: text/plain\r\nSet-Cookie: a=1\r\nset-COOKIE: b=2\r\nDates: x\r\nServe: y\r\nX-Custom-Thing: yes\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok'));
+    });
+    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    try {
+      lb = await new Lb().start();
+      lb.routes.apply(snapshot(1, [endpoint({ service: 'cases', port: (raw.address() as AddressInfo).port, httpHosts: ['cases.h2.test'] })]));
+      const r = await exchange(session(lb), { ':authority': 'cases.h2.test', ':path': '/' });
+      expect(r.status).toBe(200);
+      expect(r.body.toString()).toBe('ok');
+      expect(r.headers.server).toBe('raw');
+      expect(r.headers['content-type']).toBe('text/plain');
+      expect(r.headers['set-cookie']).toEqual(['a=1', 'b=2']);
+      expect(r.headers.dates).toBe('x');
+      expect(r.headers.serve).toBe('y');
+      expect(r.headers['x-custom-thing']).toBe('yes');
+      expect(r.headers.connection).toBeUndefined();
+    } finally {
+      await new Promise<void>((resolve) => raw.close(() => resolve()));
+    }
+  });
+
   it('serves curl --http2 (a POST body both ways) and h2load (800 streams, 8 at a time on each of 4 connections)', async () => {
     backends = await startBackends(['a'], ['b']);
     lb = await new Lb().start();

@@ -29,6 +29,7 @@ import { H2Front } from './h2.js';
 import { adoptAccepted } from './reads.js';
 import { normalizeHost, type RouteTable, type RouteTarget } from './routes.js';
 import type { UpstreamConnection, UpstreamError, UpstreamPools, UpstreamUser } from './upstreams.js';
+import { writeWhole } from './writes.js';
 
 /** Proxy knobs (a subset of LbOptions). */
 export interface ProxyOptions {
@@ -180,6 +181,13 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   /** The forwarding fields for the last Host seen (nearly every request on a connection has the same). */
   private tailHost = '';
   private tail = '';
+  /** A route middleware's lines joined to the last tail each way (built once, not per request). */
+  private mwReqOf: object | null = null;
+  private mwReqBase = '';
+  private mwReq = '';
+  private mwResOf: object | null = null;
+  private mwResBase = '';
+  private mwRes = '';
 
   /** Sinks for the two chunked decoders: request bodies go upstream, response bodies to the client. */
   private readonly responseSink: ChunkSink = { chunkData: (b, s, e) => this.responseChunk(b, s, e) };
@@ -411,7 +419,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     let tail = this.tailFor(buf, h, hostHeader, target !== null, false);
     if (mw !== null) {
       named = mw.dropRequest(named);
-      tail = mw.requestTail + (mw.strip !== '' ? `x-forwarded-prefix: ${mw.strip}\r\n` : '') + tail;
+      if (this.mwReqOf !== mw || this.mwReqBase !== tail) {
+        this.mwReqOf = mw;
+        this.mwReqBase = tail;
+        this.mwReq = mw.requestTail + (mw.strip !== '' ? `x-forwarded-prefix: ${mw.strip}\r\n` : '') + tail;
+      }
+      tail = this.mwReq;
     }
     this.reqHead = buildRequestHead(buf, from, h, target, tail, false, named);
     this.replayable = this.bodyKind === B_NONE && IDEMPOTENT.has(this.method);
@@ -478,8 +491,9 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     this.resState = RS_HEAD;
     const conn = this.proxy.pools.get(peer.origin).acquire(this, fresh);
     this.upstream = conn;
-    if (this.reading === R_DONE) conn.waitingSince = performance.now();
-    conn.socket.write(this.reqHead!);
+    // The headers timeout counts from the end of the request: for one without a body, when its head was read.
+    if (this.reading === R_DONE) conn.waitingSince = this.retried ? performance.now() : this.start;
+    writeWhole(conn.socket, this.reqHead!);
   }
 
   /** Body bytes of the current request, from chunk. What follows the body goes back to this.buf. */
@@ -629,7 +643,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   /** The response to the current request is complete on the client side. */
-  private responseEnded(close: boolean): void {
+  private responseEnded(close: boolean, now = performance.now()): void {
     this.resState = RS_NONE;
     this.target = null;
     this.peer = null;
@@ -640,7 +654,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     this.reading = R_HEAD;
     this.headSince = 0;
-    this.idleSince = performance.now();
+    this.idleSince = now;
     if (this.pausedForPipeline) {
       this.pausedForPipeline = false;
       if (!this.pausedForUpstream) this.socket.resume();
@@ -725,7 +739,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     const mw = this.target?.middleware ?? null;
     if (mw !== null) {
       named = mw.dropResponse(named);
-      tail = mw.responseTail(this.proto) + tail;
+      if (this.mwResOf !== mw || this.mwResBase !== tail) {
+        this.mwResOf = mw;
+        this.mwResBase = tail;
+        this.mwRes = mw.responseTail(this.proto) + tail;
+      }
+      tail = this.mwRes;
     }
     let bodyEnd = end;
     if (kind === B_LENGTH) {
@@ -734,7 +753,9 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     this.resState = RS_BODY;
     const head = buildResponseHead(buf, h, dropLength, tail, named, end, bodyEnd);
-    this.writeDown(head);
+    // The head (with the body when it came along) in one write; the Writable's backpressure
+    // covers the body writes after it.
+    if (!writeWhole(this.socket, head)) this.clientFull();
     if (kind === B_NONE || (kind === B_LENGTH && this.resLeft === 0)) {
       this.responseComplete(bodyEnd === buf.length);
       return;
@@ -785,8 +806,12 @@ class ClientConnection implements UpstreamUser, ChunkSink {
   }
 
   private writeDown(data: Buffer | string): void {
-    if (this.socket.write(data) || this.upstreamPaused || this.upstream === null) return;
-    // The client reads slower than the endpoint sends: stop reading the endpoint until it drains.
+    if (!this.socket.write(data)) this.clientFull();
+  }
+
+  /** The client reads slower than the endpoint sends: stop reading the endpoint until it drains. */
+  private clientFull(): void {
+    if (this.upstreamPaused || this.upstream === null || this.socket.writableLength === 0) return;
     this.upstreamPaused = true;
     this.upstream.socket.pause();
   }
@@ -802,6 +827,7 @@ class ClientConnection implements UpstreamUser, ChunkSink {
 
   /** The response ended on the upstream side. `clean`: nothing followed it in the last chunk. */
   private responseComplete(clean: boolean): void {
+    const now = performance.now(); // one clock read for the pool, the metrics and the idle time
     const up = this.upstream!;
     this.upstream = null;
     this.settle();
@@ -811,10 +837,10 @@ class ClientConnection implements UpstreamUser, ChunkSink {
     }
     // A request body still arriving cannot be finished on this connection: not reusable, and the client connection closes.
     const requestDone = this.reading === R_DONE;
-    up.pool.release(up, this.upstreamReusable && clean && requestDone);
+    up.pool.release(up, this.upstreamReusable && clean && requestDone, now);
     this.resState = RS_DONE;
-    this.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start);
-    this.responseEnded(this.closeAfter || !requestDone);
+    this.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start, now);
+    this.responseEnded(this.closeAfter || !requestDone, now);
   }
 
   onUpstreamError(err: UpstreamError): void {
@@ -1109,8 +1135,8 @@ export class HttpProxy {
   }
 
   /** A response is done: metrics, and the access log line when enabled. */
-  finish(conn: AccessInfo | undefined, target: RouteTarget | undefined, peer: Peer | undefined, code: number, start: number): void {
-    const seconds = start === 0 ? 0 : (performance.now() - start) / 1000;
+  finish(conn: AccessInfo | undefined, target: RouteTarget | undefined, peer: Peer | undefined, code: number, start: number, now?: number): void {
+    const seconds = start === 0 ? 0 : ((now ?? performance.now()) - start) / 1000;
     this.observer?.response(target, peer?.endpoint, code, seconds);
     if (this.access !== undefined) {
       this.access.info({

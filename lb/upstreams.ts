@@ -158,8 +158,8 @@ export class UpstreamPool {
     return conn;
   }
 
-  /** The response ended: keep the connection for the next request, or close it. */
-  release(conn: UpstreamConnection, reusable: boolean): void {
+  /** The response ended (at `now`, performance.now()): keep the connection for the next request, or close it. */
+  release(conn: UpstreamConnection, reusable: boolean, now = performance.now()): void {
     conn.user = null;
     conn.waitingSince = 0;
     conn.served++;
@@ -174,7 +174,7 @@ export class UpstreamPool {
       conn.destroy();
       return;
     }
-    conn.idleUntil = performance.now() + idleMs;
+    conn.idleUntil = now + idleMs;
     this.idle.push(conn);
   }
 

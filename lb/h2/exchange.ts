@@ -10,13 +10,14 @@ import { constants, type IncomingHttpHeaders, type OutgoingHttpHeaders, type Ser
 import type { Peer } from '../balancer.js';
 import { CHUNKED_ERROR, CHUNKED_MORE, ChunkedDecoder, chunkSizeLine, LAST_CHUNK, type ChunkSink } from '../http1/chunked.js';
 import {
-  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, C_CLOSE, C_KEEP_ALIVE, C_OTHER, F_CONNECTION, headEnd, isHopByHop,
+  BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_UNTIL_CLOSE, C_CLOSE, C_KEEP_ALIVE, C_OTHER, eqLower, F_CONNECTION, headEnd, isHopByHop,
   keepAliveTimeoutMs, parseResponseHead, ResponseHead, responseFraming,
 } from '../http1/head.js';
 import { connectionNamed } from '../http1/build.js';
 import { CONNECTION_FAILURES, errText, hostPort, IDEMPOTENT, normalizedHost, type AccessInfo, type HttpProxy } from '../proxy.js';
 import type { RouteTarget } from '../routes.js';
 import type { UpstreamConnection, UpstreamError, UpstreamUser } from '../upstreams.js';
+import { writeWhole } from '../writes.js';
 import { authorityOf, forwardingTail, requestHead, type HeadContext } from './request.js';
 
 /** Largest response head accepted from an endpoint (then 502), as in proxy.ts. */
@@ -57,6 +58,10 @@ function onAnsweredEarly(this: ServerHttp2Stream): void {
 function ignore(): void {
   // stream errors end in 'close', handled there
 }
+
+/** respond() options (copied by Node): the endpoint's Date (if any) is kept; none is invented. */
+const RESPOND_END = { endStream: true, sendDate: false } as never;
+const RESPOND_BODY = { endStream: false, sendDate: false } as never;
 
 /** One parse target per thread (its field tables are large): heads are parsed and read synchronously. */
 const RES = new ResponseHead();
@@ -126,8 +131,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     this.path = headers[':path'] ?? '';
     this.client = session.client;
     this.since = performance.now();
-    session.open++;
-    session.lastActive = this.since;
+    session.open++; // lastActive matters only once none is open (clientClosed)
     const s = stream as Carrier;
     s[EXCHANGE] = this;
     s.on('close', onStreamClose);
@@ -233,8 +237,9 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     this.resState = RS_HEAD;
     const conn = this.owner.proxy.pools.get(peer.origin).acquire(this, fresh);
     this.upstream = conn;
-    if (this.upload !== U_BODY) conn.waitingSince = performance.now();
-    conn.socket.write(this.reqHead, 'latin1');
+    // The headers timeout counts from the end of the request: the stream's start for one without a body.
+    if (this.upload !== U_BODY) conn.waitingSince = this.retried ? performance.now() : this.since;
+    writeWhole(conn.socket, this.reqHead);
   }
 
   // ---- the client's stream -----------------------------------------------------------------
@@ -326,8 +331,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   clientClosed(): void {
     (this.stream as Carrier)[EXCHANGE] = undefined;
     const session = this.session;
-    session.open--;
-    session.lastActive = performance.now();
+    if (--session.open === 0) session.lastActive = performance.now();
     if (this.upload === U_BODY) this.owner.uploading.delete(this);
     this.upload = U_DROP;
     if (this.resState === RS_DONE) return;
@@ -442,8 +446,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     const stream = this.stream;
     const done = kind === BODY_NONE;
     try {
-      // The endpoint's Date (if any) is kept; none is invented.
-      stream.respond(headers, { endStream: done, sendDate: false } as never);
+      stream.respond(headers, done ? RESPOND_END : RESPOND_BODY);
     } catch (err) {
       // Fields h2 cannot carry (two content-type fields, say): the endpoint's answer is unusable.
       this.upstreamFailed({ code: 'BAD_RESPONSE', message: `response head not valid in HTTP/2 (${(err as Error).message})` }, true);
@@ -530,6 +533,7 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
 
   /** The response ended on the upstream side. `clean`: nothing followed it. */
   private responseComplete(clean: boolean): void {
+    const now = performance.now(); // one clock read for the pool and the metrics
     const up = this.upstream!;
     this.upstream = null;
     this.settle();
@@ -539,10 +543,10 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
     }
     // A request body still arriving: the endpoint answered early; the connection cannot be reused.
     const requestDone = this.upload === U_NONE;
-    up.pool.release(up, this.upstreamReusable && clean && requestDone);
+    up.pool.release(up, this.upstreamReusable && clean && requestDone, now);
     if (!requestDone) this.stopUpload();
     this.resState = RS_DONE;
-    this.owner.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start);
+    this.owner.proxy.finish(this, this.target ?? undefined, this.peer ?? undefined, this.code, this.start, now);
   }
 
   onUpstreamError(err: UpstreamError): void {
@@ -615,6 +619,20 @@ export class H2Exchange implements UpstreamUser, ChunkSink, AccessInfo {
   }
 }
 
+/** Names endpoints send most, by length: matched in place, so most fields make no name string. */
+const COMMON_NAMES: string[][] = [];
+for (const name of [
+  'date', 'etag', 'vary', 'server', 'expires', 'location', 'set-cookie', 'content-type', 'accept-ranges', 'cache-control',
+  'last-modified', 'content-length', 'content-encoding', 'x-content-type-options', 'strict-transport-security',
+]) (COMMON_NAMES[name.length] ??= []).push(name);
+
+/** The lower-case name of the field at buf[s, e) (a validated token). */
+function lowerName(buf: Buffer, s: number, e: number): string {
+  const common = COMMON_NAMES[e - s];
+  if (common !== undefined) for (const name of common) if (eqLower(buf, s, name)) return name;
+  return buf.latin1Slice(s, e).toLowerCase();
+}
+
 /** The endpoint's response head as h2 headers: `:status` and the end-to-end fields, names lower-cased. */
 function responseHeaders(buf: Buffer, h: ResponseHead): OutgoingHttpHeaders {
   const headers: OutgoingHttpHeaders = { ':status': h.status };
@@ -624,7 +642,7 @@ function responseHeaders(buf: Buffer, h: ResponseHead): OutgoingHttpHeaders {
   for (let i = 0; i < h.fields.count; i++) {
     if (isHopByHop(kinds[i]!)) continue;
     const p = i * 5;
-    const name = buf.latin1Slice(pos[p]!, pos[p + 1]!).toLowerCase();
+    const name = lowerName(buf, pos[p]!, pos[p + 1]!);
     if (named !== null && named.has(name)) continue;
     const value = buf.latin1Slice(pos[p + 2]!, pos[p + 3]!);
     const had = headers[name];

@@ -20,10 +20,26 @@ export function connectionNamed(buf: Buffer, fields: Fields, connectionKind: num
   return named;
 }
 
-/** Field i is named by Connection (slow path only). */
-function isNamed(buf: Buffer, fields: Fields, i: number, named: Set<string>): boolean {
+/**
+ * Field i's name is one of `names` (lower-case: named by Connection, or dropped by a route's
+ * middleware), compared in place: no string per field on a route that drops a few names.
+ */
+function isNamed(buf: Buffer, fields: Fields, i: number, names: readonly string[]): boolean {
   const p = i * 5;
-  return named.has(buf.latin1Slice(fields.pos[p]!, fields.pos[p + 1]!).toLowerCase());
+  const s = fields.pos[p]!;
+  const n = fields.pos[p + 1]! - s;
+  for (let k = 0; k < names.length; k++) {
+    const name = names[k]!;
+    if (name.length !== n) continue;
+    let j = 0;
+    for (; j < n; j++) {
+      let c = buf[s + j]!;
+      if (c >= 65 && c <= 90) c += 32; // A-Z
+      if (c !== name.charCodeAt(j)) break;
+    }
+    if (j === n) return true;
+  }
+  return false;
 }
 
 /** The kept-field mask for a request: drop hop-by-hop and the forwarding fields the proxy rewrites, and Host when the proxy sets it. */
@@ -71,8 +87,9 @@ const keepMask = new Uint8Array(4096);
 export function buildRequestHead(buf: Buffer, start: number, h: RequestHead, target: string | null, tail: string, keepUpgrade: boolean, named: Set<string> | null): Buffer {
   const fields = h.fields;
   const keepHost = target === null;
+  const names = named === null ? null : [...named];
   for (let i = 0; i < fields.count; i++) {
-    keepMask[i] = keepRequestField(fields.kind[i]!, keepUpgrade, keepHost) && (named === null || !isNamed(buf, fields, i, named)) ? 1 : 0;
+    keepMask[i] = keepRequestField(fields.kind[i]!, keepUpgrade, keepHost) && (names === null || !isNamed(buf, fields, i, names)) ? 1 : 0;
   }
   const methodLen = h.methodEnd - start + 1; // with its SP
   const targetLen = target === null ? h.targetEnd - h.targetStart : target.length;
@@ -96,9 +113,10 @@ export function buildResponseHead(
   buf: Buffer, h: ResponseHead, dropLength: boolean, tail: string, named: Set<string> | null, bodyStart: number, bodyEnd: number,
 ): Buffer {
   const fields = h.fields;
+  const names = named === null ? null : [...named];
   for (let i = 0; i < fields.count; i++) {
     const kind = fields.kind[i]!;
-    keepMask[i] = !isHopByHop(kind) && !(dropLength && kind === F_CONTENT_LENGTH) && (named === null || !isNamed(buf, fields, i, named)) ? 1 : 0;
+    keepMask[i] = !isHopByHop(kind) && !(dropLength && kind === F_CONTENT_LENGTH) && (names === null || !isNamed(buf, fields, i, names)) ? 1 : 0;
   }
   const statusLen = h.statusLineEnd - h.statusStart;
   const fieldsLen = copyFields(buf, fields, keepMask, null, 0);

@@ -54,7 +54,8 @@ const SP = 32;
 const HT = 9;
 
 /** Lower-case comparison of a validated token against a lower-case literal of the same length. */
-function eqLower(buf: Buffer, at: number, lit: string): boolean {
+/** buf[at, at + lit.length) is `lit` (lower-case letters, digits and '-'), letters in any case; for validated tokens. */
+export function eqLower(buf: Buffer, at: number, lit: string): boolean {
   for (let i = 0; i < lit.length; i++) if ((buf[at + i]! | 0x20) !== lit.charCodeAt(i)) return false;
   return true;
 }

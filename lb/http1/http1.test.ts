@@ -100,6 +100,15 @@ describe('building the upstream head', () => {
     expect(out).toBe('GET /x HTTP/1.1\r\nHost: a.test\r\nX-Keep: yes\r\nAccept: */*\r\nx-tail: 1\r\n\r\n');
   });
 
+  it('drops the names a route removes in any letter case, and only whole names (not prefixes, not look-alikes)', () => {
+    const { h, buf } = req('GET / HTTP/1.1\r\nHost: a.test\r\nX-Env: 1\r\nx-ENV: 2\r\nX-Envy: 3\r\nX-En: 4\r\nX_Under: 5\r\nx-under: 6\r\nX-Served-By: 7\r\n\r\n');
+    const out = buildRequestHead(buf, 0, h, null, '\r\n', false, new Set(['x-env', 'x_under', 'x-served-by'])).latin1Slice();
+    expect(out).toBe('GET / HTTP/1.1\r\nHost: a.test\r\nX-Envy: 3\r\nX-En: 4\r\nx-under: 6\r\n\r\n');
+    const r = res('HTTP/1.1 200 OK\r\nServer: nginx\r\nX-Served-By: b1\r\nContent-Length: 2\r\n\r\nok');
+    expect(buildResponseHead(r.buf, r.h, false, 'x-served-by: corral\r\n\r\n', new Set(['x-served-by', 'server']), r.end, r.buf.length).latin1Slice())
+      .toBe('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-served-by: corral\r\n\r\nok');
+  });
+
   it('replaces an absolute-form target with origin form and drops the Host the client sent (the tail carries the authority), and keeps Upgrade for an upgrade', () => {
     const { h, buf } = req('GET http://a.test/ws?q HTTP/1.1\r\nHost: b.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n');
     const out = buildRequestHead(buf, 0, h, '/ws?q', 'host: a.test\r\nconnection: upgrade\r\n\r\n', true, null).latin1Slice();
