@@ -85,7 +85,10 @@ describe('corral lb with the real agent', () => {
     const sw = JSON.parse(await cli(['switch', svc, 'green', '--json'])) as { revision: number };
     await until('lb applied the switch', lbRevision, (r) => r >= sw.revision);
     expect(await tally(4)).toEqual({ '200 g1 green': 4 });
-    const status = JSON.parse(await cli(['status', '--json'])) as { revision: number; components: Array<{ component: string; appliedRevision: number; connected: boolean }> };
+    // The LB's acks reach the agent at most every 500 ms under a burst of changes (api/watch.ts).
+    type Status = { revision: number; components: Array<{ component: string; appliedRevision: number; connected: boolean }> };
+    const status = await until('the agent has the LB\'s ack of the switch', async () => JSON.parse(await cli(['status', '--json'])) as Status,
+      (st) => (st.components.find((c) => c.component === 'lb')?.appliedRevision ?? 0) >= sw.revision);
     const lbStatus = status.components.find((c) => c.component === 'lb');
     expect(lbStatus?.connected).toBe(true);
     expect(lbStatus!.appliedRevision).toBeGreaterThanOrEqual(sw.revision);
