@@ -372,17 +372,13 @@ describe('HTTP/2 clients', () => {
   });
 
   it("appends to the client's X-Forwarded-For and Forwarded, and answers 502 for a response head h2 cannot carry", async () => {
-    const raw = createNetServer((c) => {
-      c.on('error', () => undefined);
-      c.on('data', () => c.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nok'));
-    });
-    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    const raw = await rawEndpoint('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nok');
     try {
       backends = await startBackends(['a']);
       lb = await new Lb().start();
       lb.routes.apply(snapshot(1, [
         backendEndpoint(backends[0]!, 'web', { httpHosts: ['web.h2.test'] }),
-        endpoint({ service: 'twice', port: (raw.address() as AddressInfo).port, httpHosts: ['twice.h2.test'] }),
+        endpoint({ service: 'twice', port: raw.port, httpHosts: ['twice.h2.test'] }),
       ]));
       const s = session(lb);
       const r = await exchange(s, { ':path': '/headers', 'x-forwarded-for': '10.1.2.3', forwarded: 'for=10.1.2.3', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'spoofed.test' });
@@ -396,19 +392,15 @@ describe('HTTP/2 clients', () => {
       expect(twice.body.toString()).toContain('not valid in HTTP/2');
       expect((await exchange(s, { ':path': '/' })).status).toBe(200);
     } finally {
-      await new Promise<void>((resolve) => raw.close(() => resolve()));
+      await raw.close();
     }
   });
 
   it("passes the endpoint's field names on lower-cased whatever their case, repeated ones together, look-alikes as they are", async () => {
-    const raw = createNetServer((c) => {
-      c.on('error', () => undefined);
-      c.on('data', () => c.write('HTTP/1.1 200 OK\r\nSERVER: raw\r\nContent-TYPE: text/plain\r\nSet-Cookie: a=1\r\nset-COOKIE: b=2\r\nDates: x\r\nServe: y\r\nX-Custom-Thing: yes\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok'));
-    });
-    await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+    const raw = await rawEndpoint('HTTP/1.1 200 OK\r\nSERVER: raw\r\nContent-TYPE: text/plain\r\nSet-Cookie: a=1\r\nset-COOKIE: b=2\r\nDates: x\r\nServe: y\r\nX-Custom-Thing: yes\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok');
     try {
       lb = await new Lb().start();
-      lb.routes.apply(snapshot(1, [endpoint({ service: 'cases', port: (raw.address() as AddressInfo).port, httpHosts: ['cases.h2.test'] })]));
+      lb.routes.apply(snapshot(1, [endpoint({ service: 'cases', port: raw.port, httpHosts: ['cases.h2.test'] })]));
       const r = await exchange(session(lb), { ':authority': 'cases.h2.test', ':path': '/' });
       expect(r.status).toBe(200);
       expect(r.body.toString()).toBe('ok');
@@ -420,7 +412,7 @@ describe('HTTP/2 clients', () => {
       expect(r.headers['x-custom-thing']).toBe('yes');
       expect(r.headers.connection).toBeUndefined();
     } finally {
-      await new Promise<void>((resolve) => raw.close(() => resolve()));
+      await raw.close();
     }
   });
 
@@ -549,3 +541,22 @@ describe('h2 request heads for HTTP/1.1', () => {
     expect(requestHead({ ':method': 'GET', ':path': '/', ':authority': 'a.test' } as never, c, cached)).toBe(`GET / HTTP/1.1\r\nhost: a.test\r\n${cached}`);
   });
 });
+
+/** An endpoint that answers every read with `head` as written (field names and repeats as given); close() drops its connections. */
+async function rawEndpoint(head: string): Promise<{ port: number; close(): Promise<void> }> {
+  const conns = new Set<import('node:net').Socket>();
+  const server = createNetServer((c) => {
+    conns.add(c);
+    c.on('close', () => conns.delete(c));
+    c.on('error', () => undefined);
+    c.on('data', () => c.write(head));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => {
+      for (const c of conns) c.destroy();
+      server.close(() => resolve());
+    }),
+  };
+}
